@@ -1,0 +1,3 @@
+"""REST API (DRF viewsets): not written yet."""
+
+from __future__ import annotations

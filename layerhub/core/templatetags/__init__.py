@@ -1,0 +1,3 @@
+"""Template tag libraries of layerhub.core."""
+
+from __future__ import annotations

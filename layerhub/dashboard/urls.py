@@ -1,0 +1,13 @@
+"""Routes of the dashboard pages."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, path
+
+from layerhub.dashboard import views
+
+app_name = "dashboard"
+
+urlpatterns: list[URLPattern] = [
+    path("", views.home, name="home"),
+]

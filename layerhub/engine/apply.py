@@ -1,0 +1,407 @@
+"""Apply (unpack) one layer tar into an empty directory: that layer's own changes, nothing more.
+
+The tar is read once, as a stream, in constant memory: decompressed if the bytes say so, hashed
+on the way (its DiffID), and every entry is checked before anything is written:
+
+- a path must stay inside the directory: no absolute names, no ``..`` climbing out, no write
+  through a symlink that points outside (symlinks *inside* the layer are followed, as tar does);
+- a hardlink must point at a file this layer already wrote;
+- device nodes need privilege; FIFOs do not;
+- entry count and byte limits stop tar bombs, including gzip bombs.
+
+Whiteouts are written in the store's form (see whiteouts.py). Ownership is applied when running
+as root; modes, mtimes, symlinks, hardlinks and xattrs always (overlay xattrs never).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .compression import decompressed
+from .digest import CHUNK, Digester
+from .errors import (
+    DeviceNotPermitted,
+    HardlinkEscape,
+    LayerError,
+    LimitExceeded,
+    PathTraversal,
+    SymlinkEscape,
+)
+from .fsutil import remove_path
+from .tarstream import CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, Header, TarReader
+from .whiteouts import OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, WhiteoutFormat
+
+MAX_SYMLINK_HOPS = 40
+XATTR_PAX_PREFIX = "SCHILY.xattr."
+
+
+@dataclass(frozen=True)
+class ApplyLimits:
+    """Guards against tar bombs. The defaults fit any real image layer."""
+
+    max_entries: int = 2_000_000
+    max_bytes: int = 128 * 2**30  # uncompressed tar stream, and file contents
+    max_path: int = 4096
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What applying a layer found."""
+
+    diff_id: str  # sha256 of the uncompressed tar
+    tar_size: int  # bytes of the uncompressed tar
+    unpacked_size: int  # bytes of regular-file content written
+    entry_count: int  # entries other than whiteouts
+    compression: str  # gzip, zstd or none, as detected
+
+
+class _LayerReader:
+    """The uncompressed tar: hashed (its DiffID), counted and held to the byte limit."""
+
+    def __init__(self, inner: BinaryIO, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+        self.digester = Digester()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size if size >= 0 else CHUNK)
+        self.digester.update(data)
+        if self.digester.size > self._limit:
+            raise LimitExceeded(f"layer is larger than the limit of {self._limit} bytes")
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def clean_name(name: str) -> list[str]:
+    """The components of a tar entry's name, refusing any that escape the layer.
+
+    ``./a/b`` and ``a//b/`` both give ``["a", "b"]``; ``.`` gives ``[]`` (the layer's root).
+    """
+    if name.startswith("/"):
+        raise PathTraversal(name, "absolute path")
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                raise PathTraversal(name, "'..' climbs out of the layer")
+            parts.pop()
+        else:
+            parts.append(comp)
+    return parts
+
+
+@dataclass
+class _DirMeta:
+    path: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+
+
+class _Applier:
+    def __init__(
+        self,
+        dest: str,
+        tar: TarReader,
+        whiteouts: WhiteoutFormat,
+        limits: ApplyLimits,
+        privileged: bool,
+    ) -> None:
+        self.dest = dest
+        self.tar = tar
+        self.fmt = whiteouts
+        self.limits = limits
+        self.privileged = privileged
+        # as-written directory path -> real path relative to dest, for directories verified to
+        # be real directories inside dest (forgotten whenever a directory is removed)
+        self.dirs: dict[tuple[str, ...], str] = {(): ""}
+        self.dir_meta: dict[str, _DirMeta] = {}
+        self.entries = 0
+        self.unpacked = 0
+
+    def host(self, rel: str) -> str:
+        return f"{self.dest}/{rel}" if rel else self.dest
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def resolve_dir(self, parts: list[str], entry: str, *, create: bool) -> str:
+        """Real path (relative to dest) of directory ``parts``, following in-layer symlinks."""
+        key = tuple(parts)
+        hit = self.dirs.get(key)
+        if hit is not None:
+            return hit
+        real: list[str] = []
+        pending = list(parts)
+        hops = 0
+        while pending:
+            comp = pending.pop(0)
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if not real:
+                    raise SymlinkEscape(entry, "a symlink on its path points outside the layer")
+                real.pop()
+                continue
+            rel = "/".join([*real, comp])
+            path = self.host(rel)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(path, 0o755)
+                real.append(comp)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                real.append(comp)
+            elif stat.S_ISLNK(st.st_mode):
+                hops += 1
+                target = os.readlink(path)
+                if target.startswith("/"):
+                    raise SymlinkEscape(
+                        entry, f"goes through symlink {rel} -> {target}, outside the layer"
+                    )
+                if hops > MAX_SYMLINK_HOPS:
+                    raise SymlinkEscape(entry, "too many levels of symlinks")
+                pending = target.split("/") + pending
+            elif create and self.fmt.whiteout_target(comp, st) is not None:
+                # "deleted, then written below": a new directory hiding the lower one
+                os.unlink(path)
+                os.mkdir(path, 0o755)
+                self.fmt.write_opaque(path)
+                real.append(comp)
+            else:
+                raise LayerError(f"tar entry {entry!r}: {rel} is not a directory")
+        result = "/".join(real)
+        self.dirs[key] = result
+        return result
+
+    def clear(self, path: str) -> bool:
+        """Remove what is at ``path`` so a new entry can take its place; True if it was a
+        whiteout of this layer."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            remove_path(path)
+            self.dirs = {(): ""}
+            return False
+        os.unlink(path)
+        return self.fmt.whiteout_target(os.path.basename(path), st) is not None
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def apply(self) -> None:
+        while True:
+            member = self.tar.next()
+            if member is None:
+                break
+            self.entries += 1
+            if self.entries > self.limits.max_entries:
+                raise LimitExceeded(
+                    f"layer has more than the limit of {self.limits.max_entries} entries"
+                )
+            if len(member.name) > self.limits.max_path:
+                raise LayerError(f"tar entry name longer than {self.limits.max_path} characters")
+            self.entry(member)
+        self.finish_dirs()
+
+    def entry(self, m: Header) -> None:
+        parts = clean_name(m.name)
+        kind = m.type
+        if not parts:
+            if kind == DIRECTORY:
+                self.dir_meta[""] = _DirMeta(self.dest, m.mode, m.uid, m.gid, m.mtime)
+            return
+        base = parts[-1]
+        parent_rel = self.resolve_dir(parts[:-1], m.name, create=True)
+        parent = self.host(parent_rel)
+        if base.startswith(WHITEOUT_PREFIX):
+            self.whiteout(m, parent, base)
+            return
+        path = f"{parent}/{base}"
+        if kind == REGULAR:
+            self.regular(m, path)
+        elif kind == DIRECTORY:
+            self.directory(m, path, f"{parent_rel}/{base}" if parent_rel else base)
+            return
+        elif kind == HARDLINK:
+            self.hardlink(m, path)
+            return
+        elif kind == SYMLINK:
+            self.clear(path)
+            os.symlink(m.linkname, path)
+            self.set_owner(path, m)
+            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+        else:
+            self.special(m, path)
+        if m.pax:
+            self.set_xattrs(path, m)
+
+    def whiteout(self, m: Header, parent: str, base: str) -> None:
+        self.entries -= 1
+        if base == OPAQUE_MARKER:
+            self.fmt.write_opaque(parent)
+            return
+        target = base[len(WHITEOUT_PREFIX) :]
+        if target in ("", ".", ".."):
+            raise PathTraversal(m.name, "whiteout of an invalid name")
+        if os.path.isdir(f"{parent}/{target}"):
+            self.dirs = {(): ""}
+        self.fmt.write_whiteout(parent, target)
+
+    def directory(self, m: Header, path: str, rel: str) -> None:
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            # a directory written where this layer deleted something hides the lower one
+            hides = (
+                self.clear(path)
+                if st is not None
+                else os.path.lexists(
+                    f"{os.path.dirname(path)}/{WHITEOUT_PREFIX}{os.path.basename(path)}"
+                )
+            )
+            os.mkdir(path, 0o700)
+            if hides:
+                self.fmt.write_opaque(path)
+        self.dir_meta[rel] = _DirMeta(path, m.mode, m.uid, m.gid, m.mtime)
+        if m.pax:
+            self.set_xattrs(path, m)
+
+    def regular(self, m: Header, path: str) -> None:
+        self.unpacked += m.size
+        if self.unpacked > self.limits.max_bytes:
+            raise LimitExceeded(f"layer unpacks to more than {self.limits.max_bytes} bytes")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            self.clear(path)
+            fd = os.open(path, flags, 0o600)
+        try:
+            self.copy(m, fd)
+            if self.privileged:
+                os.fchown(fd, m.uid, m.gid)
+            os.fchmod(fd, stat.S_IMODE(m.mode))
+            os.utime(fd, (m.mtime, m.mtime))
+        finally:
+            os.close(fd)
+
+    def copy(self, m: Header, fd: int) -> None:
+        read = self.tar.read_data
+        left = m.size
+        while left:
+            chunk = read(min(CHUNK, left))
+            left -= len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+
+    def hardlink(self, m: Header, path: str) -> None:
+        target_parts = clean_name(m.linkname)
+        missing = HardlinkEscape(m.name, f"hardlink target {m.linkname!r} is not in this layer")
+        if not target_parts:
+            raise HardlinkEscape(m.name, "hardlink to the layer's root")
+        try:
+            target_dir = self.resolve_dir(target_parts[:-1], m.name, create=False)
+        except (FileNotFoundError, LayerError):
+            raise missing from None
+        target = f"{self.host(target_dir)}/{target_parts[-1]}"
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            raise missing from None
+        if stat.S_ISDIR(st.st_mode) or self.fmt.whiteout_target(target_parts[-1], st):
+            raise HardlinkEscape(m.name, f"hardlink target {m.linkname!r} is not a file")
+        if target == path:
+            return
+        self.clear(path)
+        os.link(target, path, follow_symlinks=False)
+
+    def special(self, m: Header, path: str) -> None:
+        self.clear(path)
+        if m.type == FIFO:
+            os.mkfifo(path, 0o600)
+        else:
+            if not self.privileged:
+                raise DeviceNotPermitted(m.name, "device nodes need a privileged (root) unpack")
+            kind = stat.S_IFCHR if m.type == CHAR else stat.S_IFBLK
+            os.mknod(path, 0o600 | kind, os.makedev(m.devmajor, m.devminor))
+        self.set_owner(path, m)
+        os.chmod(path, stat.S_IMODE(m.mode))
+        os.utime(path, (m.mtime, m.mtime))
+
+    def set_owner(self, path: str, m: Header) -> None:
+        if self.privileged:
+            os.lchown(path, m.uid, m.gid)
+
+    def set_xattrs(self, path: str, m: Header) -> None:
+        for key, value in m.pax.items():
+            if not key.startswith(XATTR_PAX_PREFIX):
+                continue
+            name = key[len(XATTR_PAX_PREFIX) :]
+            if name.startswith(OVERLAY_XATTR_PREFIXES):
+                continue
+            raw = value.encode("utf-8", "surrogateescape")
+            try:
+                os.setxattr(path, name, raw, follow_symlinks=False)
+            except OSError:
+                # trusted.* and security.* need privilege; user.* is refused on symlinks and
+                # on some filesystems. Docker skips what the host cannot store, and so do we.
+                if self.privileged and name.startswith("security."):
+                    raise
+
+    def finish_dirs(self) -> None:
+        # Deepest first: setting a parent's mtime before its children are done would be undone.
+        for rel in sorted(self.dir_meta, key=lambda r: r.count("/") + (r != ""), reverse=True):
+            meta = self.dir_meta[rel]
+            if self.privileged:
+                os.lchown(meta.path, meta.uid, meta.gid)
+            os.chmod(meta.path, stat.S_IMODE(meta.mode))
+            os.utime(meta.path, (meta.mtime, meta.mtime))
+
+
+def apply_layer(
+    stream: BinaryIO,
+    dest: Path,
+    *,
+    whiteouts: WhiteoutFormat,
+    limits: ApplyLimits | None = None,
+    privileged: bool | None = None,
+) -> ApplyResult:
+    """Unpack the layer tar in ``stream`` (tar, gzip or zstd) into the empty directory ``dest``.
+
+    Returns the layer's DiffID and sizes. Raises a LayerError subclass for anything unsafe or
+    malformed; ``dest`` is then in an undefined state and the caller discards it (snapshots
+    are unpacked in ``tmp/`` for exactly this reason).
+    """
+    limits = limits or ApplyLimits()
+    if privileged is None:
+        privileged = os.geteuid() == 0
+    plain, compression = decompressed(stream)
+    reader = _LayerReader(plain, limits.max_bytes)
+    tar = TarReader(reader)
+    applier = _Applier(os.fspath(dest), tar, whiteouts, limits, privileged)
+    applier.apply()
+    reader.drain()  # the DiffID covers the whole stream, trailing zero blocks included
+    return ApplyResult(
+        diff_id=reader.digester.digest,
+        tar_size=reader.digester.size,
+        unpacked_size=applier.unpacked,
+        entry_count=applier.entries,
+        compression=compression,
+    )

@@ -1,0 +1,89 @@
+"""Layer compression, detected from the bytes (a media type can lie; magic numbers do not)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from typing import BinaryIO
+
+import zstandard
+
+from .errors import CorruptArchive, UnsupportedCompression
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_OTHER_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x04\x22\x4d\x18": "lz4"}
+
+
+def detect(head: bytes) -> str:
+    """``gzip``, ``zstd`` or ``none`` from a stream's first bytes; other formats are refused."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    for magic, name in _OTHER_MAGIC.items():
+        if head.startswith(magic):
+            raise UnsupportedCompression(
+                f"layer is {name}-compressed; OCI layers are tar, gzip or zstd"
+            )
+    return "none"
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream with some already-read bytes put back in front."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class _Checked(io.RawIOBase):
+    """Turns a decompressor's own errors into CorruptArchive, naming the format."""
+
+    def __init__(self, inner: BinaryIO, fmt: str) -> None:
+        self._inner = inner
+        self._fmt = fmt
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        try:
+            data = self._inner.read(len(view))
+        except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
+            raise CorruptArchive(f"corrupt {self._fmt} stream: {exc}") from exc
+        view[: len(data)] = data
+        return len(data)
+
+
+def decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
+    """The uncompressed tar stream inside ``raw``, and the compression that was found."""
+    head = raw.read(8)
+    fmt = detect(head)
+    stream = io.BufferedReader(_Prefixed(head, raw), buffer_size=1 << 20)
+    if fmt == "none":
+        return stream, fmt
+    inner: BinaryIO
+    if fmt == "gzip":
+        inner = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+    else:
+        inner = zstandard.ZstdDecompressor().stream_reader(
+            stream, read_size=1 << 20, read_across_frames=True
+        )
+    return io.BufferedReader(_Checked(inner, fmt), buffer_size=1 << 20), fmt

@@ -1,0 +1,93 @@
+"""Errors a user can cause, as typed exceptions.
+
+Everything above the engine (pages, the API, the CLI) turns these into a clear message; anything
+else escaping the engine is a bug. Each class carries a message meant for a person.
+"""
+
+from __future__ import annotations
+
+
+class LayerhubError(Exception):
+    """Base of every error a user can cause: a bad input, never a bug."""
+
+
+class InvalidDigest(LayerhubError):
+    """A string that is not a well-formed ``algorithm:hex`` digest we support."""
+
+
+class DigestMismatch(LayerhubError):
+    """Content whose sha256 or size is not the one it was announced with."""
+
+    def __init__(self, expected: str, actual: str, what: str = "content") -> None:
+        super().__init__(f"digest mismatch for {what}: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(LayerhubError):
+    """Content longer or shorter than the size it was announced with."""
+
+    def __init__(self, expected: int, actual: int, what: str = "content") -> None:
+        super().__init__(f"size mismatch for {what}: expected {expected} bytes, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class BlobNotFound(LayerhubError):
+    """A digest the content store does not hold."""
+
+
+class SnapshotNotFound(LayerhubError):
+    """A ChainID with no unpacked snapshot in the store."""
+
+
+class LayerError(LayerhubError):
+    """A layer archive that cannot be applied."""
+
+
+class UnsupportedCompression(LayerError):
+    """A layer compressed with something other than gzip or zstd (or not at all)."""
+
+
+class CorruptArchive(LayerError):
+    """A layer whose tar (or compressed) stream is truncated or malformed."""
+
+
+class UnsafeEntry(LayerError):
+    """A tar entry that would write outside its snapshot or that we refuse to create.
+
+    ``name`` is the entry's path as written in the archive.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"refused tar entry {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class PathTraversal(UnsafeEntry):
+    """An absolute path, or one whose ``..`` climbs out of the snapshot."""
+
+
+class SymlinkEscape(UnsafeEntry):
+    """An entry whose path goes through a symlink pointing outside the snapshot."""
+
+
+class HardlinkEscape(UnsafeEntry):
+    """A hardlink whose target is outside the snapshot or not yet in it."""
+
+
+class DeviceNotPermitted(UnsafeEntry):
+    """A device node or FIFO, which only a privileged unpack may create."""
+
+
+class LimitExceeded(LayerError):
+    """A layer past the entry-count or size limits: a tar bomb, or a limit set too low."""
+
+
+class PathNotFound(LayerhubError):
+    """A path that does not exist in an image or container view."""
+
+
+class InvalidPath(LayerhubError):
+    """A path that is not a clean absolute path inside an image or container."""

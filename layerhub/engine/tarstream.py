@@ -1,0 +1,240 @@
+"""A forward-only tar reader for layer streams: ustar, GNU and PAX headers.
+
+Python's ``tarfile`` spends most of a layer unpack parsing headers field by field and copying
+its stream buffer; this reader parses each 512-byte header with one ``struct`` call and hands
+file contents straight from the stream. It is strict where a layer must be: a bad header
+checksum, a stream that ends inside an entry, or a missing end-of-archive block are errors,
+never a quietly shorter layer.
+
+Sparse entries are refused: no image builder writes them, and Go's tar writer (Docker's,
+containerd's, the registries') cannot produce them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import CorruptArchive, LayerError
+
+BLOCK = 512
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+_ZERO_BLOCK = bytes(BLOCK)
+
+REGULAR = b"0"
+HARDLINK = b"1"
+SYMLINK = b"2"
+CHAR = b"3"
+BLOCKDEV = b"4"
+DIRECTORY = b"5"
+FIFO = b"6"
+_REGULAR_TYPES = {b"0", b"\0", b"7"}
+_GNU_LONGNAME = b"L"
+_GNU_LONGLINK = b"K"
+_PAX_LOCAL = b"x"
+_PAX_GLOBAL = b"g"
+_SKIPPED = {b"V", b"M", b"N"}  # volume label, multi-volume continuation, old GNU names
+_SPARSE = b"S"
+_MAX_META = 1 << 20  # a long name or PAX header larger than this is not a real layer's
+
+
+class _Source(Protocol):
+    def read(self, size: int = -1) -> bytes: ...
+
+
+@dataclass(slots=True)
+class Header:
+    """One tar entry's header, with PAX and GNU extensions already applied."""
+
+    name: str
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    linkname: str
+    devmajor: int
+    devminor: int
+    offset: int  # byte offset of the header in the uncompressed tar
+    pax: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_regular(self) -> bool:
+        """A regular file (contiguous files count as regular, as everywhere)."""
+        return self.type == REGULAR
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _str(field_: bytes) -> str:
+    end = field_.find(b"\0")
+    return _decode(field_ if end < 0 else field_[:end])
+
+
+def _num(field_: bytes, what: str, offset: int) -> int:
+    if field_ and field_[0] & 0x80:  # GNU base-256 for values octal cannot hold
+        value = int.from_bytes(field_[1:], "big")
+        if field_[0] == 0xFF:
+            value -= 1 << (8 * (len(field_) - 1))
+        return value
+    text = field_.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise CorruptArchive(f"tar header at byte {offset}: bad {what} field {text!r}") from None
+
+
+def _parse_pax(data: bytes, offset: int) -> dict[str, str]:
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:
+            break
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise CorruptArchive(f"tar at byte {offset}: malformed PAX header") from None
+        record = data[space + 1 : pos + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise CorruptArchive(f"tar at byte {offset}: malformed PAX header")
+        key, value = record[:-1].split(b"=", 1)
+        records[_decode(key)] = _decode(value)
+        pos += length
+    return records
+
+
+class TarReader:
+    """Iterates a tar stream's headers; after each, ``read_data`` gives that entry's contents."""
+
+    def __init__(self, source: _Source) -> None:
+        self._source = source
+        self.offset = 0  # bytes consumed from the source
+        self._left = 0  # content bytes of the current entry not yet read
+        self._pad = 0  # padding after the current entry's content
+        self._global_pax: dict[str, str] = {}
+        self.ended = False
+
+    def _read_exact(self, size: int, what: str) -> bytes:
+        data = self._source.read(size)
+        if len(data) < size:
+            parts = [data]
+            got = len(data)
+            while got < size:
+                more = self._source.read(size - got)
+                if not more:
+                    raise CorruptArchive(f"tar ends inside {what}: the layer is truncated")
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        self.offset += size
+        return data
+
+    def read_data(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the current entry's contents (b"" once all are read)."""
+        size = min(size, self._left)
+        if size <= 0:
+            return b""
+        data = self._source.read(size)
+        if not data:
+            raise CorruptArchive("tar ends inside a file: the layer is truncated")
+        self._left -= len(data)
+        self.offset += len(data)
+        return data
+
+    def _skip_rest(self) -> None:
+        left = self._left + self._pad
+        while left:
+            chunk = self._read_exact(min(left, 1 << 20), "a file")
+            left -= len(chunk)
+        self._left = self._pad = 0
+
+    def _meta(self, size: int, offset: int) -> bytes:
+        if size > _MAX_META:
+            raise LayerError(f"tar at byte {offset}: extended header of {size} bytes")
+        data = self._read_exact(size, "an extended header")
+        self._read_exact(-size % BLOCK, "an extended header")
+        return data
+
+    def next(self) -> Header | None:
+        """The next entry's header, or None at the end of the archive."""
+        if self.ended:
+            return None
+        self._skip_rest()
+        pax: dict[str, str] = {}
+        long_name: str | None = None
+        long_link: str | None = None
+        typeflag = b""
+        while True:
+            offset = self.offset
+            block = self._source.read(BLOCK)
+            if not block:
+                raise CorruptArchive("tar has no end-of-archive marker: the layer is truncated")
+            if len(block) < BLOCK:
+                self.offset += len(block)
+                block += self._read_exact(BLOCK - len(block), "a header")
+            else:
+                self.offset += BLOCK
+            if block == _ZERO_BLOCK:
+                self.ended = True
+                return None
+            fields = _HEADER.unpack(block)
+            chksum = _num(fields[6], "checksum", offset)
+            if chksum != sum(block) - sum(block[148:156]) + 256:
+                raise CorruptArchive(f"tar header at byte {offset} is corrupt (bad checksum)")
+            typeflag = fields[7]
+            size = _num(fields[4], "size", offset)
+            if typeflag == _PAX_LOCAL:
+                pax.update(_parse_pax(self._meta(size, offset), offset))
+                continue
+            if typeflag == _PAX_GLOBAL:
+                self._global_pax.update(_parse_pax(self._meta(size, offset), offset))
+                continue
+            if typeflag == _GNU_LONGNAME:
+                long_name = _str(self._meta(size, offset))
+                continue
+            if typeflag == _GNU_LONGLINK:
+                long_link = _str(self._meta(size, offset))
+                continue
+            if typeflag == _SPARSE or any(k.startswith("GNU.sparse.") for k in pax):
+                raise LayerError(f"tar entry at byte {offset} is a sparse file: not supported")
+            break
+        name = _str(fields[0])
+        if fields[9] == b"ustar\x00" and fields[15][:1] != b"\0":  # POSIX prefix field
+            name = f"{_str(fields[15])}/{name}"
+        if typeflag in _REGULAR_TYPES:
+            typeflag = DIRECTORY if name.endswith("/") else REGULAR
+        records = {**self._global_pax, **pax} if self._global_pax else pax
+        header = Header(
+            name=records.get("path", long_name if long_name is not None else name),
+            type=typeflag,
+            mode=_num(fields[1], "mode", offset),
+            uid=int(records["uid"]) if "uid" in records else _num(fields[2], "uid", offset),
+            gid=int(records["gid"]) if "gid" in records else _num(fields[3], "gid", offset),
+            size=int(records["size"]) if "size" in records else size,
+            mtime=float(records["mtime"])
+            if "mtime" in records
+            else _num(fields[5], "mtime", offset),
+            linkname=records.get(
+                "linkpath", long_link if long_link is not None else _str(fields[8])
+            ),
+            devmajor=_num(fields[13], "devmajor", offset),
+            devminor=_num(fields[14], "devminor", offset),
+            offset=offset,
+            pax=records,
+        )
+        if typeflag in _SKIPPED:
+            self._left, self._pad = header.size, -header.size % BLOCK
+            return self.next()
+        # only regular files carry contents; a hardlink's or directory's size field is ignored
+        content = header.size if typeflag == REGULAR else 0
+        if typeflag not in (REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO):
+            raise LayerError(f"tar entry {header.name!r} has an unsupported type {typeflag!r}")
+        self._left, self._pad = content, -content % BLOCK
+        return header

@@ -1,0 +1,150 @@
+"""Read settings from environment variables, strictly.
+
+A typo in DEBUG or DATABASE_URL must stop the process at start with a message naming the
+variable and the bad value, not quietly fall back to a default nobody asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+DATABASE_SCHEMES = frozenset({"sqlite", "postgres", "postgresql"})
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+DEV_SECRET_KEY = "django-insecure-layerhub-dev-only-never-use-in-production"
+
+
+def _get(name: str, environ: Mapping[str, str] | None) -> str | None:
+    return (os.environ if environ is None else environ).get(name)
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced, so an error message can be logged safely."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def env_bool(name: str, default: bool, *, environ: Mapping[str, str] | None = None) -> bool:
+    """A boolean: 1/0, true/false, yes/no, on/off (any case); anything else is an error."""
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(
+        f"{name}={raw!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off"
+    )
+
+
+def env_list(
+    name: str, default: Sequence[str] = (), *, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """A comma-separated list; blanks around items and empty items are dropped.
+
+    An item with whitespace inside is refused: it almost always means the list was separated
+    with spaces, and silently taking "a b" as one host would lock everyone out.
+    """
+    raw = _get(name, environ)
+    if raw is None:
+        return list(default)
+    items = [item.strip() for item in raw.split(",")]
+    for item in items:
+        if any(char.isspace() for char in item):
+            raise ImproperlyConfigured(
+                f"{name}={raw!r}: item {item!r} contains whitespace; separate items with commas"
+            )
+    return [item for item in items if item]
+
+
+def _split_url(name: str, raw: str, schemes: Collection[str]) -> SplitResult:
+    shown = _redact(raw)
+    if not raw.strip():
+        raise ImproperlyConfigured(f"{name} is set but empty")
+    try:
+        parts = urlsplit(raw.strip())
+        parts.port  # noqa: B018 - parsing the port is what validates it
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={shown!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in schemes:
+        expected = ", ".join(f"{scheme}://" for scheme in sorted(schemes))
+        raise ImproperlyConfigured(
+            f"{name}={shown!r} has scheme {parts.scheme or '(none)'!r}; expected one of {expected}"
+        )
+    return parts
+
+
+def env_url(
+    name: str,
+    default: str,
+    *,
+    schemes: Collection[str],
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """A URL whose scheme is one of ``schemes`` and whose port, if any, is a valid number."""
+    raw = _get(name, environ)
+    value = default if raw is None else raw
+    _split_url(name, value, schemes)
+    return value.strip()
+
+
+def env_path(
+    name: str, default: Path, *, base: Path, environ: Mapping[str, str] | None = None
+) -> Path:
+    """A filesystem path; a relative one is taken from ``base``.
+
+    Resolving against a fixed base (not the working directory) keeps the web server and the
+    workers on the same directory whichever folder they were started from.
+    """
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    if not raw.strip():
+        raise ImproperlyConfigured(f"{name} is set but empty")
+    return (base / Path(raw.strip()).expanduser()).resolve()
+
+
+def env_database(
+    name: str, default: str, *, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A Django DATABASES entry from a sqlite:// or postgres:// URL."""
+    url = env_url(name, default, schemes=DATABASE_SCHEMES, environ=environ)
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" and not parts.path.strip("/"):
+        raise ImproperlyConfigured(f"{name}={_redact(url)!r} names no database (the /<name> part)")
+    try:
+        # Keeping PostgreSQL connections open saves a connect per request; SQLite gains nothing.
+        max_age = 0 if parts.scheme == "sqlite" else 60
+        config = dj_database_url.parse(url, conn_max_age=max_age, conn_health_checks=max_age > 0)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={_redact(url)!r} is not usable: {exc}") from exc
+    return dict(config)
+
+
+def env_secret_key(name: str, *, debug: bool, environ: Mapping[str, str] | None = None) -> str:
+    """The secret key; a fixed dev key is allowed only while DEBUG is on."""
+    raw = _get(name, environ)
+    if raw is None or not raw.strip():
+        if debug:
+            return DEV_SECRET_KEY
+        raise ImproperlyConfigured(f"{name} must be set when DEBUG is off")
+    if not debug and raw == DEV_SECRET_KEY:
+        raise ImproperlyConfigured(f"{name} is the development key; set a real one")
+    return raw

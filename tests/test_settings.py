@@ -1,0 +1,210 @@
+"""The environment helpers and the settings module built on them."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+import layerhub.settings
+from layerhub.env import (
+    DEV_SECRET_KEY,
+    REDIS_SCHEMES,
+    env_bool,
+    env_database,
+    env_list,
+    env_path,
+    env_secret_key,
+    env_url,
+)
+
+SETTINGS_FILE = Path(layerhub.settings.__file__)
+
+
+def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    """Run the settings module afresh with ``env`` on top of a clean environment."""
+    for name in ("DATABASE_URL", "REDIS_URL", "LAYERHUB_STORE", "SECRET_KEY", "DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ALLOWED_HOSTS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(SETTINGS_FILE))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True), ("true", True), ("True", True), ("YES", True), ("on", True), (" yes ", True),
+        ("0", False), ("false", False), ("FALSE", False), ("no", False), ("Off", False),
+    ],
+)  # fmt: skip
+def test_env_bool_accepts_the_usual_words(raw: str, expected: bool) -> None:
+    assert env_bool("DEBUG", not expected, environ={"DEBUG": raw}) is expected
+
+
+def test_env_bool_default_when_unset() -> None:
+    assert env_bool("DEBUG", True, environ={}) is True
+    assert env_bool("DEBUG", False, environ={}) is False
+
+
+@pytest.mark.parametrize("raw", ["", "maybe", "2", "tru", "y", "enabled", "-1"])
+def test_env_bool_refuses_anything_else(raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match="DEBUG") as info:
+        env_bool("DEBUG", True, environ={"DEBUG": raw})
+    assert repr(raw) in str(info.value)
+
+
+def test_env_bool_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAYERHUB_FLAG", "off")
+    assert env_bool("LAYERHUB_FLAG", True) is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("example.com", ["example.com"]),
+        ("a.example, b.example", ["a.example", "b.example"]),
+        (" a.example ,,b.example,", ["a.example", "b.example"]),
+        ("", []),
+    ],
+)
+def test_env_list_splits_on_commas(raw: str, expected: list[str]) -> None:
+    assert env_list("ALLOWED_HOSTS", ["x"], environ={"ALLOWED_HOSTS": raw}) == expected
+
+
+def test_env_list_default_when_unset() -> None:
+    assert env_list("ALLOWED_HOSTS", ["localhost"], environ={}) == ["localhost"]
+
+
+def test_env_list_refuses_space_separated_items() -> None:
+    with pytest.raises(ImproperlyConfigured, match="ALLOWED_HOSTS") as info:
+        env_list("ALLOWED_HOSTS", environ={"ALLOWED_HOSTS": "a.example b.example"})
+    assert "'a.example b.example'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["redis://127.0.0.1:6379/0", "redis://localhost", "rediss://:pw@cache.internal:6380/2"],
+)
+def test_env_url_accepts_urls_of_its_schemes(raw: str) -> None:
+    environ = {"REDIS_URL": raw}
+    assert env_url("REDIS_URL", "redis://x", schemes=REDIS_SCHEMES, environ=environ) == raw
+
+
+def test_env_url_default_when_unset() -> None:
+    default = "redis://127.0.0.1:6379/0"
+    assert env_url("REDIS_URL", default, schemes=REDIS_SCHEMES, environ={}) == default
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "   ", "http://127.0.0.1:6379", "localhost:6379", "redis://127.0.0.1:notaport/0",
+     "redis://127.0.0.1:99999/0"],
+)  # fmt: skip
+def test_env_url_refuses_bad_urls(raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
+        env_url("REDIS_URL", "redis://x", schemes=REDIS_SCHEMES, environ={"REDIS_URL": raw})
+
+
+def test_env_url_error_hides_the_password() -> None:
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL") as info:
+        env_url("REDIS_URL", "", schemes=REDIS_SCHEMES, environ={"REDIS_URL": "http://u:s3cret@h/"})
+    assert "s3cret" not in str(info.value)
+    assert "http://u:***@h/" in str(info.value)
+
+
+def test_env_path_resolves_relative_paths_from_base(tmp_path: Path) -> None:
+    default = tmp_path / "default"
+    assert env_path("LAYERHUB_STORE", default, base=tmp_path, environ={}) == default
+    relative = {"LAYERHUB_STORE": "data/store"}
+    assert env_path("LAYERHUB_STORE", default, base=tmp_path, environ=relative) == (
+        tmp_path / "data" / "store"
+    )
+    absolute = {"LAYERHUB_STORE": "/srv/layerhub"}
+    assert env_path("LAYERHUB_STORE", default, base=tmp_path, environ=absolute) == Path(
+        "/srv/layerhub"
+    )
+
+
+def test_env_path_refuses_an_empty_value(tmp_path: Path) -> None:
+    with pytest.raises(ImproperlyConfigured, match="LAYERHUB_STORE"):
+        env_path("LAYERHUB_STORE", tmp_path, base=tmp_path, environ={"LAYERHUB_STORE": " "})
+
+
+def test_env_database_parses_postgres() -> None:
+    url = "postgres://postgres:pw@127.0.0.1:5432/layerhub"
+    config = env_database("DATABASE_URL", "sqlite:///x", environ={"DATABASE_URL": url})
+    assert config["ENGINE"] == "django.db.backends.postgresql"
+    assert config["NAME"] == "layerhub"
+    assert config["USER"] == "postgres"
+    assert config["PASSWORD"] == "pw"
+    assert config["HOST"] == "127.0.0.1"
+    assert config["PORT"] == 5432
+    assert config["CONN_MAX_AGE"] == 60
+
+
+def test_env_database_parses_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    config = env_database("DATABASE_URL", url, environ={})
+    assert config["ENGINE"] == "django.db.backends.sqlite3"
+    assert config["NAME"] == str(tmp_path / "db.sqlite3")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["mysql://root@127.0.0.1/layerhub", "postgres://127.0.0.1:5432", "postgres://h:port/db", ""],
+)
+def test_env_database_refuses_bad_urls(raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
+        env_database("DATABASE_URL", "sqlite:///x", environ={"DATABASE_URL": raw})
+
+
+def test_env_secret_key_dev_default_only_with_debug() -> None:
+    assert env_secret_key("SECRET_KEY", debug=True, environ={}) == DEV_SECRET_KEY
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY must be set when DEBUG is off"):
+        env_secret_key("SECRET_KEY", debug=False, environ={})
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY"):
+        env_secret_key("SECRET_KEY", debug=False, environ={"SECRET_KEY": DEV_SECRET_KEY})
+    assert env_secret_key("SECRET_KEY", debug=False, environ={"SECRET_KEY": "s" * 50}) == "s" * 50
+
+
+def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_settings(monkeypatch)
+    base = SETTINGS_FILE.parent.parent
+    assert loaded["DEBUG"] is True
+    assert loaded["SECRET_KEY"] == DEV_SECRET_KEY
+    assert loaded["DATABASES"]["default"]["NAME"] == str(base / "var" / "layerhub.sqlite3")
+    assert loaded["REDIS_URL"] == "redis://127.0.0.1:6379/0"
+    assert loaded["CELERY_BROKER_URL"] == loaded["REDIS_URL"]
+    assert loaded["CELERY_TASK_ALWAYS_EAGER"] is False
+    assert loaded["LAYERHUB_STORE"] == base / "var" / "store"
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    loaded = load_settings(
+        monkeypatch,
+        DEBUG="off",
+        SECRET_KEY="k" * 50,
+        ALLOWED_HOSTS="layerhub.example,localhost",
+        DATABASE_URL="postgres://postgres@db.internal:5432/layerhub",
+        REDIS_URL="redis://cache.internal:6380/1",
+        LAYERHUB_STORE=str(tmp_path / "store"),
+    )
+    assert loaded["DEBUG"] is False
+    assert loaded["ALLOWED_HOSTS"] == ["layerhub.example", "localhost"]
+    assert loaded["DATABASES"]["default"]["HOST"] == "db.internal"
+    assert loaded["CELERY_BROKER_URL"] == "redis://cache.internal:6380/1"
+    assert loaded["LAYERHUB_STORE"] == tmp_path / "store"
+
+
+def test_settings_need_a_secret_key_without_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY"):
+        load_settings(monkeypatch, DEBUG="0")
+
+
+def test_settings_refuse_a_bad_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImproperlyConfigured, match="DEBUG='maybe'"):
+        load_settings(monkeypatch, DEBUG="maybe")
