@@ -15,14 +15,18 @@ as root; modes, mtimes, symlinks, hardlinks and xattrs always (overlay xattrs ne
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import queue
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .compression import decompressed
-from .digest import CHUNK, Digester
+from .digest import CHUNK
 from .errors import (
     DeviceNotPermitted,
     HardlinkEscape,
@@ -59,24 +63,70 @@ class ApplyResult:
     compression: str  # gzip, zstd or none, as detected
 
 
-class _LayerReader:
-    """The uncompressed tar: hashed (its DiffID), counted and held to the byte limit."""
+class _Feeder(io.RawIOBase):
+    """The uncompressed tar, decompressed and hashed (its DiffID) on a second thread.
+
+    zlib, zstd and sha256 release the GIL on large buffers, so handing the unpacker 1 MiB
+    chunks through a short queue lets decompression and hashing run beside tar parsing and
+    file creation on another core, at the cost of a few hundred thread switches per GB.
+    """
 
     def __init__(self, inner: BinaryIO, limit: int) -> None:
         self._inner = inner
         self._limit = limit
-        self.digester = Digester()
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=8)
+        self._chunk = memoryview(b"")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="layer-feeder", daemon=True)
+        self._thread.start()
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size if size >= 0 else CHUNK)
-        self.digester.update(data)
-        if self.digester.size > self._limit:
-            raise LimitExceeded(f"layer is larger than the limit of {self._limit} bytes")
-        return data
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._inner.read(CHUNK)
+                self._hash.update(data)
+                self.size += len(data)
+                if self.size > self._limit:
+                    raise LimitExceeded(f"layer is larger than the limit of {self._limit} bytes")
+                self._queue.put(data)
+                if not data:
+                    return
+        except BaseException as exc:
+            self._queue.put(exc)
 
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._chunk:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self._queue.put(item)  # stay at end of stream for later reads
+                return 0
+            self._chunk = memoryview(item)
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(self._chunk))
+        view[:n] = self._chunk[:n]
+        self._chunk = self._chunk[n:]
+        return n
+
+    def close(self) -> None:
+        """Stop the thread, whether or not the stream was read to its end."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(0.01)
+        super().close()
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self._hash.hexdigest()}"
 
 
 def clean_name(name: str) -> list[str]:
@@ -105,7 +155,7 @@ class _DirMeta:
     mode: int
     uid: int
     gid: int
-    mtime: float
+    mtime_ns: int
 
 
 class _Applier:
@@ -128,6 +178,9 @@ class _Applier:
         self.dir_meta: dict[str, _DirMeta] = {}
         self.entries = 0
         self.unpacked = 0
+        self.owner = (os.geteuid(), os.getegid())
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
 
     def host(self, rel: str) -> str:
         return f"{self.dest}/{rel}" if rel else self.dest
@@ -222,7 +275,7 @@ class _Applier:
         kind = m.type
         if not parts:
             if kind == DIRECTORY:
-                self.dir_meta[""] = _DirMeta(self.dest, m.mode, m.uid, m.gid, m.mtime)
+                self.dir_meta[""] = _DirMeta(self.dest, m.mode, m.uid, m.gid, m.mtime_ns)
             return
         base = parts[-1]
         parent_rel = self.resolve_dir(parts[:-1], m.name, create=True)
@@ -243,7 +296,7 @@ class _Applier:
             self.clear(path)
             os.symlink(m.linkname, path)
             self.set_owner(path, m)
-            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+            os.utime(path, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
         else:
             self.special(m, path)
         if m.pax:
@@ -278,7 +331,7 @@ class _Applier:
             os.mkdir(path, 0o700)
             if hides:
                 self.fmt.write_opaque(path)
-        self.dir_meta[rel] = _DirMeta(path, m.mode, m.uid, m.gid, m.mtime)
+        self.dir_meta[rel] = _DirMeta(path, m.mode, m.uid, m.gid, m.mtime_ns)
         if m.pax:
             self.set_xattrs(path, m)
 
@@ -286,18 +339,23 @@ class _Applier:
         self.unpacked += m.size
         if self.unpacked > self.limits.max_bytes:
             raise LimitExceeded(f"layer unpacks to more than {self.limits.max_bytes} bytes")
+        mode = stat.S_IMODE(m.mode)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, flags, mode & 0o777)
         except FileExistsError:
             self.clear(path)
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, flags, mode & 0o777)
         try:
             self.copy(m, fd)
-            if self.privileged:
+            # skip the calls that would change nothing: most files are root's, mode 644/755;
+            # open() already gave the mode, unless umask cut bits or it has setuid/sticky
+            chowned = self.privileged and (m.uid, m.gid) != self.owner
+            if chowned:
                 os.fchown(fd, m.uid, m.gid)
-            os.fchmod(fd, stat.S_IMODE(m.mode))
-            os.utime(fd, (m.mtime, m.mtime))
+            if mode & (self.umask | 0o7000):  # umask cut bits, or setuid/setgid/sticky
+                os.fchmod(fd, mode)
+            os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
         finally:
             os.close(fd)
 
@@ -343,7 +401,7 @@ class _Applier:
             os.mknod(path, 0o600 | kind, os.makedev(m.devmajor, m.devminor))
         self.set_owner(path, m)
         os.chmod(path, stat.S_IMODE(m.mode))
-        os.utime(path, (m.mtime, m.mtime))
+        os.utime(path, ns=(m.mtime_ns, m.mtime_ns))
 
     def set_owner(self, path: str, m: Header) -> None:
         if self.privileged:
@@ -372,7 +430,7 @@ class _Applier:
             if self.privileged:
                 os.lchown(meta.path, meta.uid, meta.gid)
             os.chmod(meta.path, stat.S_IMODE(meta.mode))
-            os.utime(meta.path, (meta.mtime, meta.mtime))
+            os.utime(meta.path, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
 def apply_layer(
@@ -393,14 +451,19 @@ def apply_layer(
     if privileged is None:
         privileged = os.geteuid() == 0
     plain, compression = decompressed(stream)
-    reader = _LayerReader(plain, limits.max_bytes)
-    tar = TarReader(reader)
-    applier = _Applier(os.fspath(dest), tar, whiteouts, limits, privileged)
-    applier.apply()
-    reader.drain()  # the DiffID covers the whole stream, trailing zero blocks included
+    feeder = _Feeder(plain, limits.max_bytes)
+    try:
+        reader = io.BufferedReader(feeder, buffer_size=CHUNK)
+        applier = _Applier(os.fspath(dest), TarReader(reader), whiteouts, limits, privileged)
+        applier.apply()
+        # the DiffID covers the whole stream, the zero blocks after the last entry included
+        while reader.read(CHUNK):
+            pass
+    finally:
+        feeder.close()
     return ApplyResult(
-        diff_id=reader.digester.digest,
-        tar_size=reader.digester.size,
+        diff_id=feeder.digest,
+        tar_size=feeder.size,
         unpacked_size=applier.unpacked,
         entry_count=applier.entries,
         compression=compression,

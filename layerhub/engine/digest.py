@@ -20,7 +20,7 @@ from .errors import InvalidDigest
 
 ALGORITHM = "sha256"
 CHUNK = 1 << 20
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 
 
 def validate_digest(digest: str) -> str:
@@ -29,7 +29,7 @@ def validate_digest(digest: str) -> str:
     Only sha256 is accepted: it is what every registry and runtime writes, and a digest string
     later becomes a file name, so nothing looser may pass.
     """
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
         raise InvalidDigest(f"not a sha256 digest: {digest!r}")
     return digest
 

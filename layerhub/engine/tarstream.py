@@ -30,6 +30,7 @@ BLOCKDEV = b"4"
 DIRECTORY = b"5"
 FIFO = b"6"
 _REGULAR_TYPES = {b"0", b"\0", b"7"}
+_DEVICES = {CHAR, BLOCKDEV}
 _GNU_LONGNAME = b"L"
 _GNU_LONGLINK = b"K"
 _PAX_LOCAL = b"x"
@@ -37,6 +38,7 @@ _PAX_GLOBAL = b"g"
 _SKIPPED = {b"V", b"M", b"N"}  # volume label, multi-volume continuation, old GNU names
 _SPARSE = b"S"
 _MAX_META = 1 << 20  # a long name or PAX header larger than this is not a real layer's
+CONTENT_SKIP_LIMIT = 1 << 16  # unread contents up to this size are skipped with the next header
 
 
 class _Source(Protocol):
@@ -53,7 +55,7 @@ class Header:
     uid: int
     gid: int
     size: int
-    mtime: float
+    mtime_ns: int  # nanoseconds: PAX times carry more precision than a float holds
     linkname: str
     devmajor: int
     devminor: int
@@ -76,6 +78,11 @@ def _str(field_: bytes) -> str:
 
 
 def _num(field_: bytes, what: str, offset: int) -> int:
+    if field_[:1] < b"\x80":
+        try:  # the common case: octal digits, NUL-terminated
+            return int(field_.rstrip(b"\0") or b"0", 8)
+        except ValueError:
+            pass
     if field_ and field_[0] & 0x80:  # GNU base-256 for values octal cannot hold
         value = int.from_bytes(field_[1:], "big")
         if field_[0] == 0xFF:
@@ -88,6 +95,15 @@ def _num(field_: bytes, what: str, offset: int) -> int:
         return int(text, 8)
     except ValueError:
         raise CorruptArchive(f"tar header at byte {offset}: bad {what} field {text!r}") from None
+
+
+def _pax_time_ns(value: str, offset: int) -> int:
+    """A PAX time ("1700000000.123456789", maybe negative) in exact nanoseconds."""
+    sign = -1 if value.startswith("-") else 1
+    whole, _, frac = value.lstrip("-").partition(".")
+    if not whole.isdigit() or (frac and not frac.isdigit()):
+        raise CorruptArchive(f"tar at byte {offset}: bad PAX time {value!r}")
+    return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
 
 def _parse_pax(data: bytes, offset: int) -> dict[str, str]:
@@ -148,12 +164,10 @@ class TarReader:
         self.offset += len(data)
         return data
 
-    def _skip_rest(self) -> None:
-        left = self._left + self._pad
-        while left:
-            chunk = self._read_exact(min(left, 1 << 20), "a file")
-            left -= len(chunk)
-        self._left = self._pad = 0
+    def _skip(self, size: int) -> None:
+        while size:
+            chunk = self._read_exact(min(size, 1 << 20), "a file")
+            size -= len(chunk)
 
     def _meta(self, size: int, offset: int) -> bytes:
         if size > _MAX_META:
@@ -166,27 +180,36 @@ class TarReader:
         """The next entry's header, or None at the end of the archive."""
         if self.ended:
             return None
-        self._skip_rest()
+        skip = self._left + self._pad
+        self._left = self._pad = 0
         pax: dict[str, str] = {}
         long_name: str | None = None
         long_link: str | None = None
         typeflag = b""
         while True:
-            offset = self.offset
-            block = self._source.read(BLOCK)
+            if skip > CONTENT_SKIP_LIMIT:
+                self._skip(skip)
+                skip = 0
+            # the rest of the previous entry and this header in one read
+            want = skip + BLOCK
+            block = self._source.read(want)
             if not block:
                 raise CorruptArchive("tar has no end-of-archive marker: the layer is truncated")
-            if len(block) < BLOCK:
+            if len(block) < want:
                 self.offset += len(block)
-                block += self._read_exact(BLOCK - len(block), "a header")
+                block += self._read_exact(want - len(block), "a header")
             else:
-                self.offset += BLOCK
+                self.offset += want
+            if skip:
+                block = block[skip:]
+                skip = 0
+            offset = self.offset - BLOCK
             if block == _ZERO_BLOCK:
                 self.ended = True
                 return None
             fields = _HEADER.unpack(block)
             chksum = _num(fields[6], "checksum", offset)
-            if chksum != sum(block) - sum(block[148:156]) + 256:
+            if chksum != sum(block) - sum(fields[6]) + 256:
                 raise CorruptArchive(f"tar header at byte {offset} is corrupt (bad checksum)")
             typeflag = fields[7]
             size = _num(fields[4], "size", offset)
@@ -218,14 +241,14 @@ class TarReader:
             uid=int(records["uid"]) if "uid" in records else _num(fields[2], "uid", offset),
             gid=int(records["gid"]) if "gid" in records else _num(fields[3], "gid", offset),
             size=int(records["size"]) if "size" in records else size,
-            mtime=float(records["mtime"])
+            mtime_ns=_pax_time_ns(records["mtime"], offset)
             if "mtime" in records
-            else _num(fields[5], "mtime", offset),
+            else _num(fields[5], "mtime", offset) * 1_000_000_000,
             linkname=records.get(
                 "linkpath", long_link if long_link is not None else _str(fields[8])
             ),
-            devmajor=_num(fields[13], "devmajor", offset),
-            devminor=_num(fields[14], "devminor", offset),
+            devmajor=_num(fields[13], "devmajor", offset) if typeflag in _DEVICES else 0,
+            devminor=_num(fields[14], "devminor", offset) if typeflag in _DEVICES else 0,
             offset=offset,
             pax=records,
         )
