@@ -30,10 +30,16 @@ _db = DATABASES["default"]
 if _db["ENGINE"].endswith("sqlite3") and _db["NAME"] != ":memory:":
     # SQLite creates the file but not its folder; a fresh clone has no var/ yet.
     Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # a file, not memory, so the worker processes the tests start share the test database
+    _db["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=REDIS_SCHEMES)
 LAYERHUB_STORE = env_path("LAYERHUB_STORE", VAR_DIR / "store", base=BASE_DIR)
+# transient registry failures (no answer, 429, 5xx, a cut download) are retried this many
+# times, waiting BACKOFF, 2*BACKOFF, 4*BACKOFF... seconds in between
+LAYERHUB_REGISTRY_RETRIES = 4
+LAYERHUB_REGISTRY_BACKOFF = 0.5
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -45,6 +51,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "layerhub.core",
+    "layerhub.images",
+    "layerhub.jobs",
     "layerhub.dashboard",
 ]
 
@@ -112,3 +120,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_TIMEZONE = TIME_ZONE
+# A job's message is acknowledged when the task ends, so one whose worker was killed is
+# delivered again (and Job.claim lets the new run pick up what the dead one verified).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1

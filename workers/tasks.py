@@ -8,6 +8,7 @@ from typing import Any
 from celery.signals import worker_ready
 
 from layerhub.core.store import get_store
+from layerhub.images import services as image_services
 from workers.celery import app
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,24 @@ def store_sweep_tmp() -> int:
     removed = get_store().sweep_tmp()
     logger.info("swept %d leftover tmp entries from the layer store", removed)
     return removed
+
+
+@app.task(name="layerhub.image_pull")
+def image_pull(job_id: int) -> None:
+    """Run a pull job: fetch the image's missing blobs, record it, queue its unpack."""
+    image_services.image_pull_run(job_id=job_id)
+
+
+@app.task(name="layerhub.image_unpack")
+def image_unpack(job_id: int) -> None:
+    """Run an unpack job: turn each of the image's layers into its snapshot."""
+    image_services.image_unpack_run(job_id=job_id)
+
+
+@app.task(name="layerhub.image_import")
+def image_import(job_id: int) -> None:
+    """Run an import job: a docker save archive or an OCI layout into the store."""
+    image_services.image_import_run(job_id=job_id)
 
 
 @worker_ready.connect

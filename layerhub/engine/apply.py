@@ -60,6 +60,7 @@ class ApplyResult:
     tar_size: int  # bytes of the uncompressed tar
     unpacked_size: int  # bytes of regular-file content written
     entry_count: int  # entries other than whiteouts
+    file_count: int  # of those, the ones that are not directories
     compression: str  # gzip, zstd or none, as detected
 
 
@@ -466,5 +467,6 @@ def apply_layer(
         tar_size=feeder.size,
         unpacked_size=applier.unpacked,
         entry_count=applier.entries,
+        file_count=applier.entries - len(applier.dir_meta),
         compression=compression,
     )

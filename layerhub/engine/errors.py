@@ -91,3 +91,36 @@ class PathNotFound(LayerhubError):
 
 class InvalidPath(LayerhubError):
     """A path that is not a clean absolute path inside an image or container."""
+
+
+class InvalidReference(LayerhubError):
+    """An image reference that does not parse, such as ``debian:bookworm`` or
+    ``host:5000/team/app@sha256:...`` would."""
+
+
+class InvalidManifest(LayerhubError):
+    """A manifest, index or image config that is malformed or of a kind we do not support."""
+
+
+class RegistryError(LayerhubError):
+    """A registry refused a request; the message carries what it said."""
+
+
+class RegistryAuthError(RegistryError):
+    """Missing or refused credentials, or a token service that would not give a token."""
+
+
+class RegistryUnavailable(RegistryError):
+    """A registry that did not answer, or kept failing, after retries: worth trying later."""
+
+
+class ManifestUnknown(RegistryError):
+    """No such repository, tag or manifest digest in the registry."""
+
+
+class BlobUnknown(RegistryError):
+    """A blob the registry does not have."""
+
+
+class ArchiveError(LayerhubError):
+    """A ``docker save`` archive or OCI layout that is malformed or incomplete."""

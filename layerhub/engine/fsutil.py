@@ -140,7 +140,8 @@ def sweep_tmp(tmp: Path) -> int:
 
 
 def tree_usage(root: Path) -> tuple[int, int]:
-    """(bytes, files) under ``root``: apparent sizes, each hardlinked inode counted once."""
+    """(bytes, files) under ``root``: bytes of regular files, each hardlinked inode once, and
+    the number of entries that are not directories (as a layer's size and file count)."""
     seen: set[tuple[int, int]] = set()
     total = 0
     files = 0
@@ -148,11 +149,12 @@ def tree_usage(root: Path) -> tuple[int, int]:
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             st = os.lstat(os.path.join(dirpath, name))
             files += 1
+            if not stat.S_ISREG(st.st_mode):
+                continue
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 if key in seen:
                     continue
                 seen.add(key)
-            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                total += st.st_size
+            total += st.st_size
     return total, files

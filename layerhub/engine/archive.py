@@ -1,0 +1,255 @@
+"""Import images without a registry: ``docker save`` archives and OCI image layouts.
+
+An OCI layout (a directory, or a tar of one) holds the same manifests and blobs a registry
+serves, so importing it gives the very image a pull gives. A ``docker save`` archive holds the
+config and uncompressed layer tars but no manifest: the import writes a Docker schema 2
+manifest for them, so the image has the same image ID (config digest) and the same layers
+(ChainIDs, snapshots) as when pulled, under its own manifest digest.
+
+Every blob is verified against its digest on the way into the store; a file named in an
+archive that is missing, escapes the archive, or does not match gives a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+from .digest import digest_hex, sha256_bytes, validate_digest
+from .errors import ArchiveError, InvalidDigest, InvalidManifest, LayerhubError
+from .manifest import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    Index,
+    Platform,
+    parse_config,
+    parse_manifest,
+    select_platform,
+)
+from .reference import Reference, parse_reference
+from .store import Store
+
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+
+
+@dataclass(frozen=True)
+class ImportedImage:
+    """An image whose blobs are now all in the store, and the names it came with."""
+
+    manifest_digest: str
+    manifest: ImageManifest
+    manifest_bytes: bytes
+    index_digest: str | None
+    config_digest: str
+    config: ImageConfig
+    references: tuple[Reference, ...]
+
+
+class _Source:
+    """Files of an archive: a directory or a tar (read by member name)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tar: tarfile.TarFile | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
+        if path.is_dir():
+            return
+        try:
+            self._tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
+        except (tarfile.TarError, OSError) as exc:
+            raise ArchiveError(
+                f"{path.name}: not a docker save archive or an OCI layout "
+                "(neither a tar file nor a directory)"
+            ) from exc
+        for member in self._tar.getmembers():
+            name = posixpath.normpath(member.name.lstrip("./") or ".")
+            if member.isreg() or member.islnk():
+                self._members[name] = member
+
+    def _clean(self, name: str) -> str:
+        clean = posixpath.normpath(name.lstrip("/"))
+        if clean.startswith("..") or posixpath.isabs(name):
+            raise ArchiveError(f"archive names a path outside itself: {name!r}")
+        return clean
+
+    def exists(self, name: str) -> bool:
+        clean = self._clean(name)
+        if self._tar is None:
+            return (self.path / clean).is_file()
+        return clean in self._members
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        clean = self._clean(name)
+        if self._tar is None:
+            target = self.path / clean
+            if target.is_symlink() or not target.is_file():
+                raise ArchiveError(f"archive has no file {name!r}")
+            with open(target, "rb") as f:
+                yield f
+            return
+        member = self._members.get(clean)
+        if member is None:
+            raise ArchiveError(f"archive has no file {name!r}")
+        member_file = self._tar.extractfile(member)
+        if member_file is None:
+            raise ArchiveError(f"archive entry {name!r} is not a file")
+        with member_file:
+            yield member_file
+
+    def read(self, name: str, limit: int = 16 * 2**20) -> bytes:
+        with self.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ArchiveError(f"{name!r} is too large for a manifest or config")
+        return data
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+
+def _json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArchiveError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _ingest(source: _Source, name: str, store: Store, digest: str, size: int | None) -> None:
+    if store.blobs.has(digest):
+        return
+    with source.open(name) as f:
+        store.blobs.ingest(cast(BinaryIO, f), digest, size)
+
+
+def _oci_blob_name(digest: str) -> str:
+    return f"blobs/sha256/{digest_hex(digest)}"
+
+
+def _import_oci(source: _Source, store: Store, platform: Platform) -> list[ImportedImage]:
+    index = _json(source.read("index.json"), "index.json")
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise ArchiveError("index.json has no manifests list")
+    images: list[ImportedImage] = []
+    for entry in index["manifests"]:
+        try:
+            desc = Descriptor(
+                entry.get("mediaType", ""), validate_digest(entry["digest"]), int(entry["size"])
+            )
+        except (KeyError, TypeError, ValueError, InvalidDigest) as exc:
+            raise ArchiveError(f"index.json has a malformed entry: {exc}") from None
+        refs: tuple[Reference, ...] = ()
+        name = (entry.get("annotations") or {}).get(REF_ANNOTATION)
+        if name and ("/" in name or ":" in name or "@" in name):
+            refs = (parse_reference(name),)
+        images.append(_import_oci_manifest(source, store, desc, platform, refs))
+    return images
+
+
+def _import_oci_manifest(
+    source: _Source,
+    store: Store,
+    desc: Descriptor,
+    platform: Platform,
+    refs: tuple[Reference, ...],
+) -> ImportedImage:
+    data = source.read(_oci_blob_name(desc.digest))
+    if sha256_bytes(data) != desc.digest:
+        raise ArchiveError(f"manifest {desc.digest} does not match its digest")
+    parsed = parse_manifest(data, desc.media_type)
+    index_digest = None
+    if isinstance(parsed, Index):
+        store.blobs.put_bytes(data, desc.digest)
+        index_digest = desc.digest
+        chosen = select_platform(parsed, platform)
+        data = source.read(_oci_blob_name(chosen.digest))
+        if sha256_bytes(data) != chosen.digest:
+            raise ArchiveError(f"manifest {chosen.digest} does not match its digest")
+        parsed = parse_manifest(data, chosen.media_type)
+        desc = chosen
+        if not isinstance(parsed, ImageManifest):
+            raise InvalidManifest(f"index entry {chosen.digest} is not an image manifest")
+    for blob in (parsed.config, *parsed.layers):
+        _ingest(source, _oci_blob_name(blob.digest), store, blob.digest, blob.size)
+    config = parse_config(store.blobs.read_bytes(parsed.config.digest))
+    if len(config.diff_ids) != len(parsed.layers):
+        raise InvalidManifest("manifest and config disagree on the number of layers")
+    store.blobs.put_bytes(data, desc.digest)
+    return ImportedImage(
+        desc.digest, parsed, data, index_digest, parsed.config.digest, config, refs
+    )
+
+
+def _import_docker(source: _Source, store: Store) -> list[ImportedImage]:
+    manifest = _json(source.read("manifest.json"), "manifest.json")
+    if not isinstance(manifest, list) or not manifest:
+        raise ArchiveError("manifest.json lists no images")
+    images: list[ImportedImage] = []
+    for i, item in enumerate(manifest):
+        if not isinstance(item, dict) or not isinstance(item.get("Layers"), list):
+            raise ArchiveError(f"manifest.json entry {i} has no Layers list")
+        config_name = str(item.get("Config", ""))
+        config_bytes = source.read(config_name)
+        config_digest = sha256_bytes(config_bytes)
+        config = parse_config(config_bytes)
+        if len(config.diff_ids) != len(item["Layers"]):
+            raise ArchiveError(
+                f"{config_name}: {len(config.diff_ids)} DiffIDs for {len(item['Layers'])} layers"
+            )
+        store.blobs.put_bytes(config_bytes, config_digest)
+        layers = []
+        for name, diff_id in zip(item["Layers"], config.diff_ids, strict=True):
+            # docker save keeps layers uncompressed: the blob is the tar, its digest the DiffID
+            _ingest(source, str(name), store, diff_id, None)
+            layers.append(Descriptor(DOCKER_LAYER, diff_id, store.blobs.size(diff_id)))
+        config_desc = Descriptor(DOCKER_CONFIG, config_digest, len(config_bytes))
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": config_desc.to_json(),
+            "layers": [layer.to_json() for layer in layers],
+        }
+        data = json.dumps(doc, indent=3).encode()
+        digest = store.blobs.put_bytes(data).digest
+        refs = tuple(parse_reference(str(tag)) for tag in item.get("RepoTags") or [])
+        image_manifest = ImageManifest(DOCKER_MANIFEST, config_desc, tuple(layers))
+        images.append(
+            ImportedImage(digest, image_manifest, data, None, config_digest, config, refs)
+        )
+    return images
+
+
+def import_archive(
+    path: Path, store: Store, *, platform: Platform | None = None
+) -> list[ImportedImage]:
+    """Import every image of a ``docker save`` archive or an OCI layout (directory or tar)."""
+    path = Path(path)
+    if not path.exists():
+        raise ArchiveError(f"{path}: no such file or directory")
+    source = _Source(path)
+    try:
+        if source.exists("manifest.json"):
+            return _import_docker(source, store)
+        if source.exists("index.json") and source.exists("oci-layout"):
+            return _import_oci(source, store, platform or Platform())
+        raise ArchiveError(
+            f"{path.name} is neither a docker save archive (manifest.json) "
+            "nor an OCI image layout (oci-layout, index.json)"
+        )
+    except LayerhubError:
+        raise
+    except (tarfile.TarError, OSError) as exc:
+        raise ArchiveError(f"{path.name}: cannot read the archive: {exc}") from None
+    finally:
+        source.close()

@@ -1,0 +1,245 @@
+"""Manifests, indexes and image configs: OCI's and Docker's schema 2, parsed and checked.
+
+Only what pulling, importing and pushing need: descriptors, the layer list, the config, and
+platform selection in an index (``linux/amd64`` unless asked otherwise, variant included).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .digest import validate_digest
+from .errors import InvalidDigest, InvalidManifest
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+SCHEMA1 = (DOCKER_SCHEMA1, "application/vnd.docker.distribution.manifest.v1+prettyjws")
+IMAGE_MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEXES = (OCI_INDEX, DOCKER_LIST)
+LAYER_TYPES = (
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_FOREIGN,
+    # seen in the wild from older tools; the bytes decide the compression anyway
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+)
+# what a pull asks for, best first
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+MAX_MANIFEST_BYTES = 4 * 2**20  # the distribution spec's limit for manifests
+
+
+@dataclass(frozen=True)
+class Platform:
+    """``os/architecture[/variant]``, as ``--platform`` takes it."""
+
+    os: str = "linux"
+    architecture: str = "amd64"
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm"}
+# a variant-less request matches these variants first (as containerd's platform matcher does)
+_DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
+
+
+def parse_platform(text: str) -> Platform:
+    """Parse ``linux/amd64``, ``linux/arm64/v8``, ``linux/arm/v7``."""
+    parts = text.strip().lower().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InvalidManifest(f"invalid platform {text!r}: expected os/arch or os/arch/variant")
+    arch = _ARCH_ALIASES.get(parts[1], parts[1])
+    return Platform(parts[0], arch, parts[2] if len(parts) == 3 else None)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What a manifest says about a blob or another manifest."""
+
+    media_type: str
+    digest: str
+    size: int
+    platform: Platform | None = None
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The descriptor as it appears in a manifest."""
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
+        if self.platform is not None:
+            plat: dict[str, str] = {
+                "architecture": self.platform.architecture,
+                "os": self.platform.os,
+            }
+            if self.platform.variant:
+                plat["variant"] = self.platform.variant
+            out["platform"] = plat
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+@dataclass(frozen=True)
+class ImageManifest:
+    """An image manifest: one config and its layers, bottom first."""
+
+    media_type: str
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+
+@dataclass(frozen=True)
+class Index:
+    """A manifest list or OCI index: one manifest per platform."""
+
+    media_type: str
+    manifests: tuple[Descriptor, ...]
+
+
+def _descriptor(raw: Any, where: str) -> Descriptor:
+    if not isinstance(raw, dict):
+        raise InvalidManifest(f"{where}: descriptor is not an object")
+    try:
+        digest = validate_digest(raw["digest"])
+        size = raw["size"]
+        media_type = raw.get("mediaType", "")
+    except KeyError as exc:
+        raise InvalidManifest(f"{where}: descriptor has no {exc.args[0]}") from None
+    except InvalidDigest as exc:
+        raise InvalidManifest(f"{where}: {exc}") from None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidManifest(f"{where}: descriptor size must be a non-negative integer")
+    platform = None
+    plat = raw.get("platform")
+    if isinstance(plat, dict) and plat.get("os") and plat.get("architecture"):
+        platform = Platform(str(plat["os"]), str(plat["architecture"]), plat.get("variant"))
+    annotations = raw.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise InvalidManifest(f"{where}: annotations must be an object")
+    return Descriptor(str(media_type), digest, size, platform, tuple(sorted(annotations.items())))
+
+
+def parse_manifest(data: bytes, content_type: str | None = None) -> ImageManifest | Index:
+    """Parse a manifest or index; the ``mediaType`` field wins over a transport's header."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(f"manifest of {len(data)} bytes is larger than the 4 MiB limit")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidManifest(f"manifest is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidManifest("manifest is not a JSON object")
+    media_type = doc.get("mediaType") or (content_type or "").split(";")[0].strip()
+    if not media_type:
+        media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST if "layers" in doc else ""
+    if doc.get("schemaVersion") == 1 or media_type in SCHEMA1:
+        raise InvalidManifest(
+            "Docker schema 1 manifests are not supported (deprecated since 2017): "
+            "push the image again with a current client"
+        )
+    if media_type in INDEXES:
+        manifests = doc.get("manifests")
+        if not isinstance(manifests, list):
+            raise InvalidManifest("index has no manifests list")
+        return Index(
+            media_type, tuple(_descriptor(m, f"manifests[{i}]") for i, m in enumerate(manifests))
+        )
+    if media_type in IMAGE_MANIFESTS:
+        if "config" not in doc or not isinstance(doc.get("layers"), list):
+            raise InvalidManifest("image manifest needs a config and a layers list")
+        config = _descriptor(doc["config"], "config")
+        layers = tuple(_descriptor(d, f"layers[{i}]") for i, d in enumerate(doc["layers"]))
+        for i, layer in enumerate(layers):
+            if layer.media_type not in LAYER_TYPES:
+                raise InvalidManifest(
+                    f"layers[{i}] has unsupported media type {layer.media_type!r}"
+                )
+        return ImageManifest(media_type, config, layers)
+    raise InvalidManifest(f"unsupported manifest media type {media_type!r}")
+
+
+def select_platform(index: Index, wanted: Platform) -> Descriptor:
+    """The index entry for ``wanted``, as ``docker pull --platform`` picks it."""
+    candidates = [
+        d
+        for d in index.manifests
+        if d.platform is not None
+        and d.platform.os == wanted.os
+        and _ARCH_ALIASES.get(d.platform.architecture, d.platform.architecture)
+        == wanted.architecture
+    ]
+    if wanted.variant:
+        exact = [d for d in candidates if d.platform and d.platform.variant == wanted.variant]
+    else:
+        default = _DEFAULT_VARIANT.get(wanted.architecture)
+        exact = [d for d in candidates if d.platform and d.platform.variant in (None, default)]
+    if exact:
+        return exact[0]
+    available = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"
+    raise InvalidManifest(f"no image for platform {wanted} (the index has: {available})")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The parts of an image config layerhub reads; the raw JSON is kept as it came."""
+
+    raw: bytes
+    doc: dict[str, Any]
+    diff_ids: tuple[str, ...]
+    platform: Platform
+    created: str | None
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """``docker history`` entries, oldest first."""
+        history = self.doc.get("history") or []
+        return [h for h in history if isinstance(h, dict)]
+
+
+def parse_config(raw: bytes) -> ImageConfig:
+    """Parse an image config and check its rootfs."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidManifest(f"image config is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidManifest("image config is not a JSON object")
+    rootfs = doc.get("rootfs")
+    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
+        raise InvalidManifest("image config has no rootfs of type 'layers'")
+    diff_ids = rootfs.get("diff_ids")
+    if not isinstance(diff_ids, list):
+        raise InvalidManifest("image config has no rootfs.diff_ids list")
+    try:
+        checked = tuple(validate_digest(d) for d in diff_ids)
+    except InvalidDigest as exc:
+        raise InvalidManifest(f"image config: {exc}") from None
+    platform = Platform(
+        str(doc.get("os") or "linux"),
+        str(doc.get("architecture") or "amd64"),
+        doc.get("variant"),
+    )
+    created = doc.get("created")
+    return ImageConfig(raw, doc, checked, platform, created if isinstance(created, str) else None)

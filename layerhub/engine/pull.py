@@ -1,0 +1,225 @@
+"""Pull an image into the store, and unpack its layers into snapshots, as ``docker pull`` does.
+
+Pull fetches the manifest (choosing the platform in an index), the config and every layer blob
+the store does not have yet, several at a time. A layer already in the store is not fetched
+again ("Already exists"), and a blob being fetched by another worker is waited for rather than
+fetched twice (a lock per digest). The manifest is stored last: a manifest in the store means
+every blob it names is there too.
+
+Unpack turns each layer into its snapshot, bottom up, skipping the ones that exist (a lock per
+ChainID makes concurrent unpacks of a shared base do the work once).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from .digest import chain_ids, digest_hex
+from .errors import InvalidManifest, ManifestUnknown
+from .fsutil import file_lock, tree_usage
+from .manifest import (
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    Index,
+    Platform,
+    parse_config,
+    parse_manifest,
+    select_platform,
+)
+from .reference import Reference
+from .registry import RegistryClient
+from .store import Store
+
+WAITING = "Waiting"
+DOWNLOADING = "Downloading"
+DOWNLOADED = "Download complete"
+EXISTS = "Already exists"
+EXTRACTING = "Extracting"
+COMPLETE = "Pull complete"
+
+# digest, status, bytes done, bytes in all
+ProgressFn = Callable[[str, str, int, int], None]
+
+
+def _no_progress(digest: str, status: str, current: int, total: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image's manifest and config, fetched and verified."""
+
+    manifest_digest: str
+    manifest: ImageManifest
+    manifest_bytes: bytes
+    index_digest: str | None
+    config_digest: str
+    config: ImageConfig
+
+
+@dataclass(frozen=True)
+class UnpackedLayer:
+    """A layer's snapshot: its ChainID, and what it holds."""
+
+    chain_id: str
+    diff_id: str
+    created: bool
+    unpacked_size: int
+    file_count: int  # entries that are not directories (files, links, devices)
+
+
+def blob_lock(store: Store, digest: str) -> AbstractContextManager[None]:
+    """The lock two workers take before fetching the same blob."""
+    return file_lock(store.locks / f"blob-{digest_hex(digest)}.lock")
+
+
+def resolve(
+    client: RegistryClient, ref: Reference, store: Store, platform: Platform
+) -> ResolvedImage:
+    """Fetch and check the manifest (through an index if need be) and the config."""
+    try:
+        data, content_type, digest = client.get_manifest(ref.repository, ref.target)
+    except ManifestUnknown as exc:
+        raise ManifestUnknown(f"manifest for {ref} not found: {exc}") from None
+    parsed = parse_manifest(data, content_type)
+    index_digest = None
+    if isinstance(parsed, Index):
+        store.blobs.put_bytes(data, digest)
+        index_digest = digest
+        chosen = select_platform(parsed, platform)
+        data, content_type, digest = client.get_manifest(ref.repository, chosen.digest)
+        parsed = parse_manifest(data, content_type)
+        if not isinstance(parsed, ImageManifest):
+            raise InvalidManifest(f"index entry {chosen.digest} is not an image manifest")
+    config_desc = parsed.config
+    if not store.blobs.has(config_desc.digest):
+        with blob_lock(store, config_desc.digest):
+            if not store.blobs.has(config_desc.digest):
+                client.fetch_blob(ref.repository, config_desc.digest, config_desc.size, store.blobs)
+    config = parse_config(store.blobs.read_bytes(config_desc.digest))
+    if len(config.diff_ids) != len(parsed.layers):
+        raise InvalidManifest(
+            f"manifest has {len(parsed.layers)} layers but its config lists "
+            f"{len(config.diff_ids)} DiffIDs"
+        )
+    return ResolvedImage(digest, parsed, data, index_digest, config_desc.digest, config)
+
+
+def fetch_layers(
+    client: RegistryClient,
+    repository: str,
+    layers: Sequence[Descriptor],
+    store: Store,
+    *,
+    progress: ProgressFn = _no_progress,
+    concurrency: int = 3,
+    heartbeat: Callable[[], None] | None = None,
+) -> None:
+    """Download every layer blob the store lacks, ``concurrency`` at a time.
+
+    ``progress`` is called from the download threads; ``heartbeat``, if given, from the
+    calling thread about twice a second while they run (to save progress, say).
+    """
+    failed = threading.Event()
+
+    def fetch(layer: Descriptor) -> None:
+        if failed.is_set():
+            return
+        if store.blobs.has(layer.digest):
+            return
+        with blob_lock(store, layer.digest):
+            if store.blobs.has(layer.digest):  # another worker fetched it meanwhile
+                progress(layer.digest, EXISTS, layer.size, layer.size)
+                return
+
+            def downloading(done: int) -> None:
+                if failed.is_set():
+                    raise InterruptedError("another layer failed")
+                progress(layer.digest, DOWNLOADING, done, layer.size)
+
+            try:
+                client.fetch_blob(repository, layer.digest, layer.size, store.blobs, downloading)
+            except BaseException:
+                failed.set()
+                raise
+            progress(layer.digest, DOWNLOADED, layer.size, layer.size)
+
+    for layer in layers:  # every layer's first line, in manifest order
+        if store.blobs.has(layer.digest):
+            progress(layer.digest, EXISTS, layer.size, layer.size)
+        else:
+            progress(layer.digest, WAITING, 0, layer.size)
+    unique = list({layer.digest: layer for layer in layers}.values())
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(fetch, layer) for layer in unique]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.5)
+            if heartbeat is not None:
+                heartbeat()
+    errors = [exc for f in futures if (exc := f.exception()) is not None]
+    # the first real failure, not the interruptions it caused in the other downloads
+    errors.sort(key=lambda exc: isinstance(exc, InterruptedError))
+    if errors:
+        raise errors[0]
+
+
+def pull(
+    client: RegistryClient,
+    ref: Reference,
+    store: Store,
+    *,
+    platform: Platform | None = None,
+    progress: ProgressFn = _no_progress,
+    concurrency: int = 3,
+    heartbeat: Callable[[], None] | None = None,
+) -> ResolvedImage:
+    """Fetch an image's manifest, config and missing layers into the store."""
+    image = resolve(client, ref, store, platform or Platform())
+    fetch_layers(
+        client,
+        ref.repository,
+        image.manifest.layers,
+        store,
+        progress=progress,
+        concurrency=concurrency,
+        heartbeat=heartbeat,
+    )
+    store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
+    return image
+
+
+def unpack(
+    store: Store,
+    layers: Sequence[Descriptor],
+    diff_ids: Sequence[str],
+    *,
+    progress: ProgressFn = _no_progress,
+) -> list[UnpackedLayer]:
+    """Unpack each layer into its snapshot, bottom up; existing snapshots are kept as they are."""
+    out: list[UnpackedLayer] = []
+    for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
+        if store.snapshots.exists(chain_id):
+            size, entries = tree_usage(store.snapshots.path(chain_id))
+            out.append(UnpackedLayer(chain_id, diff_id, False, size, entries))
+            progress(layer.digest, EXISTS, layer.size, layer.size)
+            continue
+        progress(layer.digest, EXTRACTING, 0, layer.size)
+        with store.blobs.open(layer.digest) as blob:
+            result = store.snapshots.unpack(chain_id, blob, diff_id=diff_id)
+        if result.applied is None:  # another worker unpacked it while we waited for the lock
+            size, entries = tree_usage(result.path)
+            out.append(UnpackedLayer(chain_id, diff_id, False, size, entries))
+            progress(layer.digest, EXISTS, layer.size, layer.size)
+            continue
+        applied = result.applied
+        out.append(
+            UnpackedLayer(chain_id, diff_id, True, applied.unpacked_size, applied.file_count)
+        )
+        progress(layer.digest, COMPLETE, layer.size, layer.size)
+    return out

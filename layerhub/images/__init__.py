@@ -1,0 +1,1 @@
+"""The image catalog: repositories, tags, images and their layers."""

@@ -1,0 +1,1 @@
+"""Management commands that read like Docker's: pull, images, import."""

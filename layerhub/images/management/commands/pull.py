@@ -1,0 +1,50 @@
+"""``python manage.py pull REFERENCE``: what ``docker pull`` does, through a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from layerhub.engine.errors import LayerhubError
+from layerhub.images.services import image_pull
+from layerhub.jobs.follow import follow, worker_answers
+from layerhub.jobs.models import Job
+
+
+class Command(BaseCommand):
+    help = "Pull an image from a registry into the layer store, and unpack its layers."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("reference", help="e.g. debian:bookworm or host:5000/team/app:1")
+        parser.add_argument("--platform", help="os/arch[/variant], default linux/amd64")
+        parser.add_argument(
+            "--no-wait", action="store_true", help="queue the pull and print its job id"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            job = image_pull(reference=options["reference"], platform=options["platform"])
+        except LayerhubError as exc:
+            raise CommandError(str(exc)) from None
+        if options["no_wait"]:
+            self.stdout.write(f"queued pull job {job.pk}")
+            return
+        if not worker_answers():
+            self.stderr.write(
+                "no worker answers yet: the pull waits in the queue until one runs "
+                "(`make dev` starts one)"
+            )
+        ref = job.reference
+        name, _, tag = ref.rpartition(":") if "@" not in ref else (ref, "", "")
+        self.stdout.write(f"{tag or 'digest'}: Pulling from {name.split('/', 1)[-1]}")
+        last = follow(job, self.stdout, tty=self.stdout.isatty())
+        job.refresh_from_db()
+        if last.state == Job.State.FAILED:
+            raise CommandError(last.error)
+        image = job.image
+        if image is not None:
+            self.stdout.write(f"Digest: {image.manifest_digest}")
+        fetched = any(e.get("status") == "Download complete" for e in job.progress or [])
+        status = "Downloaded newer image" if fetched else "Image is up to date"
+        self.stdout.write(f"Status: {status} for {ref}")

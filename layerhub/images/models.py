@@ -1,0 +1,153 @@
+"""The image catalog: what pulls and imports put in the store, and how it is named."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cryptography.fernet import Fernet, InvalidToken
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from layerhub.engine.digest import short_id
+
+
+def _fernet() -> Fernet:
+    key = hashlib.sha256(b"layerhub registry credentials:" + settings.SECRET_KEY.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+class RegistryCredential(models.Model):
+    """A login for one registry host. The password is stored encrypted with a key derived
+    from SECRET_KEY and is never shown back in a page or an API response."""
+
+    host = models.CharField(max_length=255, unique=True)  # "ghcr.io", "127.0.0.1:5000"
+    username = models.CharField(max_length=255, blank=True)
+    password_encrypted = models.BinaryField(blank=True, editable=False)
+    insecure = models.BooleanField(
+        default=False, help_text="talk plain HTTP (loopback registries always may)"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.username or 'anonymous'}@{self.host}"
+
+    def set_password(self, password: str) -> None:
+        """Encrypt and keep ``password``."""
+        self.password_encrypted = _fernet().encrypt(password.encode())
+
+    def get_password(self) -> str:
+        """The password, decrypted (empty if none or if SECRET_KEY changed)."""
+        if not self.password_encrypted:
+            return ""
+        try:
+            return _fernet().decrypt(bytes(self.password_encrypted)).decode()
+        except InvalidToken:
+            return ""
+
+
+class Repository(models.Model):
+    """``docker.io/library/debian``: a registry host and a repository path."""
+
+    registry = models.CharField(max_length=255)
+    name = models.CharField(max_length=255)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["registry", "name"], name="unique_repository")
+        ]
+        ordering = ["registry", "name"]
+        verbose_name_plural = "repositories"
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.name}"
+
+
+class Layer(models.Model):
+    """One layer in its place in a stack: keyed by ChainID, as its snapshot is.
+
+    The compressed blob (``digest``) may be shared by layers over different bases; the
+    snapshot belongs to the ChainID. ``unpacked_at`` is set once the snapshot exists.
+    """
+
+    chain_id = models.CharField(max_length=71, unique=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    digest = models.CharField(max_length=71, db_index=True)
+    diff_id = models.CharField(max_length=71)
+    media_type = models.CharField(max_length=255)
+    size = models.BigIntegerField(help_text="compressed bytes, as in the manifest")
+    unpacked_size = models.BigIntegerField(null=True, blank=True)
+    file_count = models.BigIntegerField(null=True, blank=True)
+    unpacked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return short_id(self.digest)
+
+
+class Image(models.Model):
+    """One platform image: a manifest, its config (the image ID) and its layers."""
+
+    manifest_digest = models.CharField(max_length=71, unique=True)
+    media_type = models.CharField(max_length=255)
+    config_digest = models.CharField(max_length=71, db_index=True)
+    index_digest = models.CharField(max_length=71, blank=True)
+    os = models.CharField(max_length=32, default="linux")
+    architecture = models.CharField(max_length=32, default="amd64")
+    variant = models.CharField(max_length=32, blank=True)
+    created = models.DateTimeField(null=True, blank=True)
+    config = models.JSONField()
+    layers = models.ManyToManyField(Layer, through="ImageLayer", related_name="images")
+    # where it was pulled from or pushed to; an untagged image still shows its repository
+    repositories = models.ManyToManyField(Repository, related_name="images", blank=True)
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-added_at", "-id"]
+
+    def __str__(self) -> str:
+        return short_id(self.config_digest)
+
+    @property
+    def image_id(self) -> str:
+        """``docker images``' IMAGE ID: the config digest, shortened."""
+        return short_id(self.config_digest)
+
+    @property
+    def platform(self) -> str:
+        """``linux/amd64`` or ``linux/arm64/v8``."""
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+class ImageLayer(models.Model):
+    """A layer's position in an image, bottom (0) first."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="image_layers")
+    layer = models.ForeignKey(Layer, on_delete=models.PROTECT, related_name="image_layers")
+    position = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["image", "position"], name="unique_layer_position")
+        ]
+        ordering = ["image", "position"]
+
+    def __str__(self) -> str:
+        return f"{self.image} #{self.position}"
+
+
+class Tag(models.Model):
+    """``debian:bookworm``: a name in a repository pointing at one image; it moves on re-pull."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=128)
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="tags")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["repository", "name"], name="unique_tag")]
+        ordering = ["repository", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.repository}:{self.name}"

@@ -1,0 +1,291 @@
+"""Pulling images into the catalog: the only code that ties the engine's pull to the database.
+
+``image_pull`` records a job and queues it; the worker's task calls ``image_pull_run``, which
+fetches through the engine and then records the image; an unpack job follows and turns each
+layer into its snapshot (``image_unpack_run``). Rows are written only once what they name is
+in the store: an image row never points at a missing blob, a layer is marked unpacked only
+once its snapshot exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from layerhub.core.store import get_store
+from layerhub.engine import pull as engine_pull
+from layerhub.engine.archive import import_archive
+from layerhub.engine.digest import chain_ids
+from layerhub.engine.errors import ArchiveError, LayerhubError
+from layerhub.engine.manifest import (
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    Platform,
+    parse_platform,
+)
+from layerhub.engine.reference import Reference, parse_reference
+from layerhub.engine.registry import Credentials, RegistryClient
+from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
+from layerhub.jobs.models import Job
+from layerhub.jobs.services import JobProgress, job_enqueue
+
+
+def registry_client_for(*, registry: str) -> RegistryClient:
+    """A client for ``registry`` with the catalog's stored login, if there is one."""
+    saved = RegistryCredential.objects.filter(host=registry).first()
+    credentials = None
+    insecure = None
+    if saved is not None:
+        if saved.username:
+            credentials = Credentials(saved.username, saved.get_password())
+        insecure = saved.insecure or None
+    return RegistryClient(
+        registry_api_host(registry),
+        credentials=credentials,
+        insecure=insecure,
+        retries=settings.LAYERHUB_REGISTRY_RETRIES,
+        backoff=settings.LAYERHUB_REGISTRY_BACKOFF,
+    )
+
+
+def registry_api_host(registry: str) -> str:
+    """Where a registry's API answers (docker.io's is elsewhere)."""
+    return Reference(registry, "x", None, None).api_host
+
+
+def image_pull(
+    *, reference: str, platform: str | None = None, user: AbstractBaseUser | None = None
+) -> Job:
+    """Queue a pull of ``reference``; raises InvalidReference (or InvalidManifest for a bad
+    platform) at once, before any job exists."""
+    ref = parse_reference(reference)
+    plat = parse_platform(platform) if platform else Platform()
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=Job.Kind.PULL,
+            reference=str(ref),
+            params={"platform": str(plat)},
+            created_by=user if user is not None and user.is_authenticated else None,
+        )
+        job_enqueue(job=job)
+    return job
+
+
+def _run(job: Job, work: Any) -> None:
+    """Run ``work`` for a claimed job and record how it ended; user errors become the job's
+    message, anything else is recorded and re-raised (a bug to see in the worker's log)."""
+    try:
+        work()
+    except LayerhubError as exc:
+        job.finish(error=str(exc))
+    except Exception as exc:
+        job.finish(error=f"internal error: {type(exc).__name__}: {exc}")
+        raise
+    else:
+        job.finish()
+
+
+def image_pull_run(*, job_id: int) -> None:
+    """The pull job: fetch into the store, record the image, queue its unpack."""
+    job = Job.objects.get(pk=job_id)
+    if not job.claim():
+        return
+    ref = parse_reference(job.reference)
+    platform = parse_platform(job.params.get("platform") or "linux/amd64")
+    progress = JobProgress(job)
+
+    def work() -> None:
+        client = registry_client_for(registry=ref.registry)
+        try:
+            resolved = engine_pull.pull(
+                client,
+                ref,
+                get_store(),
+                platform=platform,
+                progress=progress.reporter(),
+                heartbeat=progress.flush,
+            )
+        finally:
+            progress.flush(force=True)
+            client.close()
+        image = image_record(refs=[ref], resolved=resolved)
+        job.image = image
+        job.save(update_fields=["image"])
+        _queue_unpack(job, image)
+
+    _run(job, work)
+
+
+def _queue_unpack(job: Job, image: Image) -> Job:
+    unpack = Job.objects.create(
+        kind=Job.Kind.UNPACK,
+        reference=job.reference,
+        parent=job,
+        image=image,
+        created_by=job.created_by,
+    )
+    job_enqueue(job=unpack)
+    return unpack
+
+
+def image_import(*, path: str, platform: str | None = None, user: Any = None) -> Job:
+    """Queue the import of a ``docker save`` archive or an OCI layout (directory or tar)
+    that the workers can read at ``path``."""
+    target = Path(path).resolve()
+    if not target.exists():
+        raise ArchiveError(f"{path}: no such file or directory")
+    plat = parse_platform(platform) if platform else Platform()
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=Job.Kind.IMPORT,
+            reference=str(target),
+            params={"path": str(target), "platform": str(plat)},
+            created_by=user if user is not None and user.is_authenticated else None,
+        )
+        job_enqueue(job=job)
+    return job
+
+
+def image_import_run(*, job_id: int) -> None:
+    """The import job: verify every blob into the store, record the images, queue unpacks."""
+    job = Job.objects.get(pk=job_id)
+    if not job.claim():
+        return
+
+    def work() -> None:
+        imported = import_archive(
+            Path(job.params["path"]),
+            get_store(),
+            platform=parse_platform(job.params.get("platform") or "linux/amd64"),
+        )
+        images = [image_record(refs=item.references, resolved=item) for item in imported]
+        job.image = images[0]
+        job.save(update_fields=["image"])
+        for image in images:
+            _queue_unpack(job, image)
+
+    _run(job, work)
+
+
+def _created(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        return None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, timezone.utc)
+    return parsed
+
+
+class FetchedImage(Protocol):
+    """What a pull (ResolvedImage) and an import (ImportedImage) both give."""
+
+    @property
+    def manifest_digest(self) -> str: ...
+    @property
+    def manifest(self) -> ImageManifest: ...
+    @property
+    def index_digest(self) -> str | None: ...
+    @property
+    def config_digest(self) -> str: ...
+    @property
+    def config(self) -> ImageConfig: ...
+
+
+@transaction.atomic
+def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
+    """Write (or find) the rows for an image whose blobs are all in the store, and point the
+    tags of ``refs`` at it (a tag that moved keeps the image it left)."""
+    config = resolved.config
+    image, _ = Image.objects.get_or_create(
+        manifest_digest=resolved.manifest_digest,
+        defaults={
+            "media_type": resolved.manifest.media_type,
+            "config_digest": resolved.config_digest,
+            "index_digest": resolved.index_digest or "",
+            "os": config.platform.os,
+            "architecture": config.platform.architecture,
+            "variant": config.platform.variant or "",
+            "created": _created(config.created),
+            "config": config.doc,
+        },
+    )
+    if not image.image_layers.exists():
+        parent: Layer | None = None
+        chains = chain_ids(config.diff_ids)
+        for position, (desc, diff_id, chain) in enumerate(
+            zip(resolved.manifest.layers, config.diff_ids, chains, strict=True)
+        ):
+            layer, _ = Layer.objects.get_or_create(
+                chain_id=chain,
+                defaults={
+                    "parent": parent,
+                    "digest": desc.digest,
+                    "diff_id": diff_id,
+                    "media_type": desc.media_type,
+                    "size": desc.size,
+                },
+            )
+            ImageLayer.objects.create(image=image, layer=layer, position=position)
+            parent = layer
+    for ref in refs:
+        repository, _ = Repository.objects.get_or_create(registry=ref.registry, name=ref.repository)
+        image.repositories.add(repository)
+        if ref.tag:
+            Tag.objects.update_or_create(
+                repository=repository,
+                name=ref.tag,
+                defaults={"image": image, "updated_at": timezone.now()},
+            )
+    return image
+
+
+def image_layer_descriptors(*, image: Image) -> tuple[list[Descriptor], list[str]]:
+    """The image's layers as the engine wants them: descriptors and DiffIDs, bottom first."""
+    rows = list(image.image_layers.select_related("layer").order_by("position"))
+    descriptors = [
+        Descriptor(row.layer.media_type, row.layer.digest, row.layer.size) for row in rows
+    ]
+    return descriptors, [row.layer.diff_id for row in rows]
+
+
+def image_unpack_run(*, job_id: int) -> None:
+    """The unpack job: make every layer's snapshot, bottom up, and record sizes."""
+    job = Job.objects.select_related("image").get(pk=job_id)
+    if not job.claim():
+        return
+    progress = JobProgress(job)
+
+    def work() -> None:
+        if job.image is None:
+            raise LayerhubError("the image of this unpack job is gone")
+        descriptors, diff_ids = image_layer_descriptors(image=job.image)
+
+        def report(digest: str, status: str, current: int, total: int) -> None:
+            progress.update(digest, status, current, total)
+            progress.flush()
+
+        try:
+            unpacked = engine_pull.unpack(get_store(), descriptors, diff_ids, progress=report)
+        finally:
+            progress.flush(force=True)
+        now = timezone.now()
+        for layer in unpacked:
+            Layer.objects.filter(chain_id=layer.chain_id).update(
+                unpacked_size=layer.unpacked_size,
+                file_count=layer.file_count,
+                unpacked_at=now,
+            )
+
+    _run(job, work)

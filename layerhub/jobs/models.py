@@ -1,0 +1,93 @@
+"""Background jobs: what a pull, unpack, import (and later commit, push, export) is doing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Job(models.Model):
+    """One piece of background work, its state, its per-layer progress and its outcome.
+
+    A Celery task claims a queued job with a conditional update (``claim``), so a job is run
+    once however often its message is delivered; the state moves queued -> running ->
+    succeeded | failed. Progress is stored here so pages and the API read it from the database.
+    """
+
+    class Kind(models.TextChoices):
+        PULL = "pull", "pull"
+        UNPACK = "unpack", "unpack"
+        IMPORT = "import", "import"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    # what the job was asked: a reference, a platform, a file path
+    reference = models.CharField(max_length=512, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    # one entry per layer in manifest order (a list: jsonb would not keep an object's order):
+    # {"digest": ..., "status": "Downloading", "current": n, "total": m}
+    progress = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    image = models.ForeignKey(
+        "images.Image", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.reference or self.pk} ({self.state})"
+
+    @property
+    def done(self) -> bool:
+        """Whether the job has ended, well or not."""
+        return self.state in (self.State.SUCCEEDED, self.State.FAILED)
+
+    def claim(self) -> bool:
+        """Move queued -> running if nobody else has; a crashed run may be claimed again."""
+        now = timezone.now()
+        claimed = (
+            Job.objects.filter(pk=self.pk, state__in=[self.State.QUEUED, self.State.RUNNING])
+            .exclude(state=self.State.RUNNING, attempts__gte=self.max_attempts())
+            .update(state=self.State.RUNNING, started_at=now, attempts=models.F("attempts") + 1)
+        )
+        if claimed:
+            self.refresh_from_db()
+        return bool(claimed)
+
+    @staticmethod
+    def max_attempts() -> int:
+        """How many times a job interrupted mid-run (a killed worker) is started again."""
+        return 3
+
+    def finish(self, error: str = "") -> None:
+        """Record the end: succeeded, or failed with a message for people."""
+        self.state = self.State.FAILED if error else self.State.SUCCEEDED
+        self.error = error
+        self.finished_at = timezone.now()
+        self.save(update_fields=["state", "error", "finished_at"])
+
+    def save_progress(self, lines: list[dict[str, Any]]) -> None:
+        """Store the per-layer progress lines (one UPDATE of this row alone)."""
+        self.progress = lines
+        Job.objects.filter(pk=self.pk).update(progress=lines)

@@ -1,0 +1,1 @@
+"""Helpers the tests share: image builders and real registry servers on loopback."""
