@@ -249,10 +249,17 @@ class _Applier:
             return False
         if stat.S_ISDIR(st.st_mode):
             remove_path(path)
-            self.dirs = {(): ""}
+            self.forget_dir(path)
             return False
         os.unlink(path)
         return self.fmt.whiteout_target(os.path.basename(path), st) is not None
+
+    def forget_dir(self, path: str) -> None:
+        """A directory (and all below it) was removed: drop what was remembered about it."""
+        rel = path[len(self.dest) + 1 :]
+        self.dirs = {(): ""}
+        for key in [k for k in self.dir_meta if k == rel or k.startswith(rel + "/")]:
+            del self.dir_meta[key]
 
     # -- entries -------------------------------------------------------------------------------
 
@@ -311,8 +318,9 @@ class _Applier:
         target = base[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", ".."):
             raise PathTraversal(m.name, "whiteout of an invalid name")
-        if os.path.isdir(f"{parent}/{target}"):
-            self.dirs = {(): ""}
+        doomed = f"{parent}/{target}"
+        if os.path.isdir(doomed) and not os.path.islink(doomed):
+            self.forget_dir(doomed)
         self.fmt.write_whiteout(parent, target)
 
     def directory(self, m: Header, path: str, rel: str) -> None:

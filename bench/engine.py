@@ -1,0 +1,489 @@
+"""Engine benchmark, run on demand: ``.venv/bin/python bench/engine.py [--rounds N]``.
+
+1. apply: GNU tar vs layerhub's ``apply_layer`` on the same generated layer (about 200 MB and
+   20,000 files), plain and gzip, each run in a fresh directory with a cold page cache (when
+   root), alternating which tool goes first. layerhub runs in a child process so its peak RSS
+   can be set beside tar's.
+2. diff: ``diff_to_store`` of a writable directory holding 100 changed files over a 200 MB base
+   and over a bigger one (5 such layers by default); its cost should follow the change, not
+   the base.
+
+Everything is generated under a temporary directory that is removed at the end. Nothing here is
+asserted or hard-coded: the verdict lines are computed from the medians measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from layerhub.engine.diff import diff_to_store  # noqa: E402
+from layerhub.engine.store import Store  # noqa: E402
+from layerhub.engine.whiteouts import WhiteoutFormat, default_format  # noqa: E402
+
+MB = 1_000_000
+MIB = 1 << 20
+BIG_FILES = 100
+SMALL_SIZES = (100, 10 * 1024)
+DIFF_TARGET_S = 0.2
+
+# The child that applies a layer: imports timed apart from the apply, result as JSON on stdout.
+APPLY_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+from layerhub.engine.apply import apply_layer
+from layerhub.engine.whiteouts import format_named
+t1 = time.perf_counter()
+with open(sys.argv[1], "rb") as f:
+    r = apply_layer(f, Path(sys.argv[2]), whiteouts=format_named(sys.argv[3]))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "apply_s": t2 - t1, "entries": r.entry_count,
+                  "tar_size": r.tar_size, "compression": r.compression}))
+"""
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+
+def drop_caches() -> bool:
+    """sync, then drop the page cache if we may; whether it was dropped."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "not found"
+    return out.splitlines()[0].strip()
+
+
+# -- the generated layer -----------------------------------------------------------------------
+
+
+@dataclass
+class Layer:
+    src: Path  # the generated tree
+    tar: Path
+    tgz: Path
+    files: list[str]  # relative paths of regular files
+    dirs: int
+    content_bytes: int
+
+    @property
+    def entries(self) -> int:
+        return len(self.files) + self.dirs + 1  # the root "./" too
+
+    @property
+    def tar_size(self) -> int:
+        return self.tar.stat().st_size
+
+
+def text_pool(rng: random.Random, size: int) -> bytes:
+    """Compressible text: log lines and prose from a small vocabulary."""
+    words = [
+        "".join(rng.choice("etaoinshrdlucmfwypvbgkjqxz") for _ in range(rng.randint(2, 9)))
+        for _ in range(3_000)
+    ]
+    lines = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choices(words, k=rng.randint(4, 16))) + "\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def generate_layer(work: Path, n_files: int, n_dirs: int, seed: int = 1) -> Layer:
+    """A realistic layer tree: many small files, a hundred 1 MiB ones, half text, half random."""
+    rng = random.Random(seed)
+    src = work / "src"
+    src.mkdir()
+    pool = text_pool(rng, 8 * MIB)
+    tops = max(1, round(n_dirs**0.5))
+    dirs: list[str] = []
+    for t in range(tops):
+        dirs.append(f"d{t:02d}")
+    while len(dirs) < n_dirs:
+        dirs.append(f"d{len(dirs) % tops:02d}/s{len(dirs):03d}")
+    for d in dirs:
+        (src / d).mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    content = 0
+    for i in range(n_files):
+        size = MIB if i < BIG_FILES else rng.randint(*SMALL_SIZES)
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            start = rng.randrange(len(pool) - size) if size < len(pool) else 0
+            data = pool[start : start + size]
+        rel = f"{rng.choice(dirs)}/f{i:05d}{'.txt' if i % 2 == 0 else '.bin'}"
+        path = src / rel
+        path.write_bytes(data)
+        if i % 10 == 0:
+            os.chmod(path, 0o755)
+        files.append(rel)
+        content += size
+    tar = work / "layer.tar"
+    subprocess.run(["tar", "-cf", str(tar), "-C", str(src), "--sort=name", "."], check=True)
+    tgz = work / "layer.tar.gz"
+    with open(tgz, "wb") as out:
+        subprocess.run(["gzip", "-6", "-n", "-c", str(tar)], stdout=out, check=True)
+    return Layer(src, tar, tgz, files, len(dirs), content)
+
+
+# -- apply -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    wall_s: float
+    maxrss_kib: int | None  # None without GNU time
+    apply_s: float | None = None  # layerhub: inside the child, without start-up and imports
+
+
+# ru_maxrss straight from wait4() on our own child is useless here: at execve() Linux folds the
+# high-water mark of the memory the child had before exec (this fat Python process, shared by
+# vfork or copied by fork) into the child's maxrss. GNU time forks the command from its own tiny
+# process and reports that child's wait4() ru_maxrss (%M), which is the real peak (children
+# included, so gzip under tar -xz counts).
+GNU_TIME = "/usr/bin/time"
+
+
+def run_measured(
+    cmd: list[str], rss_file: Path, env: dict[str, str] | None = None
+) -> tuple[Run, str]:
+    """Run ``cmd``; wall time, the child's peak RSS and its stdout."""
+    timed = os.access(GNU_TIME, os.X_OK)
+    if timed:
+        cmd = [GNU_TIME, "-f", "%M", "-o", str(rss_file), *cmd]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, cwd=REPO, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed with exit code {proc.returncode}")
+    rss = int(rss_file.read_text().split()[-1]) if timed else None
+    return Run(wall, rss), proc.stdout.decode()
+
+
+def run_tar(archive: Path, dest: Path) -> Run:
+    flags = "-xzf" if archive.suffix == ".gz" else "-xf"
+    cmd = ["tar", flags, str(archive), "-C", str(dest)]
+    return run_measured(cmd, dest.with_suffix(".rss"))[0]
+
+
+def run_layerhub(archive: Path, dest: Path, form: str) -> Run:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", APPLY_CHILD, str(archive), str(dest), form]
+    run, out = run_measured(cmd, dest.with_suffix(".rss"), env)
+    report = json.loads(out)
+    run.apply_s = report["apply_s"]
+    return run
+
+
+def tree_count(root: Path) -> tuple[int, int]:
+    """(entries, regular-file bytes) under root, root excluded."""
+    entries = size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        entries += len(dirnames) + len(filenames)
+        size += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in filenames)
+    return entries, size
+
+
+def bench_apply(
+    layer: Layer, work: Path, rounds: int, form: str, cold: bool
+) -> dict[tuple[str, str], list[Run]]:
+    runs: dict[tuple[str, str], list[Run]] = {}
+    tools: dict[str, Callable[[Path, Path], Run]] = {
+        "GNU tar": run_tar,
+        "layerhub": lambda a, d: run_layerhub(a, d, form),
+    }
+    archives = {"tar": layer.tar, "tar.gz": layer.tgz}
+    serial = 0
+    for rnd in range(rounds):
+        order = list(tools) if rnd % 2 == 0 else list(reversed(tools))
+        for kind, archive in archives.items():
+            for tool in order:
+                serial += 1
+                dest = work / f"run-{serial:03d}"  # fresh, never used
+                dest.mkdir()
+                if cold:
+                    drop_caches()
+                else:
+                    os.sync()
+                run = tools[tool](archive, dest)
+                runs.setdefault((kind, tool), []).append(run)
+                if rnd == 0:  # once: both tools must have produced the same tree
+                    got = tree_count(dest)
+                    want = (layer.entries - 1, layer.content_bytes)
+                    if got != want:
+                        raise RuntimeError(f"{tool} unpacked {got} (entries, bytes), not {want}")
+                shutil.rmtree(dest)  # outside the timing
+                os.sync()
+        print(f"  round {rnd + 1}/{rounds} done", flush=True)
+    return runs
+
+
+def report_apply(layer: Layer, runs: dict[tuple[str, str], list[Run]], rounds: int) -> float:
+    """Print the table; return the worst layerhub/tar ratio."""
+    print()
+    head = f"{'archive':<8} {'tool':<9} {'median':>9} {'MB/s':>7} {'files/s':>9} {'peak RSS':>9}"
+    print(head + "   in-process apply (layerhub)")
+    print("-" * (len(head) + 30))
+    worst = 0.0
+    for kind in ("tar", "tar.gz"):
+        medians = {}
+        for tool in ("GNU tar", "layerhub"):
+            rs = runs[(kind, tool)]
+            med = statistics.median(r.wall_s for r in rs)
+            medians[tool] = med
+            peaks = [r.maxrss_kib for r in rs if r.maxrss_kib is not None]
+            rss = f"{statistics.median(peaks) / 1024:>6.1f} MiB" if peaks else f"{'n/a':>10}"
+            extra = ""
+            if tool == "layerhub":
+                extra = f"   {statistics.median(r.apply_s or 0.0 for r in rs):.2f} s"
+            print(
+                f"{kind:<8} {tool:<9} {med:>7.2f} s {layer.tar_size / MB / med:>7.1f} "
+                f"{layer.entries / med:>9,.0f} {rss}{extra}"
+            )
+        ratio = medians["layerhub"] / medians["GNU tar"]
+        worst = max(worst, ratio)
+        print(f"{kind:<8} {'ratio':<9} {ratio:>7.2f}x  layerhub/tar (wall time, medians)")
+        print()
+    print(
+        f"MB/s = uncompressed tar MB (10^6 B) per second of wall time; files/s = tar entries "
+        f"({layer.entries:,}) per second; {rounds} rounds each; layerhub's wall time includes "
+        "Python start-up and imports (the last column leaves them out); peak RSS is the "
+        f"median ru_maxrss of the command and its children, via {GNU_TIME} -f %M"
+        + ("" if os.access(GNU_TIME, os.X_OK) else " (not installed: n/a)")
+        + "."
+    )
+    return worst
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+
+def unpack_base(layer: Layer, root: Path, copies: int) -> list[Path]:
+    """``copies`` lower directories, the layer unpacked into each under its own prefix, so
+    their union holds ``copies`` times the layer's data (copy 0 at the root)."""
+    lowers = []
+    for k in range(copies):
+        lower = root / f"lower-{k}"
+        dest = lower / (f"set-{k}" if k else "")
+        dest.mkdir(parents=True)
+        subprocess.run(["tar", "-xf", str(layer.tar), "-C", str(dest)], check=True)
+        lowers.append(lower)
+    return lowers
+
+
+def make_upper(lower: Path, layer: Layer, upper: Path, fmt: WhiteoutFormat) -> None:
+    """A writable directory over ``lower``: 100 changed files (50 modified by copy-up, 50 added,
+    some in new directories), ~10 KB each, and 5 deletions as whiteouts in the store's form.
+
+    Seeded, so it is the same change over every base: only the base differs between runs.
+    """
+    rng = random.Random(7)
+    upper.mkdir()
+    picks = rng.sample(layer.files[BIG_FILES:], 55)  # small files only: copy-up stays ~10 KB
+
+    def copy_up_parents(rel: str) -> Path:
+        # parents as overlayfs copy-up makes them: the lower directory's mode and times
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            dst, src = upper.joinpath(*parts[:i]), lower.joinpath(*parts[:i])
+            if not dst.is_dir():
+                dst.mkdir()
+                if src.is_dir():
+                    shutil.copystat(src, dst)
+        return upper / rel
+
+    for rel in picks[:50]:  # modified
+        dst = copy_up_parents(rel)
+        shutil.copy2(lower / rel, dst)
+        with open(dst, "r+b") as f:
+            f.write(rng.randbytes(10_000))
+    for n in range(50):  # added
+        parent = f"new-{n // 10}" if n % 5 == 0 else rng.choice(picks).rsplit("/", 1)[0]
+        copy_up_parents(f"{parent}/added-{n:02d}.dat").write_bytes(rng.randbytes(10_000))
+    for rel in picks[50:]:  # deleted
+        dst = copy_up_parents(rel)
+        fmt.write_whiteout(dst.parent, dst.name)
+
+
+@dataclass
+class DiffResult:
+    base_bytes: int
+    entries: int
+    tar_size: int
+    cold: list[float]  # page cache dropped before each run (when possible)
+    warm: list[float]
+
+
+def bench_diff(
+    layer: Layer, work: Path, rounds: int, big_copies: int, fmt: WhiteoutFormat, cold: bool
+) -> dict[str, DiffResult]:
+    """diff_to_store over a base of one layer and of ``big_copies`` layers.
+
+    Both bases are built first and the rounds alternate between them (and which goes first),
+    so background writeback from building them falls on both alike.
+    """
+    bases: dict[str, tuple[Path, Store]] = {}
+    results: dict[str, DiffResult] = {}
+    for copies in (1, big_copies):
+        label = f"{copies} layer{'s' if copies > 1 else ''}"
+        root = work / f"base-{copies}"
+        lowers = unpack_base(layer, root, copies)
+        upper = root / "upper"
+        make_upper(lowers[0], layer, upper, fmt)
+        bases[label] = (upper, Store(root / "store", whiteouts=fmt.name))
+        results[label] = DiffResult(sum(tree_count(lower)[1] for lower in lowers), 0, 0, [], [])
+    for rnd in range(rounds):
+        order = list(bases) if rnd % 2 == 0 else list(reversed(bases))
+        for label in order:
+            upper, store = bases[label]
+            result = results[label]
+            for warm in (False, True):  # a warm run right after each cold one
+                if cold and not warm:
+                    drop_caches()
+                else:
+                    os.sync()
+                start = time.perf_counter()
+                diff = diff_to_store(upper, store.whiteouts, store.blobs)
+                elapsed = time.perf_counter() - start
+                (result.warm if warm or not cold else result.cold).append(elapsed)
+                result.entries, result.tar_size = diff.entry_count, diff.tar_size
+    for copies in (1, big_copies):
+        shutil.rmtree(work / f"base-{copies}")
+    os.sync()
+    return results
+
+
+def report_diff(results: dict[str, DiffResult], cold: bool) -> tuple[bool, float]:
+    """Print the table; return (every median under the target, big/small median)."""
+    print()
+    cols = ("base size", "entries", "tar", "cold median", "min", "max", "warm median")
+    print(
+        f"{'base':<9} {cols[0]:>10} {cols[1]:>8} {cols[2]:>9} {cols[3]:>12} {cols[4]:>8} "
+        f"{cols[5]:>8} {cols[6]:>12}"
+    )
+    print("-" * 84)
+    medians = []
+    for label, r in results.items():
+        timed = r.cold if cold else r.warm
+        med = statistics.median(timed)
+        medians.append(med)
+        cold_cols = (
+            f"{med:>10.3f} s {min(timed):>6.3f} s {max(timed):>6.3f} s"
+            if cold
+            else f"{'n/a':>12} {'':>8} {'':>8}"
+        )
+        print(
+            f"{label:<9} {r.base_bytes / MB:>7,.0f} MB {r.entries:>8} "
+            f"{r.tar_size / MB:>6.2f} MB {cold_cols} {statistics.median(r.warm):>10.3f} s"
+        )
+    print(
+        "the same upper directory (same paths and bytes) over both bases; the verdict uses the "
+        + ("cold" if cold else "warm")
+        + " medians."
+    )
+    return all(m < DIFF_TARGET_S for m in medians), medians[-1] / medians[0]
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--files", type=int, default=20_000, help="files in the layer")
+    parser.add_argument("--dirs", type=int, default=400, help="directories in the layer")
+    parser.add_argument(
+        "--big-layers", type=int, default=5, help="the big diff base is this many layers"
+    )
+    parser.add_argument("--tmp", type=Path, default=None, help="where to work (default: $TMPDIR)")
+    args = parser.parse_args()
+
+    cold = os.geteuid() == 0 and drop_caches()
+    print("layerhub engine benchmark")
+    print(f"  nproc:   {len(os.sched_getaffinity(0))}")
+    print(f"  python:  {platform.python_version()} ({sys.executable})")
+    print(f"  kernel:  {platform.release()}")
+    print(f"  tar:     {tool_version(['tar', '--version'])}")
+    print(f"  gzip:    {tool_version(['gzip', '--version'])}")
+    if cold:
+        print("  caches:  sync; echo 3 > /proc/sys/vm/drop_caches before every timed run")
+    else:
+        why = "not root" if os.geteuid() != 0 else "/proc/sys/vm/drop_caches is not writable"
+        print(f"  caches:  NOT dropped ({why}): timings are warm-cache, sync only")
+
+    work = Path(tempfile.mkdtemp(prefix="layerhub-bench-", dir=args.tmp))
+    try:
+        fmt = default_format(work)
+        print(f"  workdir: {work} ({os.statvfs(work).f_bsize} B blocks), whiteouts: {fmt.name}")
+        print()
+        t0 = time.perf_counter()
+        layer = generate_layer(work, args.files, args.dirs)
+        print(
+            f"generated layer: {len(layer.files):,} files ({BIG_FILES} of 1 MiB, the rest "
+            f"{SMALL_SIZES[0]} B-{SMALL_SIZES[1] // 1024} KiB, half text, half random), "
+            f"{layer.dirs} directories, {layer.content_bytes / MB:,.0f} MB of content; "
+            f"tar {layer.tar_size / MB:,.0f} MB, gzip {layer.tgz.stat().st_size / MB:,.0f} MB "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
+        # the tree was needed only to make the tar
+        shutil.rmtree(layer.src)
+
+        print()
+        print(f"== apply: GNU tar -xf / -xzf vs layerhub apply_layer ({fmt.name} whiteouts)")
+        runs = bench_apply(layer, work, args.rounds, fmt.name, cold)
+        worst = report_apply(layer, runs, args.rounds)
+
+        print()
+        print(
+            f"== diff: diff_to_store of 100 changed files (~10 KB each: 50 modified, 50 added) "
+            f"and 5 deletions over bases of 1 and {args.big_layers} layers (--big-layers), "
+            f"{args.rounds} cold and {args.rounds} warm runs each (bases unpacked with GNU tar, "
+            "not timed)"
+        )
+        results = bench_diff(layer, work, args.rounds, args.big_layers, fmt, cold)
+        under, growth = report_diff(results, cold)
+
+        print()
+        verdict = "yes" if worst <= 2.0 else "NO"
+        print(f"apply: within 2x of GNU tar: {verdict} (worst ratio layerhub/tar {worst:.2f}x)")
+        # "independent" here: the big base's median within 25% of the small one's
+        independent = growth <= 1.25
+        print(
+            f"diff: under {DIFF_TARGET_S} s at both base sizes: {'yes' if under else 'NO'}; "
+            f"independent of base size: {'yes' if independent else 'NO'} "
+            f"(big/small median {growth:.2f}x; independent means within 1.25x)"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
