@@ -32,6 +32,17 @@ if _db["ENGINE"].endswith("sqlite3") and _db["NAME"] != ":memory:":
     Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # a file, not memory, so the worker processes the tests start share the test database
     _db["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+if _db["ENGINE"].endswith("sqlite3"):
+    # The web server and the workers write to one SQLite file: WAL lets readers run beside
+    # a writer, IMMEDIATE transactions take the write lock up front (no failed upgrades),
+    # and a writer waits up to 20 s for another instead of failing at once.
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=REDIS_SCHEMES)

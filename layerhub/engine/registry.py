@@ -237,8 +237,12 @@ class RegistryClient:
 
     # -- API -----------------------------------------------------------------------------------
 
-    def ping(self) -> None:
-        """Check that a v2 registry answers (and that we may talk to it)."""
+    def login(self) -> None:
+        """Check the credentials: ``/v2/`` must answer once authenticated.
+
+        A token service is asked for a token with no repository scope, as ``docker login``
+        does; a registry with no auth at all accepts any login.
+        """
         self._request("GET", "/v2/", scope="").close()
 
     def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:

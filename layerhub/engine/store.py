@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,7 +227,7 @@ class Store:
                 )
             return format_named(recorded)
         fmt = format_named(requested) if requested else default_format(self.root)
-        tmp = self.root / f"store.json.{os.getpid()}"
+        tmp = self.root / f"store.json.{os.getpid()}.{uuid.uuid4().hex}"
         tmp.write_text(json.dumps({"version": STORE_VERSION, "whiteouts": fmt.name}) + "\n")
         try:
             os.link(tmp, meta)  # first creator wins; a racing one reads what won

@@ -57,6 +57,27 @@ def registry_client_for(*, registry: str) -> RegistryClient:
     )
 
 
+def registry_login(*, host: str, username: str, password: str, insecure: bool = False) -> None:
+    """Check a login against the registry (``/v2/``), then store it for later pulls."""
+    registry = parse_reference(f"{host}/x").registry
+    client = RegistryClient(
+        registry_api_host(registry),
+        credentials=Credentials(username, password),
+        insecure=insecure or None,
+        retries=settings.LAYERHUB_REGISTRY_RETRIES,
+        backoff=settings.LAYERHUB_REGISTRY_BACKOFF,
+    )
+    try:
+        client.login()
+    finally:
+        client.close()
+    saved, _ = RegistryCredential.objects.get_or_create(host=registry)
+    saved.username = username
+    saved.insecure = insecure
+    saved.set_password(password)
+    saved.save()
+
+
 def registry_api_host(registry: str) -> str:
     """Where a registry's API answers (docker.io's is elsewhere)."""
     return Reference(registry, "x", None, None).api_host
@@ -99,6 +120,8 @@ def image_pull_run(*, job_id: int) -> None:
     job = Job.objects.get(pk=job_id)
     if not job.claim():
         return
+    if job.attempts > 1:  # a run after a crash: clear what the dead run left in tmp/
+        get_store().sweep_tmp()
     ref = parse_reference(job.reference)
     platform = parse_platform(job.params.get("platform") or "linux/amd64")
     progress = JobProgress(job)

@@ -64,15 +64,23 @@ class Job(models.Model):
         return self.state in (self.State.SUCCEEDED, self.State.FAILED)
 
     def claim(self) -> bool:
-        """Move queued -> running if nobody else has; a crashed run may be claimed again."""
+        """Move queued -> running if nobody else has, and say whether this caller may run it.
+
+        A job found running is one whose worker died mid-run and whose message was delivered
+        again: it is claimed again, up to ``max_attempts`` runs, then failed for good.
+        """
         now = timezone.now()
         claimed = (
             Job.objects.filter(pk=self.pk, state__in=[self.State.QUEUED, self.State.RUNNING])
             .exclude(state=self.State.RUNNING, attempts__gte=self.max_attempts())
             .update(state=self.State.RUNNING, started_at=now, attempts=models.F("attempts") + 1)
         )
-        if claimed:
-            self.refresh_from_db()
+        self.refresh_from_db()
+        if not claimed and self.state == self.State.RUNNING:
+            self.finish(
+                error=f"the worker running this job stopped {self.attempts} times "
+                "(killed or out of memory); giving up"
+            )
         return bool(claimed)
 
     @staticmethod

@@ -1,0 +1,42 @@
+"""``python manage.py login HOST -u USER``: store a registry login, like ``docker login``."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from layerhub.engine.errors import LayerhubError
+from layerhub.images.services import registry_login
+
+
+class Command(BaseCommand):
+    help = "Check and store a login for a registry (the password is kept encrypted)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("host", help="registry host[:port], e.g. ghcr.io")
+        parser.add_argument("-u", "--username", required=True)
+        parser.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+        parser.add_argument(
+            "--insecure", action="store_true", help="talk plain HTTP to this registry"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["password_stdin"]:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass("Password: ")
+        try:
+            registry_login(
+                host=options["host"],
+                username=options["username"],
+                password=password,
+                insecure=options["insecure"],
+            )
+        except LayerhubError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write("Login Succeeded")
