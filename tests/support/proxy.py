@@ -3,6 +3,7 @@ cut a blob's body short or slow it down, the way a registry that dies mid-downlo
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -38,7 +39,9 @@ class FaultyProxy:
                 self.forward(body=False)
 
             def do_GET(self) -> None:
-                self.forward(body=True)
+                # the client may go away mid-body (a killed worker, a cut we made)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.forward(body=True)
 
             def forward(self, *, body: bool) -> None:
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
