@@ -28,6 +28,7 @@ from typing import BinaryIO
 from .compression import decompressed
 from .digest import CHUNK
 from .errors import (
+    CorruptArchive,
     DeviceNotPermitted,
     HardlinkEscape,
     LayerError,
@@ -373,13 +374,20 @@ class _Applier:
         left = m.size
         while left:
             chunk = read(min(CHUNK, left))
+            if not chunk:
+                raise CorruptArchive(f"tar ends inside {m.name!r}: the layer is truncated")
             left -= len(chunk)
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
 
     def hardlink(self, m: Header, path: str) -> None:
-        target_parts = clean_name(m.linkname)
+        try:
+            target_parts = clean_name(m.linkname)
+        except PathTraversal:
+            raise HardlinkEscape(
+                m.name, f"hardlink target {m.linkname!r} is outside the layer"
+            ) from None
         missing = HardlinkEscape(m.name, f"hardlink target {m.linkname!r} is not in this layer")
         if not target_parts:
             raise HardlinkEscape(m.name, "hardlink to the layer's root")

@@ -72,6 +72,42 @@ class _Checked(io.RawIOBase):
         return len(data)
 
 
+class _Zstd(io.RawIOBase):
+    """zstd frames, one after another, refusing a stream that ends inside a frame (the
+    library's own stream reader quietly returns what it has)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._pending = b""
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise CorruptArchive("zstd stream ends inside a frame: the layer is truncated")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._pending += self._obj.decompress(chunk)
+                chunk = b""
+                if self._obj.eof:
+                    chunk = self._obj.unused_data
+                    self._obj = self._dctx.decompressobj()
+                    self._in_frame = False
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
 def decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
     """The uncompressed tar stream inside ``raw``, and the compression that was found."""
     head = raw.read(8)
@@ -83,7 +119,5 @@ def decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
     if fmt == "gzip":
         inner = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
     else:
-        inner = zstandard.ZstdDecompressor().stream_reader(
-            stream, read_size=1 << 20, read_across_frames=True
-        )
+        inner = io.BufferedReader(_Zstd(stream), buffer_size=1 << 20)
     return io.BufferedReader(_Checked(inner, fmt), buffer_size=1 << 20), fmt

@@ -77,6 +77,8 @@ def _scan(upper: Path, fmt: WhiteoutFormat) -> Iterator[_Item]:
             target = fmt.whiteout_target(entry.name, st)
             if target is not None:
                 items.append(_Item(prefix + WHITEOUT_PREFIX + target, None, None))
+            elif stat.S_ISSOCK(st.st_mode):
+                continue  # a socket lives only while its process does; Docker skips them too
             elif not fmt.is_marker(entry.name):
                 items.append(_Item(prefix + entry.name, Path(entry.path), st))
         items.sort(key=lambda i: i.name.encode("utf-8", "surrogateescape"))

@@ -232,7 +232,12 @@ class Store:
         try:
             os.link(tmp, meta)  # first creator wins; a racing one reads what won
         except FileExistsError:
-            return format_named(json.loads(meta.read_text())["whiteouts"])
+            recorded = json.loads(meta.read_text())["whiteouts"]
+            if requested is not None and requested != recorded:
+                raise ValueError(
+                    f"store {self.root} keeps whiteouts as {recorded!r}, not {requested!r}"
+                ) from None
+            return format_named(recorded)
         finally:
             tmp.unlink()
         return fmt

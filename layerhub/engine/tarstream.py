@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import CorruptArchive, LayerError
+from .errors import CorruptArchive, LayerError, UnsafeEntry
 
 BLOCK = 512
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
@@ -95,6 +95,13 @@ def _num(field_: bytes, what: str, offset: int) -> int:
         return int(text, 8)
     except ValueError:
         raise CorruptArchive(f"tar header at byte {offset}: bad {what} field {text!r}") from None
+
+
+def _pax_int(records: dict[str, str], key: str, offset: int) -> int:
+    value = records[key]
+    if not value.isdigit():
+        raise CorruptArchive(f"tar at byte {offset}: bad PAX {key} {value!r}")
+    return int(value)
 
 
 def _pax_time_ns(value: str, offset: int) -> int:
@@ -213,6 +220,8 @@ class TarReader:
                 raise CorruptArchive(f"tar header at byte {offset} is corrupt (bad checksum)")
             typeflag = fields[7]
             size = _num(fields[4], "size", offset)
+            if size < 0:
+                raise CorruptArchive(f"tar header at byte {offset} has a negative size")
             if typeflag == _PAX_LOCAL:
                 pax.update(_parse_pax(self._meta(size, offset), offset))
                 continue
@@ -225,8 +234,6 @@ class TarReader:
             if typeflag == _GNU_LONGLINK:
                 long_link = _str(self._meta(size, offset))
                 continue
-            if typeflag == _SPARSE or any(k.startswith("GNU.sparse.") for k in pax):
-                raise LayerError(f"tar entry at byte {offset} is a sparse file: not supported")
             break
         name = _str(fields[0])
         if fields[9] == b"ustar\x00" and fields[15][:1] != b"\0":  # POSIX prefix field
@@ -234,13 +241,22 @@ class TarReader:
         if typeflag in _REGULAR_TYPES:
             typeflag = DIRECTORY if name.endswith("/") else REGULAR
         records = {**self._global_pax, **pax} if self._global_pax else pax
+        path = records.get("path", long_name if long_name is not None else name)
+        if typeflag == _SPARSE or any(k.startswith("GNU.sparse.") for k in records):
+            raise UnsafeEntry(path, "sparse files are not supported")
+        if "\x00" in path:
+            raise CorruptArchive(f"tar entry at byte {offset} has a NUL byte in its name")
         header = Header(
-            name=records.get("path", long_name if long_name is not None else name),
+            name=path,
             type=typeflag,
             mode=_num(fields[1], "mode", offset),
-            uid=int(records["uid"]) if "uid" in records else _num(fields[2], "uid", offset),
-            gid=int(records["gid"]) if "gid" in records else _num(fields[3], "gid", offset),
-            size=int(records["size"]) if "size" in records else size,
+            uid=_pax_int(records, "uid", offset)
+            if "uid" in records
+            else _num(fields[2], "uid", offset),
+            gid=_pax_int(records, "gid", offset)
+            if "gid" in records
+            else _num(fields[3], "gid", offset),
+            size=_pax_int(records, "size", offset) if "size" in records else size,
             mtime_ns=_pax_time_ns(records["mtime"], offset)
             if "mtime" in records
             else _num(fields[5], "mtime", offset) * 1_000_000_000,
@@ -252,6 +268,10 @@ class TarReader:
             offset=offset,
             pax=records,
         )
+        if header.size < 0 or header.uid < 0 or header.gid < 0 or header.mode < 0:
+            raise CorruptArchive(f"tar header at byte {offset} has a negative size, id or mode")
+        if "\x00" in header.linkname:
+            raise CorruptArchive(f"tar entry at byte {offset} has a NUL byte in its link")
         if typeflag in _SKIPPED:
             self._left, self._pad = header.size, -header.size % BLOCK
             return self.next()

@@ -130,7 +130,7 @@ class UnionView:
         )
         for name in parts:
             assert entry is not None
-            if not entry.is_dir:
+            if not entry.is_dir or self.fmt.is_marker(name):
                 return None, []
             entry, layers = self._step(layers, rel, name)
             if entry is None:
