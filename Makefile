@@ -32,7 +32,7 @@ lint: $(INSTALLED)
 
 bench: $(INSTALLED)
 	@set -e; found=0; \
-	for f in bench/*.py; do \
+	for f in bench/[!_]*.py; do \
 		[ -e "$$f" ] || continue; found=1; \
 		echo "== $$f"; $(BIN)/python "$$f"; \
 	done; \
