@@ -83,6 +83,23 @@ class Reference:
         return self.name + self._suffix()
 
 
+def normalize_registry(host: str) -> str:
+    """A registry host as ``login`` takes it: ``https://ghcr.io/`` is ``ghcr.io``, and Docker
+    Hub's aliases are ``docker.io``."""
+    text = host.strip()
+    for scheme in ("https://", "http://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    if text.endswith("/v1") or text.endswith("/v2"):
+        text = text[:-3]
+    if text in ("index.docker.io", DOCKER_HUB_API, DEFAULT_REGISTRY):
+        return DEFAULT_REGISTRY
+    if not _DOMAIN.fullmatch(text):
+        raise InvalidReference(f"invalid registry host {host!r}")
+    return text
+
+
 def _split_domain(name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):

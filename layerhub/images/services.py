@@ -32,41 +32,36 @@ from layerhub.engine.manifest import (
     Platform,
     parse_platform,
 )
-from layerhub.engine.reference import Reference, parse_reference
+from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
 from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import JobProgress, job_enqueue
 
 
-def registry_client_for(*, registry: str) -> RegistryClient:
-    """A client for ``registry`` with the catalog's stored login, if there is one."""
-    saved = RegistryCredential.objects.filter(host=registry).first()
-    credentials = None
-    insecure = None
-    if saved is not None:
-        if saved.username:
-            credentials = Credentials(saved.username, saved.get_password())
-        insecure = saved.insecure or None
+def _client(registry: str, credentials: Credentials | None, insecure: bool) -> RegistryClient:
     return RegistryClient(
         registry_api_host(registry),
         credentials=credentials,
-        insecure=insecure,
+        insecure=insecure or None,  # None: loopback registries may still use plain HTTP
         retries=settings.LAYERHUB_REGISTRY_RETRIES,
         backoff=settings.LAYERHUB_REGISTRY_BACKOFF,
     )
+
+
+def registry_client_for(*, registry: str) -> RegistryClient:
+    """A client for ``registry`` with the catalog's stored login, if there is one."""
+    saved = RegistryCredential.objects.filter(host=registry).first()
+    if saved is None:
+        return _client(registry, None, False)
+    credentials = Credentials(saved.username, saved.get_password()) if saved.username else None
+    return _client(registry, credentials, saved.insecure)
 
 
 def registry_login(*, host: str, username: str, password: str, insecure: bool = False) -> None:
     """Check a login against the registry (``/v2/``), then store it for later pulls."""
-    registry = parse_reference(f"{host}/x").registry
-    client = RegistryClient(
-        registry_api_host(registry),
-        credentials=Credentials(username, password),
-        insecure=insecure or None,
-        retries=settings.LAYERHUB_REGISTRY_RETRIES,
-        backoff=settings.LAYERHUB_REGISTRY_BACKOFF,
-    )
+    registry = normalize_registry(host)
+    client = _client(registry, Credentials(username, password), insecure)
     try:
         client.login()
     finally:

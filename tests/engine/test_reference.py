@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layerhub.engine.errors import InvalidReference
-from layerhub.engine.reference import parse_reference
+from layerhub.engine.reference import normalize_registry, parse_reference
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -117,3 +117,23 @@ def test_with_tag_and_digest() -> None:
     assert ref.with_digest(DIGEST).target == DIGEST
     with pytest.raises(InvalidReference):
         ref.with_tag("no good")
+
+
+@pytest.mark.parametrize(
+    ("host", "normalized"),
+    [
+        ("ghcr.io", "ghcr.io"),
+        ("https://ghcr.io/", "ghcr.io"),
+        ("https://index.docker.io/v1/", "docker.io"),
+        ("registry-1.docker.io", "docker.io"),
+        ("127.0.0.1:5000", "127.0.0.1:5000"),
+        ("myregistry", "myregistry"),
+    ],
+)
+def test_registry_hosts_for_login(host: str, normalized: str) -> None:
+    assert normalize_registry(host) == normalized
+
+
+def test_bad_registry_host() -> None:
+    with pytest.raises(InvalidReference, match="invalid registry host"):
+        normalize_registry("not a host")
