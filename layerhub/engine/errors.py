@@ -124,3 +124,21 @@ class BlobUnknown(RegistryError):
 
 class ArchiveError(LayerhubError):
     """A ``docker save`` archive or OCI layout that is malformed or incomplete."""
+
+
+class ContainerPathError(LayerhubError):
+    """A change a container's filesystem cannot take: a missing parent, a directory where a
+    file is asked for, a non-empty directory removed without ``recursive``..."""
+
+
+class RuntimeUnavailable(LayerhubError):
+    """Running commands is not possible on this host (it says what is missing)."""
+
+
+class CommandTimeout(LayerhubError):
+    """A command in a container ran past its time limit and was killed."""
+
+
+class InvalidChange(LayerhubError):
+    """A ``--change`` instruction for commit that is not one of CMD, ENTRYPOINT, ENV, EXPOSE,
+    LABEL, USER, VOLUME, WORKDIR, or that does not parse."""
