@@ -6,6 +6,7 @@ the process with ImproperlyConfigured naming the variable (see layerhub.env).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from layerhub.env import (
@@ -30,8 +31,9 @@ _db = DATABASES["default"]
 if _db["ENGINE"].endswith("sqlite3") and _db["NAME"] != ":memory:":
     # SQLite creates the file but not its folder; a fresh clone has no var/ yet.
     Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    # a file, not memory, so the worker processes the tests start share the test database
-    _db["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # a file, not memory, so the worker processes the tests start share the test database;
+    # one per test session, so two sessions at once never share one
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 if _db["ENGINE"].endswith("sqlite3"):
     # The web server and the workers write to one SQLite file: WAL lets readers run beside
     # a writer, IMMEDIATE transactions take the write lock up front (no failed upgrades),
@@ -64,6 +66,7 @@ INSTALLED_APPS = [
     "layerhub.core",
     "layerhub.images",
     "layerhub.jobs",
+    "layerhub.containers",
     "layerhub.dashboard",
 ]
 

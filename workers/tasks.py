@@ -7,8 +7,10 @@ from typing import Any
 
 from celery.signals import worker_ready
 
+from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
 from layerhub.images import services as image_services
+from layerhub.images.services import transfer
 from workers.celery import app
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,24 @@ def image_unpack(job_id: int) -> None:
 def image_import(job_id: int) -> None:
     """Run an import job: a docker save archive or an OCI layout into the store."""
     image_services.image_import_run(job_id=job_id)
+
+
+@app.task(name="layerhub.container_commit")
+def container_commit(job_id: int) -> None:
+    """Run a commit job: the container's writable layer becomes a new layer and image."""
+    container_services.container_commit_run(job_id=job_id)
+
+
+@app.task(name="layerhub.image_push")
+def image_push(job_id: int) -> None:
+    """Run a push job: the blobs a registry lacks, then the manifest."""
+    transfer.image_push_run(job_id=job_id)
+
+
+@app.task(name="layerhub.image_save")
+def image_save(job_id: int) -> None:
+    """Run an export job: a docker save archive or an OCI layout tar."""
+    transfer.image_save_run(job_id=job_id)
 
 
 @worker_ready.connect

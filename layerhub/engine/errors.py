@@ -142,3 +142,15 @@ class CommandTimeout(LayerhubError):
 class InvalidChange(LayerhubError):
     """A ``--change`` instruction for commit that is not one of CMD, ENTRYPOINT, ENV, EXPOSE,
     LABEL, USER, VOLUME, WORKDIR, or that does not parse."""
+
+
+class ImageNotFound(LayerhubError):
+    """No image in the catalog by that reference, image ID or digest."""
+
+
+class ContainerNotFound(LayerhubError):
+    """No container by that name or ID."""
+
+
+class Conflict(LayerhubError):
+    """A name already taken, or something still in use (an image a container runs on)."""

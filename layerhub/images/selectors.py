@@ -60,3 +60,56 @@ def image_rows() -> list[ImageRow]:
             )
     rows.sort(key=lambda r: (r.image.added_at, r.repository, r.tag), reverse=True)
     return rows
+
+
+def image_display_name(image: Image) -> str:
+    """How ``docker ps`` names a container's image: a tag if it has one, else its ID."""
+    tag = image.tags.select_related("repository").first()
+    if tag is None:
+        return image.image_id
+    return f"{_familiar(tag.repository.registry, tag.repository.name)}:{tag.name}"
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One line of ``docker history``, newest first."""
+
+    image: str  # the image ID on the top line, "<missing>" below, as Docker prints
+    created: str | None
+    created_by: str
+    size: int
+    comment: str
+    empty_layer: bool
+
+
+def image_history(image: Image) -> list[HistoryRow]:
+    """The image's history entries matched with its layers (empty_layer entries have none)."""
+    layers = [row.layer for row in image.image_layers.select_related("layer").order_by("position")]
+    history = [h for h in (image.config.get("history") or []) if isinstance(h, dict)]
+    rows: list[HistoryRow] = []
+    index = 0
+    for entry in history:
+        empty = bool(entry.get("empty_layer"))
+        size = 0
+        if not empty and index < len(layers):
+            layer = layers[index]
+            size = layer.unpacked_size if layer.unpacked_size is not None else layer.size
+            index += 1
+        rows.append(
+            HistoryRow(
+                "<missing>",
+                entry.get("created"),
+                str(entry.get("created_by", "")),
+                size,
+                str(entry.get("comment", "")),
+                empty,
+            )
+        )
+    rows.reverse()
+    if rows:
+        top = rows[0]
+        rows[0] = HistoryRow(
+            image.image_id,
+            *[getattr(top, f) for f in ("created", "created_by", "size", "comment", "empty_layer")],
+        )
+    return rows

@@ -21,6 +21,9 @@ class Job(models.Model):
         PULL = "pull", "pull"
         UNPACK = "unpack", "unpack"
         IMPORT = "import", "import"
+        COMMIT = "commit", "commit"
+        PUSH = "push", "push"
+        EXPORT = "export", "export"
 
     class State(models.TextChoices):
         QUEUED = "queued", "queued"

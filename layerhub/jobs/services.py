@@ -10,6 +10,7 @@ from typing import Any
 from celery import current_app
 from django.db import transaction
 
+from layerhub.engine.errors import LayerhubError
 from layerhub.jobs.models import Job
 
 # the Celery task that runs each kind of job (workers/tasks.py registers them by these names)
@@ -17,6 +18,9 @@ TASK_FOR_KIND = {
     Job.Kind.PULL: "layerhub.image_pull",
     Job.Kind.UNPACK: "layerhub.image_unpack",
     Job.Kind.IMPORT: "layerhub.image_import",
+    Job.Kind.COMMIT: "layerhub.container_commit",
+    Job.Kind.PUSH: "layerhub.image_push",
+    Job.Kind.EXPORT: "layerhub.image_save",
 }
 
 
@@ -25,6 +29,20 @@ def job_enqueue(*, job: Job) -> None:
     task = current_app.tasks[TASK_FOR_KIND[Job.Kind(job.kind)]]
     pk = job.pk
     transaction.on_commit(lambda: task.apply_async(args=[pk]))
+
+
+def job_run(job: Job, work: Callable[[], None]) -> None:
+    """Run ``work`` for a claimed job and record how it ended: an error a user caused becomes
+    the job's message; anything else is recorded and re-raised (a bug, for the worker's log)."""
+    try:
+        work()
+    except LayerhubError as exc:
+        job.finish(error=str(exc))
+    except Exception as exc:
+        job.finish(error=f"internal error: {type(exc).__name__}: {exc}")
+        raise
+    else:
+        job.finish()
 
 
 class JobProgress:

@@ -24,7 +24,7 @@ from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
 from layerhub.engine.digest import chain_ids
-from layerhub.engine.errors import ArchiveError, LayerhubError
+from layerhub.engine.errors import ArchiveError, ImageNotFound
 from layerhub.engine.manifest import (
     Descriptor,
     ImageConfig,
@@ -36,7 +36,7 @@ from layerhub.engine.reference import Reference, normalize_registry, parse_refer
 from layerhub.engine.registry import Credentials, RegistryClient
 from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
 from layerhub.jobs.models import Job
-from layerhub.jobs.services import JobProgress, job_enqueue
+from layerhub.jobs.services import JobProgress, job_enqueue, job_run
 
 
 def _client(registry: str, credentials: Credentials | None, insecure: bool) -> RegistryClient:
@@ -96,20 +96,6 @@ def image_pull(
     return job
 
 
-def _run(job: Job, work: Any) -> None:
-    """Run ``work`` for a claimed job and record how it ended; user errors become the job's
-    message, anything else is recorded and re-raised (a bug to see in the worker's log)."""
-    try:
-        work()
-    except LayerhubError as exc:
-        job.finish(error=str(exc))
-    except Exception as exc:
-        job.finish(error=f"internal error: {type(exc).__name__}: {exc}")
-        raise
-    else:
-        job.finish()
-
-
 def image_pull_run(*, job_id: int) -> None:
     """The pull job: fetch into the store, record the image, queue its unpack."""
     job = Job.objects.get(pk=job_id)
@@ -140,7 +126,7 @@ def image_pull_run(*, job_id: int) -> None:
         job.save(update_fields=["image"])
         _queue_unpack(job, image)
 
-    _run(job, work)
+    job_run(job, work)
 
 
 def _queue_unpack(job: Job, image: Image) -> Job:
@@ -191,7 +177,7 @@ def image_import_run(*, job_id: int) -> None:
         for image in images:
             _queue_unpack(job, image)
 
-    _run(job, work)
+    job_run(job, work)
 
 
 def _created(value: str | None) -> datetime | None:
@@ -287,7 +273,7 @@ def image_unpack_run(*, job_id: int) -> None:
 
     def work() -> None:
         if job.image is None:
-            raise LayerhubError("the image of this unpack job is gone")
+            raise ImageNotFound("the image of this unpack job is gone")
         descriptors, diff_ids = image_layer_descriptors(image=job.image)
 
         def report(digest: str, status: str, current: int, total: int) -> None:
@@ -306,4 +292,4 @@ def image_unpack_run(*, job_id: int) -> None:
                 unpacked_at=now,
             )
 
-    _run(job, work)
+    job_run(job, work)

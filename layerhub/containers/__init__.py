@@ -1,0 +1,1 @@
+"""Containers: a writable layer over an image, changed, run, diffed and committed."""

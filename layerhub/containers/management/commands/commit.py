@@ -1,0 +1,45 @@
+"""``python manage.py commit [-m MSG] [-a AUTHOR] [-c INSTRUCTION]... CONTAINER [REPO[:TAG]]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from layerhub.containers.services import container_commit, container_lookup
+from layerhub.engine.errors import LayerhubError
+from layerhub.jobs.follow import follow, worker_answers
+from layerhub.jobs.models import Job
+
+
+class Command(BaseCommand):
+    help = "Commit a container's changes as a new image, like docker commit."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("container")
+        parser.add_argument("repository", nargs="?", help="REPO[:TAG] for the new image")
+        parser.add_argument("-m", "--message", default="", help="commit message")
+        parser.add_argument("-a", "--author", default="", help='e.g. "Ada <ada@example.com>"')
+        parser.add_argument(
+            "-c", "--change", action="append", default=[], help="CMD, ENV, LABEL... instruction"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            job = container_commit(
+                container=container_lookup(options["container"]),
+                repository=options["repository"],
+                message=options["message"],
+                author=options["author"],
+                changes=options["change"],
+            )
+        except LayerhubError as exc:
+            raise CommandError(str(exc)) from None
+        if not worker_answers():
+            self.stderr.write("no worker answers yet: the commit waits until one runs")
+        last = follow(job, self.stdout)
+        if last.state == Job.State.FAILED:
+            raise CommandError(last.error)
+        last.refresh_from_db()
+        if last.image is not None:
+            self.stdout.write(last.image.config_digest)

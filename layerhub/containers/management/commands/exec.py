@@ -1,0 +1,46 @@
+"""``python manage.py exec CONTAINER -- CMD...``: run a command in a container."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from layerhub.containers.services import container_exec, container_lookup
+from layerhub.engine.errors import LayerhubError
+
+
+class Command(BaseCommand):
+    help = "Run a command in a container and wait for it (non-interactive docker exec)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+        parser.add_argument("--network", action="store_true", help="give it the host's network")
+        parser.add_argument("container")
+        # everything after the container is the command, options included (`-- sh -c ...`)
+        parser.add_argument("argv", nargs=argparse.REMAINDER, help="the command")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        argv = list(options["argv"])
+        if argv[:1] == ["--"]:
+            argv = argv[1:]
+        if not argv:
+            raise CommandError("exec needs a command: exec CONTAINER -- CMD [ARG...]")
+        try:
+            result = container_exec(
+                container=container_lookup(options["container"]),
+                argv=argv,
+                timeout=options["timeout"],
+                network=options["network"],
+            )
+        except LayerhubError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.flush()
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(result.stderr)
+        sys.stderr.flush()
+        if result.exit_code:
+            raise SystemExit(result.exit_code)

@@ -1,0 +1,25 @@
+"""``python manage.py rm CONTAINER...``: delete containers and their writable layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from layerhub.containers.services import container_lookup, container_rm
+from layerhub.engine.errors import LayerhubError
+
+
+class Command(BaseCommand):
+    help = "Remove containers (their images stay)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("containers", nargs="+")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for name in options["containers"]:
+            try:
+                container_rm(container=container_lookup(name))
+            except LayerhubError as exc:
+                raise CommandError(str(exc)) from None
+            self.stdout.write(name)

@@ -1,0 +1,274 @@
+"""Containers: create one over an image, change its files, run commands in it, diff and
+commit it. The only code that ties the engine's container, runtime and commit to the rows."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.db import transaction
+from django.utils import timezone
+
+from layerhub.containers.models import Container
+from layerhub.core.store import get_store
+from layerhub.engine import fsutil
+from layerhub.engine.commit import apply_change, commit_container
+from layerhub.engine.container import Change, ContainerFS, container_changes
+from layerhub.engine.digest import chain_ids
+from layerhub.engine.errors import Conflict, ContainerNotFound, ImageNotFound, LayerhubError
+from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
+from layerhub.engine.reference import parse_reference
+from layerhub.engine.runtime import ExecResult, run_in_container
+from layerhub.engine.union import UnionView
+from layerhub.images.lookup import image_lookup
+from layerhub.images.models import Image, Layer
+from layerhub.images.services import image_record
+from layerhub.jobs.models import Job
+from layerhub.jobs.services import job_enqueue, job_run
+
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+
+
+def container_dir(container: Container) -> Path:
+    """``containers/<id>/`` in the store."""
+    return get_store().containers / container.container_id
+
+
+def container_lookup(text: str) -> Container:
+    """A container by name, full ID or ID prefix (as ``docker`` accepts them)."""
+    found = Container.objects.select_related("image").filter(name=text).first()
+    if found is None and re.fullmatch(r"[a-f0-9]{3,64}", text):
+        matches = list(Container.objects.filter(container_id__startswith=text)[:2])
+        if len(matches) > 1:
+            raise ContainerNotFound(f"{text}: more than one container has this ID prefix")
+        found = matches[0] if matches else None
+    if found is None:
+        raise ContainerNotFound(f"no such container: {text}")
+    return found
+
+
+def image_lowers(image: Image) -> list[Path]:
+    """The image's snapshots, bottom first; refuses an image whose layers are not unpacked."""
+    store = get_store()
+    rows = list(image.image_layers.select_related("layer").order_by("position"))
+    paths = [store.snapshots.path(c) for c in chain_ids([r.layer.diff_id for r in rows])]
+    if not all(p.is_dir() for p in paths):
+        raise ImageNotFound(f"image {image.image_id} is not unpacked yet: wait for its unpack job")
+    return paths
+
+
+def container_create(*, image: str, name: str | None = None, user: Any = None) -> Container:
+    """A container over ``image`` (a reference, image ID or digest). Copies nothing."""
+    found = image_lookup(image)
+    image_lowers(found)
+    container_id = secrets.token_hex(32)
+    if name is None:
+        name = f"layerhub_{container_id[:8]}"
+    elif not _NAME.fullmatch(name):
+        raise Conflict(f"invalid container name {name!r}: letters, digits, '_', '.', '-'")
+    if Container.objects.filter(name=name).exists():
+        raise Conflict(f"the container name {name!r} is already in use")
+    root = get_store().containers / container_id
+    (root / "upper").mkdir(parents=True)
+    (root / "work").mkdir()
+    try:
+        return Container.objects.create(
+            container_id=container_id,
+            name=name,
+            image=found,
+            created_by=user if user is not None and user.is_authenticated else None,
+        )
+    except Exception:
+        fsutil.remove_path(root)
+        raise
+
+
+def container_fs(container: Container) -> ContainerFS:
+    """The container's files: its writable layer over the image's snapshots."""
+    store = get_store()
+    return ContainerFS(
+        container_dir(container) / "upper", image_lowers(container.image), store.whiteouts
+    )
+
+
+def container_write_file(
+    *, container: Container, path: str, data: bytes | BinaryIO, mode: int = 0o644
+) -> None:
+    """Create or replace a file in the container."""
+    container_fs(container).write_file(path, data, mode=mode)
+
+
+def container_mkdir(*, container: Container, path: str, parents: bool = False) -> None:
+    """Make a directory in the container."""
+    container_fs(container).mkdir(path, parents=parents)
+
+
+def container_remove_path(*, container: Container, path: str, recursive: bool = False) -> None:
+    """Delete a path in the container (a whiteout hides what the image has there)."""
+    container_fs(container).remove(path, recursive=recursive)
+
+
+def container_chmod(*, container: Container, path: str, mode: int) -> None:
+    """Change a path's mode (copying it up first)."""
+    container_fs(container).chmod(path, mode)
+
+
+def container_rename(*, container: Container, src: str, dst: str) -> None:
+    """Move a path inside the container."""
+    container_fs(container).rename(src, dst)
+
+
+def container_diff(*, container: Container) -> list[Change]:
+    """``docker diff``: added, changed and deleted paths, from the writable layer alone."""
+    store = get_store()
+    lower = UnionView(image_lowers(container.image), store.whiteouts)
+    return container_changes(container_dir(container) / "upper", store.whiteouts, lower)
+
+
+def container_exec(
+    *,
+    container: Container,
+    argv: Sequence[str],
+    timeout: float = 60.0,
+    network: bool = False,
+) -> ExecResult:
+    """Run a command in the container and wait for it (``docker exec``, non-interactive)."""
+    if not argv:
+        raise LayerhubError("exec needs a command")
+    store = get_store()
+    root = container_dir(container)
+    lowers = image_lowers(container.image)
+    updated = Container.objects.filter(pk=container.pk, state=Container.State.CREATED).update(
+        state=Container.State.RUNNING
+    )
+    if not updated and container.state == Container.State.RUNNING:
+        raise Conflict(f"container {container.name} is already running a command")
+    scratch = fsutil.TempEntry(store.tmp, f"exec-{container.short_id}-", directory=True)
+    try:
+        result = run_in_container(
+            lowers=lowers,
+            upper=root / "upper",
+            work=root / "work",
+            scratch=scratch.path,
+            image_config=container.image.config.get("config") or {},
+            argv=list(argv),
+            timeout=timeout,
+            network=network,
+            whiteouts=store.whiteouts,
+        )
+    finally:
+        scratch.close(remove=True)
+        Container.objects.filter(pk=container.pk).update(
+            state=Container.State.CREATED, last_command=list(argv)
+        )
+    Container.objects.filter(pk=container.pk).update(last_exit_code=result.exit_code)
+    return result
+
+
+def container_rm(*, container: Container) -> None:
+    """Delete the container and its writable layer (the image stays)."""
+    store = get_store()
+    root = container_dir(container)
+    with transaction.atomic():
+        container.delete()
+        if root.exists():
+            doomed = fsutil.TempEntry(store.tmp, "rm-", directory=True)
+            os.rename(root, doomed.path / "container")
+            transaction.on_commit(lambda: doomed.close(remove=True))
+
+
+# -- commit ------------------------------------------------------------------------------------
+
+
+def container_commit(
+    *,
+    container: Container,
+    repository: str | None = None,
+    message: str = "",
+    author: str = "",
+    changes: Sequence[str] = (),
+    user: Any = None,
+) -> Job:
+    """Queue a commit of the container as a new image (tagged ``repository`` if given)."""
+    ref = parse_reference(repository) if repository else None
+    for change in changes:
+        apply_change({}, change)  # refuse a bad instruction now, not in the worker
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=Job.Kind.COMMIT,
+            reference=str(ref) if ref else "",
+            params={
+                "container": container.container_id,
+                "message": message,
+                "author": author,
+                "changes": list(changes),
+            },
+            created_by=user if user is not None and user.is_authenticated else None,
+        )
+        job_enqueue(job=job)
+    return job
+
+
+class _Committed:
+    """A commit's result in the shape image_record takes."""
+
+    def __init__(
+        self, manifest_digest: str, manifest: ImageManifest, config_bytes: bytes, config_digest: str
+    ) -> None:
+        self.manifest_digest = manifest_digest
+        self.manifest = manifest
+        self.index_digest: str | None = None
+        self.config_digest = config_digest
+        self.config = parse_config(config_bytes)
+
+
+def container_commit_run(*, job_id: int) -> None:
+    """The commit job: diff, store and unpack the layer, write config and manifest, record."""
+    job = Job.objects.get(pk=job_id)
+    if not job.claim():
+        return
+
+    def work() -> None:
+        container = (
+            Container.objects.select_related("image")
+            .filter(container_id=job.params["container"])
+            .first()
+        )
+        if container is None:
+            raise ContainerNotFound("the container to commit no longer exists")
+        store = get_store()
+        parent = container.image
+        parent_manifest = parse_manifest(store.blobs.read_bytes(parent.manifest_digest))
+        if not isinstance(parent_manifest, ImageManifest):
+            raise ImageNotFound(f"image {parent.image_id} has no image manifest in the store")
+        created_by = " ".join(container.last_command) or "layerhub commit"
+        result = commit_container(
+            store,
+            container_dir(container) / "upper",
+            store.whiteouts,
+            parent_manifest=parent_manifest,
+            parent_config=store.blobs.read_bytes(parent.config_digest),
+            created_by=created_by,
+            author=job.params.get("author", ""),
+            comment=job.params.get("message", ""),
+            changes=job.params.get("changes", []),
+        )
+        refs = [parse_reference(job.reference)] if job.reference else []
+        committed = _Committed(
+            result.manifest_digest, result.manifest, result.config_bytes, result.config_digest
+        )
+        image = image_record(refs=refs, resolved=committed)
+        if result.chain_id is not None and result.layer is not None:
+            size, files = fsutil.tree_usage(store.snapshots.path(result.chain_id))
+            Layer.objects.filter(chain_id=result.chain_id).update(
+                unpacked_size=size, file_count=files, unpacked_at=timezone.now()
+            )
+        # the parent's layers are unpacked already (the container stands on them)
+        job.image = image
+        job.save(update_fields=["image"])
+
+    job_run(job, work)

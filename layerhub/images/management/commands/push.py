@@ -1,0 +1,35 @@
+"""``python manage.py push IMAGE [REFERENCE]``: what ``docker push`` does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from layerhub.engine.errors import LayerhubError
+from layerhub.images.services.transfer import image_push
+from layerhub.jobs.follow import follow, worker_answers
+from layerhub.jobs.models import Job
+
+
+class Command(BaseCommand):
+    help = "Push an image to a registry (to REFERENCE, or to the image's own name)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("image", help="reference, image ID or digest")
+        parser.add_argument("reference", nargs="?", help="where to push: host/repo:tag")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            job = image_push(image=options["image"], reference=options["reference"])
+        except LayerhubError as exc:
+            raise CommandError(str(exc)) from None
+        if not worker_answers():
+            self.stderr.write("no worker answers yet: the push waits until one runs")
+        self.stdout.write(f"The push refers to repository [{job.reference.rsplit(':', 1)[0]}]")
+        last = follow(job, self.stdout, tty=self.stdout.isatty())
+        if last.state == Job.State.FAILED:
+            raise CommandError(last.error)
+        if job.image is not None:
+            tag = job.reference.rsplit(":", 1)[-1]
+            self.stdout.write(f"{tag}: digest: {job.image.manifest_digest}")

@@ -1,0 +1,240 @@
+"""Pushing, saving (exporting) and removing images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+
+from layerhub.core.store import get_store
+from layerhub.engine.errors import ArchiveError, Conflict, ImageNotFound, InvalidReference
+from layerhub.engine.export import ExportImage, write_docker_archive, write_oci_layout
+from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
+from layerhub.engine.push import push_image
+from layerhub.engine.reference import parse_reference
+from layerhub.images.lookup import image_lookup
+from layerhub.images.models import Image, Layer, Repository
+from layerhub.images.services.pull import image_record, registry_client_for
+from layerhub.jobs.models import Job
+from layerhub.jobs.services import JobProgress, job_enqueue, job_run
+
+
+def _image_blobs(image: Image) -> tuple[bytes, ImageManifest]:
+    data = get_store().blobs.read_bytes(image.manifest_digest)
+    manifest = parse_manifest(data)
+    if not isinstance(manifest, ImageManifest):
+        raise ImageNotFound(f"image {image.image_id} has no image manifest in the store")
+    return data, manifest
+
+
+def image_push(*, image: str, reference: str | None = None, user: Any = None) -> Job:
+    """Queue a push of ``image`` to ``reference`` (default: the image's own reference)."""
+    found = image_lookup(image)
+    target = parse_reference(reference or image)
+    if target.tag is None and target.digest is None:
+        raise InvalidReference(f"push needs a tag: {reference or image}")
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=Job.Kind.PUSH,
+            reference=str(target),
+            image=found,
+            params={"manifest": found.manifest_digest},
+            created_by=user if user is not None and user.is_authenticated else None,
+        )
+        job_enqueue(job=job)
+    return job
+
+
+def _mount_sources(image: Image, registry: str, repository: str) -> dict[str, str]:
+    """For each layer, another repository of the same registry known to hold it."""
+    sources: dict[str, str] = {}
+    for row in image.image_layers.select_related("layer"):
+        other = (
+            Repository.objects.filter(
+                registry=registry, images__image_layers__layer__digest=row.layer.digest
+            )
+            .exclude(name=repository)
+            .first()
+        )
+        if other is not None:
+            sources[row.layer.digest] = other.name
+    return sources
+
+
+def image_push_run(*, job_id: int) -> None:
+    """The push job: blobs the registry lacks (mounted when it can), then the manifest."""
+    job = Job.objects.select_related("image").get(pk=job_id)
+    if not job.claim():
+        return
+    progress = JobProgress(job)
+
+    def work() -> None:
+        image = job.image
+        if image is None:
+            raise ImageNotFound("the image to push was deleted")
+        ref = parse_reference(job.reference)
+        data, manifest = _image_blobs(image)
+        client = registry_client_for(registry=ref.registry)
+        try:
+            push_image(
+                client,
+                ref.repository,
+                ref.tag or ref.digest or "latest",
+                data,
+                manifest.media_type,
+                [manifest.config, *manifest.layers],
+                get_store(),
+                mount_from=_mount_sources(image, ref.registry, ref.repository),
+                progress=progress.reporter(),
+            )
+        finally:
+            progress.flush(force=True)
+            client.close()
+        image_record(refs=[ref], resolved=_Stored(image, manifest))
+
+    job_run(job, work)
+
+
+class _Stored:
+    """An image already in the catalog, in the shape image_record takes."""
+
+    def __init__(self, image: Image, manifest: ImageManifest) -> None:
+        self.manifest_digest = image.manifest_digest
+        self.manifest = manifest
+        self.index_digest: str | None = image.index_digest or None
+        self.config_digest = image.config_digest
+        self.config = parse_config(get_store().blobs.read_bytes(image.config_digest))
+
+
+def image_save(
+    *, images: Sequence[str], path: str, format: str = "docker", user: Any = None
+) -> Job:
+    """Queue an export of ``images`` to ``path``: a ``docker save`` archive or an OCI layout tar."""
+    if format not in ("docker", "oci"):
+        raise ArchiveError(f"unknown export format {format!r}: docker or oci")
+    if not images:
+        raise ImageNotFound("save needs at least one image")
+    found = [image_lookup(text) for text in images]
+    target = Path(path).resolve()
+    if not target.parent.is_dir():
+        raise ArchiveError(f"{target.parent}: no such directory")
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=Job.Kind.EXPORT,
+            reference=str(target),
+            image=found[0],
+            params={"images": images, "path": str(target), "format": format},
+            created_by=user if user is not None and user.is_authenticated else None,
+        )
+        job_enqueue(job=job)
+    return job
+
+
+def _export_image(text: str) -> ExportImage:
+    image = image_lookup(text)
+    data, manifest = _image_blobs(image)
+    refs = []
+    try:
+        ref = parse_reference(text)
+        if ref.tag:
+            refs.append(str(ref))
+    except InvalidReference:
+        pass
+    if not refs:
+        refs = [f"{t.repository}:{t.name}" for t in image.tags.select_related("repository")]
+    config = parse_config(get_store().blobs.read_bytes(image.config_digest))
+    return ExportImage(
+        references=tuple(refs),
+        manifest_bytes=data,
+        media_type=manifest.media_type,
+        config=manifest.config,
+        layers=manifest.layers,
+        diff_ids=config.diff_ids,
+    )
+
+
+def image_save_run(*, job_id: int) -> None:
+    """The export job: write next to the target, then rename, so no half file is left."""
+    job = Job.objects.get(pk=job_id)
+    if not job.claim():
+        return
+
+    def work() -> None:
+        exports = [_export_image(text) for text in job.params["images"]]
+        target = Path(job.params["path"])
+        partial = target.with_name(f".{target.name}.{job.pk}.partial")
+        try:
+            with open(partial, "wb") as out:
+                if job.params["format"] == "oci":
+                    write_oci_layout(out, exports, get_store())
+                else:
+                    write_docker_archive(out, exports, get_store())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    job_run(job, work)
+
+
+@transaction.atomic
+def image_remove(*, image: str, force: bool = False) -> list[str]:
+    """``docker rmi``: untag, and delete the image (and layers no other image uses) once no
+    tag is left. Returns the lines Docker prints (Untagged: / Deleted:)."""
+    found = image_lookup(image)
+    lines: list[str] = []
+    tags = list(found.tags.select_related("repository"))
+    try:
+        ref = parse_reference(image)
+    except InvalidReference:
+        ref = None
+    named = [
+        t
+        for t in tags
+        if ref is not None
+        and ref.tag
+        and t.name == ref.tag
+        and t.repository.registry == ref.registry
+        and t.repository.name == ref.repository
+    ]
+    if named and len(tags) > 1 and not force:
+        named[0].delete()
+        return [f"Untagged: {named[0].repository}:{named[0].name}"]
+    if found.containers.exists():
+        names = ", ".join(c.name for c in found.containers.all()[:5])
+        raise Conflict(
+            f"image {found.image_id} is used by container(s): {names}; remove them first"
+        )
+    for tag in tags:
+        lines.append(f"Untagged: {tag.repository}:{tag.name}")
+        tag.delete()
+    layers = [row.layer for row in found.image_layers.select_related("layer").order_by("-position")]
+    doomed_blobs = [found.manifest_digest]
+    if not Image.objects.filter(config_digest=found.config_digest).exclude(pk=found.pk).exists():
+        doomed_blobs.append(found.config_digest)
+    found.delete()
+    lines.append(f"Deleted: {found.config_digest}")
+    doomed_snapshots = []
+    for layer in layers:  # top first: a layer goes only once nothing stands on it
+        if layer.image_layers.exists() or layer.children.exists():
+            break
+        doomed_snapshots.append(layer.chain_id)
+        digest = layer.digest
+        layer.delete()
+        if not Layer.objects.filter(digest=digest).exists():
+            doomed_blobs.append(digest)
+        lines.append(f"Deleted: {layer.chain_id}")
+    store = get_store()
+
+    def delete_files() -> None:  # rows first, files after: no row ever names a missing file
+        for chain_id in doomed_snapshots:
+            store.snapshots.remove(chain_id)
+        for digest in doomed_blobs:
+            store.blobs.delete(digest)
+
+    transaction.on_commit(delete_files)
+    return lines
