@@ -40,6 +40,8 @@ from .reference import Reference, parse_reference
 from .store import Store
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+# containerd's (and docker's, and layerhub's export's) full name; ref.name is often a bare tag
+CONTAINERD_NAME = "io.containerd.image.name"
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def _import_oci(source: _Source, store: Store, platform: Platform) -> list[Impor
         except (KeyError, TypeError, ValueError, InvalidDigest) as exc:
             raise ArchiveError(f"index.json has a malformed entry: {exc}") from None
         refs: tuple[Reference, ...] = ()
-        name = (entry.get("annotations") or {}).get(REF_ANNOTATION)
+        annotations = entry.get("annotations") or {}
+        name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_ANNOTATION)
         if name and ("/" in name or ":" in name or "@" in name):
             refs = (parse_reference(name),)
         images.append(_import_oci_manifest(source, store, desc, platform, refs))

@@ -12,9 +12,9 @@ ChainID makes concurrent unpacks of a shared base do the work once).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -31,6 +31,7 @@ from .manifest import (
     parse_manifest,
     select_platform,
 )
+from .parallel import run_bounded
 from .reference import Reference
 from .registry import RegistryClient
 from .store import Store
@@ -155,18 +156,11 @@ def fetch_layers(
         else:
             progress(layer.digest, WAITING, 0, layer.size)
     unique = list({layer.digest: layer for layer in layers}.values())
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = [pool.submit(fetch, layer) for layer in unique]
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.5)
-            if heartbeat is not None:
-                heartbeat()
-    errors = [exc for f in futures if (exc := f.exception()) is not None]
-    # the first real failure, not the interruptions it caused in the other downloads
-    errors.sort(key=lambda exc: isinstance(exc, InterruptedError))
-    if errors:
-        raise errors[0]
+    run_bounded(
+        [functools.partial(fetch, layer) for layer in unique],
+        concurrency=concurrency,
+        heartbeat=heartbeat,
+    )
 
 
 def pull(

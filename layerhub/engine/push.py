@@ -14,14 +14,15 @@ Progress lines are the ones ``docker push`` prints, per layer: "Preparing", "Wai
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 
 from .digest import sha256_bytes
 from .errors import DigestMismatch, RegistryAuthError, RegistryUnavailable, SizeMismatch
 from .manifest import Descriptor, ImageManifest, parse_manifest
+from .parallel import run_bounded
 from .pull import ProgressFn
 from .registry import RegistryClient, UploadSession
 from .store import Store
@@ -132,18 +133,12 @@ def _push_blobs(
             failed.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = [pool.submit(push, blob) for blob in blobs]
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.5)
-            if heartbeat is not None:
-                heartbeat()
-    errors = [exc for f in futures if (exc := f.exception()) is not None]
-    # the first real failure, not the cancellations it caused in the other uploads
-    errors.sort(key=lambda exc: isinstance(exc, _Cancelled))
-    if errors:
-        raise errors[0]
+    run_bounded(
+        [functools.partial(push, blob) for blob in blobs],
+        concurrency=concurrency,
+        heartbeat=heartbeat,
+        knock_on=_Cancelled,
+    )
 
 
 def _push_blob(

@@ -26,7 +26,7 @@ from layerhub.engine.archive import import_archive
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import DigestMismatch, RegistryAuthError, RegistryError
 from layerhub.engine.export import ExportImage, write_docker_archive, write_oci_layout
-from layerhub.engine.manifest import Descriptor
+from layerhub.engine.manifest import DOCKER_MANIFEST, Descriptor
 from layerhub.engine.pull import pull
 from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
@@ -285,6 +285,10 @@ def test_monolithic_push_is_what_skopeo_reads_back(registry: Registry, app: Pull
         assert statuses[-1] == "Pushed"
         assert set(statuses[2:-1]) == {"Pushing"}
     assert progress.statuses(app.image.config.digest) == []
+    order = [status for _, status, _, _ in progress.lines]
+    n = len(app.image.layers)
+    # every layer is prepared, then queued, before any is pushed
+    assert order[: 2 * n] == ["Preparing"] * n + ["Waiting"] * n
     assert list(app.store.tmp.iterdir()) == []
 
 
@@ -413,6 +417,45 @@ def test_manifest_naming_missing_blobs_is_refused(registry: Registry, app: Pulle
     assert "blob unknown" in str(caught.value)
 
 
+def test_manifest_the_registry_finds_invalid_is_refused(registry: Registry, app: Pulled) -> None:
+    # an OCI manifest sent as a Docker one: the registry answers 400 MANIFEST_INVALID
+    with client_for(registry) as client, pytest.raises(RegistryError) as caught:
+        push_image(
+            client,
+            "team/invalid",
+            "1",
+            app.image.manifest_bytes,
+            DOCKER_MANIFEST,
+            app.blobs,
+            app.store,
+        )
+    assert not isinstance(caught.value, RegistryAuthError)
+    assert "manifest invalid" in str(caught.value)
+
+
+def test_corrupt_blob_in_the_store_is_refused_by_the_registry(
+    registry: Registry, app: Pulled, tmp_path: Path
+) -> None:
+    shutil.copytree(app.store.root, tmp_path / "store")
+    store = Store(tmp_path / "store")
+    config = store.blobs.path(app.image.config.digest)
+    config.chmod(0o644)
+    config.write_bytes(bytes(app.image.config.size))  # same size, other bytes
+    with client_for(registry) as client, pytest.raises(RegistryError) as caught:
+        push_image(
+            client,
+            "team/corrupt",
+            "1",
+            app.image.manifest_bytes,
+            app.image.media_type,
+            app.blobs,
+            store,
+        )
+    assert "DIGEST_INVALID" in str(caught.value)
+    remote = f"docker://{registry.host}/team/corrupt:1"
+    assert skopeo("inspect", "--tls-verify=false", remote, check=False).returncode != 0
+
+
 def test_push_with_basic_auth(
     basic_registry: Registry, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -535,6 +578,8 @@ def test_oci_archive_is_read_by_skopeo_and_layerhub(app: Pulled, tmp_path: Path)
     assert [i.manifest_digest for i in imported] == [image.manifest_digest]
     assert imported[0].config_digest == image.config.digest
     assert chain_ids(imported[0].config.diff_ids) == chain_ids(image.diff_ids)
+    # the full name comes back from io.containerd.image.name, not just the bare tag
+    assert [str(r) for r in imported[0].references] == [str(parse_reference(image.references[0]))]
 
 
 @pytest.mark.parametrize("kind", ["docker", "oci"])
