@@ -151,6 +151,59 @@ def pull_skopeo(ref: str, dest: Path) -> Run:
     return run_measured([*cmd, f"oci:{dest}:bench"], dest.with_suffix(".rss"))[0]
 
 
+WORKER_BROKER = "redis://127.0.0.1:6379/13"
+
+
+def _peak_kib(pid: int) -> int:
+    """VmHWM: the process's peak resident memory so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
+
+
+def worker_memory(host: str, work: Path) -> dict[str, int] | None:
+    """Pull and unpack the two memory images through a real worker; its peak RSS after each."""
+    import redis
+
+    try:
+        redis.Redis.from_url(WORKER_BROKER, socket_connect_timeout=1).flushdb()
+    except redis.RedisError:
+        return None
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{work / 'worker.sqlite3'}",
+        "LAYERHUB_STORE": str(work / "worker-store"),
+        "REDIS_URL": WORKER_BROKER,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=REPO, env=env, check=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", "solo", "-l", "error"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    peaks: dict[str, int] = {}
+    try:
+        for tag in ("mem-small", "mem-big"):
+            subprocess.run(
+                [*manage, "pull", f"{host}/bench/{tag}:{tag}"],
+                cwd=REPO,
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            peaks[tag] = _peak_kib(worker.pid)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    return peaks
+
+
 def mib(kib: int | None) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
 
@@ -222,6 +275,7 @@ def main() -> None:
                 drop_caches()
                 memory[tag] = pull_layerhub(f"{registry.host}/bench/{tag}:{tag}", dest)[0]
                 shutil.rmtree(dest, ignore_errors=True)
+            worker_peaks = worker_memory(registry.host, work)
 
         def med(runs: list[Run]) -> float:
             return statistics.median(r.wall_s for r in runs)
@@ -261,6 +315,19 @@ def main() -> None:
             print(
                 f"memory: flat and under 200 MB for a {args.big_mb} MB layer: "
                 f"{'yes' if flat else 'no'} ({mib(small_rss)} -> {mib(big_rss)})"
+            )
+        if worker_peaks is None:
+            print("worker: not measured (no Redis at " + WORKER_BROKER + ")")
+        else:
+            print()
+            print("== a real worker (celery -P solo: Django, Celery, pull and unpack jobs)")
+            for tag, peak in worker_peaks.items():
+                print(f"after pulling and unpacking {tag}: worker peak RSS {mib(peak)}")
+            small_w, big_w = worker_peaks["mem-small"], worker_peaks["mem-big"]
+            flat_w = big_w <= small_w * 1.2 and big_w < 200 * 1024
+            print(
+                f"worker memory: flat and under 200 MB for a {args.big_mb} MB layer: "
+                f"{'yes' if flat_w else 'no'} ({mib(small_w)} -> {mib(big_w)})"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
