@@ -142,11 +142,9 @@ def container_exec(
     store = get_store()
     root = container_dir(container)
     lowers = image_lowers(container.image)
-    updated = Container.objects.filter(pk=container.pk, state=Container.State.CREATED).update(
-        state=Container.State.RUNNING
-    )
-    if not updated and container.state == Container.State.RUNNING:
-        raise Conflict(f"container {container.name} is already running a command")
+    # The state is for people to see; the runtime's lock on the writable layer is what keeps
+    # two commands apart (and a crashed run leaves no stale "running" that blocks the next).
+    Container.objects.filter(pk=container.pk).update(state=Container.State.RUNNING)
     scratch = fsutil.TempEntry(store.tmp, f"exec-{container.short_id}-", directory=True)
     try:
         result = run_in_container(

@@ -248,3 +248,15 @@ def test_running_commands_refused_clearly_on_an_oci_form_store(
     # files still change without running anything
     container_write_file(container=container, path="/root/note", data=b"x")
     assert ("A", "/root/note") in {(c.kind, c.path) for c in container_diff(container=container)}
+
+
+def test_a_crashed_exec_does_not_block_the_next(base: Image) -> None:
+    container = container_create(image=BASE)
+    # what a worker killed mid-exec leaves behind
+    Container.objects.filter(pk=container.pk).update(state=Container.State.RUNNING)
+    container.refresh_from_db()
+    result = container_exec(container=container, argv=["echo", "again"])
+    assert (result.exit_code, result.stdout) == (0, b"again\n")
+    container.refresh_from_db()
+    assert container.state == Container.State.CREATED
+    assert container.last_exit_code == 0
