@@ -1,22 +1,5 @@
-"""A client for the OCI distribution API: what ``docker pull`` and ``docker push`` speak.
-
-- ``/v2/`` ping, manifests by tag or digest with the right Accept header, blobs streamed into
-  the content store with digest verification, redirects followed (credentials are not sent to
-  another host);
-- auth: anonymous, HTTP basic, and the bearer-token flow (a 401 with
-  ``WWW-Authenticate: Bearer realm=...,service=...,scope=...``; the token is fetched, with the
-  registry's credentials if any, and reused until it expires);
-- an interrupted blob download resumes with a Range request; transient failures (connection
-  errors, 429, 5xx) are retried with exponential backoff; everything else fails at once with
-  a typed error saying what the registry said;
-- pushing: blob existence checks, upload sessions (monolithic or chunked, streamed from the
-  content store), cross-repository mounts and manifest uploads. A token is asked for every
-  scope a request needs at once (``repository:team/app:pull,push repository:team/base:pull``
-  for a mount), each scope as its own ``scope`` parameter, as Docker does.
-
-Plain HTTP is used only for registries marked insecure; loopback registries are insecure
-by default, as Docker treats them.
-"""
+"""The registry client's transport: auth, requests with retries, manifests and blob downloads.
+See the package docstring for the whole picture."""
 
 from __future__ import annotations
 
@@ -26,33 +9,31 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, BinaryIO
-from urllib.parse import urlencode, urljoin, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
-from .digest import sha256_bytes, validate_digest
-from .errors import (
+from ..digest import sha256_bytes, validate_digest
+from ..errors import (
     BlobUnknown,
     DigestMismatch,
     ManifestUnknown,
     RegistryAuthError,
     RegistryError,
     RegistryUnavailable,
-    SizeMismatch,
 )
-from .manifest import ACCEPT, MAX_MANIFEST_BYTES
-from .store import ContentStore, Descriptor
+from ..manifest import ACCEPT, MAX_MANIFEST_BYTES
+from ..store import ContentStore, Descriptor
+from .scopes import merge_scopes
+from .upload import CHUNK, BlobUploads, ProgressFn
 
 USER_AGENT = "layerhub/0.1"
-CHUNK = 1 << 20
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_RANGE = re.compile(r"(?:bytes=)?0-(\d+)")
 
 
 @dataclass(frozen=True)
@@ -84,68 +65,7 @@ class _Token:
     expires: float
 
 
-ProgressFn = Callable[[int], None]
-
-
-def push_scope(repository: str, *pull_from: str) -> str:
-    """The token scope a push needs: pull and push on ``repository``, and pull on each
-    repository a blob is mounted from."""
-    scopes = [f"repository:{repository}:pull,push"]
-    scopes += [f"repository:{other}:pull" for other in pull_from if other != repository]
-    return " ".join(scopes)
-
-
-def merge_scopes(*scopes: str) -> list[str]:
-    """Space-separated scopes merged to one per resource, actions in first-seen order:
-    ``repository:a:pull`` and ``repository:a:pull,push`` give ``["repository:a:pull,push"]``."""
-    actions: dict[str, list[str]] = {}
-    for item in " ".join(scopes).split():
-        resource, _, wanted = item.rpartition(":")
-        merged = actions.setdefault(resource or item, [])
-        merged.extend(a for a in wanted.split(",") if resource and a and a not in merged)
-    return [f"{r}:{','.join(a)}" if a else r for r, a in actions.items()]
-
-
-@dataclass(frozen=True)
-class UploadSession:
-    """A blob upload the registry opened: where the bytes go next."""
-
-    repository: str
-    location: str  # absolute; the registry's own query (its upload state) is kept as sent
-    min_chunk: int = 0  # OCI-Chunk-Min-Length, when the registry announces one
-
-
-class _Window:
-    """``length`` bytes of an open blob from ``start``, as a request body: requests sends it
-    with a Content-Length (from ``len``) and reads it piece by piece, so a layer is never
-    held in memory; ``position`` is told how far into the blob the reading got."""
-
-    def __init__(
-        self, blob: BinaryIO, start: int, length: int, position: Callable[[int], None]
-    ) -> None:
-        blob.seek(start)
-        self._blob = blob
-        self._at = start
-        self._left = length
-        self._position = position
-
-    def __len__(self) -> int:
-        return self._left
-
-    def read(self, size: int | None = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._blob.read(n)
-        if not data:
-            raise SizeMismatch(self._at + self._left, self._at, "blob being pushed")
-        self._at += len(data)
-        self._left -= len(data)
-        self._position(self._at)
-        return data
-
-
-class RegistryClient:
+class RegistryClient(BlobUploads):
     """One registry host. Thread-safe: layers download concurrently through one client."""
 
     def __init__(
@@ -464,162 +384,6 @@ class RegistryClient:
         with response:
             yield response
 
-    # -- push ----------------------------------------------------------------------------------
-
-    def blob_exists(self, repository: str, digest: str, *, for_push: bool = False) -> bool:
-        """Whether the repository holds the blob (a HEAD request).
-
-        ``for_push`` asks with the push scope, so that a push needs a single token.
-        """
-        validate_digest(digest)
-        scope = push_scope(repository) if for_push else f"repository:{repository}:pull"
-        response = self._request(
-            "HEAD", f"/v2/{repository}/blobs/{digest}", scope=scope, ok=(200, 404)
-        )
-        response.close()
-        return response.status_code == 200
-
-    def _upload_session(self, repository: str, response: requests.Response) -> UploadSession:
-        location = response.headers.get("Location")
-        if not location:
-            raise RegistryError(f"{self.host}: the registry opened an upload without a Location")
-        try:
-            min_chunk = max(0, int(response.headers.get("OCI-Chunk-Min-Length", "0")))
-        except ValueError:
-            min_chunk = 0
-        return UploadSession(repository, urljoin(response.url, location), min_chunk)
-
-    def start_upload(self, repository: str) -> UploadSession:
-        """Open a blob upload session in ``repository``."""
-        response = self._request(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/",
-            scope=push_scope(repository),
-            ok=(202,),
-        )
-        with response:
-            return self._upload_session(repository, response)
-
-    def mount_blob(
-        self, repository: str, digest: str, from_repository: str
-    ) -> UploadSession | None:
-        """Mount a blob another repository of this registry holds: None once mounted (201);
-        a registry that will not mount it opens an upload session instead (202)."""
-        validate_digest(digest)
-        response = self._request(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/",
-            scope=push_scope(repository, from_repository),
-            params={"mount": digest, "from": from_repository},
-            ok=(201, 202),
-        )
-        with response:
-            if response.status_code == 201:
-                return None
-            return self._upload_session(repository, response)
-
-    def push_blob(
-        self,
-        upload: UploadSession,
-        blobs: ContentStore,
-        digest: str,
-        *,
-        chunk_size: int | None = None,
-        progress: ProgressFn | None = None,
-    ) -> None:
-        """Send a blob from the content store into an upload session and commit it.
-
-        Monolithic by default (one ``PUT ?digest=`` carrying the blob); with ``chunk_size``,
-        one ``PATCH`` per chunk (``Content-Range``, following each new Location) and a final
-        ``PUT ?digest=``. The blob is streamed from its file. Nothing here is retried after a
-        transient failure: the caller cancels the session and starts a new one.
-        ``progress`` gets the bytes sent so far, about once a MiB.
-        """
-        validate_digest(digest)
-        size = blobs.size(digest)
-        scope = push_scope(upload.repository)
-        reported = 0
-
-        def position(at: int) -> None:
-            nonlocal reported
-            if progress is not None and (abs(at - reported) >= CHUNK or at == size):
-                reported = at
-                progress(at)
-
-        octets = {"Content-Type": "application/octet-stream"}
-        location = upload.location
-        with blobs.open(digest) as blob:
-            if chunk_size is None:
-                response = self._request(
-                    "PUT",
-                    _with_digest(location, digest),
-                    scope=scope,
-                    headers=octets,
-                    # (urllib3 sends an empty file-like body chunked: an empty blob goes as b"")
-                    body=lambda: _Window(blob, 0, size, position) if size else b"",
-                    ok=(201,),
-                )
-            else:
-                step = max(chunk_size, upload.min_chunk, 1)
-                for start in range(0, size, step):
-                    length = min(step, size - start)
-                    end = start + length - 1
-                    chunk = self._request(
-                        "PATCH",
-                        location,
-                        scope=scope,
-                        headers={**octets, "Content-Range": f"{start}-{end}"},
-                        body=partial(_Window, blob, start, length, position),
-                        ok=(202,),
-                    )
-                    with chunk:
-                        location = self._upload_session(upload.repository, chunk).location
-                        held = _RANGE.fullmatch(chunk.headers.get("Range", "").strip())
-                    if held is not None and int(held.group(1)) != end:
-                        raise RegistryError(
-                            f"{self.host}: after {end + 1} bytes of {digest} the upload holds "
-                            f"{int(held.group(1)) + 1}"
-                        )
-                response = self._request(
-                    "PUT",
-                    _with_digest(location, digest),
-                    scope=scope,
-                    body=lambda: b"",
-                    ok=(201,),
-                )
-        with response:
-            announced = response.headers.get("Docker-Content-Digest")
-        if announced and announced != digest:
-            raise DigestMismatch(digest, announced, f"blob pushed to {upload.repository}")
-
-    def cancel_upload(self, upload: UploadSession) -> None:
-        """Drop an upload session (best effort: registries expire abandoned ones anyway)."""
-        headers = {}
-        if self._same_host(upload.location):
-            headers = self._auth_header(push_scope(upload.repository))
-        with suppress(requests.RequestException):
-            self._session.delete(upload.location, headers=headers, timeout=self.timeout).close()
-
-    def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
-        """Upload a manifest under a tag or its digest; return its digest, checked against
-        the registry's Docker-Content-Digest."""
-        digest = sha256_bytes(data)
-        if reference.startswith("sha256:") and reference != digest:
-            raise DigestMismatch(reference, digest, f"manifest for {repository}@{reference}")
-        response = self._request(
-            "PUT",
-            f"/v2/{repository}/manifests/{reference}",
-            scope=push_scope(repository),
-            headers={"Content-Type": media_type},
-            data=data,
-            ok=(201,),
-        )
-        with response:
-            announced = response.headers.get("Docker-Content-Digest")
-        if announced and announced != digest:
-            raise DigestMismatch(digest, announced, f"manifest pushed to {repository}:{reference}")
-        return digest
-
     def close(self) -> None:
         """Close pooled connections."""
         self._session.close()
@@ -629,10 +393,3 @@ class RegistryClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _with_digest(location: str, digest: str) -> str:
-    """An upload location with ``digest=`` added to whatever query it already carries."""
-    query = urlsplit(location).query
-    joiner = "&" if query else ("" if location.endswith("?") else "?")
-    return f"{location}{joiner}{urlencode({'digest': digest})}"
