@@ -62,8 +62,10 @@ def split_path(path: str) -> list[str]:
     """Components of an absolute image path; ``..`` is refused rather than resolved."""
     if not path.startswith("/"):
         raise InvalidPath(f"path must be absolute: {path!r}")
+    if "\x00" in path:
+        raise InvalidPath(f"path must not contain a NUL byte: {path!r}")
     parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts or any("\x00" in p for p in parts):
+    if ".." in parts:
         raise InvalidPath(f"path must not contain '..': {path!r}")
     return parts
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from layerhub.engine.errors import InvalidPath, PathNotFound
-from layerhub.engine.union import UnionView
+from layerhub.engine.union import UnionView, split_path
 from layerhub.engine.whiteouts import WhiteoutFormat
 
 if TYPE_CHECKING:
@@ -273,3 +273,12 @@ def test_paths_are_absolute_and_clean(stack: Stack) -> None:
 def test_a_union_needs_a_layer(fmt: WhiteoutFormat) -> None:
     with pytest.raises(ValueError, match="at least one layer"):
         UnionView([], fmt)
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [("etc/passwd", "absolute"), ("/etc/../passwd", "'..'"), ("/etc/pass\x00wd", "NUL byte")],
+)
+def test_bad_paths_say_what_is_wrong(path: str, says: str) -> None:
+    with pytest.raises(InvalidPath, match=says):
+        split_path(path)
