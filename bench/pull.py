@@ -208,6 +208,15 @@ def mib(kib: int | None) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
 
 
+def print_flat(what: str, big_mb: int, small_kib: int, big_kib: int) -> None:
+    """The memory verdict: flat (within 20%) from the small to the big layer, under 200 MB."""
+    flat = big_kib <= small_kib * 1.2 and big_kib < 200 * 1024
+    print(
+        f"{what}: flat and under 200 MB for a {big_mb} MB layer: "
+        f"{'yes' if flat else 'no'} ({mib(small_kib)} -> {mib(big_kib)})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -311,11 +320,7 @@ def main() -> None:
         print(f"warm pull: under 0.5 s: {'yes' if warm < 0.5 else 'no'} ({warm:.3f} s in-process)")
         small_rss, big_rss = memory["mem-small"].maxrss_kib, memory["mem-big"].maxrss_kib
         if small_rss and big_rss:
-            flat = big_rss <= small_rss * 1.2 and big_rss < 200 * 1024
-            print(
-                f"memory: flat and under 200 MB for a {args.big_mb} MB layer: "
-                f"{'yes' if flat else 'no'} ({mib(small_rss)} -> {mib(big_rss)})"
-            )
+            print_flat("memory", args.big_mb, small_rss, big_rss)
         if worker_peaks is None:
             print("worker: not measured (no Redis at " + WORKER_BROKER + ")")
         else:
@@ -323,11 +328,8 @@ def main() -> None:
             print("== a real worker (celery -P solo: Django, Celery, pull and unpack jobs)")
             for tag, peak in worker_peaks.items():
                 print(f"after pulling and unpacking {tag}: worker peak RSS {mib(peak)}")
-            small_w, big_w = worker_peaks["mem-small"], worker_peaks["mem-big"]
-            flat_w = big_w <= small_w * 1.2 and big_w < 200 * 1024
-            print(
-                f"worker memory: flat and under 200 MB for a {args.big_mb} MB layer: "
-                f"{'yes' if flat_w else 'no'} ({mib(small_w)} -> {mib(big_w)})"
+            print_flat(
+                "worker memory", args.big_mb, worker_peaks["mem-small"], worker_peaks["mem-big"]
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -6,11 +6,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import redis
 from celery.signals import worker_ready
 from django.conf import settings
 
@@ -19,8 +16,6 @@ from workers import app
 from workers.tasks import store_sweep_tmp
 
 ROOT = Path(__file__).resolve().parent.parent
-# A database of its own, so a `make dev` worker on the same Redis never takes these tasks.
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def get_store_tmp() -> Path:
@@ -68,20 +63,6 @@ def wait_until_gone(paths: list[Path], worker: subprocess.Popen[bytes], timeout:
         assert worker.poll() is None, "the worker exited"
         assert time.monotonic() < deadline, f"still there after {timeout}s: {paths}"
         time.sleep(0.2)
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no Redis at {TEST_REDIS_URL}")
-    client.flushdb()
-    yield TEST_REDIS_URL
-    client.flushdb()
 
 
 def test_real_worker_sweeps_on_start_and_on_request(broker: str, layerhub_store: Path) -> None:

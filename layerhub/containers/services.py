@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.db import transaction
-from django.utils import timezone
 
 from layerhub.containers.models import Container
 from layerhub.core.store import get_store
@@ -26,9 +25,9 @@ from layerhub.engine.runtime import ExecResult, run_in_container
 from layerhub.engine.union import UnionView
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer
-from layerhub.images.services import image_record
+from layerhub.images.services import StoredImage, image_record, layer_mark_unpacked
 from layerhub.jobs.models import Job
-from layerhub.jobs.services import job_enqueue, job_run
+from layerhub.jobs.services import acting_user, job_run, job_start
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 
@@ -80,7 +79,7 @@ def container_create(*, image: str, name: str | None = None, user: Any = None) -
             container_id=container_id,
             name=name,
             image=found,
-            created_by=user if user is not None and user.is_authenticated else None,
+            created_by=acting_user(user),
         )
     except Exception:
         fsutil.remove_path(root)
@@ -195,33 +194,17 @@ def container_commit(
     ref = parse_reference(repository) if repository else None
     for change in changes:
         apply_change({}, change)  # refuse a bad instruction now, not in the worker
-    with transaction.atomic():
-        job = Job.objects.create(
-            kind=Job.Kind.COMMIT,
-            reference=str(ref) if ref else "",
-            params={
-                "container": container.container_id,
-                "message": message,
-                "author": author,
-                "changes": list(changes),
-            },
-            created_by=user if user is not None and user.is_authenticated else None,
-        )
-        job_enqueue(job=job)
-    return job
-
-
-class _Committed:
-    """A commit's result in the shape image_record takes."""
-
-    def __init__(
-        self, manifest_digest: str, manifest: ImageManifest, config_bytes: bytes, config_digest: str
-    ) -> None:
-        self.manifest_digest = manifest_digest
-        self.manifest = manifest
-        self.index_digest: str | None = None
-        self.config_digest = config_digest
-        self.config = parse_config(config_bytes)
+    return job_start(
+        kind=Job.Kind.COMMIT,
+        user=user,
+        reference=str(ref) if ref else "",
+        params={
+            "container": container.container_id,
+            "message": message,
+            "author": author,
+            "changes": list(changes),
+        },
+    )
 
 
 def container_commit_run(*, job_id: int) -> None:
@@ -256,15 +239,21 @@ def container_commit_run(*, job_id: int) -> None:
             changes=job.params.get("changes", []),
         )
         refs = [parse_reference(job.reference)] if job.reference else []
-        committed = _Committed(
-            result.manifest_digest, result.manifest, result.config_bytes, result.config_digest
+        committed = StoredImage(
+            result.manifest_digest,
+            result.manifest,
+            None,
+            result.config_digest,
+            parse_config(result.config_bytes),
         )
         image = image_record(refs=refs, resolved=committed)
-        if result.chain_id is not None and result.layer is not None:
-            size, files = fsutil.tree_usage(store.snapshots.path(result.chain_id))
-            Layer.objects.filter(chain_id=result.chain_id).update(
-                unpacked_size=size, file_count=files, unpacked_at=timezone.now()
-            )
+        if result.chain_id is not None:
+            row = Layer.objects.get(chain_id=result.chain_id)
+            if result.unpacked is not None:
+                applied = result.unpacked
+                layer_mark_unpacked(row, applied.unpacked_size, applied.file_count)
+            elif row.unpacked_at is None:  # the snapshot existed (the same change committed)
+                layer_mark_unpacked(row, *fsutil.tree_usage(store.snapshots.path(row.chain_id)))
         # the parent's layers are unpacked already (the container stands on them)
         job.image = image
         job.save(update_fields=["image"])

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .apply import ApplyResult
 from .diff import LayerDiff, diff_to_store
 from .digest import chain_ids
 from .errors import InvalidChange
@@ -205,6 +206,7 @@ class CommitResult:
     config_bytes: bytes
     layer: LayerDiff | None
     chain_id: str | None  # the new layer's snapshot
+    unpacked: ApplyResult | None  # what unpacking it found (None if the snapshot existed)
 
 
 def upper_is_empty(upper: Path) -> bool:
@@ -246,10 +248,11 @@ def commit_container(
     )
     config_desc = store.blobs.put_bytes(config_bytes)
     chain_id = None
+    unpacked = None
     if layer is not None:
         chain_id = chain_ids(parse_config(config_bytes).diff_ids)[-1]
         with store.blobs.open(layer.digest) as blob:
-            store.snapshots.unpack(chain_id, blob, diff_id=layer.diff_id)
+            unpacked = store.snapshots.unpack(chain_id, blob, diff_id=layer.diff_id).applied
     layer_desc = Descriptor(OCI_LAYER_GZIP, layer.digest, layer.size) if layer else None
     manifest_bytes, _ = commit_manifest(
         parent_manifest, Descriptor(OCI_CONFIG, config_desc.digest, config_desc.size), layer_desc
@@ -258,5 +261,12 @@ def commit_container(
     manifest = parse_manifest(manifest_bytes)
     assert isinstance(manifest, ImageManifest)
     return CommitResult(
-        manifest_digest, manifest_bytes, manifest, config_desc.digest, config_bytes, layer, chain_id
+        manifest_digest,
+        manifest_bytes,
+        manifest,
+        config_desc.digest,
+        config_bytes,
+        layer,
+        chain_id,
+        unpacked,
     )

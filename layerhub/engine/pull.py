@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .digest import chain_ids, digest_hex
 from .errors import InvalidManifest, ManifestUnknown
-from .fsutil import file_lock, tree_usage
+from .fsutil import file_lock
 from .manifest import (
     Descriptor,
     ImageConfig,
@@ -65,13 +65,14 @@ class ResolvedImage:
 
 @dataclass(frozen=True)
 class UnpackedLayer:
-    """A layer's snapshot: its ChainID, and what it holds."""
+    """A layer's snapshot: its ChainID, and what it holds when this call unpacked it (a
+    snapshot found made is not walked again: whoever made it recorded its sizes)."""
 
     chain_id: str
     diff_id: str
     created: bool
-    unpacked_size: int
-    file_count: int  # entries that are not directories (files, links, devices)
+    unpacked_size: int | None
+    file_count: int | None  # entries that are not directories (files, links, devices)
 
 
 def blob_lock(store: Store, digest: str) -> AbstractContextManager[None]:
@@ -199,16 +200,14 @@ def unpack(
     out: list[UnpackedLayer] = []
     for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
         if store.snapshots.exists(chain_id):
-            size, entries = tree_usage(store.snapshots.path(chain_id))
-            out.append(UnpackedLayer(chain_id, diff_id, False, size, entries))
+            out.append(UnpackedLayer(chain_id, diff_id, False, None, None))
             progress(layer.digest, EXISTS, layer.size, layer.size)
             continue
         progress(layer.digest, EXTRACTING, 0, layer.size)
         with store.blobs.open(layer.digest) as blob:
             result = store.snapshots.unpack(chain_id, blob, diff_id=diff_id)
         if result.applied is None:  # another worker unpacked it while we waited for the lock
-            size, entries = tree_usage(result.path)
-            out.append(UnpackedLayer(chain_id, diff_id, False, size, entries))
+            out.append(UnpackedLayer(chain_id, diff_id, False, None, None))
             progress(layer.digest, EXISTS, layer.size, layer.size)
             continue
         applied = result.applied

@@ -7,6 +7,7 @@ from typing import TextIO
 
 from celery import current_app
 from django.conf import settings
+from django.core.management.base import CommandError
 
 from layerhub.core.humanize import human_size
 from layerhub.jobs.models import Job
@@ -55,3 +56,22 @@ def follow(job: Job, out: TextIO, *, poll: float = 0.2, tty: bool = False) -> Jo
                 continue
             return current
         time.sleep(poll)
+
+
+def follow_to_end(
+    job: Job, stdout: TextIO, stderr: TextIO, *, what: str, header: str | None = None
+) -> Job:
+    """What a command does with the job it queued: warn when no worker answers, print
+    ``header`` and then progress until the job (and the jobs it started) end, and raise
+    CommandError with the message of a failure. Returns the last job of the chain."""
+    if not worker_answers():
+        stderr.write(
+            f"no worker answers yet: the {what} waits in the queue until one runs "
+            "(`make dev` starts one)"
+        )
+    if header is not None:
+        stdout.write(header)
+    last = follow(job, stdout, tty=stdout.isatty())
+    if last.state == Job.State.FAILED:
+        raise CommandError(last.error)
+    return last

@@ -24,6 +24,19 @@ TASK_FOR_KIND = {
 }
 
 
+def acting_user(user: Any) -> Any:
+    """The user to record as having asked, or None for an anonymous request or the CLI."""
+    return user if user is not None and user.is_authenticated else None
+
+
+def job_start(*, kind: str, user: Any = None, **fields: Any) -> Job:
+    """Create a queued job and send it to a worker once the transaction commits."""
+    with transaction.atomic():
+        job = Job.objects.create(kind=kind, created_by=acting_user(user), **fields)
+        job_enqueue(job=job)
+    return job
+
+
 def job_enqueue(*, job: Job) -> None:
     """Send the job to a worker once the transaction that created it has committed."""
     task = current_app.tasks[TASK_FOR_KIND[Job.Kind(job.kind)]]

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from django.conf import settings
 from django.db import connection
 
@@ -23,21 +22,6 @@ from tests.support.proxy import FaultyProxy
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-BROKER = "redis://127.0.0.1:6379/14"  # a database of its own: a `make dev` worker is elsewhere
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    client = redis.Redis.from_url(BROKER, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no Redis at {BROKER}")
-    client.flushdb()
-    yield BROKER
-    client.flushdb()
 
 
 def database_url() -> str:

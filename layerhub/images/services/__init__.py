@@ -5,6 +5,7 @@ database is here."""
 from __future__ import annotations
 
 from layerhub.images.services.pull import (
+    StoredImage,
     image_import,
     image_import_run,
     image_layer_descriptors,
@@ -12,11 +13,13 @@ from layerhub.images.services.pull import (
     image_pull_run,
     image_record,
     image_unpack_run,
+    layer_mark_unpacked,
     registry_client_for,
     registry_login,
 )
 
 __all__ = [
+    "StoredImage",
     "image_import",
     "image_import_run",
     "image_layer_descriptors",
@@ -24,6 +27,7 @@ __all__ = [
     "image_pull_run",
     "image_record",
     "image_unpack_run",
+    "layer_mark_unpacked",
     "registry_client_for",
     "registry_login",
 ]

@@ -10,6 +10,7 @@ once its snapshot exists.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import ArchiveError, ImageNotFound
+from layerhub.engine.fsutil import tree_usage
 from layerhub.engine.manifest import (
     Descriptor,
     ImageConfig,
@@ -36,7 +38,7 @@ from layerhub.engine.reference import Reference, normalize_registry, parse_refer
 from layerhub.engine.registry import Credentials, RegistryClient
 from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
 from layerhub.jobs.models import Job
-from layerhub.jobs.services import JobProgress, job_enqueue, job_run
+from layerhub.jobs.services import JobProgress, job_run, job_start
 
 
 def _client(registry: str, credentials: Credentials | None, insecure: bool) -> RegistryClient:
@@ -85,15 +87,12 @@ def image_pull(
     platform) at once, before any job exists."""
     ref = parse_reference(reference)
     plat = parse_platform(platform) if platform else Platform()
-    with transaction.atomic():
-        job = Job.objects.create(
-            kind=Job.Kind.PULL,
-            reference=str(ref),
-            params={"platform": str(plat)},
-            created_by=user if user is not None and user.is_authenticated else None,
-        )
-        job_enqueue(job=job)
-    return job
+    return job_start(
+        kind=Job.Kind.PULL,
+        user=user,
+        reference=str(ref),
+        params={"platform": str(plat)},
+    )
 
 
 def image_pull_run(*, job_id: int) -> None:
@@ -130,15 +129,13 @@ def image_pull_run(*, job_id: int) -> None:
 
 
 def _queue_unpack(job: Job, image: Image) -> Job:
-    unpack = Job.objects.create(
+    return job_start(
         kind=Job.Kind.UNPACK,
+        user=job.created_by,
         reference=job.reference,
         parent=job,
         image=image,
-        created_by=job.created_by,
     )
-    job_enqueue(job=unpack)
-    return unpack
 
 
 def image_import(*, path: str, platform: str | None = None, user: Any = None) -> Job:
@@ -148,15 +145,12 @@ def image_import(*, path: str, platform: str | None = None, user: Any = None) ->
     if not target.exists():
         raise ArchiveError(f"{path}: no such file or directory")
     plat = parse_platform(platform) if platform else Platform()
-    with transaction.atomic():
-        job = Job.objects.create(
-            kind=Job.Kind.IMPORT,
-            reference=str(target),
-            params={"path": str(target), "platform": str(plat)},
-            created_by=user if user is not None and user.is_authenticated else None,
-        )
-        job_enqueue(job=job)
-    return job
+    return job_start(
+        kind=Job.Kind.IMPORT,
+        user=user,
+        reference=str(target),
+        params={"path": str(target), "platform": str(plat)},
+    )
 
 
 def image_import_run(*, job_id: int) -> None:
@@ -205,6 +199,18 @@ class FetchedImage(Protocol):
     def config_digest(self) -> str: ...
     @property
     def config(self) -> ImageConfig: ...
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image whose blobs are all in the store, as image_record takes it (for a commit's
+    result, or an image the catalog has and pushes under a new name)."""
+
+    manifest_digest: str
+    manifest: ImageManifest
+    index_digest: str | None
+    config_digest: str
+    config: ImageConfig
 
 
 @transaction.atomic
@@ -264,6 +270,13 @@ def image_layer_descriptors(*, image: Image) -> tuple[list[Descriptor], list[str
     return descriptors, [row.layer.diff_id for row in rows]
 
 
+def layer_mark_unpacked(layer: Layer, unpacked_size: int | None, file_count: int | None) -> None:
+    """Record that a layer's snapshot exists, with what it holds."""
+    Layer.objects.filter(pk=layer.pk).update(
+        unpacked_size=unpacked_size, file_count=file_count, unpacked_at=timezone.now()
+    )
+
+
 def image_unpack_run(*, job_id: int) -> None:
     """The unpack job: make every layer's snapshot, bottom up, and record sizes."""
     job = Job.objects.select_related("image").get(pk=job_id)
@@ -284,12 +297,12 @@ def image_unpack_run(*, job_id: int) -> None:
             unpacked = engine_pull.unpack(get_store(), descriptors, diff_ids, progress=report)
         finally:
             progress.flush(force=True)
-        now = timezone.now()
+        store = get_store()
         for layer in unpacked:
-            Layer.objects.filter(chain_id=layer.chain_id).update(
-                unpacked_size=layer.unpacked_size,
-                file_count=layer.file_count,
-                unpacked_at=now,
-            )
+            row = Layer.objects.get(chain_id=layer.chain_id)
+            if layer.created:
+                layer_mark_unpacked(row, layer.unpacked_size, layer.file_count)
+            elif row.unpacked_at is None:  # made by a run whose worker died before recording
+                layer_mark_unpacked(row, *tree_usage(store.snapshots.path(layer.chain_id)))
 
     job_run(job, work)

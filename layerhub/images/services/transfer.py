@@ -17,9 +17,9 @@ from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer, Repository
-from layerhub.images.services.pull import image_record, registry_client_for
+from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
 from layerhub.jobs.models import Job
-from layerhub.jobs.services import JobProgress, job_enqueue, job_run
+from layerhub.jobs.services import JobProgress, job_run, job_start
 
 
 def _image_blobs(image: Image) -> tuple[bytes, ImageManifest]:
@@ -36,16 +36,13 @@ def image_push(*, image: str, reference: str | None = None, user: Any = None) ->
     target = parse_reference(reference or image)
     if target.tag is None and target.digest is None:
         raise InvalidReference(f"push needs a tag: {reference or image}")
-    with transaction.atomic():
-        job = Job.objects.create(
-            kind=Job.Kind.PUSH,
-            reference=str(target),
-            image=found,
-            params={"manifest": found.manifest_digest},
-            created_by=user if user is not None and user.is_authenticated else None,
-        )
-        job_enqueue(job=job)
-    return job
+    return job_start(
+        kind=Job.Kind.PUSH,
+        user=user,
+        reference=str(target),
+        image=found,
+        params={"manifest": found.manifest_digest},
+    )
 
 
 def _mount_sources(image: Image, registry: str, repository: str) -> dict[str, str]:
@@ -93,20 +90,13 @@ def image_push_run(*, job_id: int) -> None:
         finally:
             progress.flush(force=True)
             client.close()
-        image_record(refs=[ref], resolved=_Stored(image, manifest))
+        config = parse_config(get_store().blobs.read_bytes(image.config_digest))
+        stored = StoredImage(
+            image.manifest_digest, manifest, image.index_digest or None, image.config_digest, config
+        )
+        image_record(refs=[ref], resolved=stored)
 
     job_run(job, work)
-
-
-class _Stored:
-    """An image already in the catalog, in the shape image_record takes."""
-
-    def __init__(self, image: Image, manifest: ImageManifest) -> None:
-        self.manifest_digest = image.manifest_digest
-        self.manifest = manifest
-        self.index_digest: str | None = image.index_digest or None
-        self.config_digest = image.config_digest
-        self.config = parse_config(get_store().blobs.read_bytes(image.config_digest))
 
 
 def image_save(
@@ -121,16 +111,13 @@ def image_save(
     target = Path(path).resolve()
     if not target.parent.is_dir():
         raise ArchiveError(f"{target.parent}: no such directory")
-    with transaction.atomic():
-        job = Job.objects.create(
-            kind=Job.Kind.EXPORT,
-            reference=str(target),
-            image=found[0],
-            params={"images": images, "path": str(target), "format": format},
-            created_by=user if user is not None and user.is_authenticated else None,
-        )
-        job_enqueue(job=job)
-    return job
+    return job_start(
+        kind=Job.Kind.EXPORT,
+        user=user,
+        reference=str(target),
+        image=found[0],
+        params={"images": images, "path": str(target), "format": format},
+    )
 
 
 def _export_image(text: str) -> ExportImage:

@@ -8,8 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from layerhub.containers.services import container_commit, container_lookup
 from layerhub.engine.errors import LayerhubError
-from layerhub.jobs.follow import follow, worker_answers
-from layerhub.jobs.models import Job
+from layerhub.jobs.follow import follow_to_end
 
 
 class Command(BaseCommand):
@@ -35,11 +34,6 @@ class Command(BaseCommand):
             )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
-        if not worker_answers():
-            self.stderr.write("no worker answers yet: the commit waits until one runs")
-        last = follow(job, self.stdout)
-        if last.state == Job.State.FAILED:
-            raise CommandError(last.error)
-        last.refresh_from_db()
+        last = follow_to_end(job, self.stdout, self.stderr, what="commit")
         if last.image is not None:
             self.stdout.write(last.image.config_digest)

@@ -9,8 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_import
-from layerhub.jobs.follow import follow, worker_answers
-from layerhub.jobs.models import Job
+from layerhub.jobs.follow import follow_to_end
 
 
 class Command(BaseCommand):
@@ -25,14 +24,7 @@ class Command(BaseCommand):
             job = image_import(path=options["file"], platform=options["platform"])
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
-        if not worker_answers():
-            self.stderr.write("no worker answers yet: the import waits until one runs")
-        last = follow(job, self.stdout, tty=self.stdout.isatty())
-        job.refresh_from_db()
-        if job.state == Job.State.FAILED:
-            raise CommandError(job.error)
-        if last.state == Job.State.FAILED:
-            raise CommandError(last.error)
+        follow_to_end(job, self.stdout, self.stderr, what="import")
         for child in job.children.select_related("image").order_by("id"):
             image = child.image
             if image is None:

@@ -8,8 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_pull
-from layerhub.jobs.follow import follow, worker_answers
-from layerhub.jobs.models import Job
+from layerhub.jobs.follow import follow_to_end
 
 
 class Command(BaseCommand):
@@ -30,18 +29,11 @@ class Command(BaseCommand):
         if options["no_wait"]:
             self.stdout.write(f"queued pull job {job.pk}")
             return
-        if not worker_answers():
-            self.stderr.write(
-                "no worker answers yet: the pull waits in the queue until one runs "
-                "(`make dev` starts one)"
-            )
         ref = job.reference
         name, _, tag = ref.rpartition(":") if "@" not in ref else (ref, "", "")
-        self.stdout.write(f"{tag or 'digest'}: Pulling from {name.split('/', 1)[-1]}")
-        last = follow(job, self.stdout, tty=self.stdout.isatty())
+        header = f"{tag or 'digest'}: Pulling from {name.split('/', 1)[-1]}"
+        follow_to_end(job, self.stdout, self.stderr, what="pull", header=header)
         job.refresh_from_db()
-        if last.state == Job.State.FAILED:
-            raise CommandError(last.error)
         image = job.image
         if image is not None:
             self.stdout.write(f"Digest: {image.manifest_digest}")

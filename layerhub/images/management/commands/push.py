@@ -8,8 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services.transfer import image_push
-from layerhub.jobs.follow import follow, worker_answers
-from layerhub.jobs.models import Job
+from layerhub.jobs.follow import follow_to_end
 
 
 class Command(BaseCommand):
@@ -24,12 +23,8 @@ class Command(BaseCommand):
             job = image_push(image=options["image"], reference=options["reference"])
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
-        if not worker_answers():
-            self.stderr.write("no worker answers yet: the push waits until one runs")
-        self.stdout.write(f"The push refers to repository [{job.reference.rsplit(':', 1)[0]}]")
-        last = follow(job, self.stdout, tty=self.stdout.isatty())
-        if last.state == Job.State.FAILED:
-            raise CommandError(last.error)
+        header = f"The push refers to repository [{job.reference.rsplit(':', 1)[0]}]"
+        follow_to_end(job, self.stdout, self.stderr, what="push", header=header)
         if job.image is not None:
             tag = job.reference.rsplit(":", 1)[-1]
             self.stdout.write(f"{tag}: digest: {job.image.manifest_digest}")

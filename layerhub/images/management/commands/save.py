@@ -8,8 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services.transfer import image_save
-from layerhub.jobs.follow import follow
-from layerhub.jobs.models import Job
+from layerhub.jobs.follow import follow_to_end
 
 
 class Command(BaseCommand):
@@ -27,6 +26,4 @@ class Command(BaseCommand):
             )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
-        last = follow(job, self.stdout)
-        if last.state == Job.State.FAILED:
-            raise CommandError(last.error)
+        follow_to_end(job, self.stdout, self.stderr, what="export")
