@@ -51,6 +51,9 @@ class ApplyLimits:
     max_entries: int = 2_000_000
     max_bytes: int = 128 * 2**30  # uncompressed tar stream, and file contents
     max_path: int = 4096
+    # bytes that must stay free on the destination's file system while unpacking (0: no
+    # reserve); below it the unpack stops with StoreFull
+    min_free: int = 0
 
 
 @dataclass(frozen=True)

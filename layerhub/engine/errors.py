@@ -85,6 +85,20 @@ class LimitExceeded(LayerError):
     """A layer past the entry-count or size limits: a tar bomb, or a limit set too low."""
 
 
+class StoreFull(LayerhubError):
+    """The store's file system has less free space than its reserve (or none at all): the
+    write was stopped and nothing partial was kept."""
+
+    def __init__(self, free: int, reserve: int, where: str = "the layer store") -> None:
+        if reserve > 0:
+            detail = f"{free} bytes free, below the reserve of {reserve} bytes"
+        else:
+            detail = f"no space left ({free} bytes free)"
+        super().__init__(f"{where} is full: {detail}")
+        self.free = free
+        self.reserve = reserve
+
+
 class PathNotFound(LayerhubError):
     """A path that does not exist in an image or container view."""
 
