@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.oci import Image, Index, LayerBlob, make_layer, write_layout
+from tests.support.peers import require
 from tests.support.proxy import FaultyProxy
 from tests.support.registry import REGISTRY_BIN, SKOPEO_BIN, Registry, run_registry
 from workers.celery import app
@@ -18,10 +18,7 @@ from workers.celery import app
 
 def _need_peers() -> None:
     missing = [n for n, b in (("docker-registry", REGISTRY_BIN), ("skopeo", SKOPEO_BIN)) if not b]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs {', '.join(missing)} (Debian packages)")
-        pytest.skip(f"not installed: {', '.join(missing)}")
+    require(not missing, f"not installed: {', '.join(missing)} (Debian packages)")
 
 
 @dataclass

@@ -10,13 +10,12 @@ a user ``app`` (1000, also in ``staff``) and ``nobody``, ``/etc/os-release``, ``
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import tarfile
 from functools import cache
 from pathlib import Path
 
-import pytest
+from tests.support.peers import require
 
 BUSYBOX = Path("/bin/busybox")
 MTIME = 1_700_000_000
@@ -31,11 +30,10 @@ GROUP = b"root:x:0:\nstaff:x:50:app\napp:x:1000:\nnogroup:x:65534:\n"
 
 def require_busybox() -> Path:
     """``/bin/busybox``; skips the test when busybox-static is not installed (fails in CI)."""
-    if not BUSYBOX.is_file():
-        reason = "needs Debian's busybox-static (apt-get install busybox-static) for a base image"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require(
+        BUSYBOX.is_file(),
+        "needs Debian's busybox-static (apt-get install busybox-static) for a base image",
+    )
     return BUSYBOX
 
 
