@@ -240,12 +240,16 @@ def test_registry_dying_mid_download_fails_cleanly(proxy: FaultyProxy, seed: See
 
 
 def test_concurrent_pulls_share_one_download_and_one_unpack(proxy: FaultyProxy, seed: Seed) -> None:
+    """Two pulls that share a base run at the same time (their registry requests overlap), and
+    the base is still downloaded once and unpacked once."""
     proxy.delay = 0.5  # keep the base download in flight while the other pull starts
     jobs: list[Job] = []
     errors: list[BaseException] = []
+    started = threading.Barrier(2)
 
     def run(ref: str) -> None:
         try:
+            started.wait(10)
             jobs.append(pull(ref))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -264,6 +268,10 @@ def test_concurrent_pulls_share_one_download_and_one_unpack(proxy: FaultyProxy, 
         t.join(60)
     assert not errors
     assert all(job.state == Job.State.SUCCEEDED for job in jobs), [j.error for j in jobs]
+    # the pulls overlapped: a request of one was in flight while one of the other was, with
+    # a blob download among them (not only the two first manifest requests)
+    pairs = proxy.overlapping("team/app", "team/other")
+    assert any("/blobs/" in a.path or "/blobs/" in b.path for a, b in pairs), proxy.windows
     assert proxy.blob_gets[seed.base.digest] == 1
     base_chain = chain_ids([seed.base.diff_id])[0]
     # one unpack job made the base snapshot, the other found it made

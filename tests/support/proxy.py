@@ -1,5 +1,6 @@
-"""A faulty front for a real registry: forwards every request, counts blob downloads, and can
-cut a blob's body short or slow it down, the way a registry that dies mid-download does."""
+"""A faulty front for a real registry: forwards every request, counts blob downloads, records
+when each request was in flight, and can cut a blob's body short or slow it down, the way a
+registry that dies mid-download does."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import contextlib
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
@@ -14,6 +17,28 @@ import requests
 from tests.support.registry import free_port
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+@dataclass
+class Window:
+    """One request as the proxy saw it: from its arrival to the end of its body (monotonic)."""
+
+    method: str
+    path: str
+    start: float
+    end: float = float("inf")  # still in flight
+
+    @property
+    def repository(self) -> str:
+        """``team/app`` for ``/v2/team/app/blobs/...``; empty for ``/v2/`` itself."""
+        parts = self.path.split("?", 1)[0].split("/")
+        for i, part in enumerate(parts):
+            if part in ("blobs", "manifests") and i > 2:
+                return "/".join(parts[2:i])
+        return ""
+
+    def overlaps(self, other: Window) -> bool:
+        return self.start < other.end and other.start < self.end
 
 
 class FaultyProxy:
@@ -26,6 +51,7 @@ class FaultyProxy:
         self.blob_gets: Counter[str] = Counter()
         self.cuts: dict[str, tuple[int, int]] = {}  # digest -> (after bytes, times left)
         self.delay = 0.0  # seconds to sleep before each blob body
+        self.windows: list[Window] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -36,11 +62,15 @@ class FaultyProxy:
                 pass
 
             def do_HEAD(self) -> None:
-                self.forward(body=False)
+                with proxy.in_flight(self.command, self.path):
+                    self.forward(body=False)
 
             def do_GET(self) -> None:
                 # the client may go away mid-body (a killed worker, a cut we made)
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                with (
+                    proxy.in_flight(self.command, self.path),
+                    contextlib.suppress(BrokenPipeError, ConnectionResetError),
+                ):
                     self.forward(body=True)
 
             def forward(self, *, body: bool) -> None:
@@ -88,6 +118,25 @@ class FaultyProxy:
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    @contextlib.contextmanager
+    def in_flight(self, method: str, path: str) -> Iterator[None]:
+        """Record the request's window while the body runs."""
+        window = Window(method, path, time.monotonic())
+        with self.lock:
+            self.windows.append(window)
+        try:
+            yield
+        finally:
+            window.end = time.monotonic()
+
+    def overlapping(self, repo_a: str, repo_b: str) -> list[tuple[Window, Window]]:
+        """Pairs of requests for the two repositories that were in flight at the same time."""
+        with self.lock:
+            windows = list(self.windows)
+        a = [w for w in windows if w.repository == repo_a]
+        b = [w for w in windows if w.repository == repo_b]
+        return [(x, y) for x in a for y in b if x.overlaps(y)]
 
     def cut(self, digest: str, after: int, times: int) -> None:
         """Cut the next ``times`` downloads of ``digest`` after ``after`` bytes."""
