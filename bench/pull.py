@@ -316,8 +316,10 @@ def main() -> None:
             print(f"{size:>6} MB layer: peak RSS {mib(memory[tag].maxrss_kib)}")
         print()
         print(f"cold pull: within 1.2x of skopeo: {'yes' if ratio <= 1.2 else 'no'} ({ratio:.2f}x)")
-        warm = statistics.median(warm_child)
-        print(f"warm pull: under 0.5 s: {'yes' if warm < 0.5 else 'no'} ({warm:.3f} s in-process)")
+        warm_s = statistics.median(warm_child)
+        print(
+            f"warm pull: under 0.5 s: {'yes' if warm_s < 0.5 else 'no'} ({warm_s:.3f} s in-process)"
+        )
         small_rss, big_rss = memory["mem-small"].maxrss_kib, memory["mem-big"].maxrss_kib
         if small_rss and big_rss:
             print_flat("memory", args.big_mb, small_rss, big_rss)

@@ -350,21 +350,25 @@ class Layout:
         return self.path / "blobs" / "sha256" / digest.split(":", 1)[1]
 
     def put(self, data: bytes, media_type: str) -> dict[str, Any]:
-        descriptor = {"mediaType": media_type, "digest": sha256_bytes(data), "size": len(data)}
-        self.blob(descriptor["digest"]).write_bytes(data)
-        return descriptor
+        digest = sha256_bytes(data)
+        self.blob(digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    def _json(self, path: Path) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(path.read_bytes())
+        return document
 
     def index(self) -> dict[str, Any]:
-        return json.loads((self.path / "index.json").read_text())
+        return self._json(self.path / "index.json")
 
     def manifest(self, tag: str) -> dict[str, Any]:
         for desc in self.index()["manifests"]:
             if desc["annotations"][REF_NAME] == tag:
-                return json.loads(self.blob(desc["digest"]).read_bytes())
+                return self._json(self.blob(desc["digest"]))
         raise KeyError(tag)
 
     def config(self, tag: str) -> dict[str, Any]:
-        return json.loads(self.blob(self.manifest(tag)["config"]["digest"]).read_bytes())
+        return self._json(self.blob(self.manifest(tag)["config"]["digest"]))
 
     def tag(self, tag: str, layers: list[dict[str, Any]], diff_ids: list[str]) -> None:
         """Write a config and manifest for ``layers`` and name the manifest ``tag``."""
@@ -385,7 +389,9 @@ class Layout:
         desc = self.put(json.dumps(manifest).encode(), MT_MANIFEST)
         desc["annotations"] = {REF_NAME: tag}
         index_path = self.path / "index.json"
-        index = self.index() if index_path.exists() else {"schemaVersion": 2, "manifests": []}
+        index: dict[str, Any] = (
+            self.index() if index_path.exists() else {"schemaVersion": 2, "manifests": []}
+        )
         index["mediaType"] = MT_INDEX
         index["manifests"] = [
             m for m in index["manifests"] if m["annotations"][REF_NAME] != tag

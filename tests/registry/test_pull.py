@@ -142,10 +142,11 @@ def test_tag_that_moved_keeps_the_old_image(registry: Registry, seed: Seed) -> N
     # the tag moves: push a different image under the same name
     registry.push_layout(seed.layout, "other", "team/moving", as_tag="v1")
     second = pull(f"{registry.host}/team/moving:v1")
+    assert first.image is not None
     assert first.image != second.image
     tag = Tag.objects.get(repository__name="team/moving", name="v1")
     assert tag.image == second.image
-    assert Image.objects.filter(pk=first.image_id).exists()
+    assert Image.objects.filter(pk=first.image.pk).exists()
 
 
 def test_basic_auth_with_stored_credentials(basic_registry: Registry) -> None:

@@ -115,7 +115,7 @@ class TokenServer:
                     self.end_headers()
                     return
                 actions = ["pull", "push"] if user else []
-                access = []
+                access: list[dict[str, object]] = []
                 for scope in query.get("scope", []):
                     kind, _, rest = scope.partition(":")
                     repo, _, _wanted = rest.rpartition(":")
