@@ -300,7 +300,8 @@ def report(results: dict[str, dict[str, list[float]]], rounds: int, cold: bool) 
     print(
         "commit and base size, by design (not measured): commit_container is given the upper "
         "directory and the parent's config and never opens the base's files, so the base's "
-        "size cannot change its time; the two bases show only run-to-run noise."
+        "size cannot change its time. A gap between the two bases' rows is the machine's "
+        "(writeback, page cache), which the peer, which never sees the base either, shares."
     )
 
 
