@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from pytest_django import Settings
 
 from layerhub.core.store import get_store
@@ -173,3 +176,71 @@ def test_login_command(basic_registry: Registry) -> None:
     job = image_pull(reference=f"{basic_registry.host}/team/app:v1")
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
+
+
+# -- save -o ------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    assert connection.vendor == "sqlite", "the CLI subprocess shares the test's SQLite file"
+    return f"sqlite:///{db['NAME']}"
+
+
+@pytest.mark.parametrize("kind", ["device", "directory", "symlink", "fifo"])
+def test_save_never_replaces_what_is_not_a_regular_file(
+    registry: Registry, tmp_path: Path, kind: str
+) -> None:
+    reference = f"{registry.host}/team/app:v1"
+    image_pull(reference=reference)
+    target = tmp_path / "out.tar"
+    elsewhere = tmp_path / "precious"
+    elsewhere.write_bytes(b"keep me")
+    if kind == "device":
+        os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(elsewhere)
+    before = os.lstat(target)
+    with pytest.raises(CommandError, match="not a regular file"):
+        call_command("save", reference, "-o", str(target), stdout=io.StringIO())
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    assert elsewhere.read_bytes() == b"keep me"
+    assert not Job.objects.filter(kind=Job.Kind.EXPORT).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tar", "precious"]
+
+
+@pytest.mark.parametrize("form", ["docker", "oci"])
+def test_save_to_standard_output_is_the_file_byte_for_byte(
+    registry: Registry, tmp_path: Path, settings: Settings, form: str
+) -> None:
+    reference = f"{registry.host}/team/app:v1"
+    image_pull(reference=reference)
+    as_file = tmp_path / "file.tar"
+    call_command("save", reference, "--format", form, "-o", str(as_file), stdout=io.StringIO())
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
+    }
+    streamed = subprocess.run(
+        [sys.executable, "manage.py", "save", reference, "--format", form, "-o", "-"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert streamed.returncode == 0, streamed.stderr.decode()
+    assert streamed.stdout == as_file.read_bytes()
+    assert streamed.stderr == b""
+    assert not Job.objects.filter(kind=Job.Kind.EXPORT).exclude(reference=str(as_file)).exists()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.db import transaction
 
@@ -99,18 +100,53 @@ def image_push_run(*, job_id: int) -> None:
     job_run(job, work)
 
 
+def _check_save_target(target: Path) -> None:
+    """Refuse a target that is there and is not a regular file: saving replaces the target
+    by renaming a new file over it, which would replace a device node, a symlink (not what it
+    points to) or a FIFO; a directory cannot be replaced at all."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(st.st_mode)
+            else "a symbolic link"
+            if stat.S_ISLNK(st.st_mode)
+            else "a device, socket or FIFO"
+        )
+        raise ArchiveError(
+            f"{target} is {kind}, not a regular file: save writes only to a new or a regular "
+            "file (use -o - to write the archive to standard output)"
+        )
+
+
+def _save_target(path: str) -> Path:
+    """The absolute path to write: its directory resolved, the name itself not followed."""
+    given = Path(path)
+    if not given.name or given.name in (".", ".."):
+        raise ArchiveError(f"{path}: not a file name")
+    parent = given.parent.resolve()
+    if not parent.is_dir():
+        raise ArchiveError(f"{parent}: no such directory")
+    target = parent / given.name
+    _check_save_target(target)
+    return target
+
+
 def image_save(
     *, images: Sequence[str], path: str, format: str = "docker", user: Any = None
 ) -> Job:
-    """Queue an export of ``images`` to ``path``: a ``docker save`` archive or an OCI layout tar."""
+    """Queue an export of ``images`` to ``path``: a ``docker save`` archive or an OCI layout tar.
+
+    ``path`` must be new or a regular file (ArchiveError otherwise)."""
     if format not in ("docker", "oci"):
         raise ArchiveError(f"unknown export format {format!r}: docker or oci")
     if not images:
         raise ImageNotFound("save needs at least one image")
     found = [image_lookup(text) for text in images]
-    target = Path(path).resolve()
-    if not target.parent.is_dir():
-        raise ArchiveError(f"{target.parent}: no such directory")
+    target = _save_target(path)
     return job_start(
         kind=Job.Kind.EXPORT,
         user=user,
@@ -118,6 +154,24 @@ def image_save(
         image=found[0],
         params={"images": images, "path": str(target), "format": format},
     )
+
+
+def image_save_stream(*, images: Sequence[str], out: BinaryIO, format: str = "docker") -> None:
+    """Write the export of ``images`` to ``out`` now, in this process (``save -o -``): the
+    same bytes the export job writes to a file."""
+    if format not in ("docker", "oci"):
+        raise ArchiveError(f"unknown export format {format!r}: docker or oci")
+    if not images:
+        raise ImageNotFound("save needs at least one image")
+    exports = [_export_image(text) for text in images]
+    _write_export(out, exports, format)
+
+
+def _write_export(out: BinaryIO, exports: Sequence[ExportImage], format: str) -> None:
+    if format == "oci":
+        write_oci_layout(out, exports, get_store())
+    else:
+        write_docker_archive(out, exports, get_store())
 
 
 def _export_image(text: str) -> ExportImage:
@@ -153,14 +207,14 @@ def image_save_run(*, job_id: int) -> None:
         exports = [_export_image(text) for text in job.params["images"]]
         target = Path(job.params["path"])
         partial = target.with_name(f".{target.name}.{job.pk}.partial")
+        _check_save_target(target)  # what was there when queued may have changed since
         try:
-            with open(partial, "wb") as out:
-                if job.params["format"] == "oci":
-                    write_oci_layout(out, exports, get_store())
-                else:
-                    write_docker_archive(out, exports, get_store())
+            partial.unlink(missing_ok=True)  # left by a killed run; "x": never follow a link
+            with open(partial, "xb") as out:
+                _write_export(out, exports, job.params["format"])
                 out.flush()
                 os.fsync(out.fileno())
+            _check_save_target(target)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
