@@ -12,8 +12,11 @@ archive that is missing, escapes the archive, or does not match gives a clear er
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import posixpath
+import stat
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,13 +60,25 @@ class ImportedImage:
     references: tuple[Reference, ...]
 
 
+MAX_LINK_HOPS = 40  # the kernel's limit before ELOOP
+
+
 class _Source:
-    """Files of an archive: a directory or a tar (read by member name)."""
+    """Files of an archive: a directory or a tar (read by member name).
+
+    A symbolic link inside the archive (``docker save`` links a layer stored twice) is
+    followed only within it: one that points outside the archive, at something the archive
+    does not hold, or in a loop is refused with ArchiveError, whether it is the file itself
+    or any directory above it (``blobs/`` pointing elsewhere). A directory source is then
+    opened component by component without following links, so a link swapped in meanwhile
+    is refused rather than followed.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._tar: tarfile.TarFile | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
+        self._links: dict[str, str] = {}
         if path.is_dir():
             return
         try:
@@ -75,7 +90,12 @@ class _Source:
             ) from exc
         for member in self._tar.getmembers():
             name = posixpath.normpath(member.name.lstrip("./") or ".")
-            if member.isreg() or member.islnk():
+            # a later entry of the same name replaces an earlier one, as when extracting
+            self._members.pop(name, None)
+            self._links.pop(name, None)
+            if member.issym():
+                self._links[name] = member.linkname
+            elif member.isreg() or member.islnk():
                 self._members[name] = member
 
     def _clean(self, name: str) -> str:
@@ -84,20 +104,92 @@ class _Source:
             raise ArchiveError(f"archive names a path outside itself: {name!r}")
         return clean
 
-    def exists(self, name: str) -> bool:
+    def _link(self, name: str) -> str | None:
+        """The target of ``name`` if it is a symbolic link in the archive."""
+        if self._tar is not None:
+            return self._links.get(name)
+        path = self.path / name
+        return os.readlink(path) if path.is_symlink() else None
+
+    def _resolve(self, name: str) -> str:
+        """``name`` with every symbolic link on its way replaced by its target, all inside
+        the archive; ArchiveError for a link that leaves it."""
         clean = self._clean(name)
+        todo = [] if clean == "." else clean.split("/")
+        done: list[str] = []
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            here = "/".join([*done, part])
+            target = self._link(here)
+            if target is None:
+                done.append(part)
+                continue
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise ArchiveError(f"{name!r}: too many levels of symbolic links in the archive")
+            joined = posixpath.normpath(posixpath.join("/".join(done), target))
+            if posixpath.isabs(target) or joined == ".." or joined.startswith("../"):
+                raise ArchiveError(
+                    f"{here!r} in the archive is a symbolic link to {target!r}, outside the"
+                    " archive: refused"
+                )
+            todo = ([] if joined == "." else joined.split("/")) + todo
+            done = []
+        return "/".join(done) or "."
+
+    def exists(self, name: str) -> bool:
+        try:
+            clean = self._resolve(name)
+        except ArchiveError:
+            return False
         if self._tar is None:
             return (self.path / clean).is_file()
         return clean in self._members
 
+    def _open_file(self, clean: str, name: str) -> IO[bytes]:
+        """Open ``clean`` below the directory, never following a symbolic link."""
+        parts = clean.split("/")
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                try:
+                    next_fd = os.open(
+                        part,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=fd,
+                    )
+                except (NotADirectoryError, FileNotFoundError):
+                    raise ArchiveError(f"archive has no file {name!r}") from None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise ArchiveError(f"{name!r}: a symbolic link in its path") from None
+                    raise
+                os.close(fd)
+                fd = next_fd
+            try:
+                file_fd = os.open(
+                    parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
+                )
+            except FileNotFoundError:
+                raise ArchiveError(f"archive has no file {name!r}") from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ArchiveError(f"{name!r} is a symbolic link") from None
+                raise
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            os.close(file_fd)
+            raise ArchiveError(f"archive entry {name!r} is not a regular file")
+        os.set_blocking(file_fd, True)
+        return os.fdopen(file_fd, "rb")
+
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
-        clean = self._clean(name)
+        clean = self._resolve(name)
         if self._tar is None:
-            target = self.path / clean
-            if target.is_symlink() or not target.is_file():
-                raise ArchiveError(f"archive has no file {name!r}")
-            with open(target, "rb") as f:
+            with self._open_file(clean, name) as f:
                 yield f
             return
         member = self._members.get(clean)
