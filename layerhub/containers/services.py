@@ -26,9 +26,15 @@ from layerhub.engine.runtime import ExecResult, run_in_container
 from layerhub.engine.runtime.overlay import mounts_under
 from layerhub.engine.runtime.signals import shielded
 from layerhub.engine.union import UnionView
+from layerhub.images.leases import job_lease, job_leaser
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer
-from layerhub.images.services import StoredImage, image_record, layer_mark_unpacked
+from layerhub.images.services import (
+    StoredImage,
+    image_layer_descriptors,
+    image_record,
+    layer_mark_unpacked,
+)
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import acting_user, job_run, job_start
 
@@ -244,6 +250,18 @@ def container_commit_run(*, job_id: int) -> None:
             raise ContainerNotFound("the container to commit no longer exists")
         store = get_store()
         parent = container.image
+        # the parent stays while the container stands on it; leased all the same, as every
+        # job leases what the image it records will name
+        parent_descriptors, parent_diff_ids = image_layer_descriptors(image=parent)
+        job_lease(
+            job=job,
+            keys=[
+                parent.manifest_digest,
+                parent.config_digest,
+                *(d.digest for d in parent_descriptors),
+                *chain_ids(parent_diff_ids),
+            ],
+        )
         parent_manifest = parse_manifest(store.blobs.read_bytes(parent.manifest_digest))
         if not isinstance(parent_manifest, ImageManifest):
             raise ImageNotFound(f"image {parent.image_id} has no image manifest in the store")
@@ -265,6 +283,7 @@ def container_commit_run(*, job_id: int) -> None:
                 author=job.params.get("author", ""),
                 comment=job.params.get("message", ""),
                 changes=job.params.get("changes", []),
+                lease=job_leaser(job),
             )
         refs = [parse_reference(job.reference)] if job.reference else []
         committed = StoredImage(

@@ -45,9 +45,16 @@ COMPLETE = "Pull complete"
 
 # digest, status, bytes done, bytes in all
 ProgressFn = Callable[[str, str, int, int], None]
+# records, durably, that the caller will reference these digests and ChainIDs (a lease), so
+# nothing deletes them once they are judged "already there"
+LeaseFn = Callable[[Sequence[str]], None]
 
 
 def _no_progress(digest: str, status: str, current: int, total: int) -> None:
+    pass
+
+
+def _no_lease(keys: Sequence[str]) -> None:
     pass
 
 
@@ -81,7 +88,11 @@ def blob_lock(store: Store, digest: str) -> AbstractContextManager[None]:
 
 
 def resolve(
-    client: RegistryClient, ref: Reference, store: Store, platform: Platform
+    client: RegistryClient,
+    ref: Reference,
+    store: Store,
+    platform: Platform,
+    lease: LeaseFn = _no_lease,
 ) -> ResolvedImage:
     """Fetch and check the manifest (through an index if need be) and the config."""
     try:
@@ -91,6 +102,7 @@ def resolve(
     parsed = parse_manifest(data, content_type)
     index_digest = None
     if isinstance(parsed, Index):
+        lease([digest])
         store.blobs.put_bytes(data, digest)
         index_digest = digest
         chosen = select_platform(parsed, platform)
@@ -99,10 +111,10 @@ def resolve(
         if not isinstance(parsed, ImageManifest):
             raise InvalidManifest(f"index entry {chosen.digest} is not an image manifest")
     config_desc = parsed.config
-    if not store.blobs.has(config_desc.digest):
-        with blob_lock(store, config_desc.digest):
-            if not store.blobs.has(config_desc.digest):
-                client.fetch_blob(ref.repository, config_desc.digest, config_desc.size, store.blobs)
+    lease([config_desc.digest])  # before "already there" is judged, under the lock
+    with blob_lock(store, config_desc.digest):
+        if not store.blobs.has(config_desc.digest):
+            client.fetch_blob(ref.repository, config_desc.digest, config_desc.size, store.blobs)
     config = parse_config(store.blobs.read_bytes(config_desc.digest))
     if len(config.diff_ids) != len(parsed.layers):
         raise InvalidManifest(
@@ -121,22 +133,26 @@ def fetch_layers(
     progress: ProgressFn = _no_progress,
     concurrency: int = 3,
     heartbeat: Callable[[], None] | None = None,
+    lease: LeaseFn = _no_lease,
 ) -> None:
     """Download every layer blob the store lacks, ``concurrency`` at a time.
 
     ``progress`` is called from the download threads; ``heartbeat``, if given, from the
-    calling thread about twice a second while they run (to save progress, say).
+    calling thread about twice a second while they run (to save progress, say). ``lease``
+    is called with every layer digest first, from the calling thread; whether a blob is
+    already there is then decided under its lock, which is where deletes check leases.
     """
+    lease([layer.digest for layer in layers])
     failed = threading.Event()
+    already = {layer.digest for layer in layers if store.blobs.has(layer.digest)}
 
     def fetch(layer: Descriptor) -> None:
         if failed.is_set():
             return
-        if store.blobs.has(layer.digest):
-            return
         with blob_lock(store, layer.digest):
-            if store.blobs.has(layer.digest):  # another worker fetched it meanwhile
-                progress(layer.digest, EXISTS, layer.size, layer.size)
+            if store.blobs.has(layer.digest):
+                if layer.digest not in already:  # another worker fetched it meanwhile
+                    progress(layer.digest, EXISTS, layer.size, layer.size)
                 return
 
             def downloading(done: int) -> None:
@@ -152,7 +168,7 @@ def fetch_layers(
             progress(layer.digest, DOWNLOADED, layer.size, layer.size)
 
     for layer in layers:  # every layer's first line, in manifest order
-        if store.blobs.has(layer.digest):
+        if layer.digest in already:
             progress(layer.digest, EXISTS, layer.size, layer.size)
         else:
             progress(layer.digest, WAITING, 0, layer.size)
@@ -173,9 +189,16 @@ def pull(
     progress: ProgressFn = _no_progress,
     concurrency: int = 3,
     heartbeat: Callable[[], None] | None = None,
+    lease: LeaseFn = _no_lease,
 ) -> ResolvedImage:
-    """Fetch an image's manifest, config and missing layers into the store."""
-    image = resolve(client, ref, store, platform or Platform())
+    """Fetch an image's manifest, config and missing layers into the store.
+
+    ``lease`` is called with each digest and ChainID the image names before the store is
+    asked whether it has them: the config as soon as the manifest names it, then the
+    manifest, the layers and their ChainIDs (the snapshots an unpack will want).
+    """
+    image = resolve(client, ref, store, platform or Platform(), lease)
+    lease([image.manifest_digest, *chain_ids(image.config.diff_ids)])
     fetch_layers(
         client,
         ref.repository,
@@ -184,6 +207,7 @@ def pull(
         progress=progress,
         concurrency=concurrency,
         heartbeat=heartbeat,
+        lease=lease,
     )
     store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
     return image

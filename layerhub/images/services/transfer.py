@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Sequence
@@ -14,8 +15,10 @@ from layerhub.core.store import get_store
 from layerhub.engine.errors import ArchiveError, Conflict, ImageNotFound, InvalidReference
 from layerhub.engine.export import ExportImage, write_docker_archive, write_oci_layout
 from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
+from layerhub.engine.pull import blob_lock
 from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
+from layerhub.images.leases import lease_held
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer, Repository
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
@@ -255,8 +258,11 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
         tag.delete()
     layers = [row.layer for row in found.image_layers.select_related("layer").order_by("-position")]
     doomed_blobs = [found.manifest_digest]
-    if not Image.objects.filter(config_digest=found.config_digest).exclude(pk=found.pk).exists():
+    others = Image.objects.exclude(pk=found.pk)
+    if not others.filter(config_digest=found.config_digest).exists():
         doomed_blobs.append(found.config_digest)
+    if found.index_digest and not others.filter(index_digest=found.index_digest).exists():
+        doomed_blobs.append(found.index_digest)
     found.delete()
     lines.append(f"Deleted: {found.config_digest}")
     doomed_snapshots = []
@@ -272,10 +278,15 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
     store = get_store()
 
     def delete_files() -> None:  # rows first, files after: no row ever names a missing file
+        # What a running job has leased stays (its rows are gone; the job's own records bring
+        # them back). The lease is checked under the lock the job judges "already there"
+        # under, so either the job sees the file gone, or this sees its lease.
         for chain_id in doomed_snapshots:
-            store.snapshots.remove(chain_id)
+            store.snapshots.remove(chain_id, keep=functools.partial(lease_held, chain_id))
         for digest in doomed_blobs:
-            store.blobs.delete(digest)
+            with blob_lock(store, digest):
+                if not lease_held(digest):
+                    store.blobs.delete(digest)
 
     transaction.on_commit(delete_files)
     return lines
