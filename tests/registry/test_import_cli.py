@@ -185,8 +185,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _database_url() -> str:
     db = connection.settings_dict
-    assert connection.vendor == "sqlite", "the CLI subprocess shares the test's SQLite file"
-    return f"sqlite:///{db['NAME']}"
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    host = db.get("HOST") or "127.0.0.1"
+    return f"postgres://{user}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 @pytest.mark.parametrize("kind", ["device", "directory", "symlink", "fifo"])
