@@ -36,6 +36,7 @@ from .manifest import (
     parse_manifest,
 )
 from .pull import blob_lock
+from .store import Descriptor as BlobDescriptor
 from .store import Store
 from .whiteouts import WhiteoutFormat
 
@@ -215,6 +216,17 @@ def upper_is_empty(upper: Path) -> bool:
     return not upper.exists() or not any(upper.iterdir())
 
 
+def _put(
+    store: Store, data: bytes, lease: Callable[[Sequence[str]], None] | None
+) -> BlobDescriptor:
+    """Store a small blob, leased first and written under its lock (where deletes look)."""
+    digest = sha256_bytes(data)
+    if lease is not None:
+        lease([digest])
+    with blob_lock(store, digest):
+        return store.blobs.put_bytes(data, digest)
+
+
 def commit_container(
     store: Store,
     upper: Path,
@@ -258,9 +270,7 @@ def commit_container(
         comment=comment,
         changes=changes,
     )
-    if lease is not None:
-        lease([sha256_bytes(config_bytes)])
-    config_desc = store.blobs.put_bytes(config_bytes)
+    config_desc = _put(store, config_bytes, lease)
     chain_id = None
     unpacked = None
     if layer is not None:
@@ -271,9 +281,7 @@ def commit_container(
     manifest_bytes, _ = commit_manifest(
         parent_manifest, Descriptor(OCI_CONFIG, config_desc.digest, config_desc.size), layer_desc
     )
-    if lease is not None:
-        lease([sha256_bytes(manifest_bytes)])
-    manifest_digest = store.blobs.put_bytes(manifest_bytes).digest
+    manifest_digest = _put(store, manifest_bytes, lease).digest
     manifest = parse_manifest(manifest_bytes)
     assert isinstance(manifest, ImageManifest)
     return CommitResult(

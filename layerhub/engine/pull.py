@@ -13,10 +13,12 @@ ChainID makes concurrent unpacks of a shared base do the work once).
 from __future__ import annotations
 
 import functools
+import io
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
 
 from .digest import chain_ids, digest_hex
 from .errors import InvalidManifest, ManifestUnknown
@@ -103,7 +105,8 @@ def resolve(
     index_digest = None
     if isinstance(parsed, Index):
         lease([digest])
-        store.blobs.put_bytes(data, digest)
+        with blob_lock(store, digest):
+            store.blobs.put_bytes(data, digest)
         index_digest = digest
         chosen = select_platform(parsed, platform)
         data, content_type, digest = client.get_manifest(ref.repository, chosen.digest)
@@ -209,8 +212,38 @@ def pull(
         heartbeat=heartbeat,
         lease=lease,
     )
-    store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
+    with blob_lock(store, image.manifest_digest):  # where a delete checks the lease
+        store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
     return image
+
+
+class _LazyBlob(io.RawIOBase):
+    """A layer blob opened on the first read (and its "Extracting" line shown then)."""
+
+    def __init__(self, store: Store, layer: Descriptor, progress: ProgressFn) -> None:
+        super().__init__()
+        self._store = store
+        self._layer = layer
+        self._progress = progress
+        self._file: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._file is None:
+            self._progress(self._layer.digest, EXTRACTING, 0, self._layer.size)
+            self._file = self._store.blobs.open(self._layer.digest)
+        view = memoryview(buffer).cast("B")
+        data = self._file.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
 
 
 def unpack(
@@ -223,14 +256,11 @@ def unpack(
     """Unpack each layer into its snapshot, bottom up; existing snapshots are kept as they are."""
     out: list[UnpackedLayer] = []
     for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
-        if store.snapshots.exists(chain_id):
-            out.append(UnpackedLayer(chain_id, diff_id, False, None, None))
-            progress(layer.digest, EXISTS, layer.size, layer.size)
-            continue
-        progress(layer.digest, EXTRACTING, 0, layer.size)
-        with store.blobs.open(layer.digest) as blob:
-            result = store.snapshots.unpack(chain_id, blob, diff_id=diff_id)
-        if result.applied is None:  # another worker unpacked it while we waited for the lock
+        # "Already there" is decided under the snapshot's lock, where a delete checks leases
+        # too: the blob is opened only when the snapshot is found missing there
+        with _LazyBlob(store, layer, progress) as blob:
+            result = store.snapshots.unpack(chain_id, cast(BinaryIO, blob), diff_id=diff_id)
+        if result.applied is None:  # there already, or another worker unpacked it meanwhile
             out.append(UnpackedLayer(chain_id, diff_id, False, None, None))
             progress(layer.digest, EXISTS, layer.size, layer.size)
             continue
