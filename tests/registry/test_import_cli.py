@@ -247,3 +247,28 @@ def test_save_to_standard_output_is_the_file_byte_for_byte(
     assert streamed.stdout == as_file.read_bytes()
     assert streamed.stderr == b""
     assert not Job.objects.filter(kind=Job.Kind.EXPORT).exclude(reference=str(as_file)).exists()
+
+
+def test_save_to_a_reader_that_goes_away_ends_quietly(
+    registry: Registry, settings: Settings
+) -> None:
+    reference = f"{registry.host}/team/app:v1"
+    image_pull(reference=reference)
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "save", reference, "-o", "-"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.read(512)  # the archive's first header, then the reader is gone
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141
+    assert b"Traceback" not in stderr

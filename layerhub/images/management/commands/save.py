@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -43,6 +44,11 @@ class Command(BaseCommand):
             )
         try:
             image_save_stream(images=options["images"], out=out, format=options["format"])
+            out.flush()
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
-        out.flush()
+        except BrokenPipeError:
+            # the reader went away (`save -o - | head`): no traceback, and no second error
+            # when Python flushes stdout on the way out
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports
