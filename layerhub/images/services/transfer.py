@@ -18,7 +18,7 @@ from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
 from layerhub.engine.pull import blob_lock
 from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
-from layerhub.images.leases import lease_held
+from layerhub.images.leases import job_lease, lease_held
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer, Repository
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
@@ -76,6 +76,7 @@ def image_push_run(*, job_id: int) -> None:
         image = job.image
         if image is None:
             raise ImageNotFound("the image to push was deleted")
+        job_lease(job=job, keys=_image_blob_keys(image))  # an rmi meanwhile leaves them
         ref = parse_reference(job.reference)
         data, manifest = _image_blobs(image)
         client = registry_client_for(registry=ref.registry)
@@ -177,8 +178,16 @@ def _write_export(out: BinaryIO, exports: Sequence[ExportImage], format: str) ->
         write_docker_archive(out, exports, get_store())
 
 
-def _export_image(text: str) -> ExportImage:
+def _image_blob_keys(image: Image) -> list[str]:
+    """The blobs an image names: manifest, config and layers (for a job's leases)."""
+    layers = image.image_layers.values_list("layer__digest", flat=True)
+    return [image.manifest_digest, image.config_digest, *layers]
+
+
+def _export_image(text: str, job: Job | None = None) -> ExportImage:
     image = image_lookup(text)
+    if job is not None:
+        job_lease(job=job, keys=_image_blob_keys(image))  # an rmi meanwhile leaves them
     data, manifest = _image_blobs(image)
     refs = []
     try:
@@ -207,7 +216,7 @@ def image_save_run(*, job_id: int) -> None:
         return
 
     def work() -> None:
-        exports = [_export_image(text) for text in job.params["images"]]
+        exports = [_export_image(text, job) for text in job.params["images"]]
         target = Path(job.params["path"])
         partial = target.with_name(f".{target.name}.{job.pk}.partial")
         _check_save_target(target)  # what was there when queued may have changed since
