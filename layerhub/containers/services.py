@@ -3,10 +3,11 @@ commit it. The only code that ties the engine's container, runtime and commit to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,16 +17,24 @@ from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
 from layerhub.engine.commit import apply_change, commit_container
-from layerhub.engine.container import Change, ContainerFS, container_changes
+from layerhub.engine.container import Change, ContainerFS, container_changes, container_lock
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import Conflict, ContainerNotFound, ImageNotFound, LayerhubError
 from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
 from layerhub.engine.reference import parse_reference
 from layerhub.engine.runtime import ExecResult, run_in_container
+from layerhub.engine.runtime.overlay import mounts_under
+from layerhub.engine.runtime.signals import shielded
 from layerhub.engine.union import UnionView
+from layerhub.images.leases import job_lease, job_leaser
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer
-from layerhub.images.services import StoredImage, image_record, layer_mark_unpacked
+from layerhub.images.services import (
+    StoredImage,
+    image_layer_descriptors,
+    image_record,
+    layer_mark_unpacked,
+)
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import acting_user, job_run, job_start
 
@@ -86,6 +95,15 @@ def container_create(*, image: str, name: str | None = None, user: Any = None) -
         raise
 
 
+@contextlib.contextmanager
+def container_busy(container: Container, *, wait: float | None = 0.0) -> Iterator[None]:
+    """The container's lock, held while a command runs, files change, a commit reads the
+    writable layer or the container is removed; Conflict when another holds it past ``wait``
+    seconds (None: wait as long as it takes)."""
+    with container_lock(get_store().locks, container.container_id, name=container.name, wait=wait):
+        yield
+
+
 def container_fs(container: Container) -> ContainerFS:
     """The container's files: its writable layer over the image's snapshots."""
     store = get_store()
@@ -98,27 +116,32 @@ def container_write_file(
     *, container: Container, path: str, data: bytes | BinaryIO, mode: int = 0o644
 ) -> None:
     """Create or replace a file in the container."""
-    container_fs(container).write_file(path, data, mode=mode)
+    with container_busy(container):
+        container_fs(container).write_file(path, data, mode=mode)
 
 
 def container_mkdir(*, container: Container, path: str, parents: bool = False) -> None:
     """Make a directory in the container."""
-    container_fs(container).mkdir(path, parents=parents)
+    with container_busy(container):
+        container_fs(container).mkdir(path, parents=parents)
 
 
 def container_remove_path(*, container: Container, path: str, recursive: bool = False) -> None:
     """Delete a path in the container (a whiteout hides what the image has there)."""
-    container_fs(container).remove(path, recursive=recursive)
+    with container_busy(container):
+        container_fs(container).remove(path, recursive=recursive)
 
 
 def container_chmod(*, container: Container, path: str, mode: int) -> None:
     """Change a path's mode (copying it up first)."""
-    container_fs(container).chmod(path, mode)
+    with container_busy(container):
+        container_fs(container).chmod(path, mode)
 
 
 def container_rename(*, container: Container, src: str, dst: str) -> None:
     """Move a path inside the container."""
-    container_fs(container).rename(src, dst)
+    with container_busy(container):
+        container_fs(container).rename(src, dst)
 
 
 def container_diff(*, container: Container) -> list[Change]:
@@ -141,28 +164,32 @@ def container_exec(
     store = get_store()
     root = container_dir(container)
     lowers = image_lowers(container.image)
-    # The state is for people to see; the runtime's lock on the writable layer is what keeps
-    # two commands apart (and a crashed run leaves no stale "running" that blocks the next).
-    Container.objects.filter(pk=container.pk).update(state=Container.State.RUNNING)
-    scratch = fsutil.TempEntry(store.tmp, f"exec-{container.short_id}-", directory=True)
-    try:
-        result = run_in_container(
-            lowers=lowers,
-            upper=root / "upper",
-            work=root / "work",
-            scratch=scratch.path,
-            image_config=container.image.config.get("config") or {},
-            argv=list(argv),
-            timeout=timeout,
-            network=network,
-            whiteouts=store.whiteouts,
-        )
-    finally:
-        scratch.close(remove=True)
-        Container.objects.filter(pk=container.pk).update(
-            state=Container.State.CREATED, last_command=list(argv)
-        )
-    Container.objects.filter(pk=container.pk).update(last_exit_code=result.exit_code)
+    # A refused exec (another holds the lock) leaves the state alone: it is the running
+    # command's. The state is for people to see; a crashed run that left it at "running"
+    # blocks nothing, the lock is what keeps commands apart.
+    with container_busy(container):
+        Container.objects.filter(pk=container.pk).update(state=Container.State.RUNNING)
+        scratch = fsutil.TempEntry(store.tmp, f"exec-{container.short_id}-", directory=True)
+        try:
+            result = run_in_container(
+                lowers=lowers,
+                upper=root / "upper",
+                work=root / "work",
+                scratch=scratch.path,
+                image_config=container.image.config.get("config") or {},
+                argv=list(argv),
+                timeout=timeout,
+                network=network,
+                whiteouts=store.whiteouts,
+            )
+        finally:
+            with shielded():
+                # never empty a directory through a mount left behind (the image's files)
+                scratch.close(remove=not mounts_under(scratch.path))
+                Container.objects.filter(pk=container.pk).update(
+                    state=Container.State.CREATED, last_command=list(argv)
+                )
+        Container.objects.filter(pk=container.pk).update(last_exit_code=result.exit_code)
     return result
 
 
@@ -170,7 +197,7 @@ def container_rm(*, container: Container) -> None:
     """Delete the container and its writable layer (the image stays)."""
     store = get_store()
     root = container_dir(container)
-    with transaction.atomic():
+    with container_busy(container), transaction.atomic():
         container.delete()
         if root.exists():
             doomed = fsutil.TempEntry(store.tmp, "rm-", directory=True)
@@ -223,21 +250,41 @@ def container_commit_run(*, job_id: int) -> None:
             raise ContainerNotFound("the container to commit no longer exists")
         store = get_store()
         parent = container.image
+        # the parent stays while the container stands on it; leased all the same, as every
+        # job leases what the image it records will name
+        parent_descriptors, parent_diff_ids = image_layer_descriptors(image=parent)
+        job_lease(
+            job=job,
+            keys=[
+                parent.manifest_digest,
+                parent.config_digest,
+                *(d.digest for d in parent_descriptors),
+                *chain_ids(parent_diff_ids),
+            ],
+        )
         parent_manifest = parse_manifest(store.blobs.read_bytes(parent.manifest_digest))
         if not isinstance(parent_manifest, ImageManifest):
             raise ImageNotFound(f"image {parent.image_id} has no image manifest in the store")
-        created_by = " ".join(container.last_command) or "layerhub commit"
-        result = commit_container(
-            store,
-            container_dir(container) / "upper",
-            store.whiteouts,
-            parent_manifest=parent_manifest,
-            parent_config=store.blobs.read_bytes(parent.config_digest),
-            created_by=created_by,
-            author=job.params.get("author", ""),
-            comment=job.params.get("message", ""),
-            changes=job.params.get("changes", []),
-        )
+        # a command still writing (or a file change half made) must not be captured: wait
+        # for it, as long as a command may run
+        with container_busy(container, wait=None):
+            try:
+                container.refresh_from_db()  # the command that ran meanwhile, say
+            except Container.DoesNotExist:
+                raise ContainerNotFound("the container to commit was removed") from None
+            created_by = " ".join(container.last_command) or "layerhub commit"
+            result = commit_container(
+                store,
+                container_dir(container) / "upper",
+                store.whiteouts,
+                parent_manifest=parent_manifest,
+                parent_config=store.blobs.read_bytes(parent.config_digest),
+                created_by=created_by,
+                author=job.params.get("author", ""),
+                comment=job.params.get("message", ""),
+                changes=job.params.get("changes", []),
+                lease=job_leaser(job),
+            )
         refs = [parse_reference(job.reference)] if job.reference else []
         committed = StoredImage(
             result.manifest_digest,

@@ -12,16 +12,19 @@ archive that is missing, escapes the archive, or does not match gives a clear er
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import posixpath
+import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from .digest import digest_hex, sha256_bytes, validate_digest
+from .digest import chain_ids, digest_hex, sha256_bytes, validate_digest
 from .errors import ArchiveError, InvalidDigest, InvalidManifest, LayerhubError
 from .manifest import (
     DOCKER_CONFIG,
@@ -36,6 +39,7 @@ from .manifest import (
     parse_manifest,
     select_platform,
 )
+from .pull import blob_lock
 from .reference import Reference, parse_reference
 from .store import Store
 
@@ -57,13 +61,25 @@ class ImportedImage:
     references: tuple[Reference, ...]
 
 
+MAX_LINK_HOPS = 40  # the kernel's limit before ELOOP
+
+
 class _Source:
-    """Files of an archive: a directory or a tar (read by member name)."""
+    """Files of an archive: a directory or a tar (read by member name).
+
+    A symbolic link inside the archive (``docker save`` links a layer stored twice) is
+    followed only within it: one that points outside the archive, at something the archive
+    does not hold, or in a loop is refused with ArchiveError, whether it is the file itself
+    or any directory above it (``blobs/`` pointing elsewhere). A directory source is then
+    opened component by component without following links, so a link swapped in meanwhile
+    is refused rather than followed.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._tar: tarfile.TarFile | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
+        self._links: dict[str, str] = {}
         if path.is_dir():
             return
         try:
@@ -75,7 +91,12 @@ class _Source:
             ) from exc
         for member in self._tar.getmembers():
             name = posixpath.normpath(member.name.lstrip("./") or ".")
-            if member.isreg() or member.islnk():
+            # a later entry of the same name replaces an earlier one, as when extracting
+            self._members.pop(name, None)
+            self._links.pop(name, None)
+            if member.issym():
+                self._links[name] = member.linkname
+            elif member.isreg() or member.islnk():
                 self._members[name] = member
 
     def _clean(self, name: str) -> str:
@@ -84,20 +105,92 @@ class _Source:
             raise ArchiveError(f"archive names a path outside itself: {name!r}")
         return clean
 
-    def exists(self, name: str) -> bool:
+    def _link(self, name: str) -> str | None:
+        """The target of ``name`` if it is a symbolic link in the archive."""
+        if self._tar is not None:
+            return self._links.get(name)
+        path = self.path / name
+        return os.readlink(path) if path.is_symlink() else None
+
+    def _resolve(self, name: str) -> str:
+        """``name`` with every symbolic link on its way replaced by its target, all inside
+        the archive; ArchiveError for a link that leaves it."""
         clean = self._clean(name)
+        todo = [] if clean == "." else clean.split("/")
+        done: list[str] = []
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            here = "/".join([*done, part])
+            target = self._link(here)
+            if target is None:
+                done.append(part)
+                continue
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise ArchiveError(f"{name!r}: too many levels of symbolic links in the archive")
+            joined = posixpath.normpath(posixpath.join("/".join(done), target))
+            if posixpath.isabs(target) or joined == ".." or joined.startswith("../"):
+                raise ArchiveError(
+                    f"{here!r} in the archive is a symbolic link to {target!r}, outside the"
+                    " archive: refused"
+                )
+            todo = ([] if joined == "." else joined.split("/")) + todo
+            done = []
+        return "/".join(done) or "."
+
+    def exists(self, name: str) -> bool:
+        try:
+            clean = self._resolve(name)
+        except ArchiveError:
+            return False
         if self._tar is None:
             return (self.path / clean).is_file()
         return clean in self._members
 
+    def _open_file(self, clean: str, name: str) -> IO[bytes]:
+        """Open ``clean`` below the directory, never following a symbolic link."""
+        parts = clean.split("/")
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                try:
+                    next_fd = os.open(
+                        part,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=fd,
+                    )
+                except (NotADirectoryError, FileNotFoundError):
+                    raise ArchiveError(f"archive has no file {name!r}") from None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise ArchiveError(f"{name!r}: a symbolic link in its path") from None
+                    raise
+                os.close(fd)
+                fd = next_fd
+            try:
+                file_fd = os.open(
+                    parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
+                )
+            except FileNotFoundError:
+                raise ArchiveError(f"archive has no file {name!r}") from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ArchiveError(f"{name!r} is a symbolic link") from None
+                raise
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            os.close(file_fd)
+            raise ArchiveError(f"archive entry {name!r} is not a regular file")
+        os.set_blocking(file_fd, True)
+        return os.fdopen(file_fd, "rb")
+
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
-        clean = self._clean(name)
+        clean = self._resolve(name)
         if self._tar is None:
-            target = self.path / clean
-            if target.is_symlink() or not target.is_file():
-                raise ArchiveError(f"archive has no file {name!r}")
-            with open(target, "rb") as f:
+            with self._open_file(clean, name) as f:
                 yield f
             return
         member = self._members.get(clean)
@@ -128,18 +221,61 @@ def _json(data: bytes, what: str) -> Any:
         raise ArchiveError(f"{what} is not valid JSON: {exc}") from None
 
 
-def _ingest(source: _Source, name: str, store: Store, digest: str, size: int | None) -> None:
-    if store.blobs.has(digest):
-        return
-    with source.open(name) as f:
-        store.blobs.ingest(cast(BinaryIO, f), digest, size)
+LeaseFn = Callable[[Sequence[str]], None]
+KnownLayerFn = Callable[[str], Descriptor | None]
+
+
+def _no_lease(keys: Sequence[str]) -> None:
+    pass
+
+
+class _Intake:
+    """Blobs going into the store for one import: each leased before the store is asked
+    whether it has it (under the blob's lock), and each this import added remembered, so a
+    failed import can take back what nothing references."""
+
+    def __init__(self, store: Store, lease: LeaseFn) -> None:
+        self.store = store
+        self.lease = lease
+        self.added: list[str] = []
+
+    def ingest(self, source: _Source, name: str, digest: str, size: int | None) -> None:
+        self.lease([digest])
+        with blob_lock(self.store, digest):
+            if self.store.blobs.has(digest):
+                return
+            with source.open(name) as f:
+                self.store.blobs.ingest(cast(BinaryIO, f), digest, size)
+            self.added.append(digest)
+
+    def put(self, data: bytes, digest: str | None = None) -> str:
+        digest = digest or sha256_bytes(data)
+        self.lease([digest])
+        with blob_lock(self.store, digest):
+            if not self.store.blobs.has(digest):
+                self.store.blobs.put_bytes(data, digest)
+                self.added.append(digest)
+        return digest
+
+    def reuse(self, candidate: Descriptor) -> bool:
+        """Lease ``candidate`` and say whether the store (still) holds it."""
+        self.lease([candidate.digest])
+        with blob_lock(self.store, candidate.digest):
+            return self.store.blobs.has(candidate.digest)
+
+    def take_back(self, in_use: Callable[[str], bool]) -> None:
+        """Delete the blobs this import added, but what another job now holds."""
+        for digest in reversed(self.added):
+            with blob_lock(self.store, digest):
+                if not in_use(digest):
+                    self.store.blobs.delete(digest)
 
 
 def _oci_blob_name(digest: str) -> str:
     return f"blobs/sha256/{digest_hex(digest)}"
 
 
-def _import_oci(source: _Source, store: Store, platform: Platform) -> list[ImportedImage]:
+def _import_oci(source: _Source, intake: _Intake, platform: Platform) -> list[ImportedImage]:
     index = _json(source.read("index.json"), "index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise ArchiveError("index.json has no manifests list")
@@ -156,13 +292,13 @@ def _import_oci(source: _Source, store: Store, platform: Platform) -> list[Impor
         name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_ANNOTATION)
         if name and ("/" in name or ":" in name or "@" in name):
             refs = (parse_reference(name),)
-        images.append(_import_oci_manifest(source, store, desc, platform, refs))
+        images.append(_import_oci_manifest(source, intake, desc, platform, refs))
     return images
 
 
 def _import_oci_manifest(
     source: _Source,
-    store: Store,
+    intake: _Intake,
     desc: Descriptor,
     platform: Platform,
     refs: tuple[Reference, ...],
@@ -173,7 +309,7 @@ def _import_oci_manifest(
     parsed = parse_manifest(data, desc.media_type)
     index_digest = None
     if isinstance(parsed, Index):
-        store.blobs.put_bytes(data, desc.digest)
+        intake.put(data, desc.digest)
         index_digest = desc.digest
         chosen = select_platform(parsed, platform)
         data = source.read(_oci_blob_name(chosen.digest))
@@ -183,18 +319,23 @@ def _import_oci_manifest(
         desc = chosen
         if not isinstance(parsed, ImageManifest):
             raise InvalidManifest(f"index entry {chosen.digest} is not an image manifest")
-    for blob in (parsed.config, *parsed.layers):
-        _ingest(source, _oci_blob_name(blob.digest), store, blob.digest, blob.size)
-    config = parse_config(store.blobs.read_bytes(parsed.config.digest))
+    config_desc = parsed.config
+    intake.ingest(source, _oci_blob_name(config_desc.digest), config_desc.digest, config_desc.size)
+    config = parse_config(intake.store.blobs.read_bytes(parsed.config.digest))
     if len(config.diff_ids) != len(parsed.layers):
         raise InvalidManifest("manifest and config disagree on the number of layers")
-    store.blobs.put_bytes(data, desc.digest)
+    intake.lease(chain_ids(config.diff_ids))  # the snapshots its unpack will look for
+    for blob in parsed.layers:
+        intake.ingest(source, _oci_blob_name(blob.digest), blob.digest, blob.size)
+    intake.put(data, desc.digest)
     return ImportedImage(
         desc.digest, parsed, data, index_digest, parsed.config.digest, config, refs
     )
 
 
-def _import_docker(source: _Source, store: Store) -> list[ImportedImage]:
+def _import_docker(
+    source: _Source, intake: _Intake, known_layer: KnownLayerFn | None
+) -> list[ImportedImage]:
     manifest = _json(source.read("manifest.json"), "manifest.json")
     if not isinstance(manifest, list) or not manifest:
         raise ArchiveError("manifest.json lists no images")
@@ -210,12 +351,21 @@ def _import_docker(source: _Source, store: Store) -> list[ImportedImage]:
             raise ArchiveError(
                 f"{config_name}: {len(config.diff_ids)} DiffIDs for {len(item['Layers'])} layers"
             )
-        store.blobs.put_bytes(config_bytes, config_digest)
+        intake.put(config_bytes, config_digest)
+        intake.lease(chain_ids(config.diff_ids))  # the snapshots its unpack will look for
         layers = []
         for name, diff_id in zip(item["Layers"], config.diff_ids, strict=True):
+            # A layer the store holds already (pulled, compressed) is named as it is: the
+            # DiffID in the config says which layer this is, whatever form it is kept in.
+            # Storing the archive's uncompressed copy too would keep it twice, and nothing
+            # would ever delete the copy.
+            candidate = known_layer(diff_id) if known_layer is not None else None
+            if candidate is not None and intake.reuse(candidate):
+                layers.append(candidate)
+                continue
             # docker save keeps layers uncompressed: the blob is the tar, its digest the DiffID
-            _ingest(source, str(name), store, diff_id, None)
-            layers.append(Descriptor(DOCKER_LAYER, diff_id, store.blobs.size(diff_id)))
+            intake.ingest(source, str(name), diff_id, None)
+            layers.append(Descriptor(DOCKER_LAYER, diff_id, intake.store.blobs.size(diff_id)))
         config_desc = Descriptor(DOCKER_CONFIG, config_digest, len(config_bytes))
         doc = {
             "schemaVersion": 2,
@@ -224,7 +374,7 @@ def _import_docker(source: _Source, store: Store) -> list[ImportedImage]:
             "layers": [layer.to_json() for layer in layers],
         }
         data = json.dumps(doc, indent=3).encode()
-        digest = store.blobs.put_bytes(data).digest
+        digest = intake.put(data)
         refs = tuple(parse_reference(str(tag)) for tag in item.get("RepoTags") or [])
         image_manifest = ImageManifest(DOCKER_MANIFEST, config_desc, tuple(layers))
         images.append(
@@ -234,25 +384,40 @@ def _import_docker(source: _Source, store: Store) -> list[ImportedImage]:
 
 
 def import_archive(
-    path: Path, store: Store, *, platform: Platform | None = None
+    path: Path,
+    store: Store,
+    *,
+    platform: Platform | None = None,
+    known_layer: KnownLayerFn | None = None,
+    lease: LeaseFn = _no_lease,
+    in_use: Callable[[str], bool] | None = None,
 ) -> list[ImportedImage]:
-    """Import every image of a ``docker save`` archive or an OCI layout (directory or tar)."""
+    """Import every image of a ``docker save`` archive or an OCI layout (directory or tar).
+
+    ``known_layer(diff_id)`` may name a blob the store already holds for a layer (a pulled,
+    compressed one): a ``docker save`` layer with that DiffID is then not stored again.
+    ``lease`` is called with each digest and ChainID before the store is asked whether it
+    holds it (see pull.py). When the import fails, the blobs it added are deleted again,
+    except those ``in_use`` says another job now holds.
+    """
     path = Path(path)
     if not path.exists():
         raise ArchiveError(f"{path}: no such file or directory")
     source = _Source(path)
+    intake = _Intake(store, lease)
     try:
         if source.exists("manifest.json"):
-            return _import_docker(source, store)
+            return _import_docker(source, intake, known_layer)
         if source.exists("index.json") and source.exists("oci-layout"):
-            return _import_oci(source, store, platform or Platform())
+            return _import_oci(source, intake, platform or Platform())
         raise ArchiveError(
             f"{path.name} is neither a docker save archive (manifest.json) "
             "nor an OCI image layout (oci-layout, index.json)"
         )
-    except LayerhubError:
+    except BaseException as exc:
+        intake.take_back(in_use or (lambda digest: False))
+        if isinstance(exc, (tarfile.TarError, OSError)) and not isinstance(exc, LayerhubError):
+            raise ArchiveError(f"{path.name}: cannot read the archive: {exc}") from None
         raise
-    except (tarfile.TarError, OSError) as exc:
-        raise ArchiveError(f"{path.name}: cannot read the archive: {exc}") from None
     finally:
         source.close()

@@ -13,7 +13,7 @@ import copy
 import json
 import posixpath
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 from .apply import ApplyResult
 from .diff import LayerDiff, diff_to_store
-from .digest import chain_ids
+from .digest import chain_ids, sha256_bytes
 from .errors import InvalidChange
 from .manifest import (
     DOCKER_CONFIG,
@@ -35,6 +35,8 @@ from .manifest import (
     parse_config,
     parse_manifest,
 )
+from .pull import blob_lock
+from .store import Descriptor as BlobDescriptor
 from .store import Store
 from .whiteouts import WhiteoutFormat
 
@@ -214,6 +216,17 @@ def upper_is_empty(upper: Path) -> bool:
     return not upper.exists() or not any(upper.iterdir())
 
 
+def _put(
+    store: Store, data: bytes, lease: Callable[[Sequence[str]], None] | None
+) -> BlobDescriptor:
+    """Store a small blob, leased first and written under its lock (where deletes look)."""
+    digest = sha256_bytes(data)
+    if lease is not None:
+        lease([digest])
+    with blob_lock(store, digest):
+        return store.blobs.put_bytes(data, digest)
+
+
 def commit_container(
     store: Store,
     upper: Path,
@@ -226,17 +239,28 @@ def commit_container(
     author: str = "",
     comment: str = "",
     changes: Sequence[str] = (),
+    lease: Callable[[Sequence[str]], None] | None = None,
 ) -> CommitResult:
     """Commit the writable directory ``upper`` over the parent image into the store.
 
     Blobs are written first (layer, config, then manifest) and the layer is unpacked as its
     snapshot before anything names it: a crash leaves at most unreferenced blobs, never a
-    manifest without its blobs. ``upper`` itself is left as it is.
+    manifest without its blobs. ``upper`` itself is left as it is. ``lease``, if given, is
+    called with each blob digest and the new ChainID before they are relied on (see pull.py):
+    a layer found stored already (the same change committed before) is checked again, under
+    its lock, once leased.
     """
     moment = created or datetime.now(UTC)
     for change in changes:  # refuse bad instructions before any work
         apply_change({}, change)
     layer = None if upper_is_empty(upper) else diff_to_store(upper, whiteouts, store.blobs)
+    if layer is not None and lease is not None:
+        parent_diff_ids = parse_config(parent_config).diff_ids
+        lease([layer.digest, chain_ids([*parent_diff_ids, layer.diff_id])[-1]])
+        with blob_lock(store, layer.digest):
+            missing = not store.blobs.has(layer.digest)
+        if missing:  # deleted between the diff and the lease: store it again
+            layer = diff_to_store(upper, whiteouts, store.blobs)
     config_bytes = commit_config(
         parent_config,
         diff_id=layer.diff_id if layer else None,
@@ -246,7 +270,7 @@ def commit_container(
         comment=comment,
         changes=changes,
     )
-    config_desc = store.blobs.put_bytes(config_bytes)
+    config_desc = _put(store, config_bytes, lease)
     chain_id = None
     unpacked = None
     if layer is not None:
@@ -257,7 +281,7 @@ def commit_container(
     manifest_bytes, _ = commit_manifest(
         parent_manifest, Descriptor(OCI_CONFIG, config_desc.digest, config_desc.size), layer_desc
     )
-    manifest_digest = store.blobs.put_bytes(manifest_bytes).digest
+    manifest_digest = _put(store, manifest_bytes, lease).digest
     manifest = parse_manifest(manifest_bytes)
     assert isinstance(manifest, ImageManifest)
     return CommitResult(

@@ -20,21 +20,60 @@ change always lands inside the upper directory; the last component is never foll
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ContainerPathError, InvalidPath, PathNotFound
+from .errors import Conflict, ContainerPathError, InvalidPath, PathNotFound
 from .fsutil import remove_path
 from .union import Entry, UnionView, join_path, split_path
 from .whiteouts import OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, WhiteoutFormat
 
 MAX_SYMLINK_HOPS = 40  # the kernel's limit before ELOOP
 CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def container_lock(
+    locks: Path, container_id: str, *, name: str = "", wait: float | None = 0.0
+) -> Iterator[None]:
+    """Hold the container's one lock (``locks/container-<id>.lock``) for the block.
+
+    Running a command, changing files, committing and removing a container each take it, so
+    none of them sees another's half-done work (a commit capturing a file a command is still
+    writing, a write into an upper directory runc has mounted). ``wait`` is how long to wait
+    for it in seconds (None: as long as it takes); when it is not free by then this raises
+    Conflict naming ``name`` (the container's name, for people). flock: a killed holder
+    releases it.
+    """
+    if not container_id.isalnum():
+        raise ValueError(f"not a container ID: {container_id!r}")
+    fd = os.open(
+        locks / f"container-{container_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+    )
+    try:
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() >= deadline:
+                    raise Conflict(
+                        f"container {name or container_id[:12]} is busy: a command is running"
+                        " in it or it is being committed; try again when that ends"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ ChainID makes concurrent unpacks of a shared base do the work once).
 from __future__ import annotations
 
 import functools
+import io
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
 
 from .digest import chain_ids, digest_hex
 from .errors import InvalidManifest, ManifestUnknown
@@ -45,9 +47,16 @@ COMPLETE = "Pull complete"
 
 # digest, status, bytes done, bytes in all
 ProgressFn = Callable[[str, str, int, int], None]
+# records, durably, that the caller will reference these digests and ChainIDs (a lease), so
+# nothing deletes them once they are judged "already there"
+LeaseFn = Callable[[Sequence[str]], None]
 
 
 def _no_progress(digest: str, status: str, current: int, total: int) -> None:
+    pass
+
+
+def _no_lease(keys: Sequence[str]) -> None:
     pass
 
 
@@ -81,7 +90,11 @@ def blob_lock(store: Store, digest: str) -> AbstractContextManager[None]:
 
 
 def resolve(
-    client: RegistryClient, ref: Reference, store: Store, platform: Platform
+    client: RegistryClient,
+    ref: Reference,
+    store: Store,
+    platform: Platform,
+    lease: LeaseFn = _no_lease,
 ) -> ResolvedImage:
     """Fetch and check the manifest (through an index if need be) and the config."""
     try:
@@ -91,7 +104,9 @@ def resolve(
     parsed = parse_manifest(data, content_type)
     index_digest = None
     if isinstance(parsed, Index):
-        store.blobs.put_bytes(data, digest)
+        lease([digest])
+        with blob_lock(store, digest):
+            store.blobs.put_bytes(data, digest)
         index_digest = digest
         chosen = select_platform(parsed, platform)
         data, content_type, digest = client.get_manifest(ref.repository, chosen.digest)
@@ -99,10 +114,10 @@ def resolve(
         if not isinstance(parsed, ImageManifest):
             raise InvalidManifest(f"index entry {chosen.digest} is not an image manifest")
     config_desc = parsed.config
-    if not store.blobs.has(config_desc.digest):
-        with blob_lock(store, config_desc.digest):
-            if not store.blobs.has(config_desc.digest):
-                client.fetch_blob(ref.repository, config_desc.digest, config_desc.size, store.blobs)
+    lease([config_desc.digest])  # before "already there" is judged, under the lock
+    with blob_lock(store, config_desc.digest):
+        if not store.blobs.has(config_desc.digest):
+            client.fetch_blob(ref.repository, config_desc.digest, config_desc.size, store.blobs)
     config = parse_config(store.blobs.read_bytes(config_desc.digest))
     if len(config.diff_ids) != len(parsed.layers):
         raise InvalidManifest(
@@ -121,22 +136,26 @@ def fetch_layers(
     progress: ProgressFn = _no_progress,
     concurrency: int = 3,
     heartbeat: Callable[[], None] | None = None,
+    lease: LeaseFn = _no_lease,
 ) -> None:
     """Download every layer blob the store lacks, ``concurrency`` at a time.
 
     ``progress`` is called from the download threads; ``heartbeat``, if given, from the
-    calling thread about twice a second while they run (to save progress, say).
+    calling thread about twice a second while they run (to save progress, say). ``lease``
+    is called with every layer digest first, from the calling thread; whether a blob is
+    already there is then decided under its lock, which is where deletes check leases.
     """
+    lease([layer.digest for layer in layers])
     failed = threading.Event()
+    already = {layer.digest for layer in layers if store.blobs.has(layer.digest)}
 
     def fetch(layer: Descriptor) -> None:
         if failed.is_set():
             return
-        if store.blobs.has(layer.digest):
-            return
         with blob_lock(store, layer.digest):
-            if store.blobs.has(layer.digest):  # another worker fetched it meanwhile
-                progress(layer.digest, EXISTS, layer.size, layer.size)
+            if store.blobs.has(layer.digest):
+                if layer.digest not in already:  # another worker fetched it meanwhile
+                    progress(layer.digest, EXISTS, layer.size, layer.size)
                 return
 
             def downloading(done: int) -> None:
@@ -152,7 +171,7 @@ def fetch_layers(
             progress(layer.digest, DOWNLOADED, layer.size, layer.size)
 
     for layer in layers:  # every layer's first line, in manifest order
-        if store.blobs.has(layer.digest):
+        if layer.digest in already:
             progress(layer.digest, EXISTS, layer.size, layer.size)
         else:
             progress(layer.digest, WAITING, 0, layer.size)
@@ -173,9 +192,16 @@ def pull(
     progress: ProgressFn = _no_progress,
     concurrency: int = 3,
     heartbeat: Callable[[], None] | None = None,
+    lease: LeaseFn = _no_lease,
 ) -> ResolvedImage:
-    """Fetch an image's manifest, config and missing layers into the store."""
-    image = resolve(client, ref, store, platform or Platform())
+    """Fetch an image's manifest, config and missing layers into the store.
+
+    ``lease`` is called with each digest and ChainID the image names before the store is
+    asked whether it has them: the config as soon as the manifest names it, then the
+    manifest, the layers and their ChainIDs (the snapshots an unpack will want).
+    """
+    image = resolve(client, ref, store, platform or Platform(), lease)
+    lease([image.manifest_digest, *chain_ids(image.config.diff_ids)])
     fetch_layers(
         client,
         ref.repository,
@@ -184,9 +210,40 @@ def pull(
         progress=progress,
         concurrency=concurrency,
         heartbeat=heartbeat,
+        lease=lease,
     )
-    store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
+    with blob_lock(store, image.manifest_digest):  # where a delete checks the lease
+        store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
     return image
+
+
+class _LazyBlob(io.RawIOBase):
+    """A layer blob opened on the first read (and its "Extracting" line shown then)."""
+
+    def __init__(self, store: Store, layer: Descriptor, progress: ProgressFn) -> None:
+        super().__init__()
+        self._store = store
+        self._layer = layer
+        self._progress = progress
+        self._file: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._file is None:
+            self._progress(self._layer.digest, EXTRACTING, 0, self._layer.size)
+            self._file = self._store.blobs.open(self._layer.digest)
+        view = memoryview(buffer).cast("B")
+        data = self._file.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
 
 
 def unpack(
@@ -199,14 +256,11 @@ def unpack(
     """Unpack each layer into its snapshot, bottom up; existing snapshots are kept as they are."""
     out: list[UnpackedLayer] = []
     for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
-        if store.snapshots.exists(chain_id):
-            out.append(UnpackedLayer(chain_id, diff_id, False, None, None))
-            progress(layer.digest, EXISTS, layer.size, layer.size)
-            continue
-        progress(layer.digest, EXTRACTING, 0, layer.size)
-        with store.blobs.open(layer.digest) as blob:
-            result = store.snapshots.unpack(chain_id, blob, diff_id=diff_id)
-        if result.applied is None:  # another worker unpacked it while we waited for the lock
+        # "Already there" is decided under the snapshot's lock, where a delete checks leases
+        # too: the blob is opened only when the snapshot is found missing there
+        with _LazyBlob(store, layer, progress) as blob:
+            result = store.snapshots.unpack(chain_id, cast(BinaryIO, blob), diff_id=diff_id)
+        if result.applied is None:  # there already, or another worker unpacked it meanwhile
             out.append(UnpackedLayer(chain_id, diff_id, False, None, None))
             progress(layer.digest, EXISTS, layer.size, layer.size)
             continue

@@ -105,11 +105,13 @@ class SnapshotStore:
 
         return self.build(chain_id, fill, durable=durable)
 
-    def remove(self, chain_id: str) -> bool:
-        """Delete a snapshot: renamed out of sight first, so no reader sees it half-deleted."""
+    def remove(self, chain_id: str, *, keep: Callable[[], bool] | None = None) -> bool:
+        """Delete a snapshot: renamed out of sight first, so no reader sees it half-deleted.
+
+        ``keep``, if given, is asked under the snapshot's lock: True leaves the snapshot."""
         final = self.path(chain_id)
         with fsutil.file_lock(self.locks / f"snapshot-{final.name}.lock"):
-            if not final.is_dir():
+            if not final.is_dir() or (keep is not None and keep()):
                 return False
             doomed = fsutil.TempEntry(self.tmp, "remove-", directory=True)
             try:

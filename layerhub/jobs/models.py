@@ -102,3 +102,22 @@ class Job(models.Model):
         """Store the per-layer progress lines (one UPDATE of this row alone)."""
         self.progress = lines
         Job.objects.filter(pk=self.pk).update(progress=lines)
+
+
+class Lease(models.Model):
+    """What a job will reference: a blob digest or a snapshot's ChainID, written (committed)
+    before the job judges the blob or snapshot "already there".
+
+    A lease is live while its job has not ended; deletes (``rmi``, garbage collection) leave
+    what a live lease holds. A job that dies is failed in time, and its leases die with it.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="leases")
+    key = models.CharField(max_length=128, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "key"], name="lease_job_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} for job {self.job_id}"

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import secrets
+import signal
 import stat
 import tarfile
 import threading
@@ -36,6 +37,7 @@ from layerhub.engine.runtime.bundle import (
     resolve_user,
     working_dir,
 )
+from layerhub.engine.runtime.signals import Interrupted, shielded, signals_raise
 from layerhub.engine.store import Store
 from layerhub.engine.union import UnionView
 from layerhub.engine.whiteouts import OciWhiteouts, OverlayWhiteouts
@@ -535,3 +537,42 @@ def test_process_env_and_working_dir() -> None:
     assert working_dir({}) == "/"
     assert working_dir({"WorkingDir": "/srv/app/"}) == "/srv/app"
     assert working_dir({"WorkingDir": "srv"}) == "/srv"
+
+
+def test_sigterm_while_running_raises_after_clean_up(container: Container) -> None:
+    scratch = container.scratch()
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+
+    def run() -> None:
+        with signals_raise():
+            timer.start()
+            container.run("sleep", "4324", scratch=scratch)
+
+    start = time.monotonic()
+    with pytest.raises(Interrupted) as caught:
+        run()
+    timer.join()
+    assert caught.value.exit_code == 143
+    assert time.monotonic() - start < 1 + 10
+    assert mounts_below(scratch) == []
+    assert not (scratch / "state").exists()
+    assert processes_running(b"sleep\x004324") == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
+
+
+def test_a_signal_during_clean_up_waits_for_it() -> None:
+    finished: list[str] = []
+
+    def clean_up_then_more() -> None:
+        with signals_raise():
+            with shielded():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler has run: it only took note
+                os.kill(os.getpid(), signal.SIGINT)  # a second one changes nothing
+                finished.append("clean-up")
+            finished.append("not reached")
+
+    with pytest.raises(Interrupted) as caught:
+        clean_up_then_more()
+    assert finished == ["clean-up"]
+    assert caught.value.exit_code == 130

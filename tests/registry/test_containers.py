@@ -4,16 +4,24 @@ and umoci; export as docker save and OCI archives read by skopeo."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from pytest_django import Settings
 
 from layerhub.containers.models import Container
@@ -29,6 +37,8 @@ from layerhub.containers.services import (
 )
 from layerhub.core.store import get_store
 from layerhub.engine.errors import Conflict, ContainerPathError, InvalidChange, RuntimeUnavailable
+from layerhub.engine.runtime import ExecResult
+from layerhub.engine.runtime.overlay import mounts_under
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image
 from layerhub.images.services import image_import
@@ -260,3 +270,162 @@ def test_a_crashed_exec_does_not_block_the_next(base: Image) -> None:
     container.refresh_from_db()
     assert container.state == Container.State.CREATED
     assert container.last_exit_code == 0
+
+
+# -- interrupted exec, one lock per container ---------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    host = db.get("HOST") or "127.0.0.1"
+    return f"postgres://{user}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def _wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _processes(cmdline: bytes) -> set[int]:
+    """The processes running exactly ``cmdline`` (NUL-separated, as /proc has it)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes() == cmdline:
+                    found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")]
+)
+def test_a_signalled_exec_stops_the_command_and_leaves_no_mount(
+    base: Image, settings: Settings, signum: int, code: int, name: str
+) -> None:
+    store = get_store()
+    container = container_create(image=BASE, name="sleeper")
+    upper = store.containers / container.container_id / "upper"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
+    }
+    sleeping = b"sleep\x0031\x00"
+    before = _processes(sleeping)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "exec", "sleeper", "--",
+         "sh", "-c", "echo started > /root/started; exec sleep 31"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _processes(sleeping) - before, 60, "the command to start")
+        scratch = next(store.tmp.glob("exec-*"))
+        assert mounts_under(store.root) == [str(scratch / "merged")]
+        in_container = _processes(sleeping) - before
+        started = time.monotonic()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - started < 15
+    assert proc.returncode == code
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, stderr.decode()
+    assert name in lines[0]
+    assert "Traceback" not in stderr.decode()
+    # the command, runc and the mount are gone, and so is the scratch directory
+    assert all(not Path(f"/proc/{pid}").exists() for pid in in_container)
+    assert mounts_under(store.root) == []
+    assert not scratch.exists()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            assert str(scratch).encode() not in (entry / "cmdline").read_bytes()
+    # the container is whole: its change is there, the image's files still show through
+    assert (upper / "root" / "started").read_bytes() == b"started\n"
+    changes = {(c.kind, c.path) for c in container_diff(container=container)}
+    assert ("A", "/root/started") in changes
+    assert not any(kind == "D" for kind, _ in changes)
+    get_store().sweep_tmp()  # what the next worker does on start
+    result = container_exec(container=container, argv=["cat", "/etc/os-release", "/root/started"])
+    assert result.exit_code == 0
+    assert result.stdout.endswith(b"started\n")
+    container.refresh_from_db()
+    assert container.state == Container.State.CREATED
+
+
+def _exec_in_thread(container: Container, argv: list[str]) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(container_exec(container=container, argv=argv))
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_second_exec_is_refused_and_leaves_the_state_alone(base: Image) -> None:
+    store = get_store()
+    container = container_create(image=BASE, name="busy")
+    upper = store.containers / container.container_id / "upper"
+    thread, outcome = _exec_in_thread(
+        container, ["sh", "-c", "touch /root/started; sleep 2; echo first"]
+    )
+    try:
+        _wait_for(lambda: (upper / "root" / "started").exists(), 60, "the first command")
+        container.refresh_from_db()
+        assert container.state == Container.State.RUNNING
+        with pytest.raises(Conflict, match="container busy is busy: a command is running"):
+            container_exec(container=container, argv=["echo", "second"])
+        container.refresh_from_db()
+        assert container.state == Container.State.RUNNING  # still the first command's
+        assert container.last_command == []
+        # file changes and removal wait their turn too
+        with pytest.raises(Conflict, match="is busy"):
+            container_write_file(container=container, path="/root/note", data=b"x")
+        with pytest.raises(Conflict, match="is busy"):
+            container_rm(container=container)
+        assert not (upper / "root" / "note").exists()
+    finally:
+        thread.join(60)
+    assert isinstance(outcome[0], ExecResult), outcome
+    assert outcome[0].stdout == b"first\n"
+    container.refresh_from_db()
+    assert container.state == Container.State.CREATED
+    assert container.last_command[-1].endswith("echo first")
+
+
+def test_a_commit_waits_for_the_command_writing(base: Image) -> None:
+    store = get_store()
+    container = container_create(image=BASE, name="writer")
+    upper = store.containers / container.container_id / "upper"
+    script = (
+        "touch /root/started; for i in $(seq 1 20); do echo line$i >> /root/log; sleep 0.1; done"
+    )
+    thread, outcome = _exec_in_thread(container, ["sh", "-c", script])
+    try:
+        _wait_for(lambda: (upper / "root" / "started").exists(), 60, "the command to start")
+        job = job_done(container_commit(container=container, repository="localhost/writer:1"))
+    finally:
+        thread.join(60)
+    assert isinstance(outcome[0], ExecResult), outcome
+    assert job.image is not None
+    top = job.image.image_layers.select_related("layer").order_by("-position").first()
+    assert top is not None
+    captured = store.snapshots.path(top.layer.chain_id) / "root" / "log"
+    assert captured.read_text().splitlines() == [f"line{i}" for i in range(1, 21)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from pytest_django import Settings
 
 from layerhub.core.store import get_store
@@ -173,3 +176,99 @@ def test_login_command(basic_registry: Registry) -> None:
     job = image_pull(reference=f"{basic_registry.host}/team/app:v1")
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
+
+
+# -- save -o ------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    host = db.get("HOST") or "127.0.0.1"
+    return f"postgres://{user}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+@pytest.mark.parametrize("kind", ["device", "directory", "symlink", "fifo"])
+def test_save_never_replaces_what_is_not_a_regular_file(
+    registry: Registry, tmp_path: Path, kind: str
+) -> None:
+    reference = f"{registry.host}/team/app:v1"
+    image_pull(reference=reference)
+    target = tmp_path / "out.tar"
+    elsewhere = tmp_path / "precious"
+    elsewhere.write_bytes(b"keep me")
+    if kind == "device":
+        os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(elsewhere)
+    before = os.lstat(target)
+    with pytest.raises(CommandError, match="not a regular file"):
+        call_command("save", reference, "-o", str(target), stdout=io.StringIO())
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    assert elsewhere.read_bytes() == b"keep me"
+    assert not Job.objects.filter(kind=Job.Kind.EXPORT).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tar", "precious"]
+
+
+@pytest.mark.parametrize("form", ["docker", "oci"])
+def test_save_to_standard_output_is_the_file_byte_for_byte(
+    registry: Registry, tmp_path: Path, settings: Settings, form: str
+) -> None:
+    reference = f"{registry.host}/team/app:v1"
+    image_pull(reference=reference)
+    as_file = tmp_path / "file.tar"
+    call_command("save", reference, "--format", form, "-o", str(as_file), stdout=io.StringIO())
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
+    }
+    streamed = subprocess.run(
+        [sys.executable, "manage.py", "save", reference, "--format", form, "-o", "-"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert streamed.returncode == 0, streamed.stderr.decode()
+    assert streamed.stdout == as_file.read_bytes()
+    assert streamed.stderr == b""
+    assert not Job.objects.filter(kind=Job.Kind.EXPORT).exclude(reference=str(as_file)).exists()
+
+
+def test_save_to_a_reader_that_goes_away_ends_quietly(
+    registry: Registry, settings: Settings
+) -> None:
+    reference = f"{registry.host}/team/app:v1"
+    image_pull(reference=reference)
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "save", reference, "-o", "-"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.read(512)  # the archive's first header, then the reader is gone
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141
+    assert b"Traceback" not in stderr

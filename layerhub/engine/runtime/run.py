@@ -50,6 +50,7 @@ from .bundle import (
     working_dir,
 )
 from .overlay import mount_overlay, mounts_under, overlay_probe, unmount
+from .signals import shielded
 
 RUNC_PATHS = ("/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc")
 REQUIREMENT = "running commands needs root, runc and a store that keeps whiteouts in overlay form"
@@ -173,14 +174,15 @@ def run_in_container(
         merged = space.make("merged")
         space.mounted = merged  # from here on, leaving unmounts it (a no-op if never mounted)
         try:
-            mount_overlay(
-                [space.root / "init", *lower_dirs],
-                Path(upper),
-                Path(work),
-                merged,
-                links=space.reserve("links"),
-                options=overlay_probe()[1],
-            )
+            with shielded():  # a mount made after an interrupt had unmounted would be left
+                mount_overlay(
+                    [space.root / "init", *lower_dirs],
+                    Path(upper),
+                    Path(work),
+                    merged,
+                    links=space.reserve("links"),
+                    options=overlay_probe()[1],
+                )
         except OSError as exc:
             raise RuntimeUnavailable(
                 f"could not mount the container's filesystem with overlayfs ({exc.strerror}):"
@@ -282,6 +284,10 @@ class _Scratch:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        with shielded():
+            self._clean()
+
+    def _clean(self) -> None:
         try:
             if self.container_id is not None:
                 _runc_delete(self)
@@ -342,29 +348,36 @@ class _Runc:
         command = self._runc("--log", os.fspath(self.log), "--log-format", "json")
         command += ["run", "--bundle", os.fspath(bundle), container_id]
         start = time.monotonic()
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            process_group=0,
-            env={"PATH": DEFAULT_PATH},
-        )
+        started: list[subprocess.Popen[bytes]] = []
         try:
-            stdout, stderr, finished = _collect(proc, limit, start + timeout)
+            with shielded():  # a runc started but not yet known here could not be killed
+                started.append(
+                    subprocess.Popen(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        process_group=0,
+                        env={"PATH": DEFAULT_PATH},
+                    )
+                )
+            stdout, stderr, finished = _collect(started[0], limit, start + timeout)
             duration = time.monotonic() - start
             if not finished:
-                self._kill(proc)
+                self._kill(started[0])
                 raise CommandTimeout(
                     f"command {shlex.join(argv)!r} did not finish within {timeout:g} s"
                     " and was killed"
                 )
         finally:
-            if proc.poll() is None:  # an exception on the way: nothing may outlive this call
-                self._kill(proc)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+            with shielded():
+                for proc in started:
+                    if proc.poll() is None:  # an exception or a signal: nothing may outlive it
+                        self._kill(proc)
+                    for pipe in (proc.stdout, proc.stderr):
+                        if pipe is not None:
+                            pipe.close()
+        proc = started[0]
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
         if code != 0:
             code = self._start_failure(code)
@@ -373,6 +386,10 @@ class _Runc:
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
         """Kill the container and reap runc. Until runc has created the container, `runc kill`
         finds nothing: it is repeated until runc ends (a killed init ends `runc run`)."""
+        with shielded():
+            self._kill_now(proc)
+
+    def _kill_now(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + KILL_GRACE
         while proc.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(OSError, subprocess.SubprocessError):

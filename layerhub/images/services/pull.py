@@ -36,6 +36,7 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
+from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
 from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import JobProgress, job_run, job_start
@@ -116,6 +117,7 @@ def image_pull_run(*, job_id: int) -> None:
                 platform=platform,
                 progress=progress.reporter(),
                 heartbeat=progress.flush,
+                lease=job_leaser(job),
             )
         finally:
             progress.flush(force=True)
@@ -129,13 +131,18 @@ def image_pull_run(*, job_id: int) -> None:
 
 
 def _queue_unpack(job: Job, image: Image) -> Job:
-    return job_start(
-        kind=Job.Kind.UNPACK,
-        user=job.created_by,
-        reference=job.reference,
-        parent=job,
-        image=image,
-    )
+    # the unpack holds what its parent leased from the moment it exists, before the parent
+    # ends: nothing is deletable between the two
+    with transaction.atomic():
+        child = job_start(
+            kind=Job.Kind.UNPACK,
+            user=job.created_by,
+            reference=job.reference,
+            parent=job,
+            image=image,
+        )
+        job_lease_copy(source=job, target=child)
+    return child
 
 
 def image_import(*, path: str, platform: str | None = None, user: Any = None) -> Job:
@@ -164,6 +171,9 @@ def image_import_run(*, job_id: int) -> None:
             Path(job.params["path"]),
             get_store(),
             platform=parse_platform(job.params.get("platform") or "linux/amd64"),
+            known_layer=_known_layer,
+            lease=job_leaser(job),
+            in_use=lease_held_by_other(job),
         )
         images = [image_record(refs=item.references, resolved=item) for item in imported]
         job.image = images[0]
@@ -172,6 +182,16 @@ def image_import_run(*, job_id: int) -> None:
             _queue_unpack(job, image)
 
     job_run(job, work)
+
+
+def _known_layer(diff_id: str) -> Descriptor | None:
+    """A blob the catalog already holds for the layer ``diff_id`` (compressed, as pulled),
+    so an import names it instead of storing the archive's uncompressed copy again."""
+    store = get_store()
+    for layer in Layer.objects.filter(diff_id=diff_id).order_by("pk"):
+        if store.blobs.has(layer.digest):
+            return Descriptor(layer.media_type, layer.digest, layer.size)
+    return None
 
 
 def _created(value: str | None) -> datetime | None:
@@ -288,6 +308,8 @@ def image_unpack_run(*, job_id: int) -> None:
         if job.image is None:
             raise ImageNotFound("the image of this unpack job is gone")
         descriptors, diff_ids = image_layer_descriptors(image=job.image)
+        # held already when queued by a pull or import; an unpack queued otherwise leases here
+        job_lease(job=job, keys=[*(d.digest for d in descriptors), *chain_ids(diff_ids)])
 
         def report(digest: str, status: str, current: int, total: int) -> None:
             progress.update(digest, status, current, total)

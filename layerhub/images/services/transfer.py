@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.db import transaction
 
@@ -13,8 +15,10 @@ from layerhub.core.store import get_store
 from layerhub.engine.errors import ArchiveError, Conflict, ImageNotFound, InvalidReference
 from layerhub.engine.export import ExportImage, write_docker_archive, write_oci_layout
 from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
+from layerhub.engine.pull import blob_lock
 from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
+from layerhub.images.leases import job_lease, lease_held
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer, Repository
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
@@ -72,6 +76,7 @@ def image_push_run(*, job_id: int) -> None:
         image = job.image
         if image is None:
             raise ImageNotFound("the image to push was deleted")
+        job_lease(job=job, keys=_image_blob_keys(image))  # an rmi meanwhile leaves them
         ref = parse_reference(job.reference)
         data, manifest = _image_blobs(image)
         client = registry_client_for(registry=ref.registry)
@@ -99,18 +104,53 @@ def image_push_run(*, job_id: int) -> None:
     job_run(job, work)
 
 
+def _check_save_target(target: Path) -> None:
+    """Refuse a target that is there and is not a regular file: saving replaces the target
+    by renaming a new file over it, which would replace a device node, a symlink (not what it
+    points to) or a FIFO; a directory cannot be replaced at all."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(st.st_mode)
+            else "a symbolic link"
+            if stat.S_ISLNK(st.st_mode)
+            else "a device, socket or FIFO"
+        )
+        raise ArchiveError(
+            f"{target} is {kind}, not a regular file: save writes only to a new or a regular "
+            "file (use -o - to write the archive to standard output)"
+        )
+
+
+def _save_target(path: str) -> Path:
+    """The absolute path to write: its directory resolved, the name itself not followed."""
+    given = Path(path)
+    if not given.name or given.name in (".", ".."):
+        raise ArchiveError(f"{path}: not a file name")
+    parent = given.parent.resolve()
+    if not parent.is_dir():
+        raise ArchiveError(f"{parent}: no such directory")
+    target = parent / given.name
+    _check_save_target(target)
+    return target
+
+
 def image_save(
     *, images: Sequence[str], path: str, format: str = "docker", user: Any = None
 ) -> Job:
-    """Queue an export of ``images`` to ``path``: a ``docker save`` archive or an OCI layout tar."""
+    """Queue an export of ``images`` to ``path``: a ``docker save`` archive or an OCI layout tar.
+
+    ``path`` must be new or a regular file (ArchiveError otherwise)."""
     if format not in ("docker", "oci"):
         raise ArchiveError(f"unknown export format {format!r}: docker or oci")
     if not images:
         raise ImageNotFound("save needs at least one image")
     found = [image_lookup(text) for text in images]
-    target = Path(path).resolve()
-    if not target.parent.is_dir():
-        raise ArchiveError(f"{target.parent}: no such directory")
+    target = _save_target(path)
     return job_start(
         kind=Job.Kind.EXPORT,
         user=user,
@@ -120,8 +160,34 @@ def image_save(
     )
 
 
-def _export_image(text: str) -> ExportImage:
+def image_save_stream(*, images: Sequence[str], out: BinaryIO, format: str = "docker") -> None:
+    """Write the export of ``images`` to ``out`` now, in this process (``save -o -``): the
+    same bytes the export job writes to a file."""
+    if format not in ("docker", "oci"):
+        raise ArchiveError(f"unknown export format {format!r}: docker or oci")
+    if not images:
+        raise ImageNotFound("save needs at least one image")
+    exports = [_export_image(text) for text in images]
+    _write_export(out, exports, format)
+
+
+def _write_export(out: BinaryIO, exports: Sequence[ExportImage], format: str) -> None:
+    if format == "oci":
+        write_oci_layout(out, exports, get_store())
+    else:
+        write_docker_archive(out, exports, get_store())
+
+
+def _image_blob_keys(image: Image) -> list[str]:
+    """The blobs an image names: manifest, config and layers (for a job's leases)."""
+    layers = image.image_layers.values_list("layer__digest", flat=True)
+    return [image.manifest_digest, image.config_digest, *layers]
+
+
+def _export_image(text: str, job: Job | None = None) -> ExportImage:
     image = image_lookup(text)
+    if job is not None:
+        job_lease(job=job, keys=_image_blob_keys(image))  # an rmi meanwhile leaves them
     data, manifest = _image_blobs(image)
     refs = []
     try:
@@ -150,17 +216,17 @@ def image_save_run(*, job_id: int) -> None:
         return
 
     def work() -> None:
-        exports = [_export_image(text) for text in job.params["images"]]
+        exports = [_export_image(text, job) for text in job.params["images"]]
         target = Path(job.params["path"])
         partial = target.with_name(f".{target.name}.{job.pk}.partial")
+        _check_save_target(target)  # what was there when queued may have changed since
         try:
-            with open(partial, "wb") as out:
-                if job.params["format"] == "oci":
-                    write_oci_layout(out, exports, get_store())
-                else:
-                    write_docker_archive(out, exports, get_store())
+            partial.unlink(missing_ok=True)  # left by a killed run; "x": never follow a link
+            with open(partial, "xb") as out:
+                _write_export(out, exports, job.params["format"])
                 out.flush()
                 os.fsync(out.fileno())
+            _check_save_target(target)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
@@ -201,8 +267,11 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
         tag.delete()
     layers = [row.layer for row in found.image_layers.select_related("layer").order_by("-position")]
     doomed_blobs = [found.manifest_digest]
-    if not Image.objects.filter(config_digest=found.config_digest).exclude(pk=found.pk).exists():
+    others = Image.objects.exclude(pk=found.pk)
+    if not others.filter(config_digest=found.config_digest).exists():
         doomed_blobs.append(found.config_digest)
+    if found.index_digest and not others.filter(index_digest=found.index_digest).exists():
+        doomed_blobs.append(found.index_digest)
     found.delete()
     lines.append(f"Deleted: {found.config_digest}")
     doomed_snapshots = []
@@ -218,10 +287,15 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
     store = get_store()
 
     def delete_files() -> None:  # rows first, files after: no row ever names a missing file
+        # What a running job has leased stays (its rows are gone; the job's own records bring
+        # them back). The lease is checked under the lock the job judges "already there"
+        # under, so either the job sees the file gone, or this sees its lease.
         for chain_id in doomed_snapshots:
-            store.snapshots.remove(chain_id)
+            store.snapshots.remove(chain_id, keep=functools.partial(lease_held, chain_id))
         for digest in doomed_blobs:
-            store.blobs.delete(digest)
+            with blob_lock(store, digest):
+                if not lease_held(digest):
+                    store.blobs.delete(digest)
 
     transaction.on_commit(delete_files)
     return lines

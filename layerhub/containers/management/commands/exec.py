@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from layerhub.containers.services import container_exec, container_lookup
 from layerhub.engine.errors import LayerhubError
+from layerhub.engine.runtime.signals import Interrupted, signals_raise
 
 
 class Command(BaseCommand):
@@ -29,14 +30,20 @@ class Command(BaseCommand):
         if not argv:
             raise CommandError("exec needs a command: exec CONTAINER -- CMD [ARG...]")
         try:
-            result = container_exec(
-                container=container_lookup(options["container"]),
-                argv=argv,
-                timeout=options["timeout"],
-                network=options["network"],
-            )
+            # SIGTERM (as `timeout` sends) and Ctrl-C stop the command in the container and
+            # take down its mount before this process ends, never after it
+            with signals_raise():
+                result = container_exec(
+                    container=container_lookup(options["container"]),
+                    argv=argv,
+                    timeout=options["timeout"],
+                    network=options["network"],
+                )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
+        except Interrupted as exc:
+            self.stderr.write(f"exec: {exc}: the command was stopped in the container")
+            raise SystemExit(exc.exit_code) from None
         self.stdout.flush()
         sys.stdout.buffer.write(result.stdout)
         sys.stdout.flush()
