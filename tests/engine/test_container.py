@@ -28,6 +28,7 @@ from layerhub.engine.store import Store
 from layerhub.engine.union import UnionView
 from layerhub.engine.whiteouts import WhiteoutFormat, overlay_supported
 from tests.engine.layerkit import MTIME, Kit
+from tests.support.peers import require, require_root, skip_or_fail
 
 COMMENT = {"SCHILY.xattr.user.comment": "built by layer 0"}
 
@@ -826,7 +827,7 @@ def overlay_mount(tmp_path: Path) -> Iterator[Callable[[list[Path], Path], Path]
             text=True,
         )
         if proc.returncode != 0:
-            pytest.skip(f"the kernel refused an overlay mount: {proc.stderr.strip()}")
+            skip_or_fail(f"the kernel refused an overlay mount: {proc.stderr.strip()}")
         mounted.append(merged)
         return merged
 
@@ -838,10 +839,8 @@ def overlay_mount(tmp_path: Path) -> Iterator[Callable[[list[Path], Path], Path]
 def test_kernel_overlayfs_agrees(
     tmp_path: Path, kit: Kit, overlay_mount: Callable[[list[Path], Path], Path]
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting overlayfs needs root")
-    if not overlay_supported(tmp_path):
-        pytest.skip("this filesystem cannot hold overlay whiteouts")
+    require_root("mounting overlayfs")
+    require(overlay_supported(tmp_path), "this filesystem cannot hold overlay whiteouts")
     image = build_image(Store(tmp_path / "store", whiteouts="overlay"), kit)
     before = lower_state(image)
     kernel_upper = tmp_path / "kernel-upper"

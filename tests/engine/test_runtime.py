@@ -43,6 +43,7 @@ from layerhub.engine.union import UnionView
 from layerhub.engine.whiteouts import OciWhiteouts, OverlayWhiteouts
 from tests.support.busybox import busybox_layer, require_busybox
 from tests.support.oci import layer_tar
+from tests.support.peers import skip_or_fail
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
@@ -112,9 +113,7 @@ def runc_cgroups() -> set[str]:
 def require_runtime() -> None:
     reason = runtime_unavailable_reason(OverlayWhiteouts())
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 @dataclass

@@ -32,10 +32,8 @@ from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
 from layerhub.engine.store import Store
+from tests.support.peers import require_peer
 from tests.support.registry import SKOPEO_BIN, Registry, free_port
-
-UMOCI_BIN = shutil.which("umoci")
-
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -124,10 +122,9 @@ def inspect_remote(registry: Registry, name: str, *extra: str) -> Any:
 
 
 def umoci_unpack(layout: Path, tag: str, bundle: Path) -> Path:
-    if UMOCI_BIN is None:
-        pytest.skip("umoci is not installed")
+    umoci = require_peer("umoci")
     subprocess.run(
-        [UMOCI_BIN, "unpack", "--image", f"{layout}:{tag}", str(bundle)],
+        [umoci, "unpack", "--image", f"{layout}:{tag}", str(bundle)],
         check=True,
         capture_output=True,
         timeout=120,
