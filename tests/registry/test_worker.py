@@ -41,6 +41,9 @@ def env(broker: str) -> dict[str, str]:
         "DATABASE_URL": database_url(),
         "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
         "CELERY_TASK_ALWAYS_EAGER": "0",
+        # tiny, so a killed worker's job is noticed in seconds
+        "LAYERHUB_JOB_HEARTBEAT": "0.3",
+        "LAYERHUB_JOB_DEAD_AFTER": "2",
     }
 
 
