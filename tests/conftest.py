@@ -64,9 +64,7 @@ def delete_queue_keys(client: redis.Redis, queue: str) -> int:
 
 
 @pytest.fixture
-def broker(
-    test_queue: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
+def broker(test_queue: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The tests' broker URL, and a queue of this test's own that its jobs go to and the
     workers it starts (with os.environ) take from. Skipped without Redis (not in CI)."""
     client = redis.Redis.from_url(TEST_BROKER, socket_connect_timeout=1)

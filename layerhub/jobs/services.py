@@ -30,7 +30,7 @@ class BrokerUnavailable(LayerhubError):
 def broker_down_message(exc: BaseException) -> str:
     """One line saying the broker is down, where it was looked for, and what to do."""
     where = maybe_sanitize_url(settings.REDIS_URL)
-    reason = " ".join(str(exc).split()) or type(exc).__name__
+    reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
     return (
         f"the broker (Redis at {where}) does not answer: {reason}. "
         "Start it (`make dev` starts one) or point REDIS_URL at it"

@@ -28,8 +28,19 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["password_stdin"]:
             password = sys.stdin.readline().rstrip("\n")
+        elif not sys.stdin.isatty():
+            # getpass would read the password from a pipe with a warning about echo, or
+            # wait on a terminal nobody watches
+            raise CommandError(
+                "no terminal to ask the password on: pass it on standard input, e.g. "
+                f'`echo "$TOKEN" | manage.py login {options["host"]} '
+                f"-u {options['username']} --password-stdin`"
+            )
         else:
-            password = getpass.getpass("Password: ")
+            try:
+                password = getpass.getpass("Password: ")
+            except (EOFError, KeyboardInterrupt):
+                raise CommandError("login cancelled") from None
         try:
             registry_login(
                 host=options["host"],
