@@ -48,15 +48,19 @@ def test_queue(settings: Settings) -> Iterator[str]:
 def delete_queue_keys(client: redis.Redis, queue: str) -> int:
     """Delete what kombu and the workers keep in Redis for ``queue`` alone: the queue's lists,
     its binding, its workers' presence, and its messages in the shared ``unacked`` hash."""
-    keys = {presence_key(queue), f"_kombu.binding.{queue}"}
-    keys.update(client.scan_iter(match=f"{queue}*"))  # the list and its priority lists
-    removed = int(client.delete(*keys))
+    keys: set[bytes | str] = set()
+    # the lists (and priority lists), the bindings, the presence of queue and any queue
+    # named after it (a test's "other deployment")
+    for pattern in (queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"):
+        keys.update(client.scan_iter(match=f"{pattern}*"))
+    keys.update(client.scan_iter(match=f"{presence_key(queue)}*"))
+    removed = int(client.delete(*keys)) if keys else 0
     for tag, raw in client.hscan_iter("unacked"):
         try:
             _message, _exchange, routing_key = json.loads(raw)
         except (ValueError, TypeError):
             continue
-        if routing_key == queue:
+        if str(routing_key).startswith(queue):
             client.hdel("unacked", tag)
             client.zrem("unacked_index", tag)
             removed += 1
