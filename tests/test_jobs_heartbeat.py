@@ -175,3 +175,23 @@ def test_following_a_job_whose_worker_died_requeues_it(sent: list[int]) -> None:
     assert "stopped; it is queued again (run 2 of 3)" in err.getvalue()
     assert sent == [job.pk]
     assert job.state == Job.State.QUEUED
+
+
+def test_following_a_job_that_ends_at_once_asks_the_broker_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A warm pull is over within a poll or two: following it must not wait on a question
+    # to the workers first (a broadcast ping waited its full 2 s timeout every time).
+    import layerhub.jobs.follow as follow_module
+
+    def asked(*args: object, **kwargs: object) -> list[str]:
+        raise AssertionError("the broker was asked before following started")
+
+    monkeypatch.setattr(follow_module, "workers_present", asked)
+    monkeypatch.setattr(follow_module.current_app.control, "ping", asked)
+    job = Job.objects.create(kind=Job.Kind.PULL, state=Job.State.SUCCEEDED)
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    assert follow_module.follow_to_end(job, out, err, what="pull").pk == job.pk
+    assert time.monotonic() - started < 0.5
+    assert err.getvalue() == ""

@@ -73,15 +73,16 @@ def job_enqueue(*, job: Job) -> None:
     BrokerUnavailable is raised (to whoever commits), so nothing waits on a job that no
     worker will ever be told about.
     """
-    task = current_app.tasks[TASK_FOR_KIND[Job.Kind(job.kind)]]
+    name = TASK_FOR_KIND[Job.Kind(job.kind)]
     pk = job.pk
 
     def send() -> None:
         if current_app.conf.task_always_eager:
-            task.apply_async(args=[pk])  # runs here: its errors are its own, not the broker's
+            # runs here (loading the tasks): its errors are its own, not the broker's
+            current_app.tasks[name].apply_async(args=[pk])
             return
         try:
-            task.apply_async(args=[pk], queue=settings.LAYERHUB_QUEUE)
+            current_app.send_task(name, args=[pk], queue=settings.LAYERHUB_QUEUE)
         except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
             message = broker_down_message(exc)
             Job.objects.filter(pk=pk, state=Job.State.QUEUED).update(
