@@ -107,3 +107,24 @@ def test_following_a_pull_no_worker_takes_ends_with_a_message(broker: str) -> No
     assert "no worker took pull job" in result.stderr
     assert time.monotonic() - started < 30
     assert Job.objects.get().state == Job.State.QUEUED
+
+
+@pytest.mark.django_db
+def test_a_host_fault_in_a_command_is_one_line_saying_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from layerhub.images.management.commands import rmi
+
+    def fault(**kwargs: object) -> list[str]:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(rmi, "image_remove", fault)
+    with pytest.raises(CommandError) as info:
+        call_command("rmi", "team/app:v1")
+    message = str(info.value)
+    assert message.startswith("internal error (not caused by your input): OSError")
+    assert "--traceback" in message
+    assert "\n" not in message
+    with pytest.raises(OSError, match="Input/output error"):
+        call_command("rmi", "team/app:v1", traceback=True)  # for whoever debugs it

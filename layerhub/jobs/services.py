@@ -78,7 +78,9 @@ def job_enqueue(*, job: Job) -> None:
 
     def send() -> None:
         if current_app.conf.task_always_eager:
-            # runs here (loading the tasks): its errors are its own, not the broker's
+            # runs here: its errors are its own, not the broker's
+            if name not in current_app.tasks:
+                current_app.loader.import_default_modules()  # the app's `include`: the tasks
             current_app.tasks[name].apply_async(args=[pk])
             return
         try:

@@ -6,13 +6,14 @@ import getpass
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import registry_login
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Check and store a login for a registry (the password is kept encrypted)."
 
     def add_arguments(self, parser: CommandParser) -> None:
