@@ -195,3 +195,18 @@ def test_following_a_job_that_ends_at_once_asks_the_broker_nothing(
     assert follow_module.follow_to_end(job, out, err, what="pull").pk == job.pk
     assert time.monotonic() - started < 0.5
     assert err.getvalue() == ""
+
+
+def test_a_run_taken_for_dead_does_not_record_over_the_run_that_took_over(
+    sent: list[int],
+) -> None:
+    job = Job.objects.create(kind=Job.Kind.PULL)
+    assert job.claim()
+
+    def stalled_then_done() -> None:
+        # meanwhile the job was taken for dead, re-queued and claimed by another run
+        Job.objects.filter(pk=job.pk).update(runner="other:2:y", attempts=2)
+
+    job_run(job, stalled_then_done)
+    job.refresh_from_db()
+    assert (job.state, job.runner) == (Job.State.RUNNING, "other:2:y")

@@ -42,6 +42,7 @@ class JobQuerySet(models.QuerySet["Job"]):
         so two callers never both re-queue it, and a job whose worker is alive is never
         touched. Returns the jobs it moved, as they now are.
         """
+        from layerhub.engine.errors import LayerhubError
         from layerhub.jobs.services import job_enqueue  # services import this module
 
         moved = []
@@ -70,9 +71,13 @@ class JobQuerySet(models.QuerySet["Job"]):
                 job.runner or "?",
                 "re-queued" if job.state == Job.State.QUEUED else "failed",
             )
-            if job.state == Job.State.QUEUED:
-                job_enqueue(job=job)
             moved.append(job)
+            if job.state == Job.State.QUEUED:
+                try:
+                    job_enqueue(job=job)
+                except LayerhubError as exc:  # the broker is down: the job failed, saying so
+                    logger.warning("job %s could not be queued again: %s", job.pk, exc)
+                    job.refresh_from_db()
         return moved
 
 

@@ -141,18 +141,30 @@ def job_run(job: Job, work: Callable[[], None]) -> None:
         with beating:
             work()
     except LayerhubError as exc:
-        job.finish(error=one_line(str(exc)))
+        _record_end(job, one_line(str(exc)))
     except Exception as exc:
         logger.exception("job %s (%s %s) failed with an internal error", job.pk, job.kind, job)
-        job.finish(
-            error=one_line(
+        _record_end(
+            job,
+            one_line(
                 f"internal error (not caused by your input): {type(exc).__name__}: {exc}; "
                 "the worker's log has the details"
-            )
+            ),
         )
         raise
     else:
-        job.finish()
+        _record_end(job, "")
+
+
+def _record_end(job: Job, error: str) -> None:
+    # A run taken for dead (its heartbeat stalled past LAYERHUB_JOB_DEAD_AFTER) whose job was
+    # queued again and claimed by another run must not write over that run's outcome.
+    if job.runner and not Job.objects.filter(pk=job.pk, runner=job.runner).exists():
+        logger.warning(
+            "job %s was taken over by another run; this run's end is not recorded", job.pk
+        )
+        return
+    job.finish(error=error)
 
 
 class JobProgress:
