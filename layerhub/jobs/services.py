@@ -81,10 +81,10 @@ def job_enqueue(*, job: Job) -> None:
             # runs here: its errors are its own, not the broker's
             if name not in current_app.tasks:
                 current_app.loader.import_default_modules()  # the app's `include`: the tasks
-            current_app.tasks[name].apply_async(args=[pk])
+            current_app.tasks[name].apply_async(args=(pk,))
             return
         try:
-            current_app.send_task(name, args=[pk], queue=settings.LAYERHUB_QUEUE)
+            current_app.send_task(name, args=(pk,), queue=settings.LAYERHUB_QUEUE)
         except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
             message = broker_down_message(exc)
             Job.objects.filter(pk=pk, state=Job.State.QUEUED).update(
