@@ -7,6 +7,7 @@ variable and the bad value, not quietly fall back to a default nobody asked for.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,46 @@ def env_path(
     if not raw.strip():
         raise ImproperlyConfigured(f"{name} is set but empty")
     return (base / Path(raw.strip()).expanduser()).resolve()
+
+
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+
+
+def env_seconds(
+    name: str,
+    default: float,
+    *,
+    maximum: float = 7 * 24 * 3600.0,
+    environ: Mapping[str, str] | None = None,
+) -> float:
+    """A duration in seconds: a plain positive decimal ("10", "0.5"), at most ``maximum``.
+
+    Only ASCII digits: ``float()`` would also take "inf", "1e9", "1_0" or Arabic-Indic digits,
+    none of which anybody means as a timeout.
+    """
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not _SECONDS.fullmatch(text):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number of seconds (e.g. 10 or 0.5)")
+    value = float(text)
+    if not 0 < value <= maximum:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be above 0 and at most {maximum:g}")
+    return value
+
+
+def env_name(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> str:
+    """A name for a queue or key: letters, digits and ``. _ : -``, at most 100 characters."""
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    if not _NAME.fullmatch(raw.strip()):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r}: use 1 to 100 letters, digits, '.', '_', ':' or '-'"
+        )
+    return raw.strip()
 
 
 def env_database(

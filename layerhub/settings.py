@@ -6,15 +6,20 @@ the process with ImproperlyConfigured naming the variable (see layerhub.env).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
 
 from layerhub.env import (
     REDIS_SCHEMES,
     env_bool,
     env_database,
     env_list,
+    env_name,
     env_path,
+    env_seconds,
     env_secret_key,
     env_url,
 )
@@ -49,6 +54,48 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=REDIS_SCHEMES)
 LAYERHUB_STORE = env_path("LAYERHUB_STORE", VAR_DIR / "store", base=BASE_DIR)
+
+
+def _deployment_queue(database: dict[str, object], store: Path) -> str:
+    """A queue name of this deployment's own: the database and the store it uses, hashed.
+
+    Two checkouts (or a checkout and CI) on one Redis then never take each other's jobs, and
+    the web server, the CLI and the workers of one deployment agree without configuration.
+    The password is left out, so rotating it does not move the queue.
+    """
+    if str(database["ENGINE"]).endswith("sqlite3"):
+        where = str(Path(str(database["NAME"])).resolve())
+    else:
+        where = "{ENGINE}://{USER}@{HOST}:{PORT}/{NAME}".format_map(
+            {key: database.get(key) or "" for key in ("ENGINE", "USER", "HOST", "PORT", "NAME")}
+        )
+    digest = hashlib.sha256(f"{where}\n{store}".encode()).hexdigest()[:12]
+    return f"layerhub-{digest}"
+
+
+# The Celery queue this deployment's jobs go to and its workers take from. Processes that
+# spell DATABASE_URL differently (localhost vs 127.0.0.1) derive different names: set it
+# explicitly where that can happen.
+LAYERHUB_QUEUE = env_name("LAYERHUB_QUEUE", _deployment_queue(_db, LAYERHUB_STORE))
+# A worker stamps the row of the job it runs every HEARTBEAT seconds; a running job whose
+# stamp is older than DEAD_AFTER has lost its worker (killed, machine gone) and is re-queued
+# (or failed after Job.max_attempts runs) by whichever worker or CLI notices first.
+LAYERHUB_JOB_HEARTBEAT = env_seconds("LAYERHUB_JOB_HEARTBEAT", 10.0, maximum=600)
+LAYERHUB_JOB_DEAD_AFTER = env_seconds("LAYERHUB_JOB_DEAD_AFTER", 90.0, maximum=86400)
+if LAYERHUB_JOB_DEAD_AFTER < 2 * LAYERHUB_JOB_HEARTBEAT:
+    raise ImproperlyConfigured(
+        f"LAYERHUB_JOB_DEAD_AFTER={LAYERHUB_JOB_DEAD_AFTER:g} must be at least twice "
+        f"LAYERHUB_JOB_HEARTBEAT={LAYERHUB_JOB_HEARTBEAT:g}, or live jobs look dead"
+    )
+# How long a connection to Redis may take before a command says the broker is down.
+LAYERHUB_BROKER_TIMEOUT = env_seconds("LAYERHUB_BROKER_TIMEOUT", 3.0, maximum=600)
+# A message a worker took but never acknowledged (the worker was killed before it claimed
+# the job) goes back to the queue after this long. Jobs that were claimed do not wait for
+# it: the heartbeat above notices them sooner. A job still running past it is delivered
+# again and dropped by Job.claim, which sees the live heartbeat.
+LAYERHUB_BROKER_VISIBILITY_TIMEOUT = env_seconds(
+    "LAYERHUB_BROKER_VISIBILITY_TIMEOUT", 600.0, maximum=86400
+)
 # transient registry failures (no answer, 429, 5xx, a cut download) are retried this many
 # times, waiting BACKOFF, 2*BACKOFF, 4*BACKOFF... seconds in between
 LAYERHUB_REGISTRY_RETRIES = 4
@@ -113,7 +160,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# where `manage.py collectstatic` gathers the files that whitenoise serves with DEBUG off
+STATIC_ROOT = env_path("STATIC_ROOT", BASE_DIR / "staticfiles", base=BASE_DIR)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -128,6 +176,19 @@ STORAGES = {
 # Celery reads every CELERY_* setting here (workers/celery.py, namespace CELERY).
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = LAYERHUB_QUEUE
+CELERY_BROKER_CONNECTION_TIMEOUT = LAYERHUB_BROKER_TIMEOUT
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": LAYERHUB_BROKER_VISIBILITY_TIMEOUT,
+    "socket_connect_timeout": LAYERHUB_BROKER_TIMEOUT,
+}
+# Queuing a job with Redis down fails within about a second, with a message (not a hang).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.25,
+    "interval_max": 0.5,
+}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # Outcomes and progress live on Job rows, so no result backend is kept.
 CELERY_TASK_IGNORE_RESULT = True

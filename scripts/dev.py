@@ -3,6 +3,9 @@
 
 ``make dev`` runs this with the project's virtualenv. Environment: REDIS_URL (default
 redis://127.0.0.1:6379/0) and PORT (default 8000) here, plus everything layerhub.settings reads.
+With DEBUG off it runs ``collectstatic`` first (the hashed static files whitenoise serves) and
+lets the loopback names in unless ALLOWED_HOSTS says otherwise. The worker takes jobs from this
+deployment's queue (LAYERHUB_QUEUE, derived from the database and store when unset).
 Ctrl-C or SIGTERM stops every child; if any child dies, the rest are stopped and this exits 1.
 """
 
@@ -171,11 +174,30 @@ def redis_argv(port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def env_debug(env: dict[str, str]) -> bool:
+    """Whether DEBUG is on as the settings read it (a bad value is reported by them)."""
+    return env.get("DEBUG", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
 def parse_port(raw: str) -> int:
     """PORT as a TCP port number; exits with a message otherwise."""
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         sys.exit(f"[dev] PORT={raw!r} is not a TCP port number")
     return int(raw)
+
+
+def load_settings(env: dict[str, str]) -> tuple[bool, str]:
+    """DEBUG and LAYERHUB_QUEUE as the children will see them; exits with the message of a
+    bad setting (they would all fail on it)."""
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return bool(settings.DEBUG), str(settings.LAYERHUB_QUEUE)
+    except ImproperlyConfigured as exc:
+        sys.exit(f"[dev] bad settings: {exc}")
 
 
 def main() -> int:
@@ -186,12 +208,25 @@ def main() -> int:
     redis_url = env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
     port = parse_port(env.get("PORT", str(DEFAULT_PORT)))
     python = sys.executable
+    debug = env_debug(env)
+    if not debug:
+        # the dashboard is served on loopback only (below)
+        env.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+    debug, queue = load_settings(env)
+    env["LAYERHUB_QUEUE"] = queue  # every child on the same queue, whatever it derives
 
     log("applying migrations")
     migrate = subprocess.run([python, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env)
     if migrate.returncode != 0:
         log("migrations failed")
         return migrate.returncode
+    if not debug:
+        # DEBUG off serves hashed names from collectstatic's manifest, as production does
+        log("DEBUG is off: collecting static files")
+        collect = [python, "manage.py", "collectstatic", "--noinput", "-v0"]
+        if subprocess.run(collect, cwd=ROOT, env=env).returncode != 0:
+            log("collectstatic failed")
+            return 1
 
     supervisor = Supervisor(env)
     signal.signal(signal.SIGINT, supervisor.request_stop)
@@ -212,7 +247,8 @@ def main() -> int:
             supervisor.wait_for("redis", lambda: redis_answers(redis_url))
 
         supervisor.start("web", [python, "manage.py", "runserver", f"127.0.0.1:{port}"])
-        celery = [python, "-m", "celery", "-A", "workers", "worker", "-l", "info"]
+        celery = [python, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-l", "info"]
+        log(f"the worker takes jobs from queue {queue}")
         supervisor.start("worker", celery)
         if supervisor.wait_for("web", lambda: port_open("127.0.0.1", port)):
             log(f"dashboard: http://127.0.0.1:{port}/   (Ctrl-C stops everything)")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from pytest_django import Settings
+
+from layerhub.jobs.presence import presence_key
+from workers import app
 
 
 @pytest.fixture(autouse=True)
@@ -22,14 +27,50 @@ def layerhub_store(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     return root
 
 
-# A Redis database of its own for the tests' real workers, so a `make dev` worker on the same
-# Redis never takes their tasks.
+# The Redis the tests' real workers use. Nothing is flushed: another test run, a `make dev`
+# or CI may share it. Each run sends its jobs to a queue of its own instead, and deletes only
+# that queue's keys at the end.
 TEST_BROKER = "redis://127.0.0.1:6379/15"
+TEST_QUEUE = f"layerhub-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def test_queue(settings: Settings) -> Iterator[str]:
+    """Every job a test queues goes to this run's own queue, never to the queue a `make dev`
+    worker of this checkout takes jobs from (which the settings derive from var/)."""
+    settings.LAYERHUB_QUEUE = TEST_QUEUE
+    saved = app.conf.task_default_queue
+    app.conf.task_default_queue = TEST_QUEUE
+    yield TEST_QUEUE
+    app.conf.task_default_queue = saved
+
+
+def delete_queue_keys(client: redis.Redis, queue: str) -> int:
+    """Delete what kombu and the workers keep in Redis for ``queue`` alone: the queue's lists,
+    its binding, its workers' presence, and its messages in the shared ``unacked`` hash."""
+    keys: set[bytes | str] = set()
+    # the lists (and priority lists), the bindings, the presence of queue and any queue
+    # named after it (a test's "other deployment")
+    for pattern in (queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"):
+        keys.update(client.scan_iter(match=f"{pattern}*"))
+    keys.update(client.scan_iter(match=f"{presence_key(queue)}*"))
+    removed = int(client.delete(*keys)) if keys else 0
+    for tag, raw in client.hscan_iter("unacked"):
+        try:
+            _message, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        if str(routing_key).startswith(queue):
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
+            removed += 1
+    return removed
 
 
 @pytest.fixture
-def broker() -> Iterator[str]:
-    """The tests' broker URL, emptied before and after; skipped without Redis (not in CI)."""
+def broker(test_queue: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The tests' broker URL, and a queue of this test's own that its jobs go to and the
+    workers it starts (with os.environ) take from. Skipped without Redis (not in CI)."""
     client = redis.Redis.from_url(TEST_BROKER, socket_connect_timeout=1)
     try:
         client.ping()
@@ -37,6 +78,10 @@ def broker() -> Iterator[str]:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"no Redis at {TEST_BROKER}")
-    client.flushdb()
+    queue = f"{test_queue}-{uuid.uuid4().hex[:6]}"
+    settings.LAYERHUB_QUEUE = queue
+    app.conf.task_default_queue = queue  # test_queue puts the run's own back afterwards
+    monkeypatch.setenv("LAYERHUB_QUEUE", queue)
     yield TEST_BROKER
-    client.flushdb()
+    delete_queue_keys(client, queue)
+    client.close()

@@ -16,7 +16,9 @@ from layerhub.env import (
     env_bool,
     env_database,
     env_list,
+    env_name,
     env_path,
+    env_seconds,
     env_secret_key,
     env_url,
 )
@@ -26,7 +28,11 @@ SETTINGS_FILE = Path(layerhub.settings.__file__)
 
 def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
     """Run the settings module afresh with ``env`` on top of a clean environment."""
-    for name in ("DATABASE_URL", "REDIS_URL", "LAYERHUB_STORE", "SECRET_KEY", "DEBUG"):
+    for name in (
+        "DATABASE_URL", "REDIS_URL", "LAYERHUB_STORE", "SECRET_KEY", "DEBUG", "STATIC_ROOT",
+        "LAYERHUB_QUEUE", "LAYERHUB_JOB_HEARTBEAT", "LAYERHUB_JOB_DEAD_AFTER",
+        "LAYERHUB_BROKER_TIMEOUT", "LAYERHUB_BROKER_VISIBILITY_TIMEOUT",
+    ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("ALLOWED_HOSTS", raising=False)
     for name, value in env.items():
@@ -208,3 +214,87 @@ def test_settings_need_a_secret_key_without_debug(monkeypatch: pytest.MonkeyPatc
 def test_settings_refuse_a_bad_debug(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImproperlyConfigured, match="DEBUG='maybe'"):
         load_settings(monkeypatch, DEBUG="maybe")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("10", 10.0), (" 0.5 ", 0.5), ("600", 600.0)])
+def test_env_seconds_accepts_plain_decimals(raw: str, expected: float) -> None:
+    assert env_seconds("T", 1.0, environ={"T": raw}) == expected
+
+
+def test_env_seconds_default_when_unset() -> None:
+    assert env_seconds("T", 2.5, environ={}) == 2.5
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "0", "-1", "inf", "nan", "1e3", "1_0", "\u0661\u0662", "10s", "700"]
+)
+def test_env_seconds_refuses_anything_else(raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match="T="):
+        env_seconds("T", 1.0, maximum=600, environ={"T": raw})
+
+
+@pytest.mark.parametrize("raw", ["layerhub-prod", "team.ci:42", "Q_1"])
+def test_env_name_accepts_queue_names(raw: str) -> None:
+    assert env_name("LAYERHUB_QUEUE", "x", environ={"LAYERHUB_QUEUE": raw}) == raw
+
+
+@pytest.mark.parametrize("raw", ["", " ", "a b", "-lead", "q*", "x" * 101, "caf\u00e9"])
+def test_env_name_refuses_other_names(raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match="LAYERHUB_QUEUE"):
+        env_name("LAYERHUB_QUEUE", "x", environ={"LAYERHUB_QUEUE": raw})
+
+
+def test_settings_job_and_broker_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_settings(monkeypatch)
+    assert loaded["LAYERHUB_JOB_HEARTBEAT"] == 10.0
+    assert loaded["LAYERHUB_JOB_DEAD_AFTER"] == 90.0
+    assert loaded["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 600.0
+    assert loaded["CELERY_TASK_DEFAULT_QUEUE"] == loaded["LAYERHUB_QUEUE"]
+    assert loaded["LAYERHUB_QUEUE"].startswith("layerhub-")
+    assert loaded["LAYERHUB_QUEUE"] != "celery"
+    assert loaded["STATIC_ROOT"] == SETTINGS_FILE.parent.parent / "staticfiles"
+
+
+def test_settings_queue_is_named_after_the_database_and_the_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def queue(**env: str) -> str:
+        return str(load_settings(monkeypatch, **env)["LAYERHUB_QUEUE"])
+
+    first = {"DATABASE_URL": f"sqlite:///{tmp_path / 'a.sqlite3'}", "LAYERHUB_STORE": "/srv/a"}
+    assert queue(**first) == queue(**first)  # every process of a deployment agrees
+    assert queue(**first) != queue(**{**first, "LAYERHUB_STORE": "/srv/b"})
+    assert queue(**first) != queue(**{**first, "DATABASE_URL": f"sqlite:///{tmp_path / 'b'}"})
+    pg = "postgres://u:{}@db.internal:5432/layerhub"
+    same_db = queue(DATABASE_URL=pg.format("old"), LAYERHUB_STORE="/srv/a")
+    assert same_db == queue(DATABASE_URL=pg.format("rotated"), LAYERHUB_STORE="/srv/a")
+    assert queue(**first, LAYERHUB_QUEUE="layerhub-prod") == "layerhub-prod"
+
+
+def test_settings_job_timings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_settings(
+        monkeypatch,
+        LAYERHUB_JOB_HEARTBEAT="0.5",
+        LAYERHUB_JOB_DEAD_AFTER="2",
+        LAYERHUB_BROKER_TIMEOUT="1",
+        LAYERHUB_BROKER_VISIBILITY_TIMEOUT="30",
+    )
+    assert loaded["LAYERHUB_JOB_HEARTBEAT"] == 0.5
+    assert loaded["LAYERHUB_JOB_DEAD_AFTER"] == 2.0
+    assert loaded["CELERY_BROKER_CONNECTION_TIMEOUT"] == 1.0
+    assert loaded["CELERY_BROKER_TRANSPORT_OPTIONS"] == {
+        "visibility_timeout": 30.0,
+        "socket_connect_timeout": 1.0,
+    }
+
+
+def test_settings_refuse_a_dead_after_that_live_jobs_would_reach(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match="LAYERHUB_JOB_DEAD_AFTER=15"):
+        load_settings(monkeypatch, LAYERHUB_JOB_HEARTBEAT="10", LAYERHUB_JOB_DEAD_AFTER="15")
+
+
+def test_settings_refuse_a_bad_queue_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImproperlyConfigured, match="LAYERHUB_QUEUE"):
+        load_settings(monkeypatch, LAYERHUB_QUEUE="my queue")

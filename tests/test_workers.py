@@ -75,8 +75,36 @@ def test_real_worker_sweeps_on_start_and_on_request(broker: str, layerhub_store:
         wait_until_gone(at_start, worker, timeout=30)
         requested = leave_leftovers(tmp, 1)
         with app.connection_for_write(broker) as connection:
-            store_sweep_tmp.apply_async(connection=connection)
+            store_sweep_tmp.apply_async(connection=connection, queue=settings.LAYERHUB_QUEUE)
         wait_until_gone(requested, worker, timeout=30)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_the_tests_delete_only_their_own_queues_keys(broker: str) -> None:
+    # Two test runs (or a test run and `make dev`) share a Redis: cleaning up after one must
+    # not take the other's queue, presence or unacknowledged messages with it.
+    import json
+    import uuid
+
+    import redis
+
+    from tests.conftest import delete_queue_keys
+
+    client = redis.Redis.from_url(broker)
+    ours, theirs = f"layerhub-test-{uuid.uuid4().hex}", f"layerhub-{uuid.uuid4().hex}"
+    try:
+        for queue in (ours, theirs):
+            client.lpush(queue, b"message")
+            client.sadd(f"_kombu.binding.{queue}", b"binding")
+            client.zadd(f"layerhub:workers:{queue}", {"worker": 1.0})
+            client.hset("unacked", f"tag-{queue}", json.dumps([{}, queue, queue]))
+        delete_queue_keys(client, ours)
+        assert not client.exists(ours, f"_kombu.binding.{ours}", f"layerhub:workers:{ours}")
+        assert not client.hexists("unacked", f"tag-{ours}")
+        assert client.exists(theirs, f"_kombu.binding.{theirs}", f"layerhub:workers:{theirs}") == 3
+        assert client.hexists("unacked", f"tag-{theirs}")
+    finally:
+        delete_queue_keys(client, theirs)
+        client.close()

@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
 
 from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
 from layerhub.images import services as image_services
 from layerhub.images.services import transfer
+from layerhub.jobs.models import Job
 from workers.celery import app
+from workers.housekeeping import Housekeeper
 
 logger = logging.getLogger(__name__)
+
+
+def _run_job(run: Callable[..., None], job_id: int) -> None:
+    """Call a job service; a job this database does not have is dropped with a warning.
+
+    Such a task comes from another deployment sharing the queue (same LAYERHUB_QUEUE on one
+    Redis) or from a job deleted since it was queued: neither is this worker's error, and
+    failing the task would only bury the warning in a traceback.
+    """
+    try:
+        run(job_id=job_id)
+    except Job.DoesNotExist:
+        logger.warning(
+            "dropped a task for job %s: this database has no such job (queue %s; another "
+            "deployment sending to the same queue, or the job was deleted)",
+            job_id,
+            settings.LAYERHUB_QUEUE,
+        )
 
 
 @app.task(name="layerhub.store_sweep_tmp")
@@ -27,44 +49,78 @@ def store_sweep_tmp() -> int:
 @app.task(name="layerhub.image_pull")
 def image_pull(job_id: int) -> None:
     """Run a pull job: fetch the image's missing blobs, record it, queue its unpack."""
-    image_services.image_pull_run(job_id=job_id)
+    _run_job(image_services.image_pull_run, job_id)
 
 
 @app.task(name="layerhub.image_unpack")
 def image_unpack(job_id: int) -> None:
     """Run an unpack job: turn each of the image's layers into its snapshot."""
-    image_services.image_unpack_run(job_id=job_id)
+    _run_job(image_services.image_unpack_run, job_id)
 
 
 @app.task(name="layerhub.image_import")
 def image_import(job_id: int) -> None:
     """Run an import job: a docker save archive or an OCI layout into the store."""
-    image_services.image_import_run(job_id=job_id)
+    _run_job(image_services.image_import_run, job_id)
 
 
 @app.task(name="layerhub.container_commit")
 def container_commit(job_id: int) -> None:
     """Run a commit job: the container's writable layer becomes a new layer and image."""
-    container_services.container_commit_run(job_id=job_id)
+    _run_job(container_services.container_commit_run, job_id)
 
 
 @app.task(name="layerhub.image_push")
 def image_push(job_id: int) -> None:
     """Run a push job: the blobs a registry lacks, then the manifest."""
-    transfer.image_push_run(job_id=job_id)
+    _run_job(transfer.image_push_run, job_id)
 
 
 @app.task(name="layerhub.image_save")
 def image_save(job_id: int) -> None:
     """Run an export job: a docker save archive or an OCI layout tar."""
-    transfer.image_save_run(job_id=job_id)
+    _run_job(transfer.image_save_run, job_id)
 
 
 @worker_ready.connect
 def sweep_tmp_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
-    """Sweep the store's tmp/ once when a worker starts, as the design asks.
+    """Sweep the store's tmp/ once when a worker starts, as the design asks, then start its
+    housekeeping (presence record, dead-job sweep: workers/housekeeping.py).
 
     Run in the worker's own process rather than queued, so it happens before this worker
     takes a job, whatever else is waiting in the queue.
     """
     store_sweep_tmp()
+    if sender is None:
+        return  # sent by hand, not by a worker: nothing to keep house for
+    global _housekeeper
+    queues = _consumed_queues(sender)
+    if settings.LAYERHUB_QUEUE not in queues:
+        logger.warning(
+            "this worker takes jobs from %s, but this deployment queues its jobs on %s",
+            ", ".join(queues),
+            settings.LAYERHUB_QUEUE,
+        )
+    logger.info("taking jobs from queue %s", ", ".join(queues))
+    _housekeeper = Housekeeper(name=str(getattr(sender, "hostname", "worker")), queues=queues)
+    _housekeeper.start()
+
+
+_housekeeper: Housekeeper | None = None
+
+
+def _consumed_queues(consumer: Any) -> list[str]:
+    try:
+        names = [queue.name for queue in consumer.task_consumer.queues]
+    except AttributeError:  # sent by hand (tests), not by a worker's consumer
+        names = []
+    return sorted(set(names)) or [settings.LAYERHUB_QUEUE]
+
+
+@worker_shutdown.connect
+def leave_on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
+    """Withdraw the worker's presence record as it stops."""
+    global _housekeeper
+    if _housekeeper is not None:
+        _housekeeper.stop()
+        _housekeeper = None

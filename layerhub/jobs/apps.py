@@ -12,7 +12,7 @@ class JobsConfig(AppConfig):
     label = "jobs"
 
     def ready(self) -> None:
-        # Make layerhub's Celery app current, with its tasks registered, in every process
-        # (web, CLI, worker): job_enqueue then finds tasks by name, and eager mode runs them
-        # in place, without services importing the workers package.
-        import workers.tasks  # noqa: F401
+        # Make layerhub's Celery app current in every process (web, CLI, worker), without
+        # importing the tasks and every service behind them: job_enqueue sends tasks by name,
+        # and only eager mode (tests) loads them, on first use. A CLI command starts faster.
+        import workers.celery  # noqa: F401

@@ -1,25 +1,37 @@
-"""Following a job from the command line, printing progress the way ``docker pull`` does."""
+"""Following a job from the command line, printing progress the way ``docker pull`` does.
+
+Following starts at once (a warm pull is over before any question to Redis is worth asking);
+from the second second on, a watchdog checks that somebody will run the job: a queued job
+with no live worker on this deployment's queue is reported, and after LAYERHUB_JOB_DEAD_AFTER
+the command stops saying so (the job stays queued); a running job whose heartbeat stopped is
+re-queued (``Job.objects.reap_dead``) and the command goes on following it.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TextIO
 
+import redis
 from celery import current_app
 from django.conf import settings
 from django.core.management.base import CommandError
 
 from layerhub.core.humanize import human_size
 from layerhub.jobs.models import Job
+from layerhub.jobs.presence import queues_served, workers_present
+from layerhub.jobs.services import broker_down_message, one_line
 
 
-def worker_answers(timeout: float = 2.0) -> bool:
-    """Whether at least one Celery worker answers a ping."""
-    if settings.CELERY_TASK_ALWAYS_EAGER:
+def worker_answers() -> bool:
+    """Whether a live worker takes jobs from this deployment's queue (its presence record,
+    one Redis read: no broadcast ping that waits out a timeout)."""
+    if current_app.conf.task_always_eager:
         return True
     try:
-        return bool(current_app.control.ping(timeout=timeout))
-    except Exception:  # a broker that is down answers nothing either
+        return bool(workers_present(settings.LAYERHUB_QUEUE))
+    except redis.RedisError:
         return False
 
 
@@ -32,7 +44,97 @@ def _line(entry: dict[str, object]) -> str:
     return f"{digest}: {status}"
 
 
-def follow(job: Job, out: TextIO, *, poll: float = 0.2, tty: bool = False) -> Job:
+class Watchdog:
+    """Notices, while a command follows a job, that nobody runs it, and says so."""
+
+    def __init__(
+        self, stderr: TextIO, *, what: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.stderr = stderr
+        self.what = what
+        self.clock = clock
+        self.started = clock()
+        self.checked_at = self.started
+        self.unserved_since: float | None = None
+        self.warned = False
+
+    def _say(self, text: str) -> None:
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+    def check(self, job: Job) -> None:
+        """Look at ``job`` (at most once a second, from the first second on); raises
+        CommandError when no worker has taken a queued job for LAYERHUB_JOB_DEAD_AFTER."""
+        now = self.clock()
+        if current_app.conf.task_always_eager or now - self.checked_at < 1.0:
+            return
+        self.checked_at = now
+        if job.state == Job.State.RUNNING:
+            self._check_running(job)
+        elif job.state == Job.State.QUEUED:
+            self._check_queued(job, now)
+
+    def _check_running(self, job: Job) -> None:
+        if Job.objects.filter(pk=job.pk).dead().exists():
+            for moved in Job.objects.filter(pk=job.pk).reap_dead():
+                if moved.state == Job.State.QUEUED:
+                    self._say(
+                        f"the worker running this {self.what} stopped; it is queued again "
+                        f"(run {moved.attempts + 1} of {Job.max_attempts()})"
+                    )
+            job.refresh_from_db()
+
+    def _check_queued(self, job: Job, now: float) -> None:
+        queue = settings.LAYERHUB_QUEUE
+        try:
+            present = workers_present(queue)
+        except redis.RedisError as exc:
+            present = []
+            if not self.warned:
+                self._say(one_line(broker_down_message(exc)))
+                self.warned = True
+        if present:
+            self.unserved_since = None
+            return
+        if self.unserved_since is None:
+            self.unserved_since = now
+        if not self.warned:
+            self._say(self._no_worker_text(queue))
+            self.warned = True
+        waited = now - self.unserved_since
+        if waited >= settings.LAYERHUB_JOB_DEAD_AFTER:
+            raise CommandError(
+                f"no worker took {self.what} job {job.pk} in {waited:.0f}s: none takes jobs "
+                f"from queue {queue}. The job stays queued and runs when one starts "
+                f"(`make dev`, or `celery -A workers worker -Q {queue}`)"
+            )
+
+    def _no_worker_text(self, queue: str) -> str:
+        text = (
+            f"no worker takes jobs from queue {queue}: the {self.what} waits until one starts "
+            f"(`make dev` starts one, or `celery -A workers worker -Q {queue}`)"
+        )
+        try:
+            others = [q for q in queues_served() if q != queue]
+        except redis.RedisError:
+            others = []
+        if others:
+            text += (
+                f". Workers on this Redis take jobs from {', '.join(others)}: another "
+                "deployment, or this one with another DATABASE_URL/LAYERHUB_STORE spelling "
+                "(set LAYERHUB_QUEUE to share one)"
+            )
+        return text
+
+
+def follow(
+    job: Job,
+    out: TextIO,
+    *,
+    poll: float = 0.1,
+    tty: bool = False,
+    watchdog: Watchdog | None = None,
+) -> Job:
     """Print each layer's status as it changes until the job and the jobs it started end.
 
     Returns the last job of the chain (a pull's unpack job, say) as it ended.
@@ -55,23 +157,20 @@ def follow(job: Job, out: TextIO, *, poll: float = 0.2, tty: bool = False) -> Jo
                 current = child
                 continue
             return current
+        if watchdog is not None:
+            watchdog.check(current)
         time.sleep(poll)
 
 
 def follow_to_end(
     job: Job, stdout: TextIO, stderr: TextIO, *, what: str, header: str | None = None
 ) -> Job:
-    """What a command does with the job it queued: warn when no worker answers, print
-    ``header`` and then progress until the job (and the jobs it started) end, and raise
-    CommandError with the message of a failure. Returns the last job of the chain."""
-    if not worker_answers():
-        stderr.write(
-            f"no worker answers yet: the {what} waits in the queue until one runs "
-            "(`make dev` starts one)"
-        )
+    """What a command does with the job it queued: print ``header`` and then progress until
+    the job (and the jobs it started) end, saying so when no worker runs it, and raise
+    CommandError with the one-line message of a failure. Returns the last job of the chain."""
     if header is not None:
         stdout.write(header)
-    last = follow(job, stdout, tty=stdout.isatty())
+    last = follow(job, stdout, tty=stdout.isatty(), watchdog=Watchdog(stderr, what=what))
     if last.state == Job.State.FAILED:
-        raise CommandError(last.error)
+        raise CommandError(one_line(last.error))
     return last

@@ -2,11 +2,83 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+
+def _dead_before(now: datetime | None = None) -> datetime:
+    """Heartbeats older than this mean the job's worker is gone."""
+    return (now or timezone.now()) - timedelta(seconds=settings.LAYERHUB_JOB_DEAD_AFTER)
+
+
+def runner_name() -> str:
+    """Who runs a claimed job: host and process, made unique per claim."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    """Queries over jobs, and the sweep that notices jobs whose worker is gone."""
+
+    def dead(self, now: datetime | None = None) -> JobQuerySet:
+        """Running jobs whose worker has not stamped the row for LAYERHUB_JOB_DEAD_AFTER."""
+        return self.filter(state=Job.State.RUNNING, heartbeat_at__lt=_dead_before(now))
+
+    def reap_dead(self, now: datetime | None = None) -> list[Job]:
+        """Re-queue every running job whose worker is gone (killed, out of memory, machine
+        down), or fail it once it has been started ``Job.max_attempts()`` times.
+
+        Safe to call from anywhere and at any time (every worker calls it periodically, a
+        CLI following a job calls it, pages may): each job moves with a conditional update,
+        so two callers never both re-queue it, and a job whose worker is alive is never
+        touched. Returns the jobs it moved, as they now are.
+        """
+        from layerhub.engine.errors import LayerhubError
+        from layerhub.jobs.services import job_enqueue  # services import this module
+
+        moved = []
+        for job in self.dead(now):
+            cutoff = _dead_before(now)
+            still_dead = Job.objects.filter(
+                pk=job.pk, state=Job.State.RUNNING, heartbeat_at__lt=cutoff
+            )
+            if job.attempts >= Job.max_attempts():
+                error = (
+                    f"the worker running this job stopped {job.attempts} times "
+                    "(killed or out of memory); giving up"
+                )
+                changed = still_dead.update(
+                    state=Job.State.FAILED, error=error, finished_at=timezone.now()
+                )
+            else:
+                changed = still_dead.update(state=Job.State.QUEUED, runner="")
+            if not changed:
+                continue
+            job.refresh_from_db()
+            logger.warning(
+                "job %s (%s) lost its worker %s: %s",
+                job.pk,
+                job.kind,
+                job.runner or "?",
+                "re-queued" if job.state == Job.State.QUEUED else "failed",
+            )
+            moved.append(job)
+            if job.state == Job.State.QUEUED:
+                try:
+                    job_enqueue(job=job)
+                except LayerhubError as exc:  # the broker is down: the job failed, saying so
+                    logger.warning("job %s could not be queued again: %s", job.pk, exc)
+                    job.refresh_from_db()
+        return moved
 
 
 class Job(models.Model):
@@ -53,6 +125,12 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # stamped by the worker running the job every LAYERHUB_JOB_HEARTBEAT seconds
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # host:pid:nonce of the run that claimed the job last; its heartbeats carry it
+    runner = models.CharField(max_length=200, blank=True)
+
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -69,22 +147,48 @@ class Job(models.Model):
     def claim(self) -> bool:
         """Move queued -> running if nobody else has, and say whether this caller may run it.
 
-        A job found running is one whose worker died mid-run and whose message was delivered
-        again: it is claimed again, up to ``max_attempts`` runs, then failed for good.
+        A job found running is run again only when its heartbeat has stopped (its worker
+        died mid-run and the message was delivered again), up to ``max_attempts`` runs,
+        then failed for good. One whose heartbeat is fresh is being run by a live worker:
+        this delivery is a duplicate (Redis' visibility timeout, a re-queue that raced the
+        original) and is dropped.
         """
         now = timezone.now()
-        claimed = (
-            Job.objects.filter(pk=self.pk, state__in=[self.State.QUEUED, self.State.RUNNING])
-            .exclude(state=self.State.RUNNING, attempts__gte=self.max_attempts())
-            .update(state=self.State.RUNNING, started_at=now, attempts=models.F("attempts") + 1)
+        runner = runner_name()
+        claimable = models.Q(state=self.State.QUEUED) | (
+            models.Q(state=self.State.RUNNING)
+            & (models.Q(heartbeat_at__lt=_dead_before(now)) | models.Q(heartbeat_at=None))
+            & models.Q(attempts__lt=self.max_attempts())
+        )
+        claimed = Job.objects.filter(claimable, pk=self.pk).update(
+            state=self.State.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            runner=runner,
+            attempts=models.F("attempts") + 1,
         )
         self.refresh_from_db()
-        if not claimed and self.state == self.State.RUNNING:
-            self.finish(
-                error=f"the worker running this job stopped {self.attempts} times "
-                "(killed or out of memory); giving up"
+        if claimed:
+            return True
+        if self.state != self.State.RUNNING:
+            return False
+        if self.heartbeat_at is not None and self.heartbeat_at >= _dead_before(now):
+            logger.info("job %s is running at %s; dropping a second delivery", self.pk, self.runner)
+            return False
+        self.finish(
+            error=f"the worker running this job stopped {self.attempts} times "
+            "(killed or out of memory); giving up"
+        )
+        return False
+
+    def beat(self) -> bool:
+        """Stamp the heartbeat of the run that claimed this job; False once it is no longer
+        that run's (ended, or re-queued because it looked dead)."""
+        return bool(
+            Job.objects.filter(pk=self.pk, state=self.State.RUNNING, runner=self.runner).update(
+                heartbeat_at=timezone.now()
             )
-        return bool(claimed)
+        )
 
     @staticmethod
     def max_attempts() -> int:

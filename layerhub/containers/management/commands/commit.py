@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.containers.services import container_commit, container_lookup
 from layerhub.engine.errors import LayerhubError
+from layerhub.jobs.cli import LayerhubCommand
 from layerhub.jobs.follow import follow_to_end
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Commit a container's changes as a new image, like docker commit."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 from django.utils.timesince import timesince
 
 from layerhub.containers.models import Container
 from layerhub.images.selectors import image_display_name
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "List containers: CONTAINER ID, IMAGE, COMMAND, CREATED, STATUS, NAMES."
 
     def handle(self, *args: Any, **options: Any) -> None:

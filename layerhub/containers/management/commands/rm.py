@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.containers.services import container_lookup, container_rm
 from layerhub.engine.errors import LayerhubError
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Remove containers (their images stay)."
 
     def add_arguments(self, parser: CommandParser) -> None:

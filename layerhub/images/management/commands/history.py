@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.timesince import timesince
@@ -13,9 +13,10 @@ from layerhub.core.humanize import human_size
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.lookup import image_lookup
 from layerhub.images.selectors import image_history
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Show an image's history: IMAGE, CREATED, CREATED BY, SIZE, COMMENT."
 
     def add_arguments(self, parser: CommandParser) -> None:

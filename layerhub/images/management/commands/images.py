@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 from django.utils import timezone
 from django.utils.timesince import timesince
 
 from layerhub.core.humanize import human_size
 from layerhub.images.selectors import image_rows
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "List images: REPOSITORY, TAG, IMAGE ID, CREATED, SIZE."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_import
+from layerhub.jobs.cli import LayerhubCommand
 from layerhub.jobs.follow import follow_to_end
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Import images from a docker save archive or an OCI layout (directory or tar)."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -6,13 +6,14 @@ import getpass
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import registry_login
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Check and store a login for a registry (the password is kept encrypted)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -28,8 +29,19 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["password_stdin"]:
             password = sys.stdin.readline().rstrip("\n")
+        elif not sys.stdin.isatty():
+            # getpass would read the password from a pipe with a warning about echo, or
+            # wait on a terminal nobody watches
+            raise CommandError(
+                "no terminal to ask the password on: pass it on standard input, e.g. "
+                f'`echo "$TOKEN" | manage.py login {options["host"]} '
+                f"-u {options['username']} --password-stdin`"
+            )
         else:
-            password = getpass.getpass("Password: ")
+            try:
+                password = getpass.getpass("Password: ")
+            except (EOFError, KeyboardInterrupt):
+                raise CommandError("login cancelled") from None
         try:
             registry_login(
                 host=options["host"],

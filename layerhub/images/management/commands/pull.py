@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_pull
+from layerhub.jobs.cli import LayerhubCommand
 from layerhub.jobs.follow import follow_to_end
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Pull an image from a registry into the layer store, and unpack its layers."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services.transfer import image_push
+from layerhub.jobs.cli import LayerhubCommand
 from layerhub.jobs.follow import follow_to_end
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Push an image to a registry (to REFERENCE, or to the image's own name)."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services.transfer import image_remove
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Remove images: untag, and delete layers no other image uses."
 
     def add_arguments(self, parser: CommandParser) -> None:
