@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0002_alter_job_kind'),
+        ('jobs', '0003_job_heartbeat'),
     ]
 
     operations = [
