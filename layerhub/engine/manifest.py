@@ -283,6 +283,21 @@ def _shown(value: Any) -> dict[str, str] | None:
     }
 
 
+def _bounded_history(history: Any) -> list[dict[str, Any]]:
+    """At most MAX_HISTORY_ENTRIES entries, in order: every entry that made a layer first
+    (``docker history`` matches them with the layers), then the earliest empty ones."""
+    entries = [e for e in (history if isinstance(history, list) else []) if isinstance(e, dict)]
+    if len(entries) <= MAX_HISTORY_ENTRIES:
+        return entries
+    layered = [i for i, e in enumerate(entries) if not e.get("empty_layer")]
+    keep = set(layered[:MAX_HISTORY_ENTRIES])
+    for i in range(len(entries)):
+        if len(keep) >= MAX_HISTORY_ENTRIES:
+            break
+        keep.add(i)
+    return [e for i, e in enumerate(entries) if i in keep]
+
+
 def config_summary(doc: dict[str, Any]) -> dict[str, Any]:
     """What the catalog keeps of an image config: ``{"config": run settings and shown
     fields, "history": entries, "created", "author"}`` (Docker's key names), bounded in
@@ -301,11 +316,8 @@ def config_summary(doc: dict[str, Any]) -> dict[str, Any]:
         shown = _shown(run.get(key))
         if shown is not None:
             settings[key] = shown
-    history = doc.get("history")
     entries = []
-    for entry in (history if isinstance(history, list) else [])[:MAX_HISTORY_ENTRIES]:
-        if not isinstance(entry, dict):
-            continue
+    for entry in _bounded_history(doc.get("history")):
         item: dict[str, Any] = {"created": _text(entry.get("created"), 64)}
         for key in ("created_by", "comment", "author"):
             if entry.get(key):
