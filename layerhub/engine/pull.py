@@ -112,7 +112,9 @@ def resolve(
     if not store.blobs.has(config_desc.digest):
         with blob_lock(store, config_desc.digest):
             if not store.blobs.has(config_desc.digest):
-                client.fetch_blob(ref.repository, config_desc.digest, config_desc.size, store.blobs)
+                client.fetch_blob(
+                    ref.repository, config_desc.digest, config_desc.size, store.blobs, small=True
+                )
     config = parse_config(store.blobs.read_bytes(config_desc.digest))
     if platform is not None and index_digest is None:
         check_platform(config, platform)

@@ -281,3 +281,24 @@ def test_a_single_platform_image_is_not_taken_for_another_platform(store: Store)
             image.config.digest
         )
         assert resolve(c, ref, store).config_digest == image.config.digest
+
+
+def test_a_trickled_config_ends_at_the_deadline(store: Store) -> None:
+    layer = make_layer({"etc": None})
+    image = Image([layer])
+    config = image.config
+
+    def registry(req: Request) -> None:
+        if "/manifests/" in req.path:
+            req.send(200, image.manifest.data, {"Content-Type": OCI_MANIFEST})
+        else:  # the config, 2 KiB a second: a stall timeout alone would never end it
+            pieces = [config.data[i : i + 2048] for i in range(0, config.size, 2048)]
+            req.stream(200, [b"", *pieces], length=config.size, pause=1.0)
+
+    with serve(registry) as reg, client(reg, deadline=1.0, stall_timeout=30.0) as c:
+        started = time.monotonic()
+        with pytest.raises(RegistryTimeout, match="did not arrive within 1 s"):
+            resolve(c, parse_reference(f"{reg.host}/team/app:v1"), store)
+        assert time.monotonic() - started < 3
+    assert not store.blobs.has(config.digest)
+    assert tmp_is_empty(store)

@@ -30,7 +30,14 @@ from ..errors import (
 )
 from ..manifest import ACCEPT, MAX_MANIFEST_BYTES
 from ..store import ContentStore, Descriptor
-from .limits import READ_ERRORS, BodyTooLarge, Deadline, read_capped, watched_session
+from .limits import (
+    READ_ERRORS,
+    BodyTooLarge,
+    Deadline,
+    current_deadline,
+    read_capped,
+    watched_session,
+)
 from .scopes import merge_scopes
 from .upload import CHUNK, BlobUploads, ProgressFn
 
@@ -461,13 +468,34 @@ class RegistryClient(BlobUploads):
         size: int | None,
         blobs: ContentStore,
         progress: ProgressFn | None = None,
+        *,
+        small: bool = False,
     ) -> Descriptor:
         """Stream a blob into the content store, verified; resume with Range if cut off.
 
         Cuts, stalls (no byte for ``stall_timeout``) and a registry that ignores the Range
         count against one budget per blob (``retries``), so a registry that keeps failing
-        ends the download with a typed error however it fails.
+        ends the download with a typed error however it fails. A ``small`` blob (a config)
+        is a document: the whole download must end within the deadline.
         """
+        if small:
+            with Deadline(self.deadline) as deadline:
+                try:
+                    return self._fetch_blob(repository, digest, size, blobs, progress)
+                except RegistryUnavailable:
+                    if deadline.passed:
+                        raise self._too_slow(f"blob {digest}", deadline) from None
+                    raise
+        return self._fetch_blob(repository, digest, size, blobs, progress)
+
+    def _fetch_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int | None,
+        blobs: ContentStore,
+        progress: ProgressFn | None,
+    ) -> Descriptor:
         validate_digest(digest)
         scope = f"repository:{repository}:pull"
         path = f"/v2/{repository}/blobs/{digest}"
@@ -512,6 +540,9 @@ class RegistryClient(BlobUploads):
                         requests.Timeout,
                         requests.exceptions.ChunkedEncodingError,
                     ) as exc:
+                        outer = current_deadline()
+                        if outer is not None and outer.passed:
+                            raise self._too_slow(f"blob {digest}", outer) from None
                         stalled = any(
                             isinstance(a, urllib3.exceptions.ReadTimeoutError) for a in exc.args
                         )
