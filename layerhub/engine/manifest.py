@@ -300,7 +300,7 @@ def _bounded_history(history: Any) -> list[dict[str, Any]]:
 
 def config_summary(doc: dict[str, Any]) -> dict[str, Any]:
     """What the catalog keeps of an image config: ``{"config": run settings and shown
-    fields, "history": entries, "created", "author"}`` (Docker's key names), bounded in
+    fields, "history": entries, "rootfs", "created", "author"}`` (Docker's key names), bounded in
     size whatever the config holds. Raises InvalidManifest if the run settings alone pass
     MAX_RUN_SETTINGS_BYTES: cutting them would run a different command or environment."""
     run = doc.get("config")
@@ -326,6 +326,11 @@ def config_summary(doc: dict[str, Any]) -> dict[str, Any]:
             item["empty_layer"] = True
         entries.append(item)
     summary: dict[str, Any] = {"config": settings, "history": entries}
+    rootfs = doc.get("rootfs")
+    if isinstance(rootfs, dict) and isinstance(rootfs.get("diff_ids"), list):
+        # one per layer, as bounded as the image's layer rows
+        diff_ids = [d for d in rootfs["diff_ids"] if isinstance(d, str) and len(d) <= 80]
+        summary["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
     for key in ("created", "author"):
         if isinstance(doc.get(key), str):
             summary[key] = _text(doc[key], 256)
