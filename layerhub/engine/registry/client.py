@@ -301,7 +301,11 @@ class RegistryClient(BlobUploads):
         stall timeout; anything else runs under the small-exchange deadline.
         """
         del stream  # every response is streamed: nothing is read before it is bounded
+        data = kwargs.pop("data", None)
         start = path if path.startswith("http") else self.base + path
+        params = kwargs.pop("params", None)
+        if params:  # in the first URL only: a redirect's Location is complete
+            start = requests.Request("GET", start, params=params).prepare().url or start
         if body is not None and self._same_host(start):
             self._refresh_token(scope)
         read_timeout = self.stall_timeout if blob or body is not None else self.timeout
@@ -312,10 +316,12 @@ class RegistryClient(BlobUploads):
             own = self._same_host(url)
             auth = self._auth_header(scope) if own else {}
             all_headers = {**(headers or {}), **auth}
-            if body is not None and verb == method:
+            if verb != method:  # a 303 (or 301/302 after a POST) turned it into a bodyless GET
+                kwargs["data"] = None
+            elif body is not None:
                 kwargs["data"] = body()
-            elif verb != method:
-                kwargs.pop("data", None)
+            else:
+                kwargs["data"] = data
             # a request carrying a blob has no total deadline (only the stall timeout)
             deadline: AbstractContextManager[Deadline | None] = (
                 Deadline(self.deadline) if body is None else nullcontext(None)
