@@ -200,3 +200,29 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+# -- registry client timings (each an environment variable, in seconds) -----------------------
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment, or ImproperlyConfigured."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a positive number of seconds")
+    return value
+
+
+# connecting, and each read of a small exchange
+LAYERHUB_REGISTRY_TIMEOUT = _env_seconds("LAYERHUB_REGISTRY_TIMEOUT", 30.0)
+# a whole small exchange (a manifest, a token, an error body) must end within this
+LAYERHUB_REGISTRY_DEADLINE = _env_seconds("LAYERHUB_REGISTRY_DEADLINE", 30.0)
+# a blob download or upload fails when no byte moves for this long
+LAYERHUB_REGISTRY_STALL_TIMEOUT = _env_seconds("LAYERHUB_REGISTRY_STALL_TIMEOUT", 60.0)

@@ -128,6 +128,12 @@ class RegistryUnavailable(RegistryError):
     """A registry that did not answer, or kept failing, after retries: worth trying later."""
 
 
+class RegistryTimeout(RegistryUnavailable):
+    """A registry too slow to be waited for: a small document (manifest, config, token, error
+    body) that did not arrive within its deadline, or a download that got no bytes for the
+    stall period."""
+
+
 class ManifestUnknown(RegistryError):
     """No such repository, tag or manifest digest in the registry."""
 

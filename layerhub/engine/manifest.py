@@ -43,6 +43,9 @@ LAYER_TYPES = (
 # what a pull asks for, best first
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 * 2**20  # the distribution spec's limit for manifests
+# Image configs have no limit in the spec; real ones are a few KiB (a long history, tens of
+# KiB). The cap keeps a hostile config from costing memory: it is refused before download.
+MAX_CONFIG_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -180,25 +183,53 @@ def parse_manifest(data: bytes, content_type: str | None = None) -> ImageManifes
     raise InvalidManifest(f"unsupported manifest media type {media_type!r}")
 
 
-def select_platform(index: Index, wanted: Platform) -> Descriptor:
-    """The index entry for ``wanted``, as ``docker pull --platform`` picks it."""
-    candidates = [
-        d
-        for d in index.manifests
-        if d.platform is not None
-        and d.platform.os == wanted.os
-        and _ARCH_ALIASES.get(d.platform.architecture, d.platform.architecture)
-        == wanted.architecture
-    ]
+def platform_matches(offered: Platform, wanted: Platform) -> bool:
+    """Whether an image built for ``offered`` is what ``--platform wanted`` asks for: same os
+    and architecture (aliases allowed); the variant asked for, or when none is asked, no
+    variant or the architecture's default one (as containerd's matcher does)."""
+    arch = _ARCH_ALIASES.get(offered.architecture, offered.architecture)
+    if offered.os != wanted.os or arch != wanted.architecture:
+        return False
     if wanted.variant:
-        exact = [d for d in candidates if d.platform and d.platform.variant == wanted.variant]
-    else:
-        default = _DEFAULT_VARIANT.get(wanted.architecture)
-        exact = [d for d in candidates if d.platform and d.platform.variant in (None, default)]
-    if exact:
-        return exact[0]
-    available = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"
-    raise InvalidManifest(f"no image for platform {wanted} (the index has: {available})")
+        return offered.variant == wanted.variant
+    return offered.variant in (None, "", _DEFAULT_VARIANT.get(wanted.architecture))
+
+
+def offered_platforms(index: Index) -> list[str]:
+    """The platforms an index offers, in its order, each once (attestation entries, whose
+    platform is ``unknown/unknown``, are not images one can pull)."""
+    seen: dict[str, None] = {}
+    for d in index.manifests:
+        if d.platform is not None and d.platform.os != "unknown":
+            seen.setdefault(str(d.platform))
+    return list(seen)
+
+
+def select_platform(index: Index, wanted: Platform) -> Descriptor:
+    """The index entry for ``wanted``, as ``docker pull --platform`` picks it; an error
+    naming the platforms the index offers when none matches."""
+    for d in index.manifests:
+        if d.platform is not None and platform_matches(d.platform, wanted):
+            return d
+    available = ", ".join(offered_platforms(index)) or "none (its entries name no platform)"
+    raise InvalidManifest(f"no image for platform {wanted} (the image offers {available})")
+
+
+def check_platform(config: ImageConfig, wanted: Platform) -> None:
+    """Refuse a single-platform image that is not the platform asked for, naming the one it
+    offers (``docker pull --platform`` refuses it the same way)."""
+    if not platform_matches(config.platform, wanted):
+        raise InvalidManifest(
+            f"no image for platform {wanted} (the image offers only {config.platform})"
+        )
+
+
+def config_too_large(size: int) -> str:
+    """The message for a config past MAX_CONFIG_BYTES."""
+    return (
+        f"image config of {size} bytes is larger than the {MAX_CONFIG_BYTES // 2**20} MiB "
+        "limit (real configs are a few KiB)"
+    )
 
 
 @dataclass(frozen=True)
@@ -212,14 +243,104 @@ class ImageConfig:
     created: str | None
 
     @property
+    def summary(self) -> dict[str, Any]:
+        """What the catalog's row keeps (see config_summary)."""
+        return config_summary(self.doc)
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         """``docker history`` entries, oldest first."""
         history = self.doc.get("history") or []
         return [h for h in history if isinstance(h, dict)]
 
 
+# What the catalog keeps of a config in its database row (the config itself stays in the
+# blob store): the run settings whole, since running a container needs them exactly, within a
+# cap; what pages show (labels, ports, volumes, history), each bounded and cut if longer.
+RUN_FIELDS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "StopSignal")
+SHOWN_FIELDS = ("Labels", "ExposedPorts", "Volumes")
+MAX_RUN_SETTINGS_BYTES = 256 * 1024
+MAX_SHOWN_ITEMS = 256
+MAX_HISTORY_ENTRIES = 1000
+MAX_TEXT = 4096
+_CUT = "…"
+
+
+def _text(value: Any, limit: int = MAX_TEXT) -> str:
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + _CUT
+
+
+def _shown(value: Any) -> dict[str, str] | None:
+    """A map field (Labels, ExposedPorts, Volumes), bounded: at most MAX_SHOWN_ITEMS keys,
+    keys and values cut at 256 and MAX_TEXT characters."""
+    if not isinstance(value, dict):
+        return None
+    items = list(value.items())[:MAX_SHOWN_ITEMS]
+    return {
+        _text(k, 256): _text(v) if isinstance(v, str) else ("" if isinstance(v, dict) else _text(v))
+        for k, v in items
+    }
+
+
+def _bounded_history(history: Any) -> list[dict[str, Any]]:
+    """At most MAX_HISTORY_ENTRIES entries, in order: every entry that made a layer first
+    (``docker history`` matches them with the layers), then the earliest empty ones."""
+    entries = [e for e in (history if isinstance(history, list) else []) if isinstance(e, dict)]
+    if len(entries) <= MAX_HISTORY_ENTRIES:
+        return entries
+    layered = [i for i, e in enumerate(entries) if not e.get("empty_layer")]
+    keep = set(layered[:MAX_HISTORY_ENTRIES])
+    for i in range(len(entries)):
+        if len(keep) >= MAX_HISTORY_ENTRIES:
+            break
+        keep.add(i)
+    return [e for i, e in enumerate(entries) if i in keep]
+
+
+def config_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the catalog keeps of an image config: ``{"config": run settings and shown
+    fields, "history": entries, "rootfs", "created", "author"}`` (Docker's key names), bounded in
+    size whatever the config holds. Raises InvalidManifest if the run settings alone pass
+    MAX_RUN_SETTINGS_BYTES: cutting them would run a different command or environment."""
+    run = doc.get("config")
+    run = run if isinstance(run, dict) else {}
+    settings: dict[str, Any] = {k: run[k] for k in RUN_FIELDS if run.get(k) is not None}
+    size = len(json.dumps(settings, ensure_ascii=False).encode())
+    if size > MAX_RUN_SETTINGS_BYTES:
+        raise InvalidManifest(
+            f"image config's run settings ({', '.join(settings)}) take {size} bytes, more "
+            f"than the {MAX_RUN_SETTINGS_BYTES // 1024} KiB limit"
+        )
+    for key in SHOWN_FIELDS:
+        shown = _shown(run.get(key))
+        if shown is not None:
+            settings[key] = shown
+    entries = []
+    for entry in _bounded_history(doc.get("history")):
+        item: dict[str, Any] = {"created": _text(entry.get("created"), 64)}
+        for key in ("created_by", "comment", "author"):
+            if entry.get(key):
+                item[key] = _text(entry[key])
+        if entry.get("empty_layer"):
+            item["empty_layer"] = True
+        entries.append(item)
+    summary: dict[str, Any] = {"config": settings, "history": entries}
+    rootfs = doc.get("rootfs")
+    if isinstance(rootfs, dict) and isinstance(rootfs.get("diff_ids"), list):
+        # one per layer, as bounded as the image's layer rows
+        diff_ids = [d for d in rootfs["diff_ids"] if isinstance(d, str) and len(d) <= 80]
+        summary["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    for key in ("created", "author"):
+        if isinstance(doc.get(key), str):
+            summary[key] = _text(doc[key], 256)
+    return summary
+
+
 def parse_config(raw: bytes) -> ImageConfig:
-    """Parse an image config and check its rootfs."""
+    """Parse an image config (at most MAX_CONFIG_BYTES) and check its rootfs."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InvalidManifest(config_too_large(len(raw)))
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -24,11 +24,15 @@ from .digest import chain_ids, digest_hex
 from .errors import InvalidManifest, ManifestUnknown
 from .fsutil import file_lock
 from .manifest import (
+    MAX_CONFIG_BYTES,
     Descriptor,
     ImageConfig,
     ImageManifest,
     Index,
     Platform,
+    check_platform,
+    config_summary,
+    config_too_large,
     parse_config,
     parse_manifest,
     select_platform,
@@ -93,10 +97,14 @@ def resolve(
     client: RegistryClient,
     ref: Reference,
     store: Store,
-    platform: Platform,
+    platform: Platform | None = None,
     lease: LeaseFn = _no_lease,
 ) -> ResolvedImage:
-    """Fetch and check the manifest (through an index if need be) and the config."""
+    """Fetch and check the manifest (through an index if need be) and the config.
+
+    ``platform`` picks the entry of an index (linux/amd64 when None); a single-platform
+    image must then be that platform too, while with None it is taken whatever it is.
+    """
     try:
         data, content_type, digest = client.get_manifest(ref.repository, ref.target)
     except ManifestUnknown as exc:
@@ -108,17 +116,24 @@ def resolve(
         with blob_lock(store, digest):
             store.blobs.put_bytes(data, digest)
         index_digest = digest
-        chosen = select_platform(parsed, platform)
+        chosen = select_platform(parsed, platform or Platform())
         data, content_type, digest = client.get_manifest(ref.repository, chosen.digest)
         parsed = parse_manifest(data, content_type)
         if not isinstance(parsed, ImageManifest):
             raise InvalidManifest(f"index entry {chosen.digest} is not an image manifest")
     config_desc = parsed.config
+    if config_desc.size > MAX_CONFIG_BYTES:  # refused before a byte of it is fetched
+        raise InvalidManifest(config_too_large(config_desc.size))
     lease([config_desc.digest])  # before "already there" is judged, under the lock
     with blob_lock(store, config_desc.digest):
         if not store.blobs.has(config_desc.digest):
-            client.fetch_blob(ref.repository, config_desc.digest, config_desc.size, store.blobs)
+            client.fetch_blob(
+                ref.repository, config_desc.digest, config_desc.size, store.blobs, small=True
+            )
     config = parse_config(store.blobs.read_bytes(config_desc.digest))
+    if platform is not None and index_digest is None:
+        check_platform(config, platform)
+    config_summary(config.doc)  # what the catalog will keep must be keepable: refuse it now
     if len(config.diff_ids) != len(parsed.layers):
         raise InvalidManifest(
             f"manifest has {len(parsed.layers)} layers but its config lists "
@@ -200,7 +215,7 @@ def pull(
     asked whether it has them: the config as soon as the manifest names it, then the
     manifest, the layers and their ChainIDs (the snapshots an unpack will want).
     """
-    image = resolve(client, ref, store, platform or Platform(), lease)
+    image = resolve(client, ref, store, platform, lease)
     lease([image.manifest_digest, *chain_ids(image.config.diff_ids)])
     fetch_layers(
         client,

@@ -83,6 +83,18 @@ class Reference:
         return self.name + self._suffix()
 
 
+def _check_port(registry: str, original: str) -> None:
+    """Refuse a registry (already matched by ``_DOMAIN``) whose port no TCP connection can
+    use, ``:0`` or past 65535: the grammar's ``[0-9]+`` alone lets ``:99999999999999999999``
+    through to the HTTP client."""
+    tail = registry.rsplit("]", 1)[-1]  # an IPv6 literal's own colons are not a port
+    if ":" not in tail:
+        return
+    port = tail.rsplit(":", 1)[1]
+    if len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise InvalidReference(f"invalid registry in {original!r}: port {port} is not in 1-65535")
+
+
 def normalize_registry(host: str) -> str:
     """A registry host as ``login`` takes it: ``https://ghcr.io/`` is ``ghcr.io``, and Docker
     Hub's aliases are ``docker.io``."""
@@ -97,6 +109,7 @@ def normalize_registry(host: str) -> str:
         return DEFAULT_REGISTRY
     if not _DOMAIN.fullmatch(text):
         raise InvalidReference(f"invalid registry host {host!r}")
+    _check_port(text, host)
     return text
 
 
@@ -140,6 +153,7 @@ def parse_reference(text: str) -> Reference:
     registry, path = _split_domain(text)
     if registry != DEFAULT_REGISTRY and not _DOMAIN.fullmatch(registry):
         raise InvalidReference(f"invalid reference {original!r}: invalid registry {registry!r}")
+    _check_port(registry, original)
     if registry == "index.docker.io":
         registry = DEFAULT_REGISTRY
     if path.lower() != path:

@@ -36,14 +36,15 @@ class RegistryCredential(models.Model):
         """Encrypt and keep ``password``."""
         self.password_encrypted = _fernet().encrypt(password.encode())
 
-    def get_password(self) -> str:
-        """The password, decrypted (empty if none or if SECRET_KEY changed)."""
+    def get_password(self) -> str | None:
+        """The password, decrypted: empty if none was stored, None if it can no longer be
+        decrypted (SECRET_KEY changed since it was stored)."""
         if not self.password_encrypted:
             return ""
         try:
             return _fernet().decrypt(bytes(self.password_encrypted)).decode()
         except InvalidToken:
-            return ""
+            return None
 
 
 class Repository(models.Model):
@@ -97,7 +98,9 @@ class Image(models.Model):
     architecture = models.CharField(max_length=32, default="amd64")
     variant = models.CharField(max_length=32, blank=True)
     created = models.DateTimeField(null=True, blank=True)
-    config = models.JSONField()
+    # a bounded summary of the config (engine.manifest.config_summary: run settings, labels,
+    # ports, volumes, history); the config itself is the blob ``config_digest``
+    config = models.JSONField(help_text="summary of the image config; the config is a blob")
     layers = models.ManyToManyField(Layer, through="ImageLayer", related_name="images")
     # where it was pulled from or pushed to; an untagged image still shows its repository
     repositories = models.ManyToManyField(Repository, related_name="images", blank=True)

@@ -10,11 +10,14 @@ from layerhub.engine.errors import InvalidManifest
 from layerhub.engine.manifest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
+    MAX_CONFIG_BYTES,
+    MAX_RUN_SETTINGS_BYTES,
     OCI_INDEX,
     OCI_MANIFEST,
     ImageManifest,
     Index,
     Platform,
+    config_summary,
     parse_config,
     parse_manifest,
     parse_platform,
@@ -159,3 +162,43 @@ def test_config() -> None:
     ]:
         with pytest.raises(InvalidManifest, match=says):
             parse_config(bad)
+
+
+def test_the_platform_error_names_each_offered_platform_once() -> None:
+    attestation = entry(D[7], "unknown")
+    attestation["platform"] = {"os": "unknown", "architecture": "unknown"}
+    idx = index(entry(D[3], "amd64"), entry(D[4], "amd64"), entry(D[6], "arm64", "v8"), attestation)
+    with pytest.raises(InvalidManifest) as info:
+        select_platform(idx, parse_platform("linux/s390x"))
+    assert str(info.value) == (
+        "no image for platform linux/s390x (the image offers linux/amd64, linux/arm64/v8)"
+    )
+
+
+def config_doc(**run: object) -> dict[str, object]:
+    return {"rootfs": {"type": "layers", "diff_ids": []}, "config": run}
+
+
+def test_the_summary_keeps_run_settings_whole_and_cuts_what_pages_show() -> None:
+    env = ["PATH=/bin", "BIG=" + "x" * 50_000]
+    doc = config_doc(Env=env, Cmd=["sh"], Labels={"a": "b" * 10_000}, Healthcheck={"x": 1})
+    doc["history"] = [{"created_by": "c" * 10_000}]
+    summary = config_summary(doc)
+    assert summary["config"]["Env"] == env
+    assert summary["config"]["Cmd"] == ["sh"]
+    assert len(summary["config"]["Labels"]["a"]) == 4096
+    assert "Healthcheck" not in summary["config"]
+    assert len(summary["history"][0]["created_by"]) == 4096
+
+
+def test_run_settings_past_their_cap_are_refused() -> None:
+    with pytest.raises(InvalidManifest, match="run settings"):
+        config_summary(config_doc(Env=["X=" + "x" * (MAX_RUN_SETTINGS_BYTES + 1)]))
+
+
+def test_a_config_past_the_cap_is_refused() -> None:
+    doc = json.dumps(config_doc()).encode()
+    raw = doc + b" " * (MAX_CONFIG_BYTES + 1 - len(doc))
+    with pytest.raises(InvalidManifest, match="larger than the 8 MiB limit"):
+        parse_config(raw)
+    assert parse_config(doc).diff_ids == ()

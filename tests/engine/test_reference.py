@@ -137,3 +137,33 @@ def test_registry_hosts_for_login(host: str, normalized: str) -> None:
 def test_bad_registry_host() -> None:
     with pytest.raises(InvalidReference, match="invalid registry host"):
         normalize_registry("not a host")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "localhost:99999999999999999999/team/app",
+        "registry.example.com:0/app:v1",
+        "127.0.0.1:65536/app",
+        "[::1]:0/app",
+        "ghcr.io:100000/org/app@sha256:" + "a" * 64,
+    ],
+)
+def test_a_port_no_connection_can_use_is_refused(text: str) -> None:
+    with pytest.raises(InvalidReference, match="is not in 1-65535"):
+        parse_reference(text)
+
+
+@pytest.mark.parametrize(
+    "host", ["ghcr.io:0", "https://127.0.0.1:99999999999999999999/", "h:65536"]
+)
+def test_a_login_host_with_a_port_out_of_range_is_refused(host: str) -> None:
+    with pytest.raises(InvalidReference, match="is not in 1-65535"):
+        normalize_registry(host)
+
+
+@pytest.mark.parametrize(
+    "text", ["localhost:1/app", "h.io:65535/app", "[::1]:5000/app", "[::1]/app"]
+)
+def test_ports_in_range_and_ipv6_literals_are_kept(text: str) -> None:
+    assert parse_reference(text).registry == text.rsplit("/", 1)[0]

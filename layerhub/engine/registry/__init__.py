@@ -1,8 +1,14 @@
 """A client for the OCI distribution API: what ``docker pull`` and ``docker push`` speak.
 
 - ``/v2/`` ping, manifests by tag or digest with the right Accept header, blobs streamed into
-  the content store with digest verification, redirects followed (credentials are not sent to
-  another host);
+  the content store with digest verification;
+- redirects followed hop by hop by the client itself: credentials go only to the registry's
+  own origin, and a 401 from a host the registry redirected to (blob storage) is an error,
+  never answered with the registry's login or a token got with it;
+- every answer bounded (limits.py): bodies read through a cap (manifests 4 MiB, configs
+  8 MiB, tokens 1 MiB, error bodies 64 KiB), small exchanges (manifests, configs, tokens,
+  error bodies) under a total deadline, blob transfers failing after a stall period, and
+  a retry budget per blob rather than per request;
 - auth: anonymous, HTTP basic, and the bearer-token flow (a 401 with
   ``WWW-Authenticate: Bearer realm=...,service=...,scope=...``; the token is fetched, with the
   registry's credentials if any, and reused until it expires);

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from ..digest import sha256_bytes, validate_digest
 from ..errors import (
@@ -23,10 +25,19 @@ from ..errors import (
     ManifestUnknown,
     RegistryAuthError,
     RegistryError,
+    RegistryTimeout,
     RegistryUnavailable,
 )
 from ..manifest import ACCEPT, MAX_MANIFEST_BYTES
 from ..store import ContentStore, Descriptor
+from .limits import (
+    READ_ERRORS,
+    BodyTooLarge,
+    Deadline,
+    current_deadline,
+    read_capped,
+    watched_session,
+)
 from .scopes import merge_scopes
 from .upload import CHUNK, BlobUploads, ProgressFn
 
@@ -34,6 +45,15 @@ USER_AGENT = "layerhub/0.1"
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_REDIRECTS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
+# what a registry's answers may weigh in memory (manifests have their own cap)
+MAX_ERROR_BODY = 64 * 1024
+MAX_TOKEN_BYTES = 1 << 20
+# a small exchange (manifest, token, error body) must end within this; a blob transfer fails
+# when no byte arrives for the stall timeout
+DEFAULT_DEADLINE = 30.0
+DEFAULT_STALL_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -65,8 +85,25 @@ class _Token:
     expires: float
 
 
+def _origin(url: str) -> tuple[str, str | None, int | None] | None:
+    """Scheme, host and port of ``url`` (the port made explicit); None if malformed."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a malformed port
+        return None
+    return parts.scheme, parts.hostname, port
+
+
 class RegistryClient(BlobUploads):
-    """One registry host. Thread-safe: layers download concurrently through one client."""
+    """One registry host. Thread-safe: layers download concurrently through one client.
+
+    ``timeout`` bounds connecting and each read of a small exchange; ``deadline`` bounds a
+    whole small exchange (a manifest, a config read as a document, a token, an error body);
+    ``stall_timeout`` is how long a blob transfer may go without a byte; ``retries`` and
+    ``backoff`` shape the retries of transient failures (per request, and per blob for cut
+    downloads).
+    """
 
     def __init__(
         self,
@@ -77,6 +114,8 @@ class RegistryClient(BlobUploads):
         timeout: float = 30.0,
         retries: int = 4,
         backoff: float = 0.5,
+        deadline: float = DEFAULT_DEADLINE,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         self.host = host
         self.credentials = credentials
@@ -85,7 +124,9 @@ class RegistryClient(BlobUploads):
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._session = requests.Session()
+        self.deadline = deadline
+        self.stall_timeout = stall_timeout
+        self._session = watched_session()
         self._session.headers["User-Agent"] = USER_AGENT
         self._tokens: dict[str, _Token] = {}
         self._bearer: tuple[str, str] | None = None  # realm and service of the last challenge
@@ -107,7 +148,7 @@ class RegistryClient(BlobUploads):
         return {}
 
     def _authenticate(self, response: requests.Response, scope: str, sent: str = "") -> None:
-        """Answer a 401 challenge: remember basic auth or fetch a bearer token.
+        """Answer a 401 challenge of this registry: remember basic auth or fetch a bearer token.
 
         ``sent`` is the Authorization the refused request carried: credentials refused are
         an error, while a request that went out before another thread authenticated just
@@ -128,7 +169,7 @@ class RegistryClient(BlobUploads):
                 self._basic = True
             return
         if scheme != "bearer":
-            raise RegistryAuthError(f"{self.host} asks for unsupported auth {challenge!r}")
+            raise RegistryAuthError(f"{self.host} asks for unsupported auth {challenge[:200]!r}")
         params = dict(_CHALLENGE.findall(challenge))
         realm = params.get("realm")
         if not realm:
@@ -144,26 +185,58 @@ class RegistryClient(BlobUploads):
 
     def _fetch_token(self, realm: str, service: str, scope: str, challenged: str = "") -> None:
         """Get a token for ``scope`` (and what the challenge asked for) and cache it under
-        ``scope``."""
+        ``scope``.
+
+        The registry named the realm in its own challenge, so it gets the registry's login
+        (as Docker sends it); a redirect away from the realm's host does not.
+        """
         query: dict[str, str | list[str]] = {"service": service}
         if scope:
             query["scope"] = merge_scopes(scope, challenged)
-        auth = (self.credentials.username, self.credentials.password) if self.credentials else None
-        try:
-            reply = self._session.get(realm, params=query, auth=auth, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise RegistryUnavailable(f"token service {realm} did not answer: {exc}") from exc
-        if reply.status_code in (401, 403):
+        login = None
+        if self.credentials is not None:
+            raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+            login = {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        realm_origin = _origin(realm)
+        url = requests.Request("GET", realm, params=query).prepare().url or realm
+        with Deadline(self.deadline) as deadline:
+            try:
+                for _hop in range(MAX_REDIRECTS + 1):
+                    auth = login if login and _origin(url) == realm_origin else {}
+                    reply = self._send("GET", url, headers=auth, timeout=self.timeout)
+                    if reply.status_code not in _REDIRECTS or "Location" not in reply.headers:
+                        break
+                    reply.close()
+                    url = urljoin(url, reply.headers["Location"])
+                else:
+                    raise RegistryAuthError(f"{self.host}: the token service redirects in a loop")
+                with reply:
+                    status = reply.status_code
+                    body = read_capped(reply, MAX_TOKEN_BYTES) if status == 200 else b""
+            except BodyTooLarge:
+                raise RegistryAuthError(
+                    f"{self.host}: the token service sent more than {MAX_TOKEN_BYTES} bytes"
+                ) from None
+            except READ_ERRORS as exc:
+                if deadline.passed:
+                    raise RegistryTimeout(
+                        f"{self.host}: the token service {realm} did not answer within "
+                        f"{deadline.seconds:g} s"
+                    ) from None
+                raise RegistryUnavailable(f"token service {realm} did not answer: {exc}") from exc
+        if status in (401, 403):
             who = f"as {self.credentials.username!r}" if self.credentials else "anonymously"
             raise RegistryAuthError(f"{self.host}: the token service refused a token {who}")
-        if reply.status_code != 200:
-            raise RegistryAuthError(f"{self.host}: the token service answered {reply.status_code}")
+        if status != 200:
+            raise RegistryAuthError(f"{self.host}: the token service answered {status}")
         try:
-            body = reply.json()
-            value = body.get("token") or body["access_token"]
+            doc = json.loads(body)
+            value = doc.get("token") or doc["access_token"]
         except (ValueError, KeyError, AttributeError):
             raise RegistryAuthError(f"{self.host}: the token service sent no token") from None
-        lifetime = body.get("expires_in") if isinstance(body.get("expires_in"), int) else 60
+        if not isinstance(value, str) or not value:
+            raise RegistryAuthError(f"{self.host}: the token service sent no token")
+        lifetime = doc.get("expires_in") if isinstance(doc.get("expires_in"), int) else 60
         with self._lock:
             # renew a little early so a token never expires mid-request
             self._tokens[scope] = _Token(value, time.monotonic() + max(lifetime - 10, 1))
@@ -181,18 +254,25 @@ class RegistryClient(BlobUploads):
 
     def _same_host(self, url: str) -> bool:
         """Whether ``url`` points at this registry (credentials go nowhere else)."""
-        ours, theirs = urlsplit(self.base), urlsplit(url)
-        try:
-            return (
-                theirs.scheme == ours.scheme
-                and theirs.hostname == ours.hostname
-                and (theirs.port or _DEFAULT_PORTS.get(theirs.scheme))
-                == (ours.port or _DEFAULT_PORTS.get(ours.scheme))
-            )
-        except ValueError:  # a malformed port
-            return False
+        theirs = _origin(url)
+        return theirs is not None and theirs == _origin(self.base)
 
     # -- requests ------------------------------------------------------------------------------
+
+    def _send(
+        self, method: str, url: str, *, headers: dict[str, str], timeout: float, **kwargs: Any
+    ) -> requests.Response:
+        """One HTTP exchange, headers only: the body is left for the caller to stream, and a
+        redirect is returned, not followed."""
+        return self._session.request(
+            method,
+            url,
+            headers=headers,
+            stream=True,
+            allow_redirects=False,
+            timeout=(self.timeout, timeout),
+            **kwargs,
+        )
 
     def _request(
         self,
@@ -204,72 +284,120 @@ class RegistryClient(BlobUploads):
         stream: bool = False,
         ok: tuple[int, ...] = (200,),
         body: Callable[[], Any] | None = None,
+        blob: bool = False,
         **kwargs: Any,
     ) -> requests.Response:
-        """One API call with auth and retries; returns a response whose status is in ``ok``.
+        """One API call with auth, redirects and retries; returns a response whose status is
+        in ``ok``, its body not yet read (callers close it).
 
-        ``path`` is an API path or an absolute URL (an upload location); credentials are only
-        sent to this registry. ``body`` makes a request body (a fresh one for each attempt):
-        such a request is sent again after a 401 challenge is answered, but never retried on
-        a transient failure, since the upload session it belongs to is then in an unknown
-        state (the caller starts a new one).
+        ``path`` is an API path or an absolute URL (an upload location). Redirects are
+        followed here, hop by hop: credentials go only to a hop on this registry's own
+        origin, and only this registry's own 401 challenge is answered with its login (a
+        storage host a blob is redirected to gets neither the login nor a token got with it).
+        ``body`` makes a request body (a fresh one for each attempt): such a request is sent
+        again after a 401 challenge is answered, but never retried on a transient failure,
+        since the upload session it belongs to is then in an unknown state (the caller starts
+        a new one). ``blob`` marks a transfer of blob bytes: its reads may wait up to the
+        stall timeout; anything else runs under the small-exchange deadline.
         """
-        url = path if path.startswith("http") else self.base + path
-        own = self._same_host(url)
-        if body is not None and own:
+        del stream  # every response is streamed: nothing is read before it is bounded
+        data = kwargs.pop("data", None)
+        start = path if path.startswith("http") else self.base + path
+        params = kwargs.pop("params", None)
+        if params:  # in the first URL only: a redirect's Location is complete
+            start = requests.Request("GET", start, params=params).prepare().url or start
+        if body is not None and self._same_host(start):
             self._refresh_token(scope)
+        read_timeout = self.stall_timeout if blob or body is not None else self.timeout
         attempt = 0
-        authenticated = False
+        answered = False
+        url, verb, hops = start, method, 0
         while True:
+            own = self._same_host(url)
             auth = self._auth_header(scope) if own else {}
             all_headers = {**(headers or {}), **auth}
-            if body is not None:
+            if verb != method:  # a 303 (or 301/302 after a POST) turned it into a bodyless GET
+                kwargs["data"] = None
+            elif body is not None:
                 kwargs["data"] = body()
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    headers=all_headers,
-                    stream=stream,
-                    timeout=self.timeout,
-                    **kwargs,
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                attempt += 1
-                if body is not None:
-                    raise RegistryUnavailable(f"{self.host}: {method} failed: {exc}") from exc
-                if attempt > self.retries:
-                    raise RegistryUnavailable(
-                        f"{self.host} did not answer after {attempt} attempts: {exc}"
-                    ) from exc
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-                continue
-            if response.status_code == 401 and not authenticated and own:
-                authenticated = True
-                response.close()
-                self._authenticate(response, scope, auth.get("Authorization", ""))
-                continue
-            if response.status_code in ok:
-                return response
-            if (
-                response.status_code in _TRANSIENT_STATUS
-                and attempt < self.retries
-                and body is None
-            ):
-                attempt += 1
-                response.close()
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-                continue
-            raise self._error(response)
+            else:
+                kwargs["data"] = data
+            # a request carrying a blob has no total deadline (only the stall timeout)
+            deadline: AbstractContextManager[Deadline | None] = (
+                Deadline(self.deadline) if body is None else nullcontext(None)
+            )
+            with deadline as watch:
+                try:
+                    response = self._send(
+                        verb, url, headers=all_headers, timeout=read_timeout, **kwargs
+                    )
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    if watch is not None and watch.passed:
+                        raise RegistryTimeout(
+                            f"{self.host}: {method} {path} got no answer within {watch.seconds:g} s"
+                        ) from None
+                    attempt += 1
+                    if body is not None:
+                        raise RegistryUnavailable(f"{self.host}: {method} failed: {exc}") from exc
+                    if attempt > self.retries:
+                        raise RegistryUnavailable(
+                            f"{self.host} did not answer after {attempt} attempts: {exc}"
+                        ) from exc
+                    time.sleep(self.backoff * 2 ** (attempt - 1))
+                    url, verb, hops = start, method, 0
+                    continue
+                status = response.status_code
+                if status in _REDIRECTS and status not in ok:
+                    response.close()
+                    location = response.headers.get("Location")
+                    hops += 1
+                    if not location:
+                        raise RegistryError(f"{self.host}: redirect ({status}) without a Location")
+                    if hops > MAX_REDIRECTS:
+                        raise RegistryError(
+                            f"{self.host}: more than {MAX_REDIRECTS} redirects for {method} {path}"
+                        )
+                    url = urljoin(url, location)
+                    if status == 303 or (status in (301, 302) and verb not in ("GET", "HEAD")):
+                        verb = "GET"  # what browsers, requests and Go do
+                    continue
+                if status == 401 and not own:
+                    response.close()
+                    raise RegistryAuthError(
+                        f"{self.host} sent the request on to {urlsplit(url).netloc}, which asks "
+                        f"for a login: {self.host}'s credentials are not sent to another host"
+                    )
+                if status == 401 and not answered:
+                    answered = True
+                    response.close()
+                    self._authenticate(response, scope, auth.get("Authorization", ""))
+                    url, verb, hops = start, method, 0
+                    continue
+                if status in ok:
+                    return response
+                if status in _TRANSIENT_STATUS and attempt < self.retries and body is None:
+                    attempt += 1
+                    response.close()
+                    time.sleep(self.backoff * 2 ** (attempt - 1))
+                    url, verb, hops = start, method, 0
+                    continue
+                raise self._error(response)
 
     def _error(self, response: requests.Response) -> Exception:
-        """A typed error carrying the registry's own words."""
+        """A typed error carrying the registry's own words (from at most MAX_ERROR_BODY bytes
+        of its answer, read within the deadline: an endless or trickled body is cut)."""
         code, message = "", ""
+        with response, Deadline(self.deadline) as deadline:
+            deadline.watch(response)
+            try:
+                raw = read_capped(response, MAX_ERROR_BODY)
+            except (BodyTooLarge, *READ_ERRORS):
+                raw = b""
         try:
-            errors = response.json().get("errors") or []
-            if errors:
-                code = str(errors[0].get("code", ""))
-                message = str(errors[0].get("message", ""))
+            errors = json.loads(raw).get("errors") or []
+            if errors and isinstance(errors, list) and isinstance(errors[0], dict):
+                code = str(errors[0].get("code", ""))[:100]
+                message = str(errors[0].get("message", ""))[:500]
         except (ValueError, AttributeError):
             pass
         status = response.status_code
@@ -301,18 +429,30 @@ class RegistryClient(BlobUploads):
 
         Fetched by digest, the bytes must hash to it; fetched by tag, the digest is computed
         from the bytes (and must match the registry's Docker-Content-Digest if it sends one).
+        The whole exchange (token included) must end within the deadline.
         """
-        response = self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            scope=f"repository:{repository}:pull",
-            headers={"Accept": ACCEPT},
-            stream=True,
-        )
-        with response:
-            data = response.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise RegistryError(f"{self.host}: manifest larger than 4 MiB")
+        what = f"the manifest {repository}:{reference}"
+        with Deadline(self.deadline) as deadline:
+            response = self._request(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                scope=f"repository:{repository}:pull",
+                headers={"Accept": ACCEPT},
+            )
+            with response:
+                deadline.watch(response)
+                try:
+                    data = read_capped(response, MAX_MANIFEST_BYTES)
+                except BodyTooLarge:
+                    raise RegistryError(
+                        f"{self.host}: {what} is larger than {MAX_MANIFEST_BYTES} bytes"
+                    ) from None
+                except READ_ERRORS as exc:
+                    if deadline.passed:
+                        raise self._too_slow(what, deadline) from None
+                    raise RegistryUnavailable(f"{self.host}: reading {what} failed: {exc}") from exc
+                if deadline.passed:  # a body without a length, cut by the watchdog
+                    raise self._too_slow(what, deadline)
         digest = sha256_bytes(data)
         if reference.startswith("sha256:") and digest != reference:
             raise DigestMismatch(reference, digest, f"manifest {repository}@{reference}")
@@ -321,6 +461,12 @@ class RegistryClient(BlobUploads):
             raise DigestMismatch(announced, digest, f"manifest {repository}:{reference}")
         return data, response.headers.get("Content-Type", ""), digest
 
+    def _too_slow(self, what: str, deadline: Deadline) -> RegistryTimeout:
+        return RegistryTimeout(
+            f"{self.host}: {what} did not arrive within {deadline.seconds:g} s "
+            "(the registry sends too slowly or stalled)"
+        )
+
     def fetch_blob(
         self,
         repository: str,
@@ -328,23 +474,68 @@ class RegistryClient(BlobUploads):
         size: int | None,
         blobs: ContentStore,
         progress: ProgressFn | None = None,
+        *,
+        small: bool = False,
     ) -> Descriptor:
-        """Stream a blob into the content store, verified; resume with Range if cut off."""
+        """Stream a blob into the content store, verified; resume with Range if cut off.
+
+        Cuts, stalls (no byte for ``stall_timeout``) and a registry that ignores the Range
+        count against one budget per blob (``retries``), so a registry that keeps failing
+        ends the download with a typed error however it fails. A ``small`` blob (a config)
+        is a document: the whole download must end within the deadline.
+        """
+        if small:
+            with Deadline(self.deadline) as deadline:
+                try:
+                    return self._fetch_blob(repository, digest, size, blobs, progress)
+                except RegistryUnavailable:
+                    if deadline.passed:
+                        raise self._too_slow(f"blob {digest}", deadline) from None
+                    raise
+        return self._fetch_blob(repository, digest, size, blobs, progress)
+
+    def _fetch_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int | None,
+        blobs: ContentStore,
+        progress: ProgressFn | None,
+    ) -> Descriptor:
         validate_digest(digest)
         scope = f"repository:{repository}:pull"
         path = f"/v2/{repository}/blobs/{digest}"
         cuts = 0
-        with blobs.writer(digest, size) as writer:
+
+        def another_try(reason: str) -> None:
+            nonlocal cuts
+            cuts += 1
+            if cuts > self.retries:
+                error = RegistryTimeout if "no data" in reason else RegistryUnavailable
+                raise error(
+                    f"{self.host}: download of {digest} kept failing ({cuts} attempts): {reason}"
+                )
+            time.sleep(self.backoff * 2 ** (cuts - 1))
+
+        writer = blobs.writer(digest, size)
+        try:
             while True:
-                headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
+                offset = writer.size
+                headers = {"Range": f"bytes={offset}-"} if offset else {}
                 response = self._request(
-                    "GET", path, scope=scope, headers=headers, stream=True, ok=(200, 206)
+                    "GET", path, scope=scope, headers=headers, ok=(200, 206), blob=True
                 )
                 with response:
-                    if writer.size and response.status_code == 200:
-                        # the server ignored the Range: start over from the first byte
+                    if offset and response.status_code == 200:
+                        # the server ignored the Range: this answer starts at the first byte
                         writer.abort()
-                        return self.fetch_blob(repository, digest, size, blobs, progress)
+                        writer = blobs.writer(digest, size)
+                        cuts += 1
+                        if cuts > self.retries:
+                            raise RegistryUnavailable(
+                                f"{self.host}: download of {digest} was cut {cuts} times and "
+                                "the registry will not resume it (it ignores Range requests)"
+                            )
                     try:
                         for chunk in response.iter_content(CHUNK):
                             writer.write(chunk)
@@ -355,22 +546,23 @@ class RegistryClient(BlobUploads):
                         requests.Timeout,
                         requests.exceptions.ChunkedEncodingError,
                     ) as exc:
-                        cuts += 1
-                        if cuts > self.retries:
-                            raise RegistryUnavailable(
-                                f"{self.host}: download of {digest} kept failing: {exc}"
-                            ) from exc
-                        time.sleep(self.backoff * 2 ** (cuts - 1))
+                        outer = current_deadline()
+                        if outer is not None and outer.passed:
+                            raise self._too_slow(f"blob {digest}", outer) from None
+                        stalled = any(
+                            isinstance(a, urllib3.exceptions.ReadTimeoutError) for a in exc.args
+                        )
+                        another_try(
+                            f"no data for {self.stall_timeout:g} s" if stalled else str(exc)
+                        )
                         continue
                 if size is not None and writer.size < size:
-                    cuts += 1
-                    if cuts > self.retries:
-                        raise RegistryUnavailable(
-                            f"{self.host}: download of {digest} stopped at {writer.size} "
-                            f"of {size} bytes"
-                        )
+                    another_try(f"the body stopped at {writer.size} of {size} bytes")
                     continue
                 return writer.commit()
+        finally:
+            if writer.descriptor is None:
+                writer.abort()
 
     @contextmanager
     def open_blob(self, repository: str, digest: str) -> Iterator[requests.Response]:
@@ -379,7 +571,7 @@ class RegistryClient(BlobUploads):
             "GET",
             f"/v2/{repository}/blobs/{digest}",
             scope=f"repository:{repository}:pull",
-            stream=True,
+            blob=True,
         )
         with response:
             yield response

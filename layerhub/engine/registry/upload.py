@@ -16,6 +16,7 @@ import requests
 from ..digest import sha256_bytes, validate_digest
 from ..errors import DigestMismatch, RegistryError, SizeMismatch
 from ..store import ContentStore
+from .limits import READ_ERRORS, Deadline
 from .scopes import push_scope
 
 CHUNK = 1 << 20
@@ -67,7 +68,7 @@ class BlobUploads:
 
     host: str
     timeout: float
-    _session: requests.Session
+    deadline: float
 
     def _request(self, method: str, path: str, *, scope: str, **kwargs: Any) -> requests.Response:
         raise NotImplementedError
@@ -76,6 +77,11 @@ class BlobUploads:
         raise NotImplementedError
 
     def _auth_header(self, scope: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _send(
+        self, method: str, url: str, *, headers: dict[str, str], timeout: float, **kwargs: Any
+    ) -> requests.Response:
         raise NotImplementedError
 
     # -- push ----------------------------------------------------------------------------------
@@ -207,12 +213,16 @@ class BlobUploads:
             raise DigestMismatch(digest, announced, f"blob pushed to {upload.repository}")
 
     def cancel_upload(self, upload: UploadSession) -> None:
-        """Drop an upload session (best effort: registries expire abandoned ones anyway)."""
+        """Drop an upload session (best effort: registries expire abandoned ones anyway).
+
+        One request, no redirect followed, its answer not read, done within the deadline; the
+        login goes with it only if the session lives on this registry's own origin.
+        """
         headers = {}
         if self._same_host(upload.location):
             headers = self._auth_header(push_scope(upload.repository))
-        with suppress(requests.RequestException):
-            self._session.delete(upload.location, headers=headers, timeout=self.timeout).close()
+        with suppress(*READ_ERRORS), Deadline(self.deadline):
+            self._send("DELETE", upload.location, headers=headers, timeout=self.timeout).close()
 
     def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
         """Upload a manifest under a tag or its digest; return its digest, checked against

@@ -25,7 +25,7 @@ from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
 from layerhub.engine.digest import chain_ids
-from layerhub.engine.errors import ArchiveError, ImageNotFound
+from layerhub.engine.errors import ArchiveError, ImageNotFound, RegistryAuthError
 from layerhub.engine.fsutil import tree_usage
 from layerhub.engine.manifest import (
     Descriptor,
@@ -49,15 +49,30 @@ def _client(registry: str, credentials: Credentials | None, insecure: bool) -> R
         insecure=insecure or None,  # None: loopback registries may still use plain HTTP
         retries=settings.LAYERHUB_REGISTRY_RETRIES,
         backoff=settings.LAYERHUB_REGISTRY_BACKOFF,
+        timeout=settings.LAYERHUB_REGISTRY_TIMEOUT,
+        deadline=settings.LAYERHUB_REGISTRY_DEADLINE,
+        stall_timeout=settings.LAYERHUB_REGISTRY_STALL_TIMEOUT,
     )
 
 
 def registry_client_for(*, registry: str) -> RegistryClient:
-    """A client for ``registry`` with the catalog's stored login, if there is one."""
+    """A client for ``registry`` with the catalog's stored login, if there is one.
+
+    A login stored under another SECRET_KEY cannot be decrypted: that is a RegistryAuthError
+    asking to log in again, not an anonymous attempt the registry would answer "denied".
+    """
     saved = RegistryCredential.objects.filter(host=registry).first()
     if saved is None:
         return _client(registry, None, False)
-    credentials = Credentials(saved.username, saved.get_password()) if saved.username else None
+    credentials = None
+    if saved.username:
+        password = saved.get_password()
+        if password is None:
+            raise RegistryAuthError(
+                f"the stored login for {registry} can no longer be read (SECRET_KEY changed?): "
+                f"log in to {registry} again"
+            )
+        credentials = Credentials(saved.username, password)
     return _client(registry, credentials, saved.insecure)
 
 
@@ -87,12 +102,13 @@ def image_pull(
     """Queue a pull of ``reference``; raises InvalidReference (or InvalidManifest for a bad
     platform) at once, before any job exists."""
     ref = parse_reference(reference)
-    plat = parse_platform(platform) if platform else Platform()
+    # no platform asked: an index gives linux/amd64, a single-platform image is taken as is
+    plat = str(parse_platform(platform)) if platform else ""
     return job_start(
         kind=Job.Kind.PULL,
         user=user,
         reference=str(ref),
-        params={"platform": str(plat)},
+        params={"platform": plat},
     )
 
 
@@ -104,7 +120,8 @@ def image_pull_run(*, job_id: int) -> None:
     if job.attempts > 1:  # a run after a crash: clear what the dead run left in tmp/
         get_store().sweep_tmp()
     ref = parse_reference(job.reference)
-    platform = parse_platform(job.params.get("platform") or "linux/amd64")
+    asked = job.params.get("platform")
+    platform = parse_platform(asked) if asked else None
     progress = JobProgress(job)
 
     def work() -> None:
@@ -236,7 +253,8 @@ class StoredImage:
 @transaction.atomic
 def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
     """Write (or find) the rows for an image whose blobs are all in the store, and point the
-    tags of ``refs`` at it (a tag that moved keeps the image it left)."""
+    tags of ``refs`` at it (a tag that moved keeps the image it left). The row keeps a
+    bounded summary of the config; the config itself is in the blob store."""
     config = resolved.config
     image, _ = Image.objects.get_or_create(
         manifest_digest=resolved.manifest_digest,
@@ -248,7 +266,7 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
             "architecture": config.platform.architecture,
             "variant": config.platform.variant or "",
             "created": _created(config.created),
-            "config": config.doc,
+            "config": config.summary,
         },
     )
     if not image.image_layers.exists():
