@@ -1,19 +1,22 @@
-"""Small filesystem helpers the store needs: durable renames, locks, in-flight temp entries."""
+"""Small filesystem helpers the store needs: durable renames, locks, in-flight temp entries,
+and walks and removals that are iterative and stop at mount points."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import fcntl
+import logging
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -23,6 +26,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer could still use on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def total_bytes(path: str | os.PathLike[str]) -> int:
+    """Size of the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
 
 
 def syncfs(path: Path) -> None:
@@ -40,26 +55,228 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
+class MountInTheWay(OSError):
+    """A removal or walk met a mount point and stopped there instead of going through it.
+
+    Not a user's error: something mounted inside the store (a leftover overlay of an
+    interrupted command) that must be unmounted before the tree around it can go.
+    """
+
+    def __init__(self, mount_points: list[str]) -> None:
+        super().__init__(
+            errno.EBUSY, "a live mount is in the way (not removed through it)", mount_points[0]
+        )
+        self.mount_points = mount_points
+
+
+class _Statx(ctypes.Structure):
+    # the head of struct statx; the kernel writes at most 256 bytes
+    _fields_ = [
+        ("stx_mask", ctypes.c_uint32),
+        ("stx_blksize", ctypes.c_uint32),
+        ("stx_attributes", ctypes.c_uint64),
+        ("stx_nlink", ctypes.c_uint32),
+        ("stx_uid", ctypes.c_uint32),
+        ("stx_gid", ctypes.c_uint32),
+        ("stx_mode", ctypes.c_uint16),
+        ("_spare0", ctypes.c_uint16),
+        ("stx_ino", ctypes.c_uint64),
+        ("stx_size", ctypes.c_uint64),
+        ("stx_blocks", ctypes.c_uint64),
+        ("stx_attributes_mask", ctypes.c_uint64),
+        ("_rest", ctypes.c_uint8 * 192),
+    ]
+
+
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_ATTR_MOUNT_ROOT = 0x2000
+_statx = getattr(_libc, "statx", None)
+if _statx is not None:
+    _statx.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_Statx),
+    ]
+
+
+def is_mount_root(path: str | os.PathLike[str], st: os.stat_result | None = None) -> bool:
+    """Whether ``path`` (not followed if a symlink) is the root of a mount.
+
+    statx's STATX_ATTR_MOUNT_ROOT also sees a bind mount of a directory of the same file
+    system, which a ``st_dev`` comparison cannot; without it (old kernels) fall back to
+    comparing with the parent directory as ``os.path.ismount`` does.
+    """
+    if _statx is not None:
+        buf = _Statx()
+        found = _statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, 0, ctypes.byref(buf))
+        if found == 0 and buf.stx_attributes_mask & _STATX_ATTR_MOUNT_ROOT:
+            return bool(buf.stx_attributes & _STATX_ATTR_MOUNT_ROOT)
+    st = st or os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    parent = os.lstat(os.path.join(path, os.pardir))
+    return parent.st_dev != st.st_dev or parent.st_ino == st.st_ino
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo octal escapes
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_points_under(path: str | os.PathLike[str]) -> list[str]:
+    """Mount points (in this process's mount namespace) at ``path`` or below it, deepest
+    first, so unmounting them in this order never meets a busy parent."""
+    base = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = _unescape_mountinfo(line.split()[4])
+            if point == base or point.startswith(base.rstrip("/") + "/"):
+                found.append(point)
+    return sorted(set(found), key=lambda p: (-p.count("/"), p))
+
+
+def _umount2(target: str, flags: int) -> None:
+    if _libc.umount2(os.fsencode(target), flags | _UMOUNT_NOFOLLOW) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+_MNT_DETACH = 2
+_UMOUNT_NOFOLLOW = 8
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def unmount_under(path: str | os.PathLike[str]) -> list[str]:
+    """Unmount everything mounted at or below ``path``; return the mount points that were.
+
+    A busy mount is detached (MNT_DETACH): it leaves the tree at once and the kernel frees it
+    when its last user goes, so nothing below ``path`` is reachable through it afterwards. The
+    mounted file system's own content is never touched. Raises OSError if one cannot go.
+    """
+    done: list[str] = []
+    for _ in range(8):  # mounts stacked on one point come off one per pass
+        points = mount_points_under(path)
+        if not points:
+            return done
+        for point in points:
+            try:
+                _umount2(point, 0)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # no longer a mount point
+                    continue
+                if exc.errno != errno.EBUSY:
+                    raise
+                _umount2(point, _MNT_DETACH)
+            done.append(point)
+    left = mount_points_under(path)
+    if left:
+        raise MountInTheWay(left)
+    return done
+
+
+def _make_writable(path: str, mode: int) -> None:
+    # A tree unpacked from a layer may hold read-only directories; root ignores that, anyone
+    # else must make them writable before emptying them.
+    if mode & 0o700 != 0o700 and os.geteuid() != 0:
+        os.chmod(path, 0o700, follow_symlinks=False)
+
+
 def remove_path(path: str | os.PathLike[str]) -> None:
-    """Remove a file, symlink or whole directory tree; a missing path is fine."""
+    """Remove a file, symlink or whole directory tree; a missing path is fine.
+
+    Iterative (a layer can be thousands of directories deep), never follows a symlink, and
+    never goes into a mount point (another ``st_dev``, or a mount root of the same file
+    system): everything around a mount is removed, the mount and its content stay, and
+    MountInTheWay names it.
+    """
+    top = os.fspath(path)
     try:
-        st = os.lstat(path)
+        st = os.lstat(top)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        # A tree unpacked from a layer may hold read-only directories: make them writable first.
-        def onerror(func: object, p: str, exc: object) -> None:
-            parent = os.path.dirname(p)
-            os.chmod(parent, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-                shutil.rmtree(p, onerror=onerror)
-            else:
-                os.unlink(p)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(top)
+        return
+    if is_mount_root(top, st):
+        raise MountInTheWay([top])
+    device = st.st_dev
+    blocked: list[str] = []
+    # (directory, its mode, listed yet): a directory is removed once all it held is gone
+    stack: list[tuple[str, int, bool]] = [(top, st.st_mode, False)]
+    while stack:
+        directory, mode, listed = stack.pop()
+        if listed:
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                inside = directory.rstrip("/") + "/"
+                if not (
+                    exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY)
+                    and any(b.startswith(inside) for b in blocked)
+                ):
+                    raise
+            continue
+        _make_writable(directory, mode)
+        stack.append((directory, mode, True))
+        try:
+            entries = os.scandir(directory)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    est = entry.stat(follow_symlinks=False)
+                    if est.st_dev != device or is_mount_root(entry.path, est):
+                        blocked.append(entry.path)
+                        continue
+                    stack.append((entry.path, est.st_mode, False))
+                else:
+                    with suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+    if blocked:
+        raise MountInTheWay(blocked)
 
-        shutil.rmtree(path, onerror=onerror)
-    else:
-        os.unlink(path)
+
+def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
+    """Every entry below ``root`` with its lstat, iteratively, in no particular order.
+
+    Symlinks are reported, never followed; a directory that is a mount point (another
+    ``st_dev`` or a mount root) is reported but not entered.
+    """
+    top = os.fspath(root)
+    device = os.lstat(top).st_dev
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = os.scandir(directory)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                yield entry, st
+                if (
+                    stat.S_ISDIR(st.st_mode)
+                    and st.st_dev == device
+                    and not is_mount_root(entry.path, st)
+                ):
+                    stack.append(entry.path)
 
 
 @contextmanager
@@ -113,9 +330,23 @@ class TempEntry:
             self.fd = -1
 
 
-def sweep_tmp(tmp: Path) -> int:
-    """Remove every entry in ``tmp`` that no live process holds; return how many."""
-    removed = 0
+@dataclass
+class SweepReport:
+    """What a sweep of ``tmp/`` did: entries removed, mounts taken off, entries left alone."""
+
+    removed: int = 0
+    unmounted: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+def sweep(tmp: Path) -> SweepReport:
+    """Remove every entry in ``tmp`` that no live process holds.
+
+    A mount left under an entry (an overlay of a command that was killed) is unmounted first,
+    never emptied through: its content usually is a container's writable layer. One that
+    cannot be unmounted is left, with its entry, and named in the report (and the log).
+    """
+    report = SweepReport()
     for entry in tmp.iterdir():
         try:
             fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -125,36 +356,52 @@ def sweep_tmp(tmp: Path) -> int:
             if exc.errno != errno.ELOOP:
                 raise
             entry.unlink(missing_ok=True)
-            removed += 1
+            report.removed += 1
             continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            remove_path(entry)
-            removed += 1
+            try:
+                report.unmounted += unmount_under(entry)
+                remove_path(entry)
+            except OSError as exc:
+                # MountInTheWay, or a mount that would not come off: leave the entry whole
+                report.left.append(f"{entry}: a live mount ({exc.strerror})")
+                log.warning("left %s: a live mount (%s)", entry, exc.strerror)
+                continue
+            report.removed += 1
         finally:
             os.close(fd)
-    return removed
+    return report
 
 
-def tree_usage(root: Path) -> tuple[int, int]:
+def sweep_tmp(tmp: Path) -> int:
+    """Remove every entry in ``tmp`` that no live process holds; return how many (see sweep)."""
+    return sweep(tmp).removed
+
+
+def tree_usage(root: Path, *, seen: set[tuple[int, int]] | None = None) -> tuple[int, int]:
     """(bytes, files) under ``root``: bytes of regular files, each hardlinked inode once, and
-    the number of entries that are not directories (as a layer's size and file count)."""
-    seen: set[tuple[int, int]] = set()
+    the number of entries that are not directories (as a layer's size and file count).
+
+    ``seen`` carries hardlinked inodes across calls, to count one inode once over many trees.
+    Iterative, never follows a symlink, never enters a mount point.
+    """
+    seen = set() if seen is None else seen
     total = 0
     files = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            st = os.lstat(os.path.join(dirpath, name))
-            files += 1
-            if not stat.S_ISREG(st.st_mode):
+    for _entry, st in walk_tree(root):
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        files += 1
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
                 continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_size
+            seen.add(key)
+        total += st.st_size
     return total, files
