@@ -139,3 +139,11 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+# -- The layer store's free space ---------------------------------------------------------------
+# Unpacks and blob writes stop (StoreFull) before the store's file system has less free than
+# this: a size (2GiB, 500M, bytes) or a share of the disk (5%). Default: the larger of 1 GiB
+# and 5% of the file system.
+from layerhub.env import env_reserve  # noqa: E402 - kept with the setting it reads
+
+LAYERHUB_STORE_RESERVE = env_reserve("LAYERHUB_STORE_RESERVE")

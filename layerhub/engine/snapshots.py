@@ -117,7 +117,12 @@ class SnapshotStore:
                 return SnapshotResult(tree, None)
             self.check_free()
             # mkdtemp makes it 0700, and it keeps that mode once renamed into snapshots/
-            work = fsutil.TempEntry(self.tmp, "unpack-", directory=True)
+            try:
+                work = fsutil.TempEntry(self.tmp, "unpack-", directory=True)
+            except OSError as exc:
+                if exc.errno in DISK_FULL:
+                    raise StoreFull(self._free(), 0) from exc
+                raise
             try:
                 try:
                     os.mkdir(work.path / TREE, 0o700)

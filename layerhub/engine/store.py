@@ -102,7 +102,12 @@ class BlobWriter:
         self._expected_size = expected_size
         store.check_free()
         self._next_check = FREE_CHECK_BYTES
-        self._tmp = fsutil.TempEntry(store.tmp, "blob-", directory=False)
+        try:
+            self._tmp = fsutil.TempEntry(store.tmp, "blob-", directory=False)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise store.full() from exc
+            raise
         self._file = io.FileIO(self._tmp.fd, "wb", closefd=False)
         self._digester = Digester()
         self.descriptor: Descriptor | None = None
