@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,20 +187,109 @@ def unmount_under(path: str | os.PathLike[str]) -> list[str]:
     return done
 
 
-def _make_writable(path: str, mode: int) -> None:
-    # A tree unpacked from a layer may hold read-only directories; root ignores that, anyone
-    # else must make them writable before emptying them.
-    if mode & 0o700 != 0o700 and os.geteuid() != 0:
-        os.chmod(path, 0o700, follow_symlinks=False)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _mount_root_at(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` in ``dir_fd`` is a mount root (False where statx cannot say: the
+    callers compare ``st_dev`` as well)."""
+    if _statx is None:
+        return False
+    buf = _Statx()
+    if _statx(dir_fd, os.fsencode(name), _AT_SYMLINK_NOFOLLOW, 0, ctypes.byref(buf)) != 0:
+        return False
+    return bool(buf.stx_attributes_mask & buf.stx_attributes & _STATX_ATTR_MOUNT_ROOT)
+
+
+def _unlocked(mode: int) -> bool:
+    # Root reads and empties any directory; anyone else needs rwx on it first (a tree
+    # unpacked from a layer may hold read-only directories).
+    return os.geteuid() == 0 or mode & 0o700 == 0o700
+
+
+class _Walk:
+    """A depth-first walk of one directory tree holding a single directory fd at a time.
+
+    Every lookup is relative to the directory being read, so the walk costs the same at any
+    depth, reaches trees deeper than PATH_MAX, and keeps one fd open however deep it goes;
+    climbing back up opens ``..`` and checks it is the directory it came from. Directories on
+    another ``st_dev``, or that are mount roots, are reported and never entered.
+    """
+
+    def __init__(self, top: str, st: os.stat_result) -> None:
+        self.top = top
+        self.device = st.st_dev
+        self.blocked: list[str] = []
+        if not _unlocked(st.st_mode):
+            os.chmod(top, 0o700)
+        self.fd = os.open(top, _DIR_FLAGS)
+        self.names: list[str] = []
+        # per level: the directory's identity and the subdirectories still to visit
+        self.levels: list[tuple[tuple[int, int], list[str]]] = []
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.top, *self.names, name)
+
+    def read(self, on_entry: Callable[[str, os.stat_result], None]) -> None:
+        """List the current directory: every entry goes to ``on_entry``; subdirectories
+        to enter are queued."""
+        st = os.fstat(self.fd)
+        subdirs: list[str] = []
+        with os.scandir(self.fd) as entries:
+            for entry in entries:
+                est = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode):
+                    if est.st_dev != self.device or _mount_root_at(self.fd, entry.name):
+                        self.blocked.append(self.path(entry.name))
+                        continue
+                    subdirs.append(entry.name)
+                on_entry(entry.name, est)
+        self.levels.append(((st.st_dev, st.st_ino), subdirs))
+
+    def descend(self) -> bool:
+        """Enter the next queued subdirectory of the current one; False when none is left."""
+        subdirs = self.levels[-1][1]
+        while subdirs:
+            name = subdirs.pop()
+            try:
+                st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                if not _unlocked(st.st_mode):
+                    os.chmod(name, 0o700, dir_fd=self.fd)
+                child = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+            except FileNotFoundError:
+                continue
+            os.close(self.fd)
+            self.fd = child
+            self.names.append(name)
+            return True
+        return False
+
+    def climb(self) -> str | None:
+        """Leave the current directory for its parent; return the name left (None at top)."""
+        self.levels.pop()
+        if not self.names:
+            return None
+        parent = os.open("..", _DIR_FLAGS, dir_fd=self.fd)
+        st = os.fstat(parent)
+        if (st.st_dev, st.st_ino) != self.levels[-1][0]:
+            os.close(parent)
+            raise OSError(errno.ESTALE, "directory moved during the walk", self.path(""))
+        os.close(self.fd)
+        self.fd = parent
+        return self.names.pop()
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def remove_path(path: str | os.PathLike[str]) -> None:
     """Remove a file, symlink or whole directory tree; a missing path is fine.
 
-    Iterative (a layer can be thousands of directories deep), never follows a symlink, and
-    never goes into a mount point (another ``st_dev``, or a mount root of the same file
-    system): everything around a mount is removed, the mount and its content stay, and
-    MountInTheWay names it.
+    Iterative at any depth (see _Walk), never follows a symlink, and never goes into a mount
+    point (another ``st_dev``, or a mount root of the same file system): everything around a
+    mount is removed, the mount and its content stay, and MountInTheWay names it.
     """
     top = os.fspath(path)
     try:
@@ -212,71 +301,67 @@ def remove_path(path: str | os.PathLike[str]) -> None:
         return
     if is_mount_root(top, st):
         raise MountInTheWay([top])
-    device = st.st_dev
-    blocked: list[str] = []
-    # (directory, its mode, listed yet): a directory is removed once all it held is gone
-    stack: list[tuple[str, int, bool]] = [(top, st.st_mode, False)]
-    while stack:
-        directory, mode, listed = stack.pop()
-        if listed:
-            try:
-                os.rmdir(directory)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                inside = directory.rstrip("/") + "/"
-                if not (
-                    exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY)
-                    and any(b.startswith(inside) for b in blocked)
-                ):
-                    raise
-            continue
-        _make_writable(directory, mode)
-        stack.append((directory, mode, True))
-        try:
-            entries = os.scandir(directory)
-        except FileNotFoundError:
-            continue
-        with entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    est = entry.stat(follow_symlinks=False)
-                    if est.st_dev != device or is_mount_root(entry.path, est):
-                        blocked.append(entry.path)
-                        continue
-                    stack.append((entry.path, est.st_mode, False))
-                else:
-                    with suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-    if blocked:
-        raise MountInTheWay(blocked)
+    walk = _Walk(top, st)
+    try:
+
+        def unlink(name: str, est: os.stat_result) -> None:
+            if not stat.S_ISDIR(est.st_mode):
+                with suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=walk.fd)
+
+        walk.read(unlink)
+        while walk.levels:
+            if walk.descend():
+                walk.read(unlink)
+                continue
+            name = walk.climb()
+            if name is not None:
+                _rmdir(name, walk.fd, walk.path(name), walk.blocked)
+    finally:
+        walk.close()
+    _rmdir(top, None, top, walk.blocked)
+    if walk.blocked:
+        raise MountInTheWay(walk.blocked)
 
 
-def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
-    """Every entry below ``root`` with its lstat, iteratively, in no particular order.
+def _rmdir(name: str, dir_fd: int | None, path: str, blocked: list[str]) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        # a directory still holding a mount we did not go through stays, and says why later
+        inside = path.rstrip("/") + "/"
+        busy = exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY)
+        if not (busy and any(b.startswith(inside) for b in blocked)):
+            raise
+
+
+def walk_tree(root: str | os.PathLike[str]) -> Iterator[os.stat_result]:
+    """The lstat of every entry below ``root``, iteratively, in no particular order.
 
     Symlinks are reported, never followed; a directory that is a mount point (another
-    ``st_dev`` or a mount root) is reported but not entered.
+    ``st_dev`` or a mount root) is neither reported nor entered.
     """
     top = os.fspath(root)
-    device = os.lstat(top).st_dev
-    stack = [top]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = os.scandir(directory)
-        except FileNotFoundError:
-            continue
-        with entries:
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                yield entry, st
-                if (
-                    stat.S_ISDIR(st.st_mode)
-                    and st.st_dev == device
-                    and not is_mount_root(entry.path, st)
-                ):
-                    stack.append(entry.path)
+    walk = _Walk(top, os.lstat(top))
+    found: list[os.stat_result] = []
+
+    def collect(name: str, st: os.stat_result) -> None:
+        found.append(st)
+
+    try:
+        walk.read(collect)
+        while walk.levels:
+            yield from found
+            found.clear()
+            if walk.descend():
+                walk.read(collect)
+            else:
+                walk.climb()
+        yield from found
+    finally:
+        walk.close()
 
 
 @contextmanager
@@ -392,7 +477,7 @@ def tree_usage(root: Path, *, seen: set[tuple[int, int]] | None = None) -> tuple
     seen = set() if seen is None else seen
     total = 0
     files = 0
-    for _entry, st in walk_tree(root):
+    for st in walk_tree(root):
         if stat.S_ISDIR(st.st_mode):
             continue
         files += 1

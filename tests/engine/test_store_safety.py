@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from layerhub.engine import fsutil, snapshots
-from layerhub.engine.apply import ApplyLimits, ApplyResult
+from layerhub.engine.apply import ApplyLimits, ApplyResult, apply_layer
 from layerhub.engine.digest import sha256_bytes
 from layerhub.engine.errors import StoreFull, StoreLayoutError
 from layerhub.engine.store import (
@@ -264,10 +264,16 @@ def deep_dir(base: Path, depth: int) -> Path:
     return Path(path)
 
 
-def test_a_deep_layer_is_measured_removed_and_swept(oci_store: Store, kit: Kit) -> None:
-    layer = deep_tar(kit, DEPTH)
-    cid = sha256_bytes(layer)
-    oci_store.snapshots.unpack(cid, io.BytesIO(layer), diff_id=cid)
+def test_a_deep_snapshot_is_measured_removed_and_swept(oci_store: Store, kit: Kit) -> None:
+    # what unpacking a legal 1,100-deep layer leaves (made directly: the walks are under test)
+    cid = sha256_bytes(b"deep")
+
+    def fill(tree: Path) -> ApplyResult:
+        result = apply_layer(io.BytesIO(kit.tar([])), tree, whiteouts=oci_store.whiteouts)
+        deep_dir(tree / "dd", DEPTH)
+        return result
+
+    oci_store.snapshots.build(cid, fill)
     usage = oci_store.usage()
     assert (usage.snapshot_count, usage.snapshot_bytes) == (1, 4)
     assert fsutil.tree_usage(oci_store.snapshots.path(cid)) == (4, 1)
@@ -278,6 +284,34 @@ def test_a_deep_layer_is_measured_removed_and_swept(oci_store: Store, kit: Kit) 
     deep_dir(oci_store.tmp / "unpack-crashed", DEPTH)
     assert oci_store.sweep_tmp() == 1
     assert os.listdir(oci_store.tmp) == []
+
+
+def test_a_deep_layer_unpacks_and_is_measured(oci_store: Store, kit: Kit) -> None:
+    layer = deep_tar(kit, 300)  # through the layer reader, shallower to stay quick
+    cid = sha256_bytes(layer)
+    oci_store.snapshots.unpack(cid, io.BytesIO(layer), diff_id=cid)
+    assert fsutil.tree_usage(oci_store.snapshots.path(cid)) == (4, 1)
+    assert oci_store.snapshots.remove(cid)
+
+
+def test_a_tree_deeper_than_path_max_is_removed(tmp_path: Path) -> None:
+    # a container can build one with relative paths; the store must still be able to delete it
+    top = tmp_path / "upper"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    name = "n" * 200
+    try:
+        for _ in range(40):  # 8,000 bytes of path, twice PATH_MAX
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    assert fsutil.tree_usage(top) == (0, 1)
+    fsutil.remove_path(top)
+    assert not top.exists()
 
 
 def test_usage_counts_a_hardlinked_inode_once_and_follows_no_symlink(
