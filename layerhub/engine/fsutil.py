@@ -216,11 +216,13 @@ class _Walk:
     another ``st_dev``, or that are mount roots, are reported and never entered.
     """
 
-    def __init__(self, top: str, st: os.stat_result) -> None:
+    def __init__(self, top: str, st: os.stat_result, *, unlock: bool) -> None:
         self.top = top
         self.device = st.st_dev
         self.blocked: list[str] = []
-        if not _unlocked(st.st_mode):
+        # a removal makes read-only directories usable; a measurement leaves them as they are
+        self.unlock = unlock
+        if unlock and not _unlocked(st.st_mode):
             os.chmod(top, 0o700)
         self.fd = os.open(top, _DIR_FLAGS)
         self.names: list[str] = []
@@ -255,11 +257,15 @@ class _Walk:
                 st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
                     continue
-                if not _unlocked(st.st_mode):
+                if self.unlock and not _unlocked(st.st_mode):
                     os.chmod(name, 0o700, dir_fd=self.fd)
                 child = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
             except FileNotFoundError:
                 continue
+            except PermissionError:
+                if self.unlock:
+                    raise
+                continue  # not ours to read: measured as far as we can see
             os.close(self.fd)
             self.fd = child
             self.names.append(name)
@@ -301,7 +307,7 @@ def remove_path(path: str | os.PathLike[str]) -> None:
         return
     if is_mount_root(top, st):
         raise MountInTheWay([top])
-    walk = _Walk(top, st)
+    walk = _Walk(top, st, unlock=True)
     try:
 
         def unlink(name: str, est: os.stat_result) -> None:
@@ -344,7 +350,7 @@ def walk_tree(root: str | os.PathLike[str]) -> Iterator[os.stat_result]:
     ``st_dev`` or a mount root) is neither reported nor entered.
     """
     top = os.fspath(root)
-    walk = _Walk(top, os.lstat(top))
+    walk = _Walk(top, os.lstat(top), unlock=False)
     found: list[os.stat_result] = []
 
     def collect(name: str, st: os.stat_result) -> None:
