@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from layerhub.engine import fsutil, snapshots
+from layerhub.engine import fsutil, mounts, snapshots
 from layerhub.engine.apply import ApplyLimits, ApplyResult, apply_layer
 from layerhub.engine.digest import sha256_bytes
 from layerhub.engine.errors import StoreFull, StoreLayoutError
@@ -410,7 +410,7 @@ def test_a_mount_that_will_not_come_off_is_left_and_reported(
     def refuse(target: str, flags: int) -> None:
         raise OSError(errno.EPERM, os.strerror(errno.EPERM), target)
 
-    monkeypatch.setattr(fsutil, "_umount2", refuse)
+    monkeypatch.setattr(mounts, "_umount2", refuse)
     report = store.sweep()
     assert report.removed == 0
     assert report.left == [f"{leftover}: a live mount (Operation not permitted)"]
