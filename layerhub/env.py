@@ -6,6 +6,7 @@ variable and the bad value, not quietly fall back to a default nobody asked for.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -15,6 +16,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from layerhub.engine.store import DEFAULT_RESERVE, StoreReserve
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -189,3 +192,64 @@ def env_secret_key(name: str, *, debug: bool, environ: Mapping[str, str] | None 
     if not debug and raw == DEV_SECRET_KEY:
         raise ImproperlyConfigured(f"{name} is the development key; set a real one")
     return raw
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", re.ASCII)
+_PERCENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*%", re.ASCII)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1073741824``, ``500M``, ``500MB`` (powers of 1000) or ``2GiB`` (of 1024).
+
+    Raises ValueError on anything else.
+    """
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size")
+    value = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not math.isfinite(value) or value >= 1 << 63:
+        raise ValueError(f"{text!r} is too large")
+    return int(value)
+
+
+def env_reserve(
+    name: str,
+    default: StoreReserve = DEFAULT_RESERVE,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> StoreReserve:
+    """Free space to keep on the store's file system: a size (``2GiB``, ``500M``,
+    ``1073741824``; ``0`` for none) or a percentage of the file system (``5%``)."""
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    word = raw.strip()
+    percent = _PERCENT.fullmatch(word)
+    if percent is not None:
+        value = float(percent.group(1))
+        if value >= 100:
+            raise ImproperlyConfigured(f"{name}={raw!r}: a reserve must be below 100%")
+        return StoreReserve(percent=value)
+    try:
+        return StoreReserve(bytes=parse_size(word))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a size or a percentage: use bytes (1073741824), "
+            "a unit (500M, 2GiB) or a share of the disk (5%)"
+        ) from None

@@ -19,6 +19,7 @@ from layerhub.env import (
     env_list,
     env_name,
     env_path,
+    env_reserve,
     env_seconds,
     env_secret_key,
     env_url,
@@ -202,27 +203,15 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 # -- registry client timings (each an environment variable, in seconds) -----------------------
-
-
-def _env_seconds(name: str, default: float) -> float:
-    """A positive number of seconds from the environment, or ImproperlyConfigured."""
-    from django.core.exceptions import ImproperlyConfigured
-
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a positive number of seconds")
-    return value
-
-
 # connecting, and each read of a small exchange
-LAYERHUB_REGISTRY_TIMEOUT = _env_seconds("LAYERHUB_REGISTRY_TIMEOUT", 30.0)
+LAYERHUB_REGISTRY_TIMEOUT = env_seconds("LAYERHUB_REGISTRY_TIMEOUT", 30.0)
 # a whole small exchange (a manifest, a token, an error body) must end within this
-LAYERHUB_REGISTRY_DEADLINE = _env_seconds("LAYERHUB_REGISTRY_DEADLINE", 30.0)
+LAYERHUB_REGISTRY_DEADLINE = env_seconds("LAYERHUB_REGISTRY_DEADLINE", 30.0)
 # a blob download or upload fails when no byte moves for this long
-LAYERHUB_REGISTRY_STALL_TIMEOUT = _env_seconds("LAYERHUB_REGISTRY_STALL_TIMEOUT", 60.0)
+LAYERHUB_REGISTRY_STALL_TIMEOUT = env_seconds("LAYERHUB_REGISTRY_STALL_TIMEOUT", 60.0)
+
+# -- The layer store's free space ---------------------------------------------------------------
+# Unpacks and blob writes stop (StoreFull) before the store's file system has less free than
+# this: a size (2GiB, 500M, bytes) or a share of the disk (5%). Default: the larger of 1 GiB
+# and 5% of the file system.
+LAYERHUB_STORE_RESERVE = env_reserve("LAYERHUB_STORE_RESERVE")

@@ -99,6 +99,11 @@ class StoreFull(LayerhubError):
         self.reserve = reserve
 
 
+class StoreLayoutError(LayerhubError):
+    """A store whose layout on disk this version cannot use as it is (an older layout that must
+    be migrated first, or one written by a newer version)."""
+
+
 class PathNotFound(LayerhubError):
     """A path that does not exist in an image or container view."""
 

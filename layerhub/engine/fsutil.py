@@ -1,19 +1,29 @@
-"""Small filesystem helpers the store needs: durable renames, locks, in-flight temp entries."""
+"""Small filesystem helpers the store needs: durable renames, locks, in-flight temp entries,
+and walks and removals that are iterative and stop at mount points."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import fcntl
+import logging
 import os
-import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .mounts import MountInTheWay as MountInTheWay
+from .mounts import is_mount_root as is_mount_root
+from .mounts import mount_points_under as mount_points_under
+from .mounts import mount_root_at
+from .mounts import unmount_under as unmount_under
+
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger(__name__)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def fsync_dir(path: Path) -> None:
@@ -23,6 +33,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer could still use on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def total_bytes(path: str | os.PathLike[str]) -> int:
+    """Size of the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
 
 
 def syncfs(path: Path) -> None:
@@ -40,26 +62,173 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def _unlocked(mode: int) -> bool:
+    # Root reads and empties any directory; anyone else needs rwx on it first (a tree
+    # unpacked from a layer may hold read-only directories).
+    return os.geteuid() == 0 or mode & 0o700 == 0o700
+
+
+class _Walk:
+    """A depth-first walk of one directory tree holding a single directory fd at a time.
+
+    Every lookup is relative to the directory being read, so the walk costs the same at any
+    depth, reaches trees deeper than PATH_MAX, and keeps one fd open however deep it goes;
+    climbing back up opens ``..`` and checks it is the directory it came from. Directories on
+    another ``st_dev``, or that are mount roots, are reported and never entered.
+    """
+
+    def __init__(self, top: str, st: os.stat_result, *, unlock: bool) -> None:
+        self.top = top
+        self.device = st.st_dev
+        self.blocked: list[str] = []
+        # a removal makes read-only directories usable; a measurement leaves them as they are
+        self.unlock = unlock
+        if unlock and not _unlocked(st.st_mode):
+            os.chmod(top, 0o700)
+        self.fd = os.open(top, _DIR_FLAGS)
+        self.names: list[str] = []
+        # per level: the directory's identity and the subdirectories still to visit
+        self.levels: list[tuple[tuple[int, int], list[str]]] = []
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.top, *self.names, name)
+
+    def read(self, on_entry: Callable[[str, os.stat_result], None]) -> None:
+        """List the current directory: every entry goes to ``on_entry``; subdirectories
+        to enter are queued."""
+        st = os.fstat(self.fd)
+        subdirs: list[str] = []
+        with os.scandir(self.fd) as entries:
+            for entry in entries:
+                est = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(est.st_mode):
+                    if est.st_dev != self.device or mount_root_at(self.fd, entry.name):
+                        self.blocked.append(self.path(entry.name))
+                        continue
+                    subdirs.append(entry.name)
+                on_entry(entry.name, est)
+        self.levels.append(((st.st_dev, st.st_ino), subdirs))
+
+    def descend(self) -> bool:
+        """Enter the next queued subdirectory of the current one; False when none is left."""
+        subdirs = self.levels[-1][1]
+        while subdirs:
+            name = subdirs.pop()
+            try:
+                st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                if self.unlock and not _unlocked(st.st_mode):
+                    os.chmod(name, 0o700, dir_fd=self.fd)
+                child = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                if self.unlock:
+                    raise
+                continue  # not ours to read: measured as far as we can see
+            os.close(self.fd)
+            self.fd = child
+            self.names.append(name)
+            return True
+        return False
+
+    def climb(self) -> str | None:
+        """Leave the current directory for its parent; return the name left (None at top)."""
+        self.levels.pop()
+        if not self.names:
+            return None
+        parent = os.open("..", _DIR_FLAGS, dir_fd=self.fd)
+        st = os.fstat(parent)
+        if (st.st_dev, st.st_ino) != self.levels[-1][0]:
+            os.close(parent)
+            raise OSError(errno.ESTALE, "directory moved during the walk", self.path(""))
+        os.close(self.fd)
+        self.fd = parent
+        return self.names.pop()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def remove_path(path: str | os.PathLike[str]) -> None:
-    """Remove a file, symlink or whole directory tree; a missing path is fine."""
+    """Remove a file, symlink or whole directory tree; a missing path is fine.
+
+    Iterative at any depth (see _Walk), never follows a symlink, and never goes into a mount
+    point (another ``st_dev``, or a mount root of the same file system): everything around a
+    mount is removed, the mount and its content stay, and MountInTheWay names it.
+    """
+    top = os.fspath(path)
     try:
-        st = os.lstat(path)
+        st = os.lstat(top)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        # A tree unpacked from a layer may hold read-only directories: make them writable first.
-        def onerror(func: object, p: str, exc: object) -> None:
-            parent = os.path.dirname(p)
-            os.chmod(parent, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-                shutil.rmtree(p, onerror=onerror)
-            else:
-                os.unlink(p)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(top)
+        return
+    if is_mount_root(top, st):
+        raise MountInTheWay([top])
+    walk = _Walk(top, st, unlock=True)
+    try:
 
-        shutil.rmtree(path, onerror=onerror)
-    else:
-        os.unlink(path)
+        def unlink(name: str, est: os.stat_result) -> None:
+            if not stat.S_ISDIR(est.st_mode):
+                with suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=walk.fd)
+
+        walk.read(unlink)
+        while walk.levels:
+            if walk.descend():
+                walk.read(unlink)
+                continue
+            name = walk.climb()
+            if name is not None:
+                _rmdir(name, walk.fd, walk.path(name), walk.blocked)
+    finally:
+        walk.close()
+    _rmdir(top, None, top, walk.blocked)
+    if walk.blocked:
+        raise MountInTheWay(walk.blocked)
+
+
+def _rmdir(name: str, dir_fd: int | None, path: str, blocked: list[str]) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        # a directory still holding a mount we did not go through stays, and says why later
+        inside = path.rstrip("/") + "/"
+        busy = exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY)
+        if not (busy and any(b.startswith(inside) for b in blocked)):
+            raise
+
+
+def walk_tree(root: str | os.PathLike[str]) -> Iterator[os.stat_result]:
+    """The lstat of every entry below ``root``, iteratively, in no particular order.
+
+    Symlinks are reported, never followed; a directory that is a mount point (another
+    ``st_dev`` or a mount root) is neither reported nor entered.
+    """
+    top = os.fspath(root)
+    walk = _Walk(top, os.lstat(top), unlock=False)
+    found: list[os.stat_result] = []
+
+    def collect(name: str, st: os.stat_result) -> None:
+        found.append(st)
+
+    try:
+        walk.read(collect)
+        while walk.levels:
+            yield from found
+            found.clear()
+            if walk.descend():
+                walk.read(collect)
+            else:
+                walk.climb()
+        yield from found
+    finally:
+        walk.close()
 
 
 @contextmanager
@@ -113,9 +282,23 @@ class TempEntry:
             self.fd = -1
 
 
-def sweep_tmp(tmp: Path) -> int:
-    """Remove every entry in ``tmp`` that no live process holds; return how many."""
-    removed = 0
+@dataclass
+class SweepReport:
+    """What a sweep of ``tmp/`` did: entries removed, mounts taken off, entries left alone."""
+
+    removed: int = 0
+    unmounted: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+def sweep(tmp: Path) -> SweepReport:
+    """Remove every entry in ``tmp`` that no live process holds.
+
+    A mount left under an entry (an overlay of a command that was killed) is unmounted first,
+    never emptied through: its content usually is a container's writable layer. One that
+    cannot be unmounted is left, with its entry, and named in the report (and the log).
+    """
+    report = SweepReport()
     for entry in tmp.iterdir():
         try:
             fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -125,36 +308,52 @@ def sweep_tmp(tmp: Path) -> int:
             if exc.errno != errno.ELOOP:
                 raise
             entry.unlink(missing_ok=True)
-            removed += 1
+            report.removed += 1
             continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            remove_path(entry)
-            removed += 1
+            try:
+                report.unmounted += unmount_under(entry)
+                remove_path(entry)
+            except OSError as exc:
+                # MountInTheWay, or a mount that would not come off: leave the entry whole
+                report.left.append(f"{entry}: a live mount ({exc.strerror})")
+                log.warning("left %s: a live mount (%s)", entry, exc.strerror)
+                continue
+            report.removed += 1
         finally:
             os.close(fd)
-    return removed
+    return report
 
 
-def tree_usage(root: Path) -> tuple[int, int]:
+def sweep_tmp(tmp: Path) -> int:
+    """Remove every entry in ``tmp`` that no live process holds; return how many (see sweep)."""
+    return sweep(tmp).removed
+
+
+def tree_usage(root: Path, *, seen: set[tuple[int, int]] | None = None) -> tuple[int, int]:
     """(bytes, files) under ``root``: bytes of regular files, each hardlinked inode once, and
-    the number of entries that are not directories (as a layer's size and file count)."""
-    seen: set[tuple[int, int]] = set()
+    the number of entries that are not directories (as a layer's size and file count).
+
+    ``seen`` carries hardlinked inodes across calls, to count one inode once over many trees.
+    Iterative, never follows a symlink, never enters a mount point.
+    """
+    seen = set() if seen is None else seen
     total = 0
     files = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            st = os.lstat(os.path.join(dirpath, name))
-            files += 1
-            if not stat.S_ISREG(st.st_mode):
+    for st in walk_tree(root):
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        files += 1
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
                 continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_size
+            seen.add(key)
+        total += st.st_size
     return total, files

@@ -2,24 +2,37 @@
 
 ```
 <root>/blobs/sha256/<hex>    compressed layers, configs, manifests: immutable
-<root>/snapshots/<hex>/      one layer unpacked, keyed by its ChainID (see snapshots.py)
+<root>/snapshots/<hex>/fs/   one layer unpacked, keyed by its ChainID (see snapshots.py)
 <root>/containers/<id>/      writable layers
 <root>/tmp/                  in-flight writes: never read as content, swept on start
 <root>/locks/                per-digest and per-ChainID lock files
-<root>/store.json            how snapshots record whiteouts, decided once when the store is made
+<root>/store.json            the layout's version, and how snapshots record whiteouts
 ```
+The store holds other people's setuid binaries and device nodes and runs as root: every one of
+its directories is 0700, made so and tightened again whenever the store is opened.
+
 A blob is written into ``tmp/``, hashed while written, checked against the digest and size it was
 announced with, fsynced, and only then renamed into ``blobs/``: a reader never sees a partial
-blob, and a mismatch leaves nothing behind.
+blob, and a mismatch leaves nothing behind. Writes stop with StoreFull before the file system's
+free space drops below the store's reserve, and on ENOSPC.
+
+Layout versions: 1 kept a snapshot's tree at ``snapshots/<hex>/`` itself, so a layer's ``./``
+mode opened it to everyone; 2 adds the store-owned ``snapshots/<hex>/`` above ``fs/``. A
+version 1 store is migrated in place when opened by a process that can write it
+(``migrate_store``), by renames only, resumably.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import math
 import os
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,10 +40,34 @@ from typing import BinaryIO
 
 from . import fsutil
 from .digest import CHUNK, Digester, digest_hex, validate_digest
-from .errors import BlobNotFound, DigestMismatch, SizeMismatch
+from .errors import BlobNotFound, DigestMismatch, SizeMismatch, StoreFull, StoreLayoutError
 from .whiteouts import WhiteoutFormat, default_format, format_named
 
-STORE_VERSION = 1
+STORE_VERSION = 2
+# what the refusal to open an old store tells people to run
+MIGRATE_COMMAND = "python manage.py store_migrate"
+# every directory of the store, made 0700 and kept so
+PRIVATE_DIRS = ("", "blobs", "blobs/sha256", "snapshots", "containers", "tmp", "locks")
+# how often a blob writer looks at the free space again
+FREE_CHECK_BYTES = 8 << 20
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass(frozen=True)
+class StoreReserve:
+    """Free space the store leaves on its file system: at least ``bytes``, and at least
+    ``percent`` of the file system's size (the larger wins)."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def resolve(self, total: int) -> int:
+        """The reserve in bytes on a file system of ``total`` bytes."""
+        return max(self.bytes, math.ceil(total * self.percent / 100))
+
+
+# what a deployment keeps free unless told otherwise: 1 GiB, or 5% of a big disk
+DEFAULT_RESERVE = StoreReserve(bytes=1 << 30, percent=5.0)
 
 
 @dataclass(frozen=True)
@@ -63,7 +100,14 @@ class BlobWriter:
         self._store = store
         self._expected_digest = expected_digest
         self._expected_size = expected_size
-        self._tmp = fsutil.TempEntry(store.tmp, "blob-", directory=False)
+        store.check_free()
+        self._next_check = FREE_CHECK_BYTES
+        try:
+            self._tmp = fsutil.TempEntry(store.tmp, "blob-", directory=False)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise store.full() from exc
+            raise
         self._file = io.FileIO(self._tmp.fd, "wb", closefd=False)
         self._digester = Digester()
         self.descriptor: Descriptor | None = None
@@ -78,10 +122,22 @@ class BlobWriter:
         self._digester.update(data)
         if self._expected_size is not None and self._digester.size > self._expected_size:
             raise SizeMismatch(self._expected_size, self._digester.size, self._what())
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            view = view[written or 0 :]
+        try:
+            if self._digester.size >= self._next_check:
+                self._next_check = self._digester.size + FREE_CHECK_BYTES
+                self._store.check_free()
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
+        except StoreFull:
+            self.abort()
+            raise
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            self.abort()
+            raise self._store.full() from exc
         return len(data)
 
     def _what(self) -> str:
@@ -95,12 +151,17 @@ class BlobWriter:
                 raise SizeMismatch(self._expected_size, size, self._what())
             if self._expected_digest is not None and digest != self._expected_digest:
                 raise DigestMismatch(self._expected_digest, digest, self._what())
-            os.fsync(self._tmp.fd)
             final = self._store.path(digest)
-            # Two writers of one digest hold identical verified bytes: the later rename wins
-            # and readers of the earlier inode keep reading valid content.
-            os.replace(self._tmp.path, final)
-            fsutil.fsync_dir(final.parent)
+            try:
+                os.fsync(self._tmp.fd)
+                # Two writers of one digest hold identical verified bytes: the later rename
+                # wins and readers of the earlier inode keep reading valid content.
+                os.replace(self._tmp.path, final)
+                fsutil.fsync_dir(final.parent)
+            except OSError as exc:
+                if exc.errno in DISK_FULL:
+                    raise self._store.full() from exc
+                raise
         except BaseException:
             self._tmp.close(remove=True)
             raise
@@ -128,9 +189,24 @@ class BlobWriter:
 class ContentStore:
     """Immutable blobs addressed by their sha256 digest."""
 
-    def __init__(self, root: Path, tmp: Path) -> None:
+    def __init__(
+        self, root: Path, tmp: Path, *, reserve: int = 0, free: Callable[[], int] | None = None
+    ) -> None:
         self.root = root
         self.tmp = tmp
+        self.reserve = reserve
+        self._free = free or (lambda: fsutil.free_bytes(root))
+
+    def check_free(self) -> None:
+        """Raise StoreFull if the file system has less free space than the reserve."""
+        if self.reserve > 0:
+            free = self._free()
+            if free < self.reserve:
+                raise StoreFull(free, self.reserve)
+
+    def full(self) -> StoreFull:
+        """The error for a write the file system refused for want of space (ENOSPC)."""
+        return StoreFull(self._free(), 0)
 
     def path(self, digest: str) -> Path:
         """Where the blob lives (whether or not it is there)."""
@@ -198,29 +274,57 @@ class ContentStore:
 
 
 class Store:
-    """The whole layer store rooted at one directory."""
+    """The whole layer store rooted at one directory.
 
-    def __init__(self, root: Path, whiteouts: str | None = None) -> None:
+    ``reserve`` is the free space writes leave on the store's file system (a StoreReserve, or
+    bytes); none by default, where only a full disk stops a write. A store of an older layout
+    is migrated when ``migrate`` is true and this process can write it, else refused with
+    StoreLayoutError.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        whiteouts: str | None = None,
+        *,
+        reserve: StoreReserve | int = 0,
+        migrate: bool = True,
+    ) -> None:
         from .snapshots import SnapshotStore
 
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         self.containers = self.root / "containers"
-        for d in (self.root / "blobs" / "sha256", self.root / "snapshots", self.containers):
-            d.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(exist_ok=True)
-        self.locks.mkdir(exist_ok=True)
-        self.whiteouts: WhiteoutFormat = self._whiteout_format(whiteouts)
-        self.blobs = ContentStore(self.root / "blobs" / "sha256", self.tmp)
+        _make_private_dirs(self.root)
+        self.whiteouts: WhiteoutFormat = self._whiteout_format(whiteouts, migrate=migrate)
+        if isinstance(reserve, StoreReserve):
+            reserve = reserve.resolve(fsutil.total_bytes(self.root))
+        self.reserve = reserve
+
+        def free() -> int:
+            return fsutil.free_bytes(self.root)
+
+        self.blobs = ContentStore(
+            self.root / "blobs" / "sha256", self.tmp, reserve=reserve, free=free
+        )
         self.snapshots = SnapshotStore(
-            self.root / "snapshots", tmp=self.tmp, locks=self.locks, whiteouts=self.whiteouts
+            self.root / "snapshots",
+            tmp=self.tmp,
+            locks=self.locks,
+            whiteouts=self.whiteouts,
+            reserve=reserve,
+            free=free,
         )
 
-    def _whiteout_format(self, requested: str | None) -> WhiteoutFormat:
+    def free_bytes(self) -> int:
+        """Free space on the store's file system, in bytes."""
+        return fsutil.free_bytes(self.root)
+
+    def _whiteout_format(self, requested: str | None, *, migrate: bool) -> WhiteoutFormat:
         meta = self.root / "store.json"
         if meta.exists():
-            recorded = json.loads(meta.read_text())["whiteouts"]
+            recorded = _read_meta(self.root, migrate=migrate)["whiteouts"]
             if requested is not None and requested != recorded:
                 raise ValueError(
                     f"store {self.root} keeps whiteouts as {recorded!r}, not {requested!r}"
@@ -232,7 +336,7 @@ class Store:
         try:
             os.link(tmp, meta)  # first creator wins; a racing one reads what won
         except FileExistsError:
-            recorded = json.loads(meta.read_text())["whiteouts"]
+            recorded = _read_meta(self.root, migrate=migrate)["whiteouts"]
             if requested is not None and requested != recorded:
                 raise ValueError(
                     f"store {self.root} keeps whiteouts as {recorded!r}, not {requested!r}"
@@ -243,18 +347,129 @@ class Store:
         return fmt
 
     def sweep_tmp(self) -> int:
-        """Remove leftovers of crashed writes from ``tmp/``; return how many."""
-        return fsutil.sweep_tmp(self.tmp)
+        """Remove leftovers of crashed writes from ``tmp/``; return how many.
+
+        Mounts left there are unmounted first, or left with their entry and logged (see
+        ``sweep`` for the full report).
+        """
+        return self.sweep().removed
+
+    def sweep(self) -> fsutil.SweepReport:
+        """Sweep ``tmp/`` and say what was removed, unmounted and left alone."""
+        return fsutil.sweep(self.tmp)
 
     def usage(self) -> StoreUsage:
-        """Count and measure what the store holds."""
+        """Count and measure what the store holds (iteratively: trees can be thousands deep;
+        a hardlinked inode counts once; symlinks are not followed, mounts not entered)."""
         blob_count = blob_bytes = 0
         for entry in os.scandir(self.blobs.root):
             blob_count += 1
             blob_bytes += entry.stat(follow_symlinks=False).st_size
         snapshot_count = snapshot_bytes = 0
-        for entry in os.scandir(self.snapshots.root):
+        seen: set[tuple[int, int]] = set()
+        for chain_id in self.snapshots.chain_ids():
+            try:
+                size = fsutil.tree_usage(self.snapshots.path(chain_id), seen=seen)[0]
+            except FileNotFoundError:  # removed while we counted
+                continue
             snapshot_count += 1
-            snapshot_bytes += fsutil.tree_usage(Path(entry.path))[0]
+            snapshot_bytes += size
         container_count = sum(1 for _ in os.scandir(self.containers))
         return StoreUsage(blob_count, blob_bytes, snapshot_count, snapshot_bytes, container_count)
+
+
+def _make_private_dirs(root: Path) -> None:
+    """Make the store's directories 0700, and tighten any that are not (when they are ours)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    for rel in PRIVATE_DIRS:
+        path = root / rel if rel else root
+        with suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreLayoutError(f"{path} is not a directory")
+        if st.st_mode & 0o077:
+            # not ours to tighten (PermissionError): whoever owns the store opened it too wide
+            with suppress(PermissionError):
+                os.chmod(path, 0o700)
+
+
+def _write_meta(root: Path, meta: dict[str, object]) -> None:
+    """Replace store.json atomically and durably."""
+    tmp = root / f"store.json.{os.getpid()}.{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / "store.json")
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsutil.fsync_dir(root)
+
+
+def _read_meta(root: Path, *, migrate: bool) -> dict[str, str]:
+    """store.json of a store of the current layout, migrating an older one first if allowed."""
+    meta = json.loads((root / "store.json").read_text())
+    version = meta.get("version", 1)
+    if version == STORE_VERSION and "migration" not in meta:
+        return dict(meta)
+    if not isinstance(version, int) or version > STORE_VERSION:
+        raise StoreLayoutError(
+            f"store {root} has layout version {version!r}, newer than this layerhub knows "
+            f"({STORE_VERSION}): use the layerhub that made it"
+        )
+    if not migrate or not (os.access(root, os.W_OK) and os.access(root / "snapshots", os.W_OK)):
+        raise StoreLayoutError(
+            f"store {root} has layout version {version}; this layerhub needs version "
+            f"{STORE_VERSION}: run `{MIGRATE_COMMAND}` as the store's owner to migrate it"
+        )
+    migrate_store(root)
+    return dict(json.loads((root / "store.json").read_text()))
+
+
+def migrate_store(root: Path) -> int:
+    """Bring a store of layout version 1 to the current layout in place; return how many
+    snapshots were moved (0 for a store already current).
+
+    Version 1 kept each snapshot's tree at ``snapshots/<hex>/``. Every step is a rename or a
+    mkdir, and store.json says how far it got, so a migration stopped at any point (a crash, a
+    kill) is finished by the next call and nothing is moved twice:
+
+    1. ``snapshots.migrating/`` is made, then store.json records ``"migration": 2``.
+    2. Each ``snapshots/<hex>`` is renamed to ``snapshots.migrating/<hex>/fs``: the first
+       holds only trees not yet moved, the second only trees moved, whatever the interruption.
+    3. ``snapshots.migrating`` is renamed over the then empty ``snapshots``: once it is gone,
+       every tree has moved (it was made before step 1 was recorded).
+    4. store.json records version 2.
+    """
+    root = Path(root)
+    snapshots = root / "snapshots"
+    staging = root / "snapshots.migrating"
+    moved = 0
+    with fsutil.file_lock(root / "locks" / "store-migrate.lock"):
+        meta = json.loads((root / "store.json").read_text())
+        if meta.get("version", 1) == STORE_VERSION and "migration" not in meta:
+            return 0
+        if meta.get("version", 1) != 1:
+            raise StoreLayoutError(f"store {root}: no migration from layout {meta['version']!r}")
+        if "migration" not in meta:
+            staging.mkdir(mode=0o700, exist_ok=True)
+            fsutil.fsync_dir(root)
+            meta["migration"] = STORE_VERSION
+            _write_meta(root, meta)
+        if staging.is_dir():
+            for entry in os.scandir(snapshots):
+                outer = staging / entry.name
+                outer.mkdir(mode=0o700, exist_ok=True)
+                os.rename(entry.path, outer / "fs")
+                moved += 1
+            fsutil.fsync_dir(staging)
+            fsutil.fsync_dir(snapshots)
+            os.rename(staging, snapshots)  # replaces the empty directory in one step
+            fsutil.fsync_dir(root)
+        del meta["migration"]
+        meta["version"] = STORE_VERSION
+        _write_meta(root, meta)
+    _make_private_dirs(root)
+    return moved

@@ -316,7 +316,7 @@ def test_sweep_removes_a_killed_unpack(oci_store: Store, kit: Kit) -> None:
         # the first file and part of the big one (the engine reads its input by the megabyte)
         os.write(write_fd, layer[: (2 << 20) + 10_000])
         wait_for(
-            lambda: any((d / "ro" / "first").exists() for d in oci_store.tmp.iterdir()),
+            lambda: any((d / "fs" / "ro" / "first").exists() for d in oci_store.tmp.iterdir()),
             "the unpack to write its first file",
         )
     finally:
@@ -343,7 +343,8 @@ def test_snapshot_lifecycle(oci_store: Store, kit: Kit) -> None:
         oci_store.snapshots.get(cid)
     first = oci_store.snapshots.unpack(cid, io.BytesIO(layer), diff_id=cid)
     assert first.created
-    assert first.path == oci_store.snapshots.get(cid) == oci_store.root / "snapshots" / cid[7:]
+    outer = oci_store.root / "snapshots" / cid[7:]
+    assert first.path == oci_store.snapshots.get(cid) == outer / "fs"
     assert oci_store.snapshots.chain_ids() == [cid]
     # already there: the stream is not even read
     untouched = io.BytesIO(b"not a tar at all")
@@ -394,7 +395,7 @@ def test_empty_store_usage(oci_store: Store) -> None:
 def test_store_json_records_the_whiteout_form(tmp_path: Path, form: str, other: str) -> None:
     root = tmp_path / "store"
     assert Store(root, whiteouts=form).whiteouts.name == form
-    assert json.loads((root / "store.json").read_text()) == {"version": 1, "whiteouts": form}
+    assert json.loads((root / "store.json").read_text()) == {"version": 2, "whiteouts": form}
     assert Store(root).whiteouts.name == form  # reopened without asking: what was recorded
     assert Store(root, whiteouts=form).snapshots.whiteouts.name == form
     with pytest.raises(ValueError, match=form):

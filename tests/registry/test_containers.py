@@ -249,7 +249,7 @@ def test_running_commands_refused_clearly_on_an_oci_form_store(
 ) -> None:
     root = tmp_path / "oci-store"
     root.mkdir()
-    (root / "store.json").write_text(json.dumps({"version": 1, "whiteouts": "oci"}))
+    (root / "store.json").write_text(json.dumps({"version": 2, "whiteouts": "oci"}))
     shutil.copytree(get_store().root / "snapshots", root / "snapshots")
     settings.LAYERHUB_STORE = root
     container = container_create(image=BASE)

@@ -26,7 +26,7 @@ def fill_store(root: Path) -> None:
     for size in BLOB_SIZES:
         data = bytes([size % 251]) * size
         (root / "blobs" / "sha256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
-    snapshot = root / "snapshots" / hashlib.sha256(b"chain").hexdigest()
+    snapshot = root / "snapshots" / hashlib.sha256(b"chain").hexdigest() / "fs"
     (snapshot / "etc").mkdir(parents=True)
     (snapshot / "etc" / "os-release").write_bytes(b"x" * 40_000)
     (root / "containers" / "c0ffee").mkdir()
