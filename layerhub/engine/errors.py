@@ -11,6 +11,12 @@ class LayerhubError(Exception):
     """Base of every error a user can cause: a bad input, never a bug."""
 
 
+class HostFault(Exception):
+    """A fault of this host, not of anybody's input: an overlay that would not unmount, a
+    runtime that could not delete its container. Deliberately not a LayerhubError: it is
+    logged as a bug and shown as an internal error, never as the user's mistake."""
+
+
 class InvalidDigest(LayerhubError):
     """A string that is not a well-formed ``algorithm:hex`` digest we support."""
 

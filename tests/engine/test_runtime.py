@@ -25,7 +25,7 @@ import pytest
 
 from layerhub.engine.diff import write_diff_tar
 from layerhub.engine.digest import chain_ids, sha256_bytes
-from layerhub.engine.errors import CommandTimeout, LayerhubError, RuntimeUnavailable
+from layerhub.engine.errors import CommandTimeout, HostFault, LayerhubError, RuntimeUnavailable
 from layerhub.engine.runtime import ExecResult, run_in_container, runtime_unavailable_reason
 from layerhub.engine.runtime import run as run_module
 from layerhub.engine.runtime.bundle import (
@@ -575,3 +575,26 @@ def test_a_signal_during_clean_up_waits_for_it() -> None:
         clean_up_then_more()
     assert finished == ["clean-up"]
     assert caught.value.exit_code == 130
+
+
+def test_an_overlay_that_will_not_unmount_is_a_host_fault_not_a_user_error(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the host's fault: reported as a bug (HostFault), never blamed on the command or image
+    real_unmount = run_module.unmount
+    monkeypatch.setattr(run_module, "unmount", lambda path: None)
+    scratch = container.scratch()
+    with pytest.raises(HostFault, match="could not unmount") as caught:
+        run_in_container(
+            lowers=container.image.lowers,
+            upper=container.upper,
+            work=container.root / "work",
+            scratch=scratch,
+            image_config=container.config,
+            argv=["true"],
+            whiteouts=container.image.store.whiteouts,
+        )
+    assert not isinstance(caught.value, LayerhubError)
+    for path in mounts_below(scratch):
+        real_unmount(Path(path))
+    assert mounts_below(scratch) == []

@@ -37,7 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import CommandTimeout, LayerhubError, RuntimeUnavailable
+from ..errors import CommandTimeout, HostFault, LayerhubError, RuntimeUnavailable
 from ..fsutil import remove_path
 from ..union import UnionView
 from ..whiteouts import WhiteoutFormat
@@ -296,7 +296,7 @@ class _Scratch:
                 unmount(self.mounted)
             left = mounts_under(self.root)
             if left:  # never remove a tree through a mount: that would delete image files
-                raise LayerhubError(f"could not unmount {', '.join(left)}")
+                raise HostFault(f"could not unmount {', '.join(left)}")
             for path in reversed(self.created):
                 remove_path(path)
             if self.created_root:
@@ -325,7 +325,7 @@ def _runc_delete(space: _Scratch) -> None:
         env={"PATH": DEFAULT_PATH},
     )
     if done.returncode != 0 and (state / space.container_id).exists():
-        raise LayerhubError(
+        raise HostFault(
             f"runc could not delete container {space.container_id}: "
             + done.stderr.decode(errors="replace").strip()
         )

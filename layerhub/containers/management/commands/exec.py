@@ -6,14 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.containers.services import container_exec, container_lookup
 from layerhub.engine.errors import LayerhubError
 from layerhub.engine.runtime.signals import Interrupted, signals_raise
+from layerhub.jobs.cli import LayerhubCommand
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Run a command in a container and wait for it (non-interactive docker exec)."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -6,14 +6,15 @@ import os
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services.transfer import image_save, image_save_stream
+from layerhub.jobs.cli import LayerhubCommand
 from layerhub.jobs.follow import follow_to_end
 
 
-class Command(BaseCommand):
+class Command(LayerhubCommand):
     help = "Export images as a docker save archive or an OCI layout tar."
 
     def add_arguments(self, parser: CommandParser) -> None:
