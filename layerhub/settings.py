@@ -111,6 +111,7 @@ INSTALLED_APPS = [
     # Before staticfiles, so runserver serves static files through whitenoise as production does.
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django_htmx",
     "layerhub.core",
     "layerhub.images",
     "layerhub.jobs",
@@ -125,9 +126,18 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # every page needs a signed-in user; views that do not (login, health check) say so
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    # an error a user caused (a LayerhubError) is a page with its message, never a traceback
+    "layerhub.core.middleware.UserErrorMiddleware",
 ]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard:home"
+LOGOUT_REDIRECT_URL = "login"
 
 ROOT_URLCONF = "layerhub.urls"
 WSGI_APPLICATION = "layerhub.wsgi.application"

@@ -38,14 +38,14 @@ def figure(html: str, name: str) -> str:
     return match.group(1).strip()
 
 
-def test_home_shows_the_store_figures(client: Client, layerhub_store: Path) -> None:
+def test_home_shows_the_store_figures(admin_client: Client, layerhub_store: Path) -> None:
     fill_store(layerhub_store)
     usage = get_store().usage()
     assert (usage.blob_count, usage.snapshot_count, usage.container_count) == (2, 1, 1)
     assert usage.blob_bytes == sum(BLOB_SIZES)
     assert usage.snapshot_bytes >= 40_000
 
-    response = client.get("/")
+    response = admin_client.get("/")
 
     assert response.status_code == 200
     html = response.content.decode()
@@ -59,8 +59,8 @@ def test_home_shows_the_store_figures(client: Client, layerhub_store: Path) -> N
     assert "htmx.min.js" in html
 
 
-def test_home_on_an_empty_store(client: Client, layerhub_store: Path) -> None:
-    html = client.get("/").content.decode()
+def test_home_on_an_empty_store(admin_client: Client, layerhub_store: Path) -> None:
+    html = admin_client.get("/").content.decode()
     assert figure(html, "blob_bytes") == "0B"
     assert figure(html, "blob_count") == "0 blobs"
     assert figure(html, "container_count") == "0"
