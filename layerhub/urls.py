@@ -12,6 +12,7 @@ from layerhub.core.views import healthz
 urlpatterns: list[URLPattern | URLResolver] = [
     path("", include("layerhub.dashboard.urls")),
     path("images/", include("layerhub.images.urls")),
+    path("layers/", include("layerhub.images.urls_layers")),
     path("containers/", include("layerhub.containers.urls")),
     path("jobs/", include("layerhub.jobs.urls")),
     path("healthz", login_not_required(healthz), name="healthz"),

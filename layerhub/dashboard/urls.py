@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from layerhub.core.views_placeholder import not_built
-from layerhub.dashboard import views
+from layerhub.dashboard import sharing, views
 
 app_name = "dashboard"
 
 urlpatterns: list[URLPattern] = [
     path("", views.home, name="home"),
-    path("sharing/", not_built, name="sharing"),
+    path("sharing/", sharing.sharing_page, name="sharing"),
 ]

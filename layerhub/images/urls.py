@@ -11,6 +11,4 @@ app_name = "images"
 urlpatterns: list[URLPattern] = [
     path("", not_built, name="list"),
     path("<int:pk>/", not_built, name="detail"),
-    path("pull/", not_built, name="pull"),
-    path("import/", not_built, name="import"),
 ]

@@ -11,4 +11,6 @@ app_name = "jobs"
 urlpatterns: list[URLPattern] = [
     path("", not_built, name="list"),
     path("<int:pk>/", not_built, name="detail"),
+    path("pull/", not_built, name="pull"),
+    path("import/", not_built, name="import"),
 ]
