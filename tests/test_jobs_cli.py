@@ -23,8 +23,10 @@ def database_url() -> str:
     return f"sqlite:///{connection.settings_dict['NAME']}"
 
 
-def manage(*argv: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "LAYERHUB_STORE": str(settings.LAYERHUB_STORE), **env}
+def manage(
+    *argv: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "LAYERHUB_STORE": str(settings.LAYERHUB_STORE), **(env or {})}
     return subprocess.run(
         [sys.executable, "manage.py", *argv],
         cwd=ROOT,
@@ -49,7 +51,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     [("DEBUG", "maybe"), ("DATABASE_URL", "mysql://db/x"), ("LAYERHUB_JOB_HEARTBEAT", "inf")],
 )
 def test_bad_settings_stop_manage_py_with_one_line(name: str, value: str) -> None:
-    line = one_line_error(manage("images", **{name: value}))
+    line = one_line_error(manage("images", env={name: value}))
     assert line.startswith("layerhub: bad settings:")
     assert name in line
 
@@ -78,8 +80,10 @@ def test_pull_with_the_broker_down_says_so_and_fails_the_job() -> None:
     result = manage(
         "pull",
         "team/app:v1",
-        DATABASE_URL=database_url(),
-        REDIS_URL="redis://127.0.0.1:1/0",  # nothing listens there
+        env={
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": "redis://127.0.0.1:1/0",  # nothing listens there
+        },
     )
     line = one_line_error(result)
     assert "broker" in line
@@ -96,10 +100,12 @@ def test_following_a_pull_no_worker_takes_ends_with_a_message(broker: str) -> No
     result = manage(
         "pull",
         "team/app:v1",
-        DATABASE_URL=database_url(),
-        REDIS_URL=broker,
-        LAYERHUB_JOB_HEARTBEAT="0.5",
-        LAYERHUB_JOB_DEAD_AFTER="3",
+        env={
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": broker,
+            "LAYERHUB_JOB_HEARTBEAT": "0.5",
+            "LAYERHUB_JOB_DEAD_AFTER": "3",
+        },
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

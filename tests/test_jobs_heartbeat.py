@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from celery import current_app
 from django.core.management.base import CommandError
 from django.utils import timezone
 from pytest_django import Settings
@@ -188,7 +189,7 @@ def test_following_a_job_that_ends_at_once_asks_the_broker_nothing(
         raise AssertionError("the broker was asked before following started")
 
     monkeypatch.setattr(follow_module, "workers_present", asked)
-    monkeypatch.setattr(follow_module.current_app.control, "ping", asked)
+    monkeypatch.setattr(current_app.control, "ping", asked)
     job = Job.objects.create(kind=Job.Kind.PULL, state=Job.State.SUCCEEDED)
     out, err = io.StringIO(), io.StringIO()
     started = time.monotonic()

@@ -75,7 +75,7 @@ def test_real_worker_sweeps_on_start_and_on_request(broker: str, layerhub_store:
         wait_until_gone(at_start, worker, timeout=30)
         requested = leave_leftovers(tmp, 1)
         with app.connection_for_write(broker) as connection:
-            store_sweep_tmp.apply_async(connection=connection, queue=settings.LAYERHUB_QUEUE)
+            store_sweep_tmp.apply_async(connection=connection, queue=settings.LAYERHUB_QUEUE)  # type: ignore[call-arg]
         wait_until_gone(requested, worker, timeout=30)
     finally:
         worker.terminate()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, Protocol
 
 import redis
 from celery import current_app
@@ -35,12 +35,23 @@ def worker_answers() -> bool:
         return False
 
 
+class Out(Protocol):
+    """Where progress goes: a text stream, or a management command's OutputWrapper."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
+
+
 def _line(entry: dict[str, object]) -> str:
     digest = str(entry["digest"]).split(":")[-1][:12]
     status = str(entry["status"])
     current, total = entry.get("current"), entry.get("total")
     if status in ("Downloading", "Extracting") and isinstance(current, int) and current:
-        return f"{digest}: {status} {human_size(current)}/{human_size(int(total or 0))}"
+        whole = total if isinstance(total, int) else 0
+        return f"{digest}: {status} {human_size(current)}/{human_size(whole)}"
     return f"{digest}: {status}"
 
 
@@ -48,7 +59,7 @@ class Watchdog:
     """Notices, while a command follows a job, that nobody runs it, and says so."""
 
     def __init__(
-        self, stderr: TextIO, *, what: str, clock: Callable[[], float] = time.monotonic
+        self, stderr: Out, *, what: str, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.stderr = stderr
         self.what = what
@@ -129,7 +140,7 @@ class Watchdog:
 
 def follow(
     job: Job,
-    out: TextIO,
+    out: Out,
     *,
     poll: float = 0.1,
     tty: bool = False,
@@ -163,7 +174,12 @@ def follow(
 
 
 def follow_to_end(
-    job: Job, stdout: TextIO, stderr: TextIO, *, what: str, header: str | None = None
+    job: Job,
+    stdout: Out,
+    stderr: Out,
+    *,
+    what: str,
+    header: str | None = None,
 ) -> Job:
     """What a command does with the job it queued: print ``header`` and then progress until
     the job (and the jobs it started) end, saying so when no worker runs it, and raise

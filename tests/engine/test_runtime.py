@@ -37,6 +37,7 @@ from layerhub.engine.runtime.bundle import (
     resolve_user,
     working_dir,
 )
+from layerhub.engine.runtime.overlay import unmount as overlay_unmount
 from layerhub.engine.runtime.signals import Interrupted, shielded, signals_raise
 from layerhub.engine.store import Store
 from layerhub.engine.union import UnionView
@@ -581,7 +582,7 @@ def test_an_overlay_that_will_not_unmount_is_a_host_fault_not_a_user_error(
     container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the host's fault: reported as a bug (HostFault), never blamed on the command or image
-    real_unmount = run_module.unmount
+    real_unmount = overlay_unmount
     monkeypatch.setattr(run_module, "unmount", lambda path: None)
     scratch = container.scratch()
     with pytest.raises(HostFault, match="could not unmount") as caught:

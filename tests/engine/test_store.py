@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from layerhub.engine import store as store_module
 from layerhub.engine.digest import chain_id, sha256_bytes
 from layerhub.engine.errors import BlobNotFound, DigestMismatch, SizeMismatch, SnapshotNotFound
 from layerhub.engine.store import Descriptor, Store
@@ -437,7 +436,7 @@ def test_a_racing_creator_asking_for_another_form_is_refused(
         Path(dst).write_text(json.dumps({"version": 1, "whiteouts": "oci"}) + "\n")
         real_link(src, dst, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store_module.os, "link", rival_wins_first)
+    monkeypatch.setattr(os, "link", rival_wins_first)
     with pytest.raises(ValueError, match="oci"):
         Store(root, whiteouts="overlay")
     monkeypatch.undo()

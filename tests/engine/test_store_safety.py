@@ -509,7 +509,7 @@ def test_unpacks_pass_the_reserve_to_the_layer_reader(
     tmp_path: Path, kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[ApplyLimits] = []
-    real = snapshots.apply_layer
+    real = apply_layer
 
     def spy(*args: object, limits: ApplyLimits, **kw: object) -> ApplyResult:
         seen.append(limits)

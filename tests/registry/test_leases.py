@@ -78,6 +78,7 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
         assert unpack.state == Job.State.FAILED  # the race is real: the lease is what fixes it
         return
     assert unpack.state == Job.State.SUCCEEDED, unpack.error
+    assert job.image_id is not None
     image = Image.objects.get(pk=job.image_id)
     assert [row.layer.chain_id for row in image.image_layers.order_by("position")] == chain_ids(
         [seed.base.diff_id, seed.other.diff_id]
