@@ -132,6 +132,9 @@ class Image(models.Model):
 
     class Meta:
         ordering = ["-added_at", "-id"]
+        # newest first, a page at a time, reads this index and computes sizes for that page
+        # alone instead of for every image before sorting
+        indexes = [models.Index(fields=["added_at", "id"], name="image_added_order")]
 
     def __str__(self) -> str:
         return short_id(self.config_digest)

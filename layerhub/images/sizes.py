@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import (
     Count,
+    Exists,
     F,
     IntegerField,
     OuterRef,
@@ -43,22 +44,19 @@ from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, T
 from layerhub.jobs.models import Lease
 
 
-def _layer_users() -> Subquery:
-    """How many images use the layer of the outer ImageLayer row."""
-    return Subquery(
-        ImageLayer.objects.filter(layer=OuterRef("layer"))
-        .values("layer")
-        .annotate(n=Count("image", distinct=True))
-        .values("n"),
-        output_field=IntegerField(),
+def _used_elsewhere() -> Exists:
+    """Whether another image uses the layer of the outer ImageLayer row. An EXISTS stops at
+    the first other row (through the index on layer), where counting a base layer's users
+    would read every image on that base, for every image on it."""
+    return Exists(
+        ImageLayer.objects.filter(layer=OuterRef("layer")).exclude(image=OuterRef("image"))
     )
 
 
 def _sum_over_layers(*, shared: bool | None) -> Subquery:
     rows = ImageLayer.objects.filter(image=OuterRef("pk"))
     if shared is not None:
-        rows = rows.annotate(users=_layer_users())
-        rows = rows.filter(users__gt=1) if shared else rows.filter(users__lte=1)
+        rows = rows.filter(_used_elsewhere()) if shared else rows.filter(~_used_elsewhere())
     return Subquery(
         rows.values("image")
         .annotate(total=Sum(Coalesce("layer__unpacked_size", Value(0))))
