@@ -24,6 +24,7 @@ from typing import Any
 
 from layerhub.containers.models import Container
 from layerhub.core.store import get_store
+from layerhub.engine.errors import LayerhubError
 from layerhub.engine.fsutil import tree_usage
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, Layer
@@ -213,3 +214,40 @@ def store_verify() -> VerifyReport:
         else:
             found("orphan", "tmp", f"tmp/{item.name}", f"{item.size} bytes no process holds")
     return report
+
+
+def store_verify_fix_sizes(report: VerifyReport) -> list[str]:
+    """Record the disk's sizes where ``report`` found them differ (a blob's length, a
+    snapshot's bytes and file count, measured again now) and add the size row of a blob an
+    image names whose file is there; returns a line per change. Orphans and missing files
+    are left for people (and garbage collection) to judge."""
+    store = get_store()
+    changed: list[str] = []
+    for finding in report.findings:
+        if finding.problem == "size" and finding.what == "blob":
+            try:
+                size = store.blobs.size(finding.key)
+            except LayerhubError:
+                continue
+            Blob.objects.filter(digest=finding.key).update(size=size)
+            changed.append(f"blob {finding.key}: recorded {size} bytes")
+        elif finding.problem == "size" and finding.what == "snapshot":
+            try:
+                size, files = tree_usage(store.snapshots.path(finding.key))
+            except FileNotFoundError:
+                continue
+            Layer.objects.filter(chain_id=finding.key).update(unpacked_size=size, file_count=files)
+            changed.append(f"snapshot {finding.key}: recorded {size} bytes in {files} files")
+        elif (
+            finding.problem == "missing"
+            and finding.what == "blob"
+            and "no size row" in (finding.detail)
+        ):
+            kind = finding.detail.split()[1]  # "the <kind> an image names ..."
+            try:
+                size = store.blobs.size(finding.key)
+            except LayerhubError:
+                continue
+            Blob.objects.get_or_create(digest=finding.key, defaults={"size": size, "kind": kind})
+            changed.append(f"blob {finding.key}: recorded {size} bytes ({kind})")
+    return changed

@@ -11,8 +11,8 @@ from pytest_django import Settings
 
 from layerhub.core.store import get_store
 from layerhub.engine.digest import chain_ids
-from layerhub.engine.fsutil import TempEntry
-from layerhub.images.models import Image
+from layerhub.engine.fsutil import TempEntry, tree_usage
+from layerhub.images.models import Blob, Image, Layer
 from layerhub.images.services import image_pull
 from layerhub.images.services.verify import store_verify_report, store_verify_start
 from layerhub.images.verify import Finding, VerifyReport, store_verify
@@ -123,3 +123,25 @@ def test_a_cut_report_keeps_its_count() -> None:
     assert len(back.findings) == 500
     assert back.problems == 600
     assert not back.ok
+
+
+def test_fix_sizes_records_the_disk_and_leaves_orphans(registry: Registry, seed: Seed) -> None:
+    image = pulled(f"{registry.host}/team/app:v1")
+    store = get_store()
+    base_chain = chain_ids([seed.base.diff_id])[0]
+    Layer.objects.filter(chain_id=base_chain).update(unpacked_size=1, file_count=1)
+    Blob.objects.filter(digest=image.config_digest).delete()  # recorded before blobs had rows
+    stray = store.blobs.put_bytes(b"stray").digest
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="1 problem"):
+        call_command("store_verify", "--fix-sizes", stdout=out)
+    text = out.getvalue()
+    assert f"fixed snapshot {base_chain}" in text
+    assert f"fixed blob {image.config_digest}" in text
+    assert f"orphan blob {stray}" in text
+    layer = Layer.objects.get(chain_id=base_chain)
+    assert (layer.unpacked_size, layer.file_count) == tree_usage(store.snapshots.path(base_chain))
+    config = Blob.objects.get(digest=image.config_digest)
+    assert (config.size, config.kind) == (store.blobs.size(image.config_digest), "config")
+    store.blobs.delete(stray)
+    assert store_verify().ok

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
-from layerhub.images.verify import store_verify
+from layerhub.images.verify import store_verify, store_verify_fix_sizes
 from layerhub.jobs.cli import LayerhubCommand
 
 
@@ -17,8 +17,20 @@ class Command(LayerhubCommand):
         "missing files. Exits 1 if anything differs."
     )
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--fix-sizes",
+            action="store_true",
+            help="record the sizes found on disk where they differ (orphans and missing "
+            "files are only reported), then verify again",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         report = store_verify()
+        if options["fix_sizes"]:
+            for line in store_verify_fix_sizes(report):
+                self.stdout.write(f"fixed {line}")
+            report = store_verify()
         for finding in report.findings:
             self.stdout.write(finding.line())
         for key in report.held:
