@@ -18,7 +18,7 @@ from django.apps import apps
 from django.core.management import call_command
 from pytest_django import Settings
 
-from layerhub.containers.services import container_create
+from layerhub.containers.services import container_commit, container_create, container_write_file
 from layerhub.core.store import get_store
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import Conflict
@@ -250,3 +250,57 @@ def test_backfill_records_blobs_of_images_recorded_before(registry: Registry, se
     backfill(apps, None)
     assert set(Blob.objects.values_list("digest", "size", "kind")) == expected
     assert image.manifest_digest in {d for d, _, _ in expected}
+
+
+def test_a_commit_records_its_blobs_and_the_totals_follow_the_disk(
+    registry: Registry, seed: Seed
+) -> None:
+    pulled(f"{registry.host}/team/app:v1")
+    container = container_create(image=f"{registry.host}/team/app:v1", name="edit")
+    container_write_file(container=container, path="/etc/motd", data=b"changed\n" * 100)
+    job = container_commit(container=container, repository="localhost/changed:1")
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.image is not None
+    committed = job.image
+    top = committed.image_layers.select_related("layer").order_by("-position")[0].layer
+    kinds = dict(Blob.objects.values_list("digest", "kind"))
+    assert kinds[committed.manifest_digest] == "manifest"
+    assert kinds[committed.config_digest] == "config"
+    assert kinds[top.digest] == "layer"
+    assert top.unpacked_size == 800
+    assert store_totals().physical_bytes == disk_bytes()
+    # the commit's image alone owns its top layer: deleting it frees exactly that much
+    plan = image_delete_plan(committed)
+    assert [chain for chain, _ in plan.snapshots] == [top.chain_id]
+    before = disk_bytes()
+    image_remove(image="localhost/changed:1")
+    assert before - disk_bytes() == plan.frees_bytes
+    assert store_totals().physical_bytes == disk_bytes()
+
+
+def test_an_index_blob_stays_while_another_platform_of_it_does(
+    registry: Registry, seed: Seed
+) -> None:
+    amd = pulled(f"{registry.host}/team/multi:multi")
+    job = image_pull(reference=f"{registry.host}/team/multi:multi", platform="linux/arm64/v8")
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.image is not None
+    arm = job.image
+    assert amd.index_digest == arm.index_digest != ""
+    assert Blob.objects.get(digest=amd.index_digest).kind == "index"
+    plan = image_delete_plan(amd)
+    assert amd.index_digest not in dict(plan.blobs)
+    assert amd.index_digest not in dict(image_delete_plan(arm).blobs)
+    before = disk_bytes()
+    image_remove(image=amd.manifest_digest)
+    assert before - disk_bytes() == plan.frees_bytes
+    # now the index is arm's alone: its delete takes it
+    last = image_delete_plan(arm)
+    assert amd.index_digest in dict(last.blobs)
+    before = disk_bytes()
+    image_remove(image=arm.manifest_digest, force=True)
+    assert before - disk_bytes() == last.frees_bytes
+    assert disk_bytes() == 0
+    assert store_totals().physical_bytes == 0
