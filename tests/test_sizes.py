@@ -244,3 +244,16 @@ def test_query_counts_do_not_grow_with_the_catalog() -> None:
     first = Image.objects.order_by("pk").first()
     assert first is not None
     assert _queries(lambda: image_delete_plan(first)) <= 12
+
+
+def test_a_plan_over_a_queryset_equals_the_plan_over_its_images() -> None:
+    image([BASE, APP], tag="v1")
+    image([BASE, OTHER], tag="v2")
+    keep = image([BASE, ("kept", 5, 6)])
+    job = Job.objects.create(kind=Job.Kind.PULL, state=Job.State.RUNNING)
+    Lease.objects.create(job=job, key=digest("other"))
+    idle = Image.objects.exclude(pk=keep.pk)
+    assert images_delete_plan(idle) == images_delete_plan(list(idle))
+    plan = images_delete_plan(idle)
+    assert plan.held == [digest("other")]
+    assert sorted(size for _, size in plan.snapshots) == [700, 900]

@@ -207,19 +207,33 @@ def _ancestors_kept(start: set[int], parent_of: dict[int, int | None]) -> set[in
     return kept
 
 
-def images_delete_plan(images: Iterable[Image]) -> DeletePlan:
+def images_delete_plan(images: QuerySet[Image] | Iterable[Image]) -> DeletePlan:
     """What deleting all of ``images`` together frees: their blobs and snapshots that no
-    other image, no layer left standing and no live lease holds. A few queries, bounded by
-    the images' layers (not by the catalog)."""
-    chosen = {image.pk: image for image in images}
+    other image, no layer left standing and no live lease holds.
+
+    A few queries whatever the catalog holds; the rows read are the images' own layers. A
+    queryset (say, every image no container uses) is passed to the database as a subquery,
+    never as a list of ids, so any number of images fits in a query.
+    """
+    if isinstance(images, QuerySet):
+        chosen_q = images.values_list("pk", flat=True)
+        chosen = {
+            image.pk: image
+            for image in images.only("pk", "manifest_digest", "config_digest", "index_digest")
+        }
+    else:
+        chosen = {image.pk: image for image in images}
+        chosen_q = Image.objects.filter(pk__in=list(chosen)).values_list("pk", flat=True)
     if not chosen:
         return DeletePlan()
-    ids = list(chosen)
     containers = list(
-        Container.objects.filter(image_id__in=ids).order_by("name").values_list("name", flat=True)
+        Container.objects.filter(image_id__in=chosen_q)
+        .order_by("name")
+        .values_list("name", flat=True)
     )
+    layer_q = ImageLayer.objects.filter(image_id__in=chosen_q).values("layer_id")
     rows = list(
-        ImageLayer.objects.filter(image_id__in=ids).values_list(
+        ImageLayer.objects.filter(image_id__in=chosen_q).values_list(
             "layer_id",
             "position",
             "layer__chain_id",
@@ -237,21 +251,21 @@ def images_delete_plan(images: Iterable[Image]) -> DeletePlan:
         if image.index_digest:
             image_blobs.add(image.index_digest)
     digests = image_blobs | {r[3] for r in layers.values()}
-    leased = set(
-        Lease.objects.filter(
-            job__state__in=LIVE_STATES, key__in=[*digests, *chain_of.values()]
-        ).values_list("key", flat=True)
+    # live leases are few (what running jobs hold): read them all, match here
+    leased = set(Lease.objects.filter(job__state__in=LIVE_STATES).values_list("key", flat=True)) & (
+        digests | set(chain_of.values())
     )
     # layers something other than these images stands on: another image, or a layer row
     # above them that no image names (one a lease kept)
     used = set(
-        ImageLayer.objects.filter(layer_id__in=list(layers))
-        .exclude(image_id__in=ids)
+        ImageLayer.objects.filter(layer_id__in=layer_q)
+        .exclude(image_id__in=chosen_q)
         .values_list("layer_id", flat=True)
+        .distinct()
     )
     used |= set(
-        Layer.objects.filter(parent_id__in=list(layers))
-        .exclude(pk__in=list(layers))
+        Layer.objects.filter(parent_id__in=layer_q)
+        .exclude(pk__in=layer_q)
         .values_list("parent_id", flat=True)
     )
     kept_for_use = _ancestors_kept({pk for pk in used if pk is not None}, parent_of)
@@ -260,22 +274,28 @@ def images_delete_plan(images: Iterable[Image]) -> DeletePlan:
     )
     freed = [pk for pk in layers if pk not in kept]
     # blobs another image names (as manifest, config or index), or a layer row that stays
-    others = Image.objects.exclude(pk__in=ids)
-    named = (
-        set(others.filter(manifest_digest__in=digests).values_list("manifest_digest", flat=True))
-        | set(others.filter(config_digest__in=digests).values_list("config_digest", flat=True))
-        | set(others.filter(index_digest__in=digests).values_list("index_digest", flat=True))
-    )
-    staying_rows = Layer.objects.filter(digest__in=digests).exclude(pk__in=freed)
-    staying = dict(staying_rows.values_list("pk", "digest"))
+    others = Image.objects.exclude(pk__in=chosen_q)
+    mine = Image.objects.filter(pk__in=chosen_q)
+    named: set[str] = set()
+    for name in ("manifest_digest", "config_digest", "index_digest"):
+        named |= set(
+            others.filter(**{f"{name}__in": mine.values(name)}).values_list(name, flat=True)
+        )
+    layer_digests_q = Layer.objects.filter(pk__in=layer_q).values("digest")
+    freed_set = set(freed)
+    staying = {
+        pk: d
+        for pk, d in Layer.objects.filter(digest__in=layer_digests_q).values_list("pk", "digest")
+        if pk not in freed_set
+    }
     # a staying layer row outside these images' layers, or one kept for use, keeps its blob
     named |= {d for pk, d in staying.items() if pk not in layers or pk in kept_for_use}
     blob_kept_by_lease = {d for pk, d in staying.items() if pk in layers and pk not in kept_for_use}
     doomed = sorted(digests - named - leased - blob_kept_by_lease)
     held_blobs = sorted((digests - named) - set(doomed))
     sizes = dict(
-        Blob.objects.filter(digest__in=[*doomed, *held_blobs]).values_list("digest", "size")
-    )
+        Blob.objects.filter(digest__in=layer_digests_q).values_list("digest", "size")
+    ) | dict(Blob.objects.filter(digest__in=list(image_blobs)).values_list("digest", "size"))
     held_layers = sorted(kept - kept_for_use, key=lambda pk: -layers[pk][1])
     freed.sort(key=lambda pk: -layers[pk][1])  # top first
     return DeletePlan(
