@@ -13,6 +13,7 @@ from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
 from layerhub.images import services as image_services
 from layerhub.images.services import transfer
+from layerhub.images.services import verify as verify_services
 from layerhub.jobs.models import Job
 from workers.celery import app
 from workers.housekeeping import Housekeeper
@@ -80,6 +81,12 @@ def image_push(job_id: int) -> None:
 def image_save(job_id: int) -> None:
     """Run an export job: a docker save archive or an OCI layout tar."""
     _run_job(transfer.image_save_run, job_id)
+
+
+@app.task(name="layerhub.store_verify")
+def store_verify(job_id: int) -> None:
+    """Run a verify job: compare the store on disk with the catalog's recorded sizes."""
+    _run_job(verify_services.store_verify_run, job_id)
 
 
 @worker_ready.connect

@@ -296,11 +296,9 @@ def container_commit_run(*, job_id: int) -> None:
         image = image_record(refs=refs, resolved=committed)
         if result.chain_id is not None:
             row = Layer.objects.get(chain_id=result.chain_id)
-            if result.unpacked is not None:
-                applied = result.unpacked
-                layer_mark_unpacked(row, applied.unpacked_size, applied.file_count)
-            elif row.unpacked_at is None:  # the snapshot existed (the same change committed)
-                layer_mark_unpacked(row, *fsutil.tree_usage(store.snapshots.path(row.chain_id)))
+            # made now, or it existed (the same change committed) without a recorded size
+            if result.unpacked is not None or row.unpacked_at is None:
+                layer_mark_unpacked(row)
         # the parent's layers are unpacked already (the container stands on them)
         job.image = image
         job.save(update_fields=["image"])

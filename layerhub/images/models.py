@@ -87,6 +87,30 @@ class Layer(models.Model):
         return short_id(self.digest)
 
 
+class Blob(models.Model):
+    """A file in ``blobs/``: its digest, its length and what it is, recorded when the catalog
+    records an image whose blobs are in the store and removed when the file is deleted.
+
+    One row per digest however many images or ChainIDs name it, so the store's physical blob
+    bytes are a sum over these rows. A blob kept only by a running job's lease keeps its row
+    (the file is still there) until garbage collection removes both.
+    """
+
+    class Kind(models.TextChoices):
+        LAYER = "layer", "layer"
+        CONFIG = "config", "config"
+        MANIFEST = "manifest", "manifest"
+        INDEX = "index", "index"
+
+    digest = models.CharField(max_length=71, unique=True)
+    size = models.BigIntegerField(help_text="the file's length in bytes")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {short_id(self.digest)}"
+
+
 class Image(models.Model):
     """One platform image: a manifest, its config (the image ID) and its layers."""
 
@@ -108,6 +132,9 @@ class Image(models.Model):
 
     class Meta:
         ordering = ["-added_at", "-id"]
+        # newest first, a page at a time, reads this index and computes sizes for that page
+        # alone instead of for every image before sorting
+        indexes = [models.Index(fields=["added_at", "id"], name="image_added_order")]
 
     def __str__(self) -> str:
         return short_id(self.config_digest)

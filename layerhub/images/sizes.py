@@ -8,8 +8,12 @@ Definitions (bytes):
 - an image's SIZE is the sum of its layers' sizes; SHARED SIZE the part in layers (by ChainID)
   that at least one other image also uses; UNIQUE SIZE the rest. SIZE = SHARED + UNIQUE;
 - its download size is the sum of its layer blobs' compressed sizes (from the manifest);
-- the store's logical total counts every image as if stored alone (its blobs and snapshots);
-  its physical total is what ``blobs/`` and ``snapshots/`` hold, each once.
+- the store's logical total counts every image as if stored alone (its blobs: manifest,
+  config, index and layers, and its snapshots); its physical total is what ``blobs/`` and
+  ``snapshots/`` hold, each once: the sum of the Blob rows (one per file, written when the
+  catalog records an image and removed with the file) and of the recorded snapshot sizes;
+- what deleting an image, tag or repository frees (``DeletePlan``) is computed from the same
+  rows, and ``image_remove`` deletes exactly what the plan lists.
 
 Every figure is one aggregate query (or a few), whatever the number of images: pages call these,
 never loop over rows in Python.
@@ -17,10 +21,13 @@ never loop over rows in Python.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.db.models import (
     Count,
+    Exists,
+    F,
     IntegerField,
     OuterRef,
     Q,
@@ -31,25 +38,25 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 
-from layerhub.images.models import Image, ImageLayer, Layer
+from layerhub.containers.models import Container
+from layerhub.images.leases import LIVE_STATES
+from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
+from layerhub.jobs.models import Lease
 
 
-def _layer_users() -> Subquery:
-    """How many images use the layer of the outer ImageLayer row."""
-    return Subquery(
-        ImageLayer.objects.filter(layer=OuterRef("layer"))
-        .values("layer")
-        .annotate(n=Count("image", distinct=True))
-        .values("n"),
-        output_field=IntegerField(),
+def _used_elsewhere() -> Exists:
+    """Whether another image uses the layer of the outer ImageLayer row. An EXISTS stops at
+    the first other row (through the index on layer), where counting a base layer's users
+    would read every image on that base, for every image on it."""
+    return Exists(
+        ImageLayer.objects.filter(layer=OuterRef("layer")).exclude(image=OuterRef("image"))
     )
 
 
 def _sum_over_layers(*, shared: bool | None) -> Subquery:
     rows = ImageLayer.objects.filter(image=OuterRef("pk"))
     if shared is not None:
-        rows = rows.annotate(users=_layer_users())
-        rows = rows.filter(users__gt=1) if shared else rows.filter(users__lte=1)
+        rows = rows.filter(_used_elsewhere()) if shared else rows.filter(~_used_elsewhere())
     return Subquery(
         rows.values("image")
         .annotate(total=Sum(Coalesce("layer__unpacked_size", Value(0))))
@@ -101,7 +108,7 @@ class StoreTotals:
 
     images: int
     layers: int  # distinct ChainIDs with a snapshot recorded
-    blobs: int
+    blobs: int  # files in blobs/ (Blob rows)
     logical_bytes: int
     physical_blob_bytes: int
     physical_snapshot_bytes: int
@@ -122,41 +129,225 @@ class StoreTotals:
         return 100.0 * self.savings_bytes / self.logical_bytes if self.logical_bytes else 0.0
 
 
+def _blob_size(digest_field: str) -> Coalesce:
+    return Coalesce(
+        Subquery(
+            Blob.objects.filter(digest=OuterRef(digest_field)).values("size")[:1],
+            output_field=IntegerField(),
+        ),
+        Value(0),
+    )
+
+
 def store_totals() -> StoreTotals:
-    """Logical and physical totals of the store, in a few aggregate queries."""
+    """Logical and physical totals of the store, in four aggregate queries."""
     logical_layers = ImageLayer.objects.aggregate(
         snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
         blobs=Coalesce(Sum("layer__size"), Value(0)),
     )
+    # each image's own manifest, config and index, as if no other image shared them
+    per_image = Image.objects.annotate(
+        own=_blob_size("manifest_digest") + _blob_size("config_digest") + _blob_size("index_digest")
+    ).aggregate(n=Count("pk"), total=Coalesce(Sum(F("own")), Value(0)))
     physical_snapshots = Layer.objects.filter(unpacked_at__isnull=False).aggregate(
         n=Count("pk"), total=Coalesce(Sum("unpacked_size"), Value(0))
     )
-    # a blob shared by two ChainIDs (the same compressed layer over different bases) is one file
-    blob_rows = Layer.objects.values("digest").annotate(size=Sum("size") / Count("pk"))
-    blob_bytes = sum(row["size"] or 0 for row in blob_rows)
+    physical_blobs = Blob.objects.aggregate(n=Count("pk"), total=Coalesce(Sum("size"), Value(0)))
     return StoreTotals(
-        images=Image.objects.count(),
+        images=per_image["n"],
         layers=physical_snapshots["n"],
-        blobs=len(blob_rows),
-        logical_bytes=logical_layers["snapshots"] + logical_layers["blobs"],
-        physical_blob_bytes=int(blob_bytes),
+        blobs=physical_blobs["n"],
+        logical_bytes=logical_layers["snapshots"] + logical_layers["blobs"] + per_image["total"],
+        physical_blob_bytes=physical_blobs["total"],
         physical_snapshot_bytes=physical_snapshots["total"],
     )
 
 
 @dataclass(frozen=True)
 class DeletePlan:
-    """What deleting an image removes at once, and the exact bytes that frees.
+    """What deleting an image (a tag, a repository) removes at once, and the exact bytes
+    that frees.
 
     A blob or snapshot still used by another image, a container or a running job's lease is
-    kept; ``held`` lists what only a lease keeps (garbage collection frees it later).
+    kept; ``held`` lists what only a lease keeps (garbage collection frees it later), and
+    ``held_bytes`` their recorded size. ``snapshots`` is ordered top layer first (the order
+    rows go in). ``containers`` names the containers standing on the images: the delete is
+    refused until they are removed (``blocked``). An untag that leaves the image in place
+    lists the tag in ``untagged`` and frees nothing.
     """
 
     blobs: list[tuple[str, int]] = field(default_factory=list)  # (digest, bytes)
     snapshots: list[tuple[str, int]] = field(default_factory=list)  # (ChainID, bytes)
-    held: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # digests and ChainIDs
+    held_bytes: int = 0
+    images: list[str] = field(default_factory=list)  # image IDs (config digests) deleted
+    untagged: list[str] = field(default_factory=list)  # "registry/repository:tag"
+    containers: list[str] = field(default_factory=list)  # names of containers in the way
 
     @property
     def frees_bytes(self) -> int:
         """The bytes the delete frees, to the byte."""
         return sum(size for _, size in self.blobs) + sum(size for _, size in self.snapshots)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the delete is refused (containers use the image)."""
+        return bool(self.containers)
+
+
+def _ancestors_kept(start: set[int], parent_of: dict[int, int | None]) -> set[int]:
+    """``start`` and every candidate layer below one of them: a layer stays while anything
+    stands on it."""
+    kept: set[int] = set()
+    for pk in start:
+        current: int | None = pk
+        while current is not None and current in parent_of and current not in kept:
+            kept.add(current)
+            current = parent_of[current]
+    return kept
+
+
+def images_delete_plan(images: QuerySet[Image] | Iterable[Image]) -> DeletePlan:
+    """What deleting all of ``images`` together frees: their blobs and snapshots that no
+    other image, no layer left standing and no live lease holds.
+
+    A few queries whatever the catalog holds; the rows read are the images' own layers. A
+    queryset (say, every image no container uses) is passed to the database as a subquery,
+    never as a list of ids, so any number of images fits in a query.
+    """
+    if isinstance(images, QuerySet):
+        chosen_q = images.values_list("pk", flat=True)
+        chosen = {
+            image.pk: image
+            for image in images.only("pk", "manifest_digest", "config_digest", "index_digest")
+        }
+    else:
+        chosen = {image.pk: image for image in images}
+        chosen_q = Image.objects.filter(pk__in=list(chosen)).values_list("pk", flat=True)
+    if not chosen:
+        return DeletePlan()
+    containers = list(
+        Container.objects.filter(image_id__in=chosen_q)
+        .order_by("name")
+        .values_list("name", flat=True)
+    )
+    layer_q = ImageLayer.objects.filter(image_id__in=chosen_q).values("layer_id")
+    rows = list(
+        ImageLayer.objects.filter(image_id__in=chosen_q).values_list(
+            "layer_id",
+            "position",
+            "layer__chain_id",
+            "layer__digest",
+            "layer__parent_id",
+            "layer__unpacked_size",
+        )
+    )
+    layers = {r[0]: r for r in rows}  # one entry per layer, whatever image it came from
+    parent_of = {pk: r[4] for pk, r in layers.items()}
+    chain_of = {pk: r[2] for pk, r in layers.items()}
+    image_blobs: set[str] = set()
+    for image in chosen.values():
+        image_blobs.update(d for d in (image.manifest_digest, image.config_digest) if d)
+        if image.index_digest:
+            image_blobs.add(image.index_digest)
+    digests = image_blobs | {r[3] for r in layers.values()}
+    # live leases are few (what running jobs hold): read them all, match here
+    leased = set(Lease.objects.filter(job__state__in=LIVE_STATES).values_list("key", flat=True)) & (
+        digests | set(chain_of.values())
+    )
+    # layers something other than these images stands on: another image, or a layer row
+    # above them that no image names (one a lease kept)
+    used = set(
+        ImageLayer.objects.filter(layer_id__in=layer_q)
+        .exclude(image_id__in=chosen_q)
+        .values_list("layer_id", flat=True)
+        .distinct()
+    )
+    used |= set(
+        Layer.objects.filter(parent_id__in=layer_q)
+        .exclude(pk__in=layer_q)
+        .values_list("parent_id", flat=True)
+    )
+    kept_for_use = _ancestors_kept({pk for pk in used if pk is not None}, parent_of)
+    kept = kept_for_use | _ancestors_kept(
+        {pk for pk, chain in chain_of.items() if chain in leased}, parent_of
+    )
+    freed = [pk for pk in layers if pk not in kept]
+    # blobs another image names (as manifest, config or index), or a layer row that stays
+    others = Image.objects.exclude(pk__in=chosen_q)
+    mine = Image.objects.filter(pk__in=chosen_q)
+    named: set[str] = set()
+    for name in ("manifest_digest", "config_digest", "index_digest"):
+        named |= set(
+            others.filter(**{f"{name}__in": mine.values(name)}).values_list(name, flat=True)
+        )
+    layer_digests_q = Layer.objects.filter(pk__in=layer_q).values("digest")
+    freed_set = set(freed)
+    staying = {
+        pk: d
+        for pk, d in Layer.objects.filter(digest__in=layer_digests_q).values_list("pk", "digest")
+        if pk not in freed_set
+    }
+    # a staying layer row outside these images' layers, or one kept for use, keeps its blob
+    named |= {d for pk, d in staying.items() if pk not in layers or pk in kept_for_use}
+    blob_kept_by_lease = {d for pk, d in staying.items() if pk in layers and pk not in kept_for_use}
+    doomed = sorted(digests - named - leased - blob_kept_by_lease)
+    held_blobs = sorted((digests - named) - set(doomed))
+    sizes = dict(
+        Blob.objects.filter(digest__in=layer_digests_q).values_list("digest", "size")
+    ) | dict(Blob.objects.filter(digest__in=list(image_blobs)).values_list("digest", "size"))
+    held_layers = sorted(kept - kept_for_use, key=lambda pk: -layers[pk][1])
+    freed.sort(key=lambda pk: -layers[pk][1])  # top first
+    return DeletePlan(
+        blobs=[(d, sizes.get(d, 0)) for d in doomed],
+        snapshots=[(chain_of[pk], layers[pk][5] or 0) for pk in freed],
+        held=[*held_blobs, *(chain_of[pk] for pk in held_layers)],
+        held_bytes=sum(sizes.get(d, 0) for d in held_blobs)
+        + sum(layers[pk][5] or 0 for pk in held_layers),
+        images=sorted(image.config_digest for image in chosen.values()),
+        containers=containers,
+    )
+
+
+def image_delete_plan(image: Image) -> DeletePlan:
+    """What deleting ``image`` (``rmi -f``: every tag and the image) frees at once."""
+    plan = images_delete_plan([image])
+    tags = Tag.objects.filter(image=image).select_related("repository").order_by("pk")
+    return DeletePlan(
+        blobs=plan.blobs,
+        snapshots=plan.snapshots,
+        held=plan.held,
+        held_bytes=plan.held_bytes,
+        images=plan.images,
+        untagged=[f"{t.repository}:{t.name}" for t in tags],
+        containers=plan.containers,
+    )
+
+
+def tag_delete_plan(tag: Tag) -> DeletePlan:
+    """What ``rmi repository:tag`` does: only untag while the image has another tag, else
+    delete the image (its plan)."""
+    if Tag.objects.filter(image_id=tag.image_id).exclude(pk=tag.pk).exists():
+        return DeletePlan(untagged=[f"{tag.repository}:{tag.name}"])
+    return image_delete_plan(tag.image)
+
+
+def repository_delete_plan(repository: Repository) -> DeletePlan:
+    """What deleting every image of ``repository`` (tagged there, or pulled from or pushed to
+    it) frees, all at once."""
+    images = list(
+        Image.objects.filter(Q(tags__repository=repository) | Q(repositories=repository))
+        .distinct()
+        .order_by("pk")
+    )
+    plan = images_delete_plan(images)
+    tags = Tag.objects.filter(image__in=images).select_related("repository").order_by("pk")
+    return DeletePlan(
+        blobs=plan.blobs,
+        snapshots=plan.snapshots,
+        held=plan.held,
+        held_bytes=plan.held_bytes,
+        images=plan.images,
+        untagged=[f"{t.repository}:{t.name}" for t in tags],
+        containers=plan.containers,
+    )

@@ -96,6 +96,7 @@ class Job(models.Model):
         COMMIT = "commit", "commit"
         PUSH = "push", "push"
         EXPORT = "export", "export"
+        VERIFY = "verify", "verify"
 
     class State(models.TextChoices):
         QUEUED = "queued", "queued"

@@ -50,6 +50,7 @@ TASK_FOR_KIND = {
     Job.Kind.COMMIT: "layerhub.container_commit",
     Job.Kind.PUSH: "layerhub.image_push",
     Job.Kind.EXPORT: "layerhub.image_save",
+    Job.Kind.VERIFY: "layerhub.store_verify",
 }
 
 

@@ -25,7 +25,12 @@ from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
 from layerhub.engine.digest import chain_ids
-from layerhub.engine.errors import ArchiveError, ImageNotFound, RegistryAuthError
+from layerhub.engine.errors import (
+    ArchiveError,
+    BlobNotFound,
+    ImageNotFound,
+    RegistryAuthError,
+)
 from layerhub.engine.fsutil import tree_usage
 from layerhub.engine.manifest import (
     Descriptor,
@@ -37,7 +42,15 @@ from layerhub.engine.manifest import (
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
 from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
-from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
+from layerhub.images.models import (
+    Blob,
+    Image,
+    ImageLayer,
+    Layer,
+    RegistryCredential,
+    Repository,
+    Tag,
+)
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import JobProgress, job_run, job_start
 
@@ -287,6 +300,7 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
             )
             ImageLayer.objects.create(image=image, layer=layer, position=position)
             parent = layer
+    blob_record(image=image, layers=resolved.manifest.layers)
     for ref in refs:
         repository, _ = Repository.objects.get_or_create(registry=ref.registry, name=ref.repository)
         image.repositories.add(repository)
@@ -299,6 +313,30 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
     return image
 
 
+def blob_record(*, image: Image, layers: Sequence[Descriptor]) -> None:
+    """Write the Blob rows of an image's manifest, config, index and layer blobs, each with
+    the length of its file in the store (a blob the store lacks gets no row)."""
+    wanted = {
+        image.manifest_digest: Blob.Kind.MANIFEST,
+        image.config_digest: Blob.Kind.CONFIG,
+        **({image.index_digest: Blob.Kind.INDEX} if image.index_digest else {}),
+    }
+    for desc in layers:
+        wanted.setdefault(desc.digest, Blob.Kind.LAYER)
+    known = set(Blob.objects.filter(digest__in=wanted).values_list("digest", flat=True))
+    blobs = get_store().blobs
+    rows = []
+    for digest, kind in wanted.items():
+        if digest in known:
+            continue
+        try:
+            size = blobs.size(digest)
+        except BlobNotFound:
+            continue
+        rows.append(Blob(digest=digest, size=size, kind=kind))
+    Blob.objects.bulk_create(rows, ignore_conflicts=True)
+
+
 def image_layer_descriptors(*, image: Image) -> tuple[list[Descriptor], list[str]]:
     """The image's layers as the engine wants them: descriptors and DiffIDs, bottom first."""
     rows = list(image.image_layers.select_related("layer").order_by("position"))
@@ -308,8 +346,14 @@ def image_layer_descriptors(*, image: Image) -> tuple[list[Descriptor], list[str
     return descriptors, [row.layer.diff_id for row in rows]
 
 
-def layer_mark_unpacked(layer: Layer, unpacked_size: int | None, file_count: int | None) -> None:
-    """Record that a layer's snapshot exists, with what it holds."""
+def layer_mark_unpacked(layer: Layer) -> None:
+    """Record that a layer's snapshot exists, with its size measured on disk.
+
+    Measured rather than taken from the unpack's count: a tar may write one path twice, and
+    only the last copy stays, so only the tree itself gives the bytes a delete frees (the sum
+    of ``st_size`` of its regular files, a hardlinked file once).
+    """
+    unpacked_size, file_count = tree_usage(get_store().snapshots.path(layer.chain_id))
     Layer.objects.filter(pk=layer.pk).update(
         unpacked_size=unpacked_size, file_count=file_count, unpacked_at=timezone.now()
     )
@@ -337,12 +381,10 @@ def image_unpack_run(*, job_id: int) -> None:
             unpacked = engine_pull.unpack(get_store(), descriptors, diff_ids, progress=report)
         finally:
             progress.flush(force=True)
-        store = get_store()
         for layer in unpacked:
             row = Layer.objects.get(chain_id=layer.chain_id)
-            if layer.created:
-                layer_mark_unpacked(row, layer.unpacked_size, layer.file_count)
-            elif row.unpacked_at is None:  # made by a run whose worker died before recording
-                layer_mark_unpacked(row, *tree_usage(store.snapshots.path(layer.chain_id)))
+            # an existing snapshot unrecorded: made by a run whose worker died before recording
+            if layer.created or row.unpacked_at is None:
+                layer_mark_unpacked(row)
 
     job_run(job, work)

@@ -20,8 +20,9 @@ from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
 from layerhub.images.leases import job_lease, lease_held
 from layerhub.images.lookup import image_lookup
-from layerhub.images.models import Image, Layer, Repository
+from layerhub.images.models import Blob, Image, Layer, Repository, Tag
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
+from layerhub.images.sizes import DeletePlan, image_delete_plan, tag_delete_plan
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import JobProgress, job_run, job_start
 
@@ -234,13 +235,9 @@ def image_save_run(*, job_id: int) -> None:
     job_run(job, work)
 
 
-@transaction.atomic
-def image_remove(*, image: str, force: bool = False) -> list[str]:
-    """``docker rmi``: untag, and delete the image (and layers no other image uses) once no
-    tag is left. Returns the lines Docker prints (Untagged: / Deleted:)."""
-    found = image_lookup(image)
-    lines: list[str] = []
-    tags = list(found.tags.select_related("repository"))
+def _named_tags(found: Image, image: str) -> tuple[list[Tag], list[Tag]]:
+    """The image's tags, and those of them ``image`` names (``repository:tag``)."""
+    tags = list(found.tags.select_related("repository").order_by("pk"))
     try:
         ref = parse_reference(image)
     except InvalidReference:
@@ -254,36 +251,51 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
         and t.repository.registry == ref.registry
         and t.repository.name == ref.repository
     ]
+    return tags, named
+
+
+def image_remove_plan(*, image: str, force: bool = False) -> DeletePlan:
+    """What ``rmi`` (``image_remove``) with the same arguments would do, and the exact bytes
+    it would free; nothing is changed."""
+    found = image_lookup(image)
+    tags, named = _named_tags(found, image)
+    if named and len(tags) > 1 and not force:
+        return tag_delete_plan(named[0])
+    return image_delete_plan(found)
+
+
+def _blocked(found: Image, plan: DeletePlan) -> Conflict:
+    names = ", ".join(plan.containers[:5])
+    return Conflict(f"image {found.image_id} is used by container(s): {names}; remove them first")
+
+
+@transaction.atomic
+def image_remove(*, image: str, force: bool = False) -> list[str]:
+    """``docker rmi``: untag, and delete the image (and layers no other image uses) once no
+    tag is left. Returns the lines Docker prints (Untagged: / Deleted:).
+
+    What goes is exactly ``image_delete_plan``'s list, so the bytes it frees are the plan's
+    ``frees_bytes``: rows first (in this transaction), files once it commits.
+    """
+    found = image_lookup(image)
+    tags, named = _named_tags(found, image)
     if named and len(tags) > 1 and not force:
         named[0].delete()
         return [f"Untagged: {named[0].repository}:{named[0].name}"]
-    if found.containers.exists():
-        names = ", ".join(c.name for c in found.containers.all()[:5])
-        raise Conflict(
-            f"image {found.image_id} is used by container(s): {names}; remove them first"
-        )
+    plan = image_delete_plan(found)
+    if plan.blocked:
+        raise _blocked(found, plan)
+    lines: list[str] = []
     for tag in tags:
         lines.append(f"Untagged: {tag.repository}:{tag.name}")
         tag.delete()
-    layers = [row.layer for row in found.image_layers.select_related("layer").order_by("-position")]
-    doomed_blobs = [found.manifest_digest]
-    others = Image.objects.exclude(pk=found.pk)
-    if not others.filter(config_digest=found.config_digest).exists():
-        doomed_blobs.append(found.config_digest)
-    if found.index_digest and not others.filter(index_digest=found.index_digest).exists():
-        doomed_blobs.append(found.index_digest)
     found.delete()
     lines.append(f"Deleted: {found.config_digest}")
-    doomed_snapshots = []
-    for layer in layers:  # top first: a layer goes only once nothing stands on it
-        if layer.image_layers.exists() or layer.children.exists():
-            break
-        doomed_snapshots.append(layer.chain_id)
-        digest = layer.digest
-        layer.delete()
-        if not Layer.objects.filter(digest=digest).exists():
-            doomed_blobs.append(digest)
-        lines.append(f"Deleted: {layer.chain_id}")
+    doomed_snapshots = [chain_id for chain_id, _ in plan.snapshots]
+    for chain_id in doomed_snapshots:  # top first: a layer goes only once nothing stands on it
+        Layer.objects.filter(chain_id=chain_id).delete()
+        lines.append(f"Deleted: {chain_id}")
+    doomed_blobs = [digest for digest, _ in plan.blobs]
     store = get_store()
 
     def delete_files() -> None:  # rows first, files after: no row ever names a missing file
@@ -295,6 +307,9 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
         for digest in doomed_blobs:
             with blob_lock(store, digest):
                 if not lease_held(digest):
+                    # the size row goes with the file, under its lock: a job that writes the
+                    # blob again records its row after this
+                    Blob.objects.filter(digest=digest).delete()
                     store.blobs.delete(digest)
 
     transaction.on_commit(delete_files)
