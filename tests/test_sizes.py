@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -95,7 +96,8 @@ def test_image_sizes_add_up() -> None:
     a = image([BASE, APP])
     b = image([BASE, OTHER])
     c = image([("alone", 50, 80)])
-    rows = {i.pk: i for i in images_with_sizes()}
+    # annotated rows: their extra attributes are not on the model
+    rows: dict[int, Any] = {i.pk: i for i in images_with_sizes()}
     assert (rows[a.pk].size, rows[a.pk].shared_size, rows[a.pk].unique_size) == (5_700, 5_000, 700)
     assert (rows[b.pk].size, rows[b.pk].shared_size, rows[b.pk].unique_size) == (5_900, 5_000, 900)
     assert (rows[c.pk].size, rows[c.pk].shared_size, rows[c.pk].unique_size) == (80, 0, 80)
