@@ -55,8 +55,8 @@ class UploadForm(forms.Form):
     file = forms.FileField()
     name = forms.CharField(max_length=255, required=False, help_text="default: the file's name")
 
-    def clean_file(self) -> UploadedFile:
-        upload: UploadedFile = self.cleaned_data["file"]
+    def clean_file(self) -> UploadedFile[bytes]:
+        upload: UploadedFile[bytes] = self.cleaned_data["file"]
         if (upload.size or 0) > MAX_UPLOAD_BYTES:
             raise forms.ValidationError(
                 f"the file is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB"
@@ -66,7 +66,7 @@ class UploadForm(forms.Form):
     def target_path(self) -> str:
         """The absolute path the upload is written to."""
         name = self.cleaned_data["name"].strip() or (self.cleaned_data["file"].name or "upload")
-        return self.cleaned_data["directory"].rstrip("/") + "/" + name
+        return f"{self.cleaned_data['directory'].rstrip('/')}/{name}"
 
 
 class MkdirForm(forms.Form):

@@ -12,6 +12,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -198,7 +199,9 @@ def _stack(container: Container) -> list[dict[str, Any]]:
     return stack
 
 
-def _detail_context(request: HttpRequest, container: Container, **forms: Any) -> dict[str, Any]:
+def _detail_context(
+    request: HttpRequest, container: Container, path: str, **forms: Any
+) -> dict[str, Any]:
     store = get_store()
     upper = container_dir(container) / "upper"
     changes = container_diff(container=container)
@@ -208,7 +211,6 @@ def _detail_context(request: HttpRequest, container: Container, **forms: Any) ->
     writable_bytes, writable_files = fsutil.tree_usage(upper) if upper.is_dir() else (0, 0)
     stack = _stack(container)
     image_bytes = sum(item["size"] or 0 for item in stack)
-    path = clean_path(request.GET.get("path"))
     fs = container_fs(container)
     # entries the writable layer holds (added or copied up) are marked as the container's own
     browse = browse_context(fs.view, path, own_layer=len(fs.lowers))
@@ -248,20 +250,19 @@ def detail(request: HttpRequest, ref: str) -> HttpResponse:
     entry = container_fs(container).view.lstat(path)
     if not entry.is_dir:
         return redirect(_file_url(container, path))
-    return render(request, "containers/detail.html", _detail_context(request, container))
+    context = _detail_context(request, container, path)
+    return render(request, "containers/detail.html", context)
 
 
 def _rerender(
     request: HttpRequest, container: Container, directory: str, **forms: Any
 ) -> HttpResponse:
     """The container's page again with a form's errors (the browser at ``directory``)."""
-    request.GET = request.GET.copy()
-    request.GET["path"] = directory
-    context = _detail_context(request, container, **forms)
+    context = _detail_context(request, container, directory, **forms)
     return render(request, "containers/detail.html", context, status=400)
 
 
-def file_page(request: HttpRequest, ref: str) -> HttpResponse:
+def file_page(request: HttpRequest, ref: str) -> HttpResponseBase:
     """One path of the container: a text file's content in an editor (capped), a binary
     file's download link, a symlink's target; ``?download=1`` streams a regular file."""
     container = _container(request, ref)
@@ -275,8 +276,9 @@ def file_page(request: HttpRequest, ref: str) -> HttpResponse:
     if browse["is_dir"]:
         return redirect(_detail_url(container, path, "files"))
     content = browse.get("content")
-    editable = content is not None and content.text is not None and not content.truncated
-    form = WriteFileForm(initial={"path": path, "content": content.text if editable else ""})
+    text = content.text if content is not None and not content.truncated else None
+    editable = text is not None
+    form = WriteFileForm(initial={"path": path, "content": text or ""})
     context = {
         "container": container,
         "browse": browse,
@@ -433,7 +435,7 @@ def exec_command(request: HttpRequest, ref: str) -> HttpResponse:
                 "stderr_cut": stderr_cut,
                 "duration": round(done.duration, 2),
             }
-    if request.htmx:
+    if getattr(request, "htmx", False):
         return render(
             request,
             "containers/htmx/exec_result.html",

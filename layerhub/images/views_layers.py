@@ -14,7 +14,8 @@ from typing import Any
 
 from django.core.paginator import Paginator
 from django.db.models import Count, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -80,7 +81,7 @@ def breadcrumbs(path: str) -> list[tuple[str, str]]:
 
 def download_url(page: str, path: str) -> str:
     """The URL that streams ``path`` from a file-browser ``page``."""
-    return f"{page}?{urlencode({'path': path, 'download': 1})}"
+    return f"{page}?{urlencode({'path': path, 'download': '1'})}"
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ def _layer_listing(
     return ordered[:LIST_CAP], len(ordered), opaque
 
 
-def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponse:
+def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
     """A layer by ChainID: its digests and sizes, the images that use it, and its own changes
     one directory at a time (``?path=``), or one of its files (``?path=`` naming a file)."""
     if not _CHAIN_HEX.fullmatch(chain_hex):
@@ -299,7 +300,7 @@ def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponse:
 # -- an image's files --------------------------------------------------------------------------
 
 
-def image_files(request: HttpRequest, pk: int) -> HttpResponse:
+def image_files(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The merged tree of an image (``?path=``): a directory's entries, a text file's contents
     (capped), a symlink's target; ``?download=1`` streams a regular file."""
     image = get_object_or_404(with_tags(restrict(Image.objects.all(), request.user)), pk=pk)

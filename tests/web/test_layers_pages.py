@@ -18,13 +18,13 @@ from layerhub.images.models import Image, Layer
 from layerhub.images.services import image_import
 from layerhub.jobs.models import Job
 from tests.support.oci import Image as OciImage
-from tests.support.oci import make_layer, write_layout
+from tests.support.oci import Tree, make_layer, write_layout
 from workers.celery import app
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
 
 BINARY = bytes(random.Random(7).randbytes(3000)) + b"\x00\x01"
-BASE_TREE = {
+BASE_TREE: Tree = {
     "bin": None,
     "bin/tool": BINARY,
     "etc": None,
@@ -34,7 +34,7 @@ BASE_TREE = {
     "opt/old": None,
     "opt/old/a": b"a",
 }
-APP_TREE = {
+APP_TREE: Tree = {
     "app": None,
     "app/run": b"#!/bin/sh\necho app\n",
     "etc": None,
@@ -57,9 +57,9 @@ def eager() -> Iterator[None]:
     app.conf.task_always_eager, app.conf.task_eager_propagates = saved
 
 
-def import_image(tmp_path: Path, ref: str, layers: list[dict[str, object]]) -> Image:
+def import_image(tmp_path: Path, ref: str, layers: list[Tree]) -> Image:
     """Import an OCI layout of ``layers`` tagged ``ref`` and wait for its unpack (eager)."""
-    image = OciImage([make_layer(tree) for tree in layers])  # type: ignore[arg-type]
+    image = OciImage([make_layer(tree) for tree in layers])
     layout = write_layout(tmp_path / re.sub(r"\W", "_", ref), {ref: image})
     job = image_import(path=str(layout))
     job.refresh_from_db()
