@@ -16,10 +16,12 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
 from layerhub.containers.forms import (
     MAX_EDIT_BYTES,
+    MAX_UPLOAD_BYTES,
     CommitForm,
     ContainerCreateForm,
     DeletePathForm,
@@ -64,6 +66,7 @@ DEFAULT_PAGE_SIZE = 25
 DIFF_CAP = 1000  # diff lines a page lists (the counts cover them all)
 OUTPUT_CAP = 64 * 1024  # bytes of each stream kept for the page after a command
 EXEC_SESSION_KEY = "containers:exec:{pk}"
+UPLOAD_OVERHEAD = 64 * 1024  # the multipart framing and the form's other fields
 
 
 def _page_size(raw: str | None) -> int:
@@ -330,9 +333,28 @@ def write_file(request: HttpRequest, ref: str) -> HttpResponse:
     return redirect(_file_url(container, clean_path(path)))
 
 
+# A multipart body is parsed (and a file spooled to disk) as soon as anything reads
+# request.POST, the CSRF check included: a body past the cap is refused before that, and the
+# CSRF check runs after it, as Django's docs show for custom upload handling.
+@csrf_exempt
 @require_POST
 def upload(request: HttpRequest, ref: str) -> HttpResponse:
-    """Upload a file into a directory of the container."""
+    """Upload a file into a directory of the container (at most MAX_UPLOAD_BYTES)."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD:
+        container = _container(request, ref, CHANGE)
+        messages.error(
+            request, f"the upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB"
+        )
+        return redirect(_detail_url(container, anchor="files"))
+    return _upload(request, ref)
+
+
+@csrf_protect
+def _upload(request: HttpRequest, ref: str) -> HttpResponse:
     container = _container(request, ref, CHANGE)
     form = UploadForm(request.POST, request.FILES)
     directory = request.POST.get("directory", "/")
@@ -435,7 +457,8 @@ def exec_command(request: HttpRequest, ref: str) -> HttpResponse:
                 "stderr_cut": stderr_cut,
                 "duration": round(done.duration, 2),
             }
-    if getattr(request, "htmx", False):
+    htmx = getattr(request, "htmx", None)
+    if htmx and not htmx.boosted:
         return render(
             request,
             "containers/htmx/exec_result.html",

@@ -350,3 +350,33 @@ def test_list_paginates_with_a_clamped_page_size(admin_client: Client, base: Ima
     second = admin_client.get(url("list"), {"per_page": "1", "page": "2"}).content.decode()
     assert second.count('href="/containers/c') == 2
     assert "page 2 of 2" in second
+
+
+def test_upload_past_the_cap_is_refused(
+    admin_client: Client, box: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("layerhub.containers.views.MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr("layerhub.containers.views.UPLOAD_OVERHEAD", 0)
+    monkeypatch.setattr("layerhub.containers.forms.MAX_UPLOAD_BYTES", 1000)
+    big = SimpleUploadedFile("big.bin", b"x" * 5000)
+    response = admin_client.post(
+        url("upload", box), {"directory": "/tmp", "file": big}, follow=True
+    )
+    assert "the upload is larger than" in " ".join(messages_of(response))
+    assert ("A", "/tmp/big.bin") not in diff_of(box)
+
+
+def test_upload_form_checks_the_size_and_csrf(
+    box: Container, monkeypatch: pytest.MonkeyPatch, admin_user: object
+) -> None:
+    monkeypatch.setattr("layerhub.containers.forms.MAX_UPLOAD_BYTES", 1000)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)  # type: ignore[arg-type]
+    small = SimpleUploadedFile("a.txt", b"a")
+    assert client.post(url("upload", box), {"directory": "/tmp", "file": small}).status_code == 403
+    csrf = Client()
+    csrf.force_login(admin_user)  # type: ignore[arg-type]
+    over = SimpleUploadedFile("b.bin", b"x" * 1500)  # past the form's cap, within the request's
+    response = csrf.post(url("upload", box), {"directory": "/tmp", "file": over})
+    assert response.status_code == 400
+    assert "larger than" in response.content.decode()
