@@ -10,7 +10,8 @@ from typing import Any, BinaryIO, cast
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Window
+from django.db.models.functions import RowNumber
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
@@ -48,6 +49,7 @@ from layerhub.containers.services import (
 from layerhub.core.permissions import CHANGE, DELETE, restrict
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
+from layerhub.engine.container import ContainerFS
 from layerhub.engine.errors import ContainerNotFound, ImageNotFound, LayerhubError
 from layerhub.engine.runtime import runtime_unavailable_reason
 from layerhub.images.lookup import image_lookup
@@ -59,6 +61,7 @@ from layerhub.images.views_layers import (
     download_response,
     download_url,
     parent_path,
+    with_tags,
 )
 
 PAGE_SIZES = (10, 25, 50, 100)
@@ -168,8 +171,34 @@ def _image_for(request: HttpRequest, text: str) -> Image:
 # -- a container's page ------------------------------------------------------------------------
 
 
-def _stack(container: Container) -> list[dict[str, Any]]:
-    """The image's layers, top first, each with how many images use it."""
+SHARERS_SHOWN = 3  # other images named under each layer of the stack; the layer page has all
+
+
+def _sharers(container: Container, user: Any, layer_ids: list[int]) -> dict[int, list[Image]]:
+    """Up to SHARERS_SHOWN other images (newest first) using each layer, in one query (and one
+    for their tags) whatever the number of images: a window numbers them per layer."""
+    rows = (
+        ImageLayer.objects.filter(
+            layer_id__in=layer_ids, image__in=restrict(Image.objects.all(), user)
+        )
+        .exclude(image_id=container.image_id)
+        .annotate(
+            rank=Window(RowNumber(), partition_by=F("layer_id"), order_by=[F("image_id").desc()])
+        )
+        .filter(rank__lte=SHARERS_SHOWN)
+        .order_by("layer_id", "rank")
+    )
+    pairs = list(rows.values_list("layer_id", "image_id"))
+    images = {i.pk: i for i in with_tags(Image.objects.filter(pk__in={p[1] for p in pairs}))}
+    found: dict[int, list[Image]] = {}
+    for layer_id, image_id in pairs:
+        found.setdefault(layer_id, []).append(images[image_id])
+    return found
+
+
+def _stack(container: Container, user: Any) -> list[dict[str, Any]]:
+    """The image's layers, top first, each with how many images use it and a few of the
+    others."""
     users = Subquery(
         ImageLayer.objects.filter(layer=OuterRef("layer"))
         .values("layer")
@@ -186,14 +215,17 @@ def _stack(container: Container) -> list[dict[str, Any]]:
     stack = []
     rows_list = list(rows)
     biggest = max((r.layer.unpacked_size or 0 for r in rows_list), default=0) or 1
+    sharers = _sharers(container, user, [r.layer_id for r in rows_list])
     for row in rows_list:
         layer = row.layer
+        others = [(i.pk, display_name(i)) for i in sharers.get(layer.pk, [])]
         stack.append(
             {
                 "position": row.position,
                 "layer": layer,
                 "chain_hex": layer.chain_id.split(":", 1)[1],
                 "users": getattr(row, "users", 0) or 0,
+                "others": others,
                 "size": layer.unpacked_size,
                 # the bar under each block: its bytes against the biggest layer's
                 "pct": max(2, round(100 * (layer.unpacked_size or 0) / biggest)),
@@ -203,7 +235,11 @@ def _stack(container: Container) -> list[dict[str, Any]]:
 
 
 def _detail_context(
-    request: HttpRequest, container: Container, path: str, **forms: Any
+    request: HttpRequest,
+    container: Container,
+    path: str,
+    fs: ContainerFS | None = None,
+    **forms: Any,
 ) -> dict[str, Any]:
     store = get_store()
     upper = container_dir(container) / "upper"
@@ -212,9 +248,9 @@ def _detail_context(
     for change in changes:
         counts[change.kind] += 1
     writable_bytes, writable_files = fsutil.tree_usage(upper) if upper.is_dir() else (0, 0)
-    stack = _stack(container)
+    stack = _stack(container, request.user)
     image_bytes = sum(item["size"] or 0 for item in stack)
-    fs = container_fs(container)
+    fs = fs or container_fs(container)
     # entries the writable layer holds (added or copied up) are marked as the container's own
     browse = browse_context(fs.view, path, own_layer=len(fs.lowers))
     reason = runtime_unavailable_reason(store.whiteouts)
@@ -250,10 +286,10 @@ def detail(request: HttpRequest, ref: str) -> HttpResponse:
     goes to the file page)."""
     container = _container(request, ref)
     path = clean_path(request.GET.get("path"))
-    entry = container_fs(container).view.lstat(path)
-    if not entry.is_dir:
+    fs = container_fs(container)
+    if not fs.view.lstat(path).is_dir:
         return redirect(_file_url(container, path))
-    context = _detail_context(request, container, path)
+    context = _detail_context(request, container, path, fs)
     return render(request, "containers/detail.html", context)
 
 

@@ -19,13 +19,14 @@ from layerhub.containers.models import Container
 from layerhub.containers.services import container_create, container_diff, container_write_file
 from layerhub.core.store import get_store
 from layerhub.engine.runtime import runtime_unavailable_reason
+from layerhub.engine.store import Store
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image
 from layerhub.images.services import image_import
 from layerhub.jobs.models import Job
 from tests.support.busybox import busybox_layer
 from tests.support.oci import Image as OciImage
-from tests.support.oci import LayerBlob, write_layout
+from tests.support.oci import Index, LayerBlob, make_layer, write_layout
 from workers.celery import app
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
@@ -44,14 +45,22 @@ def eager() -> Iterator[None]:
 
 @pytest.fixture
 def base(tmp_path: Path) -> Image:
-    """The busybox base image, imported from an OCI layout and unpacked."""
+    return import_busybox(tmp_path)
+
+
+def import_busybox(tmp_path: Path, children: int = 0) -> Image:
+    """The busybox base image, imported from an OCI layout and unpacked, with ``children``
+    more images on it (``localhost/child:<i>``, one small layer each)."""
     raw = busybox_layer()
     layer = LayerBlob(
         "application/vnd.oci.image.layer.v1.tar+gzip",
         gzip.compress(raw, mtime=0),
         "sha256:" + hashlib.sha256(raw).hexdigest(),
     )
-    layout = write_layout(tmp_path / "base-layout", {BASE: OciImage([layer])})
+    tagged: dict[str, OciImage | Index] = {BASE: OciImage([layer])}
+    for i in range(children):
+        tagged[f"localhost/child:{i}"] = OciImage([layer, make_layer({f"c{i}": b"x"})])
+    layout = write_layout(tmp_path / "base-layout", tagged)
     job = image_import(path=str(layout))
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
@@ -326,19 +335,39 @@ def test_anonymous_is_sent_to_sign_in(client: Client, box: Container) -> None:
     assert Container.objects.exists()
 
 
+def test_stack_names_the_images_that_share_a_layer(
+    admin_client: Client, tmp_path: Path, django_assert_max_num_queries: object
+) -> None:
+    import_busybox(tmp_path, children=4)
+    box = container_create(image="localhost/child:0", name="kid")
+    with django_assert_max_num_queries(13):  # type: ignore[operator]
+        html = admin_client.get(url("detail", box)).content.decode()
+    base_layer = image_lookup(BASE).image_layers.get().layer
+    block = re.search(rf'data-layer="{base_layer.chain_id.split(":")[1]}">(.*?)</li>', html, re.S)
+    assert block
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", block.group(1)))
+    # 5 images use the base; 3 others are named and the layer page has the rest
+    named = re.search(r"shared by 5 images: this one, (.*) and more", text)
+    assert named
+    others = named.group(1).split(", ")
+    assert len(others) == 3
+    assert set(others) <= {BASE, "localhost/child:1", "localhost/child:2", "localhost/child:3"}
+    assert "used by this image only" in html  # the child's own layer
+
+
 def test_pages_queries_do_not_grow(
     admin_client: Client, base: Image, django_assert_max_num_queries: object
 ) -> None:
     for i in range(3):
         container_create(image=BASE, name=f"c{i}")
-    with django_assert_max_num_queries(10):  # type: ignore[operator]
+    with django_assert_max_num_queries(6):  # type: ignore[operator]
         admin_client.get(url("list"))
     for i in range(3, 12):
         container_create(image=BASE, name=f"c{i}")
-    with django_assert_max_num_queries(10):  # type: ignore[operator]
+    with django_assert_max_num_queries(6):  # type: ignore[operator]
         html = admin_client.get(url("list")).content.decode()
     assert html.count('href="/containers/c') == 12
-    with django_assert_max_num_queries(15):  # type: ignore[operator]
+    with django_assert_max_num_queries(13):  # type: ignore[operator]
         admin_client.get(url("detail", Container.objects.get(name="c0")))
 
 
@@ -380,3 +409,22 @@ def test_upload_form_checks_the_size_and_csrf(
     response = csrf.post(url("upload", box), {"directory": "/tmp", "file": over})
     assert response.status_code == 400
     assert "larger than" in response.content.decode()
+
+
+def test_exec_disabled_on_a_store_that_keeps_oci_whiteouts(
+    admin_client: Client, layerhub_store: Path, tmp_path: Path
+) -> None:
+    Store(layerhub_store, "oci")  # no kernel overlay over these snapshots: no commands
+    box = container_create(image=import_busybox(tmp_path).manifest_digest, name="portable")
+    html = admin_client.get(url("detail", box)).content.decode()
+    assert "Commands cannot run here:" in html
+    assert "this store: oci" in html
+    assert "<fieldset disabled>" in html
+    # the rest of the page works on this store too
+    written = admin_client.post(url("write", box), {"path": "/root/x", "content": "x"})
+    assert written.status_code == 302
+    assert ("A", "/root/x") in diff_of(box)
+    refused = admin_client.post(
+        url("exec", box), {"command": "echo hi", "timeout": "5"}, HTTP_HX_REQUEST="true"
+    )
+    assert "this store: oci" in refused.content.decode()
