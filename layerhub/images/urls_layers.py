@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from layerhub.core.views_placeholder import not_built
+from layerhub.images import views_layers
 
 app_name = "layers"
 
 urlpatterns: list[URLPattern] = [
-    path("<str:chain_hex>/", not_built, name="detail"),
-    path("image/<int:pk>/files/", not_built, name="image_files"),
+    path("<str:chain_hex>/", views_layers.layer_detail, name="detail"),
+    path("image/<int:pk>/files/", views_layers.image_files, name="image_files"),
 ]
