@@ -369,7 +369,6 @@ def sharing_svg(rows: list[Row], users: dict[int, int], scale: float) -> SafeStr
     """
     blocks: list[str] = []
     links = _Links()
-    right = PLOT_LEFT
     depth = max((len(row.cells) for row in rows), default=0)
     ends = [float(PLOT_LEFT)] * len(rows)
     for position in range(depth):
@@ -407,8 +406,9 @@ def sharing_svg(rows: list[Row], users: dict[int, int], scale: float) -> SafeStr
             f'<text class="row-size" x="{ends[index] + 6:.1f}" y="{y + 15}"'
             f' fill="#5b6473">{escape(human_size(row.size))}</text>'
         )
-        right = max(right, int(ends[index]))
-    width = right + SIZE_COLUMN
+    # one width for every picture of a page (its longest row fills PLOT_WIDTH), so that each
+    # is drawn at the same scale, text included, whatever its own rows' length
+    width = PLOT_LEFT + PLOT_WIDTH + SIZE_COLUMN
     height = max(len(rows) * ROW_PITCH - (ROW_PITCH - ROW_HEIGHT), ROW_HEIGHT)
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="sharing-svg" viewBox="0 0 {width} '
