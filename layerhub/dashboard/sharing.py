@@ -7,10 +7,11 @@ same layers below) are adjacent and the layer is drawn as ONE block spanning the
 labelled with its size, how many images use it and the bytes that saves (size x (users - 1)).
 
 The catalog is cut into families, one per bottom layer, and into pages of rows in that order.
-A page costs a fixed number of queries whatever the size of the catalog: the families (one
-grouped query), the totals (two aggregates), the page's images (ordered by a per-image key of
-its layer chain, computed by the database over only the families the page shows), their tags
-and repositories, their layer rows with sizes, and how many images use each of those layers.
+A page costs a fixed number of queries whatever the size of the catalog (eight, besides the
+session's two): the families, the totals, the page's order (a per-image key of its layer chain,
+computed by the database from the image-layer rows of only the families the page shows), the
+page's images, their tags, their repositories, their layer rows, and those layers with how
+many images use each.
 """
 
 from __future__ import annotations
