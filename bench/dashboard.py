@@ -130,8 +130,9 @@ def bench_postgres(args: argparse.Namespace) -> int:
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as exc:
+        # no server here is not a failure of the code measured (`make bench` goes on)
         print(f"postgresql: not measured: cannot create a database on {server.netloc}: {exc}")
-        return 1
+        return 0
     try:
         url = urlunsplit(server._replace(path=f"/{name}"))
         with tempfile.TemporaryDirectory(prefix="layerhub-bench-") as tmp:
