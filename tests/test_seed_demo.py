@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db.models import Count
 
-from layerhub.dashboard.management.commands.seed_demo import plan_catalog
+from layerhub.dashboard.demo import plan_catalog
 from layerhub.engine.digest import chain_ids
 from layerhub.images.models import Image, ImageLayer, Layer, Tag
 from layerhub.images.sizes import images_with_sizes, store_totals
