@@ -1,0 +1,197 @@
+"""``python manage.py seed_demo --images N``: a realistic demo catalog, metadata only.
+
+Plans the catalog (``layerhub.dashboard.demo``: families of images on a few shared bases,
+about five layers each) and writes it: layers with their recorded sizes, images with a config
+summary, repositories, tags. No blob or snapshot is put in the store, so ``store_verify`` will
+report every seeded layer as missing: seed a database of its own, not a team's catalog.
+
+Each kind of row is one bulk insert (per layer depth for layers, whose parent must exist
+first), all in one transaction. A new kind of row (blob records) is one more ``_write_*``
+function over the plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+from django.utils import timezone
+
+from layerhub.dashboard.demo import (
+    LAYER_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    CatalogPlan,
+    LayerPlan,
+    history_entries,
+    plan_catalog,
+)
+from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+
+MAX_IMAGES = 1_000_000
+
+
+def _write_layers(plan: CatalogPlan) -> None:
+    """Layer rows, depth by depth, so each parent has its primary key before its children."""
+    by_depth: dict[int, list[LayerPlan]] = {}
+    for layer in plan.layers:
+        by_depth.setdefault(layer.depth, []).append(layer)
+    for depth in sorted(by_depth):
+        rows = [
+            Layer(
+                chain_id=layer.chain_id,
+                parent=layer.parent.row if layer.parent else None,
+                digest=layer.digest,
+                diff_id=layer.diff_id,
+                media_type=LAYER_MEDIA_TYPE,
+                size=layer.size,
+                unpacked_size=layer.unpacked_size,
+                file_count=layer.file_count,
+                unpacked_at=layer.created,
+            )
+            for layer in by_depth[depth]
+        ]
+        Layer.objects.bulk_create(rows, batch_size=2000)
+        for layer, row in zip(by_depth[depth], rows, strict=True):
+            layer.row = row
+
+
+def _write_images(plan: CatalogPlan, salt: str) -> None:
+    rows = []
+    for index, image in enumerate(plan.images):
+        config = {
+            "config": image.run,
+            "history": history_entries(image),
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in image.layers]},
+            "created": image.created.isoformat(),
+        }
+        key = f"layerhub seed_demo {salt} image {index}"
+        rows.append(
+            Image(
+                manifest_digest="sha256:" + hashlib.sha256(f"{key} manifest".encode()).hexdigest(),
+                media_type=MANIFEST_MEDIA_TYPE,
+                config_digest="sha256:" + hashlib.sha256(f"{key} config".encode()).hexdigest(),
+                created=image.created,
+                config=config,
+                added_at=image.added_at,
+            )
+        )
+    Image.objects.bulk_create(rows, batch_size=1000)
+    for image, row in zip(plan.images, rows, strict=True):
+        image.row = row
+
+
+def _write_image_layers(plan: CatalogPlan) -> None:
+    rows = [
+        ImageLayer(image=image.row, layer=layer.row, position=position)
+        for image in plan.images
+        for position, layer in enumerate(image.layers)
+    ]
+    ImageLayer.objects.bulk_create(rows, batch_size=5000)
+
+
+def _write_repositories_and_tags(plan: CatalogPlan, now: datetime) -> None:
+    """Repositories (kept if they exist), each image's link to its repository, and its tag
+    (a tag that exists already moves to the new image, as a re-pull moves it)."""
+    names = {(image.registry, image.repository) for image in plan.images}
+    Repository.objects.bulk_create(
+        [Repository(registry=registry, name=name) for registry, name in sorted(names)],
+        ignore_conflicts=True,
+    )
+    repositories = {
+        (r.registry, r.name): r
+        for r in Repository.objects.filter(name__in={name for _, name in names})
+    }
+    through = Image.repositories.through
+    links = []
+    tags = []
+    for image in plan.images:
+        repository = repositories[(image.registry, image.repository)]
+        assert image.row is not None
+        links.append(through(image_id=image.row.pk, repository_id=repository.pk))
+        if image.tag is not None:
+            tags.append(Tag(repository=repository, name=image.tag, image=image.row, updated_at=now))
+    through.objects.bulk_create(links, batch_size=5000)
+    Tag.objects.bulk_create(
+        tags,
+        batch_size=2000,
+        update_conflicts=True,
+        unique_fields=["repository", "name"],
+        update_fields=["image", "updated_at"],
+    )
+
+
+def write_catalog(plan: CatalogPlan, *, salt: str, now: datetime) -> None:
+    """Insert the planned rows, one bulk insert per kind of row, in one transaction."""
+    with transaction.atomic():
+        _write_layers(plan)
+        _write_images(plan, salt)
+        _write_image_layers(plan)
+        _write_repositories_and_tags(plan, now)
+
+
+def seed_demo(images: int, *, seed: int = 0, now: datetime | None = None) -> CatalogPlan:
+    """Plan and write a demo catalog of ``images`` images; the plan, with its rows."""
+    now = now or timezone.now()
+    salt = uuid.uuid4().hex
+    plan = plan_catalog(images, seed=seed, salt=salt, now=now)
+    write_catalog(plan, salt=salt, now=now)
+    return plan
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise CommandError(f"--images must be a whole number, not {text!r}") from None
+    if not 1 <= value <= MAX_IMAGES:
+        raise CommandError(f"--images must be between 1 and {MAX_IMAGES}, not {value}")
+    return value
+
+
+class Command(BaseCommand):
+    help = (
+        "Fill the catalog with a realistic demo: families of images on a few shared bases "
+        "(Debian, Ubuntu, Alpine, UBI; runtimes on them; applications on the runtimes), about "
+        "five layers each, with sizes, dates, repositories and tags. Metadata only: no blob or "
+        "snapshot is written to the store (store_verify will report the seeded layers as "
+        "missing), so seed a database of its own. Refuses to run when the catalog already has "
+        "images, unless --force, which adds the demo beside them (new digests every run; a demo "
+        "tag that exists already moves to the new image)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--images", type=str, default="300", help="how many images (default 300)"
+        )
+        parser.add_argument(
+            "--seed", type=int, default=0, help="random seed: the same seed plans the same catalog"
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="seed even though the catalog already has images",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        count = _positive(str(options["images"]))
+        existing = Image.objects.count()
+        if existing and not options["force"]:
+            raise CommandError(
+                f"the catalog already has {existing} image{'s' if existing != 1 else ''}; "
+                "seed_demo fills an empty catalog (use --force to add the demo anyway)"
+            )
+        start = time.perf_counter()
+        plan = seed_demo(count, seed=options["seed"])
+        elapsed = time.perf_counter() - start
+        repositories = len({(i.registry, i.repository) for i in plan.images})
+        bases = len({id(i.layers[0]) for i in plan.images})
+        self.stdout.write(
+            f"seeded {len(plan.images)} images in {repositories} repositories on {bases} "
+            f"base layer{'s' if bases != 1 else ''}, {len(plan.layers)} layers, "
+            f"in {elapsed:.1f} s"
+        )
