@@ -8,11 +8,11 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db.models import Count
+from django.db.models import Count, Sum
 
 from layerhub.dashboard.demo import plan_catalog
 from layerhub.engine.digest import chain_ids
-from layerhub.images.models import Image, ImageLayer, Layer, Tag
+from layerhub.images.models import Blob, Image, ImageLayer, Layer, Tag
 from layerhub.images.sizes import images_with_sizes, store_totals
 
 pytestmark = pytest.mark.django_db
@@ -76,6 +76,14 @@ def test_each_image_is_consistent_as_a_pull_would_record_it() -> None:
     tagged = Tag.objects.values("image").distinct().count()
     assert 0.8 * 80 <= tagged <= 80
     assert not Image.objects.filter(repositories__isnull=True).exists()
+    # blob records as a pull leaves them: each image's config and manifest, each layer blob once
+    recorded = set(Blob.objects.values_list("digest", flat=True))
+    for image in Image.objects.all():
+        assert {image.config_digest, image.manifest_digest} <= recorded
+    assert set(Layer.objects.values_list("digest", flat=True)) <= recorded
+    totals = store_totals()
+    assert totals.physical_blob_bytes == Blob.objects.aggregate(n=Sum("size"))["n"]
+    assert 0 < totals.physical_bytes < totals.logical_bytes  # bases are shared: sharing saves
 
 
 def test_a_small_catalog_is_the_first_bases_and_runtimes() -> None:

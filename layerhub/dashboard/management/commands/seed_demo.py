@@ -2,12 +2,12 @@
 
 Plans the catalog (``layerhub.dashboard.demo``: families of images on a few shared bases,
 about five layers each) and writes it: layers with their recorded sizes, images with a config
-summary, repositories, tags. No blob or snapshot is put in the store, so ``store_verify`` will
-report every seeded layer as missing: seed a database of its own, not a team's catalog.
+summary, blob records, repositories, tags. No blob or snapshot is put in the store, so
+``store_verify`` will report every seeded one as missing: seed a database of its own, not a
+team's catalog.
 
 Each kind of row is one bulk insert (per layer depth for layers, whose parent must exist
-first), all in one transaction. A new kind of row (blob records) is one more ``_write_*``
-function over the plan.
+first), all in one transaction.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from layerhub.dashboard.demo import (
     history_entries,
     plan_catalog,
 )
-from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
 
 MAX_IMAGES = 1_000_000
 
@@ -125,12 +125,31 @@ def _write_repositories_and_tags(plan: CatalogPlan, now: datetime) -> None:
     )
 
 
+def _write_blobs(plan: CatalogPlan) -> None:
+    """Blob records as a pull would leave them: each layer blob once however many ChainIDs
+    name it, and each image's config and manifest (small, plausible sizes)."""
+    rows: dict[str, Blob] = {}
+    for layer in plan.layers:
+        rows.setdefault(layer.digest, Blob(digest=layer.digest, size=layer.size, kind="layer"))
+    for image in plan.images:
+        assert image.row is not None
+        count = len(image.layers)
+        rows[image.row.config_digest] = Blob(
+            digest=image.row.config_digest, size=1_200 + 180 * count, kind="config"
+        )
+        rows[image.row.manifest_digest] = Blob(
+            digest=image.row.manifest_digest, size=400 + 160 * count, kind="manifest"
+        )
+    Blob.objects.bulk_create(rows.values(), batch_size=5000)
+
+
 def write_catalog(plan: CatalogPlan, *, salt: str, now: datetime) -> None:
     """Insert the planned rows, one bulk insert per kind of row, in one transaction."""
     with transaction.atomic():
         _write_layers(plan)
         _write_images(plan, salt)
         _write_image_layers(plan)
+        _write_blobs(plan)
         _write_repositories_and_tags(plan, now)
 
 
