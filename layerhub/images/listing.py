@@ -20,6 +20,8 @@ from django.db.models import (
     Window,
 )
 from django.db.models.functions import Coalesce, Concat, RowNumber
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 from layerhub.engine.digest import short_id
 from layerhub.engine.reference import Reference
@@ -122,10 +124,13 @@ def image_table(images: QuerySet[Image], *, search: str = "", sort: str = DEFAUL
 
 def label_rows(rows: list[Any]) -> list[Any]:
     """Give each row of an ``image_table`` page ``repository`` and ``tag`` as people read
-    them (``debian``, ``<none>``); no query."""
+    them (``debian``, ``<none>``) and ``created_ago``; no query."""
+    now = timezone.now()
     for row in rows:
         row.repository = familiar_repository(row.repo_registry, row.repo_name)
         row.tag = row.tag_name or "<none>"
+        # "3 weeks ago", as `docker images` prints CREATED: the largest unit alone
+        row.created_ago = timesince(row.created, now, depth=1) if row.created else None
     return rows
 
 

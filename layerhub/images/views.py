@@ -25,6 +25,7 @@ from layerhub.engine.errors import LayerhubError
 from layerhub.images import sizes
 from layerhub.images.forms import ImageListQuery, PushForm, SaveForm
 from layerhub.images.listing import (
+    familiar_repository,
     image_layers,
     image_pull_reference,
     image_short_digest,
@@ -141,6 +142,9 @@ def _history(image: Image) -> list[dict[str, Any]]:
 def _detail_context(request: HttpRequest, image: Any) -> dict[str, Any]:
     tags = list(image.tags.select_related("repository").order_by("repository", "name")[:50])
     reference = f"{tags[0].repository}:{tags[0].name}" if tags else image_pull_reference(image)
+    names = [
+        f"{familiar_repository(t.repository.registry, t.repository.name)}:{t.name}" for t in tags
+    ]
     unpack_job = (
         Job.objects.filter(image=image, kind=Job.Kind.UNPACK).order_by("-created_at", "-id").first()
     )
@@ -154,6 +158,7 @@ def _detail_context(request: HttpRequest, image: Any) -> dict[str, Any]:
     return {
         "image": image,
         "tags": tags,
+        "names": names,
         "reference": reference,
         "manifest_short": image_short_digest(image.manifest_digest),
         "layers": image_layers(image),

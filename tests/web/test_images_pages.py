@@ -113,6 +113,7 @@ def catalog() -> dict[str, Any]:
             {
                 "created": "2024-12-02T00:00:00Z",
                 "created_by": "RUN make app",
+                "author": "Ada <ada@example.com>",
                 "comment": "buildkit.dockerfile.v0",
             },
         ],
@@ -321,6 +322,7 @@ def test_detail_page(
         html.index("RUN make app") < html.index("ENV PATH=/usr/bin") < html.index("ADD file:base")
     )
     assert "buildkit.dockerfile.v0" in html
+    assert "Ada &lt;ada@example.com&gt;" in html
     assert 'class="empty-layer"' in html
     # layers: ChainID links, and the other images on the base, linked
     base_hex = catalog["base"].chain_id.removeprefix("sha256:")
