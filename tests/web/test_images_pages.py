@@ -20,12 +20,15 @@ from django.urls import path, reverse
 from django.utils import timezone
 from pytest_django import Settings
 
+from layerhub.core.store import get_store
 from layerhub.engine.errors import Conflict
 from layerhub.images import sizes
 from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.services import image_pull
 from layerhub.images.services.retry import image_unpack_retry
 from layerhub.images.sizes import DeletePlan
 from layerhub.jobs.models import Job
+from tests.registry.conftest import eager, registry, seed  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 
@@ -653,3 +656,56 @@ def test_404_page_in_the_sites_style(admin_client: Client, production: None) -> 
     assert "Not found" in html
     assert 'class="topbar"' in html
     assert reverse("images:list") in html
+
+
+# -- against a real registry and store ---------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("eager")
+def test_a_pulled_image_page_and_its_actions_with_real_services(
+    admin_client: Client,
+    request: pytest.FixtureRequest,
+    delete_plan: Callable[[int], None],
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    host = request.getfixturevalue("registry").host
+    settings.LAYERHUB_EXPORTS = tmp_path / "exports"
+    reference = f"{host}/team/app:v1"
+    image_pull(reference=reference)
+    pulled = Image.objects.get()
+    assert not pulled.layers.filter(unpacked_at__isnull=True).exists()
+
+    listing = admin_client.get(reverse("images:list")).content.decode()
+    assert rows_of(listing) == [(f"{host}/team/app", "v1")]
+    page = admin_client.get(reverse("images:detail", args=[pulled.pk])).content.decode()
+    assert f"{host}/team/app:v1" in page
+    assert "not unpacked" not in page
+    for row in pulled.image_layers.select_related("layer"):
+        assert f'data-layer="{row.layer.chain_id}"' in page
+        assert f'title="{row.layer.unpacked_size} bytes"' in page
+
+    # save runs its job here (eager): the archive is there for the job page to offer
+    saved = admin_client.post(reverse("images:save", args=[pulled.pk]), {"format": "docker"})
+    export = Job.objects.get(kind=Job.Kind.EXPORT)
+    assert saved["Location"] == reverse("jobs:detail", args=[export.pk])
+    assert export.state == Job.State.SUCCEEDED, export.error
+    archive = Path(export.params["path"])
+    assert archive.is_file()
+    assert archive.stat().st_size > 0
+
+    pushed = admin_client.post(
+        reverse("images:push", args=[pulled.pk]), {"reference": f"{host}/team/copy:1"}
+    )
+    push = Job.objects.get(kind=Job.Kind.PUSH)
+    assert pushed["Location"] == reverse("jobs:detail", args=[push.pk])
+    assert push.state == Job.State.SUCCEEDED, push.error
+
+    blobs = get_store().root / "blobs" / "sha256"
+    layer_blob = blobs / pulled.image_layers.get(position=1).layer.digest.removeprefix("sha256:")
+    assert layer_blob.exists()
+    deleted = admin_client.post(reverse("images:delete", args=[pulled.pk]))
+    assert deleted["Location"] == reverse("images:list")
+    assert not Image.objects.exists()
+    assert not layer_blob.exists()  # rows first, then the files once the delete commits
