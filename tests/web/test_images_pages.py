@@ -282,6 +282,10 @@ def test_list_answers_htmx_with_the_table_alone(
     assert "<html" in page
     assert 'id="image-table"' in page
     assert 'hx-trigger="keyup changed delay:500ms, search"' in page
+    assert 'hx-include="#image-table-state"' in page
+    # the sort the swapped table shows travels with the next search
+    sorted_fragment = admin_client.get(url, {"sort": "-size"}, HTTP_HX_REQUEST="true").content
+    assert b'<input type="hidden" name="sort" value="-size" form="image-search">' in sorted_fragment
     boosted = admin_client.get(url, HTTP_HX_REQUEST="true", HTTP_HX_BOOSTED="true").content.decode()
     assert "<html" in boosted
     restore = admin_client.get(
