@@ -134,7 +134,10 @@ def _image(request: HttpRequest, pk: int, action: str) -> Image:
 def _history(image: Image) -> list[dict[str, Any]]:
     rows = []
     for row in image_history(image):
-        created = parse_datetime(row.created) if row.created else None
+        try:
+            created = parse_datetime(row.created) if row.created else None
+        except ValueError:  # the config's own text, shown as it is (a registry wrote it)
+            created = None
         rows.append({"row": row, "created": created})
     return rows
 

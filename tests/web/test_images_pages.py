@@ -109,7 +109,7 @@ def catalog() -> dict[str, Any]:
                 "created_by": "/bin/sh -c #(nop) ADD file:base in /",
             },
             {
-                "created": "2024-12-01T00:00:01Z",
+                "created": "2024-13-45T00:00:01Z",  # malformed: shown as written
                 "created_by": "ENV PATH=/usr/bin",
                 "empty_layer": True,
             },
@@ -331,6 +331,7 @@ def test_detail_page(
     assert "buildkit.dockerfile.v0" in html
     assert "Ada &lt;ada@example.com&gt;" in html
     assert 'class="empty-layer"' in html
+    assert "2024-13-45T00:00:01Z" in html
     # layers: ChainID links, and the other images on the base, linked
     base_hex = catalog["base"].chain_id.removeprefix("sha256:")
     assert reverse("layers:detail", args=[base_hex]) in html
