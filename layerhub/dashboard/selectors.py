@@ -37,14 +37,15 @@ class SharedLayer:
 
 
 def most_shared_layers(images: QuerySet[Image], limit: int = 8) -> list[SharedLayer]:
-    """The ``limit`` layers that the most of ``images`` use (two at least), biggest first
-    among equals: a GROUP BY over the image-layer rows, then the layers by pk."""
+    """The ``limit`` layers that the most of ``images`` use (two at least), the oldest first
+    among equals: a GROUP BY over the image-layer rows alone, then those layers by pk."""
+    # an image holds a ChainID at one position only, so counting rows counts images
     counts = list(
         ImageLayer.objects.filter(image__in=images)
         .values("layer")
-        .annotate(users=Count("image", distinct=True))
+        .annotate(users=Count("image"))
         .filter(users__gt=1)
-        .order_by("-users", "-layer__unpacked_size", "layer")[:limit]
+        .order_by("-users", "layer")[:limit]
     )
     layers = Layer.objects.in_bulk([row["layer"] for row in counts])
     return [SharedLayer(layers[row["layer"]], row["users"]) for row in counts]

@@ -16,6 +16,7 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
+    Sum,
     Value,
     Window,
 )
@@ -78,25 +79,51 @@ def normalize_sort(sort: str | None) -> str:
     return DEFAULT_SORT
 
 
+def _shared_layers() -> QuerySet[Any]:
+    """The layers at least two images use: one GROUP BY, uncorrelated, so the database works
+    it out once per query (sizes.py's definition of shared, by ChainID)."""
+    return (
+        ImageLayer.objects.values("layer")
+        .annotate(users=Count("image", distinct=True))
+        .filter(users__gt=1)
+        .values("layer")
+    )
+
+
+def _bytes_in_layers(*, shared: bool) -> Coalesce:
+    """The outer image's unpacked bytes in shared (or in unshared) layers: the same figure as
+    ``images_with_sizes``' shared_size / unique_size, in a form cheap enough to sort every
+    image by (a membership test against ``_shared_layers`` instead of counting each layer's
+    users once per image that uses it)."""
+    rows = ImageLayer.objects.filter(image=OuterRef("pk"))
+    in_shared = Q(layer__in=_shared_layers())
+    rows = rows.filter(in_shared) if shared else rows.exclude(in_shared)
+    return Coalesce(
+        Subquery(
+            rows.values("image")
+            .annotate(total=Sum(Coalesce("layer__unpacked_size", Value(0))))
+            .values("total"),
+            output_field=IntegerField(),
+        ),
+        Value(0),
+    )
+
+
 def image_table(images: QuerySet[Image], *, search: str = "", sort: str = DEFAULT_SORT) -> Any:
-    """``images`` as ``docker images`` lists them: one row per tag (an image with three tags
-    is three rows), an untagged image once with tag ``<none>`` and the repository it came
-    from. Each row is an Image with its sizes (``images_with_sizes``) and ``tag_pk``,
-    ``tag_name``, ``repo_registry``, ``repo_name`` and ``unpack_state`` / ``unpack_job``
-    (its newest unpack job), all from one query (a LEFT JOIN on tags, Subqueries for the
-    rest).
+    """The keys of ``images``' rows as ``docker images`` lists them, in order: one row per tag
+    (an image with three tags is three rows), an untagged image once (its tag ``None``).
+    A values list of ``(image pk, tag pk)``: paginate it, then ``table_rows`` reads one page.
 
     ``search`` matches anywhere in the full reference (``docker.io/library/debian:12``) or the
     start of the image ID; ``sort`` is a key of SORTS, ``-`` first for descending. Ties are
-    broken by the image's pk, then the tag's.
+    broken by the image's pk, then the tag's. Only the column sorted on is computed for
+    every row; the sizes shown are read for the page's rows alone.
     """
-    rows = images_with_sizes(images).annotate(
+    rows = images.annotate(
         tag_pk=F("tags__pk"),
         tag_name=F("tags__name"),
         repo_registry=Coalesce(F("tags__repository__registry"), _first_repository("registry")),
         repo_name=Coalesce(F("tags__repository__name"), _first_repository("name")),
-        unpack_state=_last_unpack("state"),
-        unpack_job=_last_unpack("pk"),
     )
     search = search.strip()
     if search:
@@ -116,21 +143,59 @@ def image_table(images: QuerySet[Image], *, search: str = "", sort: str = DEFAUL
             match |= Q(config_digest__startswith=f"sha256:{hex_text}")
         rows = rows.filter(match)
     sort = normalize_sort(sort)
-    column = F(SORTS[sort.lstrip("-")])
+    key = SORTS[sort.lstrip("-")]
+    if key == "shared_size":
+        rows = rows.annotate(shared_size=_bytes_in_layers(shared=True))
+    elif key == "unique_size":
+        rows = rows.annotate(unique_size=_bytes_in_layers(shared=False))
+    elif key in ("size", "download_size", "layer_count"):
+        sized = images_with_sizes(Image.objects.filter(pk=OuterRef("pk")))
+        rows = rows.annotate(**{key: Subquery(sized.values(key)[:1])})
+    column = F(key)
     # no creation date and no tag sort last, whichever the direction
     order = column.desc(nulls_last=True) if sort.startswith("-") else column.asc(nulls_last=True)
-    return rows.order_by(order, "-pk", F("tag_pk").asc(nulls_last=True))
+    return rows.order_by(order, "-pk", F("tag_pk").asc(nulls_last=True)).values_list("pk", "tag_pk")
 
 
-def label_rows(rows: list[Any]) -> list[Any]:
-    """Give each row of an ``image_table`` page ``repository`` and ``tag`` as people read
-    them (``debian``, ``<none>``) and ``created_ago``; no query."""
+@dataclass(frozen=True)
+class TableRow:
+    """One line of the images table: an image (with its sizes and ``unpack_state``), the tag
+    this line is for (None: untagged) and the names people read."""
+
+    image: Any
+    tag: Tag | None
+    repository: str  # ``debian``, ``127.0.0.1:5000/team/app`` or ``<none>``
+    tag_name: str  # the tag or ``<none>``
+    created_ago: str | None  # "3 weeks", as `docker images` prints CREATED
+
+
+def table_rows(keys: list[tuple[int, int | None]]) -> list[TableRow]:
+    """The rows of one page of ``image_table`` keys: the images with their sizes
+    (``images_with_sizes``) and newest unpack state, and the tags, in two queries."""
+    images = {
+        image.pk: image
+        for image in images_with_sizes(
+            Image.objects.filter(pk__in={pk for pk, _ in keys})
+        ).annotate(
+            unpack_state=_last_unpack("state"),
+            first_registry=_first_repository("registry"),
+            first_name=_first_repository("name"),
+        )
+    }
+    tag_pks = {tag_pk for _, tag_pk in keys if tag_pk is not None}
+    tags = Tag.objects.select_related("repository").in_bulk(tag_pks) if tag_pks else {}
     now = timezone.now()
-    for row in rows:
-        row.repository = familiar_repository(row.repo_registry, row.repo_name)
-        row.tag = row.tag_name or "<none>"
+    rows = []
+    for pk, tag_pk in keys:
+        image = images[pk]
+        tag = tags.get(tag_pk) if tag_pk is not None else None
+        if tag is not None:
+            repository = familiar_repository(tag.repository.registry, tag.repository.name)
+        else:
+            repository = familiar_repository(image.first_registry, image.first_name)
         # "3 weeks ago", as `docker images` prints CREATED: the largest unit alone
-        row.created_ago = timesince(row.created, now, depth=1) if row.created else None
+        ago = timesince(image.created, now, depth=1) if image.created else None
+        rows.append(TableRow(image, tag, repository, tag.name if tag else "<none>", ago))
     return rows
 
 

@@ -30,8 +30,8 @@ from layerhub.images.listing import (
     image_pull_reference,
     image_short_digest,
     image_table,
-    label_rows,
     normalize_sort,
+    table_rows,
 )
 from layerhub.images.models import Image
 from layerhub.images.selectors import image_history
@@ -81,7 +81,7 @@ def image_list(request: HttpRequest) -> HttpResponse:
     rows = image_table(images, search=search, sort=sort)
     paginator = Paginator(rows, per_page)
     page = paginator.get_page(query.get("page") or 1)
-    page_rows = label_rows(list(page.object_list))
+    page_rows = table_rows(list(page.object_list))
 
     base = {"q": search, "per_page": per_page if per_page != 25 else None}
     columns = []

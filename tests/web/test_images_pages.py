@@ -23,6 +23,7 @@ from pytest_django import Settings
 from layerhub.core.store import get_store
 from layerhub.engine.errors import Conflict
 from layerhub.images import sizes
+from layerhub.images.listing import _bytes_in_layers
 from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
 from layerhub.images.services import image_pull
 from layerhub.images.services.retry import image_unpack_retry
@@ -240,6 +241,8 @@ def test_list_sorts_by_size_columns_with_a_stable_tie_break(
     size_asc = rows_of(admin_client.get(url, {"sort": "size"}).content.decode())
     assert size_asc[0] == ("127.0.0.1:5000/team/tools", "1")  # 7,000 unpacked so far
     assert size_asc[-1][1] in ("2", "latest")  # app2: 13,000
+    shared_asc = rows_of(admin_client.get(url, {"sort": "shared"}).content.decode())
+    assert shared_asc[0] == ("127.0.0.1:5000/team/tools", "1")  # its layers are its own
     html = admin_client.get(url, {"sort": "-size"}).content.decode()
     assert 'aria-sort="descending"' in html
     assert "sort=size" in html  # the header flips the order
@@ -567,10 +570,10 @@ def test_queries_do_not_grow_with_the_catalog(
 ) -> None:
     some = grow_catalog(n)
     admin_client.get(reverse("dashboard:home"))  # the session is loaded once before counting
-    # session and user, then the list's count and its rows
-    with django_assert_max_num_queries(4):
+    # session and user, then the list's count, its page of keys, their images and tags
+    with django_assert_max_num_queries(6):
         assert admin_client.get(reverse("images:list")).status_code == 200
-    with django_assert_max_num_queries(4):
+    with django_assert_max_num_queries(6):
         assert (
             admin_client.get(reverse("images:list"), {"q": "fam1", "sort": "-unique"}).status_code
             == 200
@@ -714,3 +717,21 @@ def test_a_pulled_image_page_and_its_actions_with_real_services(
     assert deleted["Location"] == reverse("images:list")
     assert not Image.objects.exists()
     assert not layer_blob.exists()  # rows first, then the files once the delete commits
+
+
+def test_the_sort_keys_are_the_sizes_shown(catalog: dict[str, Any]) -> None:
+    """The list sorts by cheaper expressions than it shows: they must be the same figures."""
+    sorted_by = Image.objects.annotate(
+        shared_key=_bytes_in_layers(shared=True), unique_key=_bytes_in_layers(shared=False)
+    )
+    keys = {
+        row["pk"]: (row["shared_key"], row["unique_key"])
+        for row in sorted_by.values("pk", "shared_key", "unique_key")
+    }
+    with_sizes: Any = sizes.images_with_sizes()  # annotations the type checker cannot see
+    shown = {
+        row["pk"]: (row["shared_size"], row["unique_size"])
+        for row in with_sizes.values("pk", "shared_size", "unique_size")
+    }
+    assert keys == shown
+    assert len(set(keys.values())) == 4  # not trivially equal
