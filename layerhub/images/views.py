@@ -23,7 +23,7 @@ from django.views.decorators.http import require_POST, require_safe
 from layerhub.core.permissions import CHANGE, DELETE, VIEW, restrict
 from layerhub.engine.errors import LayerhubError
 from layerhub.images import sizes
-from layerhub.images.forms import ImageListQuery, PushForm, SaveForm
+from layerhub.images.forms import DEFAULT_PER_PAGE, ImageListQuery, PushForm, SaveForm
 from layerhub.images.listing import (
     familiar_repository,
     image_layers,
@@ -83,28 +83,28 @@ def image_list(request: HttpRequest) -> HttpResponse:
     page = paginator.get_page(query.get("page") or 1)
     page_rows = table_rows(list(page.object_list))
 
-    base = {"q": search, "per_page": per_page if per_page != 25 else None}
+    # the default page size stays out of the links, as the search form leaves it out
+    per_page_param = per_page if per_page != DEFAULT_PER_PAGE else None
+    base = {"q": search, "per_page": per_page_param}
+    descending = sort.startswith("-")
     columns = []
     for label, key in COLUMNS:
         if key is None:
             columns.append({"label": label})
             continue
         current = sort.lstrip("-") == key
-        descending = sort.startswith("-")
         if current:
             next_sort = key if descending else f"-{key}"
+            direction = "descending" if descending else "ascending"
         else:
             next_sort = f"-{key}" if key in DESCENDING_FIRST else key
+            direction = ""
         columns.append(
             {
                 "label": label,
                 "key": key,
                 "url": _list_url({**base, "sort": next_sort}),
-                "current": "descending"
-                if current and descending
-                else "ascending"
-                if current
-                else "",
+                "current": direction,
             }
         )
     context = {
@@ -113,7 +113,7 @@ def image_list(request: HttpRequest) -> HttpResponse:
         "columns": columns,
         "search": search,
         "sort": sort,
-        "per_page": per_page,
+        "per_page": per_page_param,
         "page_urls": {
             "previous": _list_url({**base, "sort": sort, "page": page.number - 1}),
             "next": _list_url({**base, "sort": sort, "page": page.number + 1}),
