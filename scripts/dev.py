@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -23,9 +24,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import redis
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -200,6 +205,49 @@ def load_settings(env: dict[str, str]) -> tuple[bool, str]:
         sys.exit(f"[dev] bad settings: {exc}")
 
 
+FIRST_ADMIN = "admin"
+
+
+def ensure_admin(username: str = FIRST_ADMIN) -> tuple[AbstractBaseUser, str] | None:
+    """On a database without a superuser, create one named ``username`` (or a free name
+    like it) with a generated password, and return it with that password: the only time it
+    exists outside the database's hash. None when a superuser exists already."""
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model()
+    if users.objects.filter(is_superuser=True).exists():
+        return None
+    name = username
+    n = 1
+    while users.objects.filter(**{users.USERNAME_FIELD: name}).exists():
+        n += 1
+        name = f"{username}{n}"
+    password = secrets.token_urlsafe(12)
+    user = users.objects.create_superuser(name, email="", password=password)
+    return user, password
+
+
+def first_run_admin(port: int) -> None:
+    """Create the first admin if there is none and say how to sign in (the password is
+    printed this once and never stored in clear)."""
+    import django
+    from django.db import connections
+
+    django.setup()
+    try:
+        created = ensure_admin()
+    finally:
+        connections.close_all()  # the children open their own
+    if created is None:
+        return
+    user, password = created
+    log("created the first admin user; sign in with it (the password is shown only now):")
+    log(f"    http://127.0.0.1:{port}/login/")
+    log(f"    user name: {user.get_username()}")
+    log(f"    password:  {password}")
+    log("change it in the admin (/admin/) or with `manage.py changepassword`")
+
+
 def main() -> int:
     """Migrate, start everything, wait for Ctrl-C or a dead child, stop everything."""
     env = dict(os.environ)
@@ -220,6 +268,7 @@ def main() -> int:
     if migrate.returncode != 0:
         log("migrations failed")
         return migrate.returncode
+    first_run_admin(port)
     if not debug:
         # DEBUG off serves hashed names from collectstatic's manifest, as production does
         log("DEBUG is off: collecting static files")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from django.db.models import Prefetch
@@ -80,6 +80,7 @@ class HistoryRow:
     size: int
     comment: str
     empty_layer: bool
+    author: str = ""
 
 
 def image_history(image: Image) -> list[HistoryRow]:
@@ -103,13 +104,10 @@ def image_history(image: Image) -> list[HistoryRow]:
                 size,
                 str(entry.get("comment", "")),
                 empty,
+                str(entry.get("author", "")),
             )
         )
     rows.reverse()
     if rows:
-        top = rows[0]
-        rows[0] = HistoryRow(
-            image.image_id,
-            *[getattr(top, f) for f in ("created", "created_by", "size", "comment", "empty_layer")],
-        )
+        rows[0] = replace(rows[0], image=image.image_id)
     return rows

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from layerhub.core.views_placeholder import not_built
+from layerhub.images import views
 
 app_name = "images"
 
 urlpatterns: list[URLPattern] = [
-    path("", not_built, name="list"),
-    path("<int:pk>/", not_built, name="detail"),
+    path("", views.image_list, name="list"),
+    path("<int:pk>/", views.image_detail, name="detail"),
+    path("<int:pk>/pull/", views.image_repull, name="pull"),
+    path("<int:pk>/push/", views.image_push_view, name="push"),
+    path("<int:pk>/save/", views.image_save_view, name="save"),
+    path("<int:pk>/delete/", views.image_delete, name="delete"),
+    path("<int:pk>/retry-unpack/", views.image_retry_unpack, name="retry_unpack"),
 ]

@@ -1,4 +1,4 @@
-"""The dashboard home page and the health check."""
+"""The overview (the dashboard's home page) and the health check."""
 
 from __future__ import annotations
 
@@ -10,26 +10,17 @@ from pathlib import Path
 import pytest
 from django.db import OperationalError, connection
 from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
 from pytest_django import Settings
 
 from layerhub.core.humanize import human_size
-from layerhub.core.store import get_store
+from layerhub.engine.store import Store
+from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.sizes import store_totals
+from layerhub.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
-
-BLOB_SIZES = (1_500_000, 72_800)
-
-
-def fill_store(root: Path) -> None:
-    """Two blobs, one snapshot and one container, laid out as DESIGN.md describes the store."""
-    get_store()  # creates the store's folders
-    for size in BLOB_SIZES:
-        data = bytes([size % 251]) * size
-        (root / "blobs" / "sha256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
-    snapshot = root / "snapshots" / hashlib.sha256(b"chain").hexdigest() / "fs"
-    (snapshot / "etc").mkdir(parents=True)
-    (snapshot / "etc" / "os-release").write_bytes(b"x" * 40_000)
-    (root / "containers" / "c0ffee").mkdir()
 
 
 def figure(html: str, name: str) -> str:
@@ -38,32 +29,112 @@ def figure(html: str, name: str) -> str:
     return match.group(1).strip()
 
 
-def test_home_shows_the_store_figures(admin_client: Client, layerhub_store: Path) -> None:
-    fill_store(layerhub_store)
-    usage = get_store().usage()
-    assert (usage.blob_count, usage.snapshot_count, usage.container_count) == (2, 1, 1)
-    assert usage.blob_bytes == sum(BLOB_SIZES)
-    assert usage.snapshot_bytes >= 40_000
+def digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def layer(name: str, unpacked: int, size: int, parent: Layer | None = None) -> Layer:
+    return Layer.objects.create(
+        chain_id=digest(f"chain {name}"),
+        parent=parent,
+        digest=digest(f"blob {name}"),
+        diff_id=digest(f"diff {name}"),
+        media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+        size=size,
+        unpacked_size=unpacked,
+        file_count=1,
+        unpacked_at=timezone.now(),
+    )
+
+
+def image(name: str, layers: list[Layer], tag: str | None = None) -> Image:
+    img = Image.objects.create(
+        manifest_digest=digest(f"manifest {name}"),
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        config_digest=digest(f"config {name}"),
+        config={},
+    )
+    for position, lay in enumerate(layers):
+        ImageLayer.objects.create(image=img, layer=lay, position=position)
+    if tag:
+        repo, _ = Repository.objects.get_or_create(registry="docker.io", name="library/debian")
+        Tag.objects.create(repository=repo, name=tag, image=img)
+    return img
+
+
+def test_home_when_the_catalog_is_empty(admin_client: Client, layerhub_store: Path) -> None:
+    response = admin_client.get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<title>layerhub</title>" in html
+    assert "No images yet: pull one" in html
+    assert reverse("jobs:pull") in html
+    assert figure(html, "images") == "0"
+    assert figure(html, "containers") == "0"
+    assert figure(html, "running_jobs") == "0"
+    assert "No jobs yet" in html
+    assert "htmx.min.js" in html
+
+
+def test_home_shows_counts_savings_sharing_and_jobs(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # never a walk of the store: the overview reads recorded sizes
+    monkeypatch.setattr(Store, "usage", lambda self: pytest.fail("the overview walked the store"))
+    base = layer("base", unpacked=100_000, size=40_000)
+    mid = layer("mid", unpacked=10_000, size=4_000, parent=base)
+    top1 = layer("top1", unpacked=7_000, size=3_000, parent=mid)
+    top2 = layer("top2", unpacked=2_000, size=1_000, parent=mid)
+    lone = layer("lone", unpacked=50_000, size=20_000)
+    one = image("one", [base, mid, top1], tag="12")
+    two = image("two", [base, mid, top2], tag="13")
+    three = image("three", [base])
+    alone = image("alone", [lone], tag="lone")
+    running = Job.objects.create(
+        kind=Job.Kind.PULL, state=Job.State.RUNNING, reference="docker.io/library/debian:14"
+    )
+    failed = Job.objects.create(
+        kind=Job.Kind.UNPACK,
+        state=Job.State.FAILED,
+        reference="docker.io/library/debian:12",
+        error="disk full",
+    )
 
     response = admin_client.get("/")
 
     assert response.status_code == 200
     html = response.content.decode()
-    assert "<title>layerhub</title>" in html
-    assert figure(html, "blob_bytes") == "1.57MB"
-    assert figure(html, "blob_count") == "2 blobs"
-    assert figure(html, "snapshot_bytes") == human_size(usage.snapshot_bytes)
-    assert figure(html, "snapshot_count") == "1 unpacked layer"
-    assert figure(html, "container_count") == "1"
-    assert figure(html, "store_root") == str(layerhub_store)
-    assert "htmx.min.js" in html
+    totals = store_totals()
+    assert figure(html, "images") == "4"
+    assert figure(html, "layers") == "5"
+    assert figure(html, "blobs") == "5"
+    assert figure(html, "running_jobs") == "1"
+    assert figure(html, "logical_bytes") == human_size(totals.logical_bytes)
+    assert figure(html, "physical_bytes") == human_size(totals.physical_bytes)
+    assert figure(html, "savings_bytes") == human_size(totals.savings_bytes)
+    assert totals.savings_bytes == 2 * (100_000 + 40_000) + (10_000 + 4_000)
+    assert figure(html, "savings_percent") == f"{totals.savings_percent:.1f}%"
+    assert f'title="saved {totals.savings_bytes} bytes"' in html
 
+    # most shared first: base under three images saves 2 x its size, then mid under two
+    shared = re.findall(
+        r'<tr data-layer="([^"]+)">.*?data-users>(\d+)<.*?data-saved="(\d+)"', html, re.S
+    )
+    assert shared == [(base.chain_id, "3", "200000"), (mid.chain_id, "2", "10000")]
+    assert reverse("layers:detail", args=[base.chain_id.removeprefix("sha256:")]) in html
 
-def test_home_on_an_empty_store(admin_client: Client, layerhub_store: Path) -> None:
-    html = admin_client.get("/").content.decode()
-    assert figure(html, "blob_bytes") == "0B"
-    assert figure(html, "blob_count") == "0 blobs"
-    assert figure(html, "container_count") == "0"
+    # most unique bytes: alone (50,000), one (7,000), two (2,000); three has none
+    unique = html.split('id="unique-title"', 1)[1].split("</section>", 1)[0]
+    order = re.findall(r'data-image="(\d+)"', unique)
+    assert order == [str(alone.pk), str(one.pk), str(two.pk)]
+    assert str(three.pk) not in order
+    assert "debian:lone" in unique
+    assert "debian:12" in unique
+
+    jobs = html.split('id="jobs-title"', 1)[1]
+    assert jobs.index(f'data-job="{running.pk}"') < jobs.index(f'data-job="{failed.pk}"')
+    assert reverse("jobs:detail", args=[running.pk]) in jobs
+    assert "disk full" in jobs
 
 
 def test_healthz_ok(client: Client) -> None:

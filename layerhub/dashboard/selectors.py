@@ -1,0 +1,80 @@
+"""Reads behind the overview: the catalog's most shared layers and the images with the most
+bytes of their own, each in a bounded number of aggregate queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, QuerySet, Sum
+
+from layerhub.images.listing import display_name, images_named
+from layerhub.images.models import Image, ImageLayer, Layer
+from layerhub.images.sizes import images_with_sizes
+
+
+@dataclass(frozen=True)
+class SharedLayer:
+    """A layer and the images that use it: stored once, it saves its size for every other."""
+
+    layer: Layer
+    users: int
+
+    @property
+    def chain_hex(self) -> str:
+        """The ChainID's hex, as the layer page's address takes it."""
+        return self.layer.chain_id.removeprefix("sha256:")
+
+    @property
+    def size(self) -> int:
+        """Its unpacked size (Docker's layer size); 0 while it is not unpacked."""
+        return self.layer.unpacked_size or 0
+
+    @property
+    def saved_bytes(self) -> int:
+        """What storing it once saves over each image storing its own: size * (users - 1)."""
+        return self.size * (self.users - 1)
+
+
+def most_shared_layers(images: QuerySet[Image], limit: int = 8) -> list[SharedLayer]:
+    """The ``limit`` layers that the most of ``images`` use (two at least), the oldest first
+    among equals: a GROUP BY over the image-layer rows alone, then those layers by pk."""
+    # an image holds a ChainID at one position only, so counting rows counts images
+    counts = list(
+        ImageLayer.objects.filter(image__in=images)
+        .values("layer")
+        .annotate(users=Count("image"))
+        .filter(users__gt=1)
+        .order_by("-users", "layer")[:limit]
+    )
+    layers = Layer.objects.in_bulk([row["layer"] for row in counts])
+    return [SharedLayer(layers[row["layer"]], row["users"]) for row in counts]
+
+
+@dataclass(frozen=True)
+class NamedImage:
+    """An image with its sizes (``images_with_sizes``) and the name people know it by."""
+
+    image: Any
+    name: str
+
+
+def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> list[NamedImage]:
+    """The ``limit`` images holding the most bytes no other image uses (UNIQUE SIZE), with
+    their sizes and names. Layers used once are found with one GROUP BY ... HAVING, summed per
+    image, and only the top images get their full sizes."""
+    single_use = (
+        ImageLayer.objects.values("layer").annotate(users=Count("image")).filter(users=1)
+    ).values("layer")
+    top = list(
+        ImageLayer.objects.filter(image__in=images, layer__in=single_use)
+        .values("image")
+        .annotate(unique=Sum("layer__unpacked_size"))
+        .filter(unique__gt=0)
+        .order_by("-unique", "-image")[:limit]
+        .values_list("image", flat=True)
+    )
+    found = {
+        image.pk: image for image in images_named(images_with_sizes(images.filter(pk__in=top)))
+    }
+    return [NamedImage(found[pk], display_name(found[pk])) for pk in top if pk in found]
