@@ -408,8 +408,10 @@ class _Applier:
         parts = clean_name(m.name)
         kind = m.type
         if not parts:
-            if kind == DIRECTORY:
-                self.dir_meta[""] = _DirMeta(self.dest, m.mode, m.uid, m.gid, m.mtime_ns)
+            if kind != DIRECTORY:
+                # tar refuses it; Docker would remove the whole tree to put a file there
+                raise UnsafeEntry(m.name, "names the layer's root but is not a directory")
+            self.dir_meta[""] = _DirMeta(self.dest, m.mode, m.uid, m.gid, m.mtime_ns)
             return
         base = parts[-1]
         parent_rel = self.resolve_dir(parts[:-1], m.name, create=True)
