@@ -11,7 +11,9 @@ already proves it whole.
 Where readers disagree, this one follows Go's archive/tar (Docker's and containerd's reader):
 the old type flag ``\0`` means a directory only when the *final* name (after PAX and GNU long
 names) ends in ``/``, and only a regular file's contents follow its header (a directory's or
-link's size field is ignored), so no file's contents are ever read as more entries.
+link's size field is ignored), so no file's contents are ever read as more entries; global
+PAX headers are ignored, as Docker ignores them. Where the two readers would pick different
+answers, the layer is refused: a PAX name and a GNU long name that differ.
 
 Sparse entries are refused: no image builder writes them, and Go's tar writer (Docker's,
 containerd's, the registries') cannot produce them.
@@ -151,6 +153,21 @@ def _parse_pax(data: bytes, offset: int) -> dict[str, str]:
     return records
 
 
+def _one_name(pax: str | None, gnu: str | None, ustar: str, what: str, offset: int) -> str:
+    """The entry's name (or link): a GNU long one or a PAX one over the ustar field.
+
+    Go's reader prefers the GNU long name, GNU tar the PAX one: a layer giving two different
+    ones is read differently by the two, so it is refused.
+    """
+    if gnu is None:
+        return ustar if pax is None else pax
+    if pax is not None and pax != gnu:
+        raise CorruptArchive(
+            f"tar entry at byte {offset} has two different {what}s: {pax!r} (PAX) and {gnu!r} (GNU)"
+        )
+    return gnu
+
+
 class TarReader:
     """Iterates a tar stream's headers; after each, ``read_data`` gives that entry's contents."""
 
@@ -159,7 +176,6 @@ class TarReader:
         self.offset = 0  # bytes consumed from the source
         self._left = 0  # content bytes of the current entry not yet read
         self._pad = 0  # padding after the current entry's content
-        self._global_pax: dict[str, str] = {}
         self.ended = False
 
     def _read_exact(self, size: int, what: str) -> bytes:
@@ -255,7 +271,9 @@ class TarReader:
             if typeflag == _PAX_LOCAL:
                 pax.update(_parse_pax(self._meta(size, offset), offset))
             elif typeflag == _PAX_GLOBAL:
-                self._global_pax.update(_parse_pax(self._meta(size, offset), offset))
+                # checked, then ignored as Docker ignores them (GNU tar would apply a global
+                # path or size to every later entry: no answer both agree on)
+                _parse_pax(self._meta(size, offset), offset)
             elif typeflag == _GNU_LONGNAME:
                 long_name = _str(self._meta(size, offset))
             elif typeflag == _GNU_LONGLINK:
@@ -266,8 +284,8 @@ class TarReader:
         name = _str(fields[0])
         if fields[9] == b"ustar\x00" and fields[15][:1] != b"\0":  # POSIX prefix field
             name = f"{_str(fields[15])}/{name}"
-        records = {**self._global_pax, **pax} if self._global_pax else pax
-        path = records.get("path", long_name if long_name is not None else name)
+        records = pax
+        path = _one_name(records.get("path"), long_name, name, "name", offset)
         # Only file types carry contents (Go's reader: every type but the header-only ones);
         # decided from the raw flag, before "\0" may become a directory below.
         has_content = typeflag in _REGULAR_TYPES or typeflag == _OLD_REGULAR
@@ -296,9 +314,7 @@ class TarReader:
             mtime_ns=_pax_time_ns(records["mtime"], offset)
             if "mtime" in records
             else _num(fields[5], "mtime", offset) * 1_000_000_000,
-            linkname=records.get(
-                "linkpath", long_link if long_link is not None else _str(fields[8])
-            ),
+            linkname=_one_name(records.get("linkpath"), long_link, _str(fields[8]), "link", offset),
             devmajor=_num(fields[13], "devmajor", offset) if typeflag in _DEVICES else 0,
             devminor=_num(fields[14], "devminor", offset) if typeflag in _DEVICES else 0,
             offset=offset,
