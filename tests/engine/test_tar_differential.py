@@ -240,6 +240,10 @@ NAMED: dict[str, tuple[bytes, bytes]] = {
         R.entry("d/f", b"0", b"f") + R.entry("d", b"2", linkname="e") + R.END,
     )
     * 2,
+    "G5-a-global-pax-path": (
+        R.pax({"path": "glob"}, typeflag=b"g") + R.entry("one", b"0", b"1") + R.END,
+        R.entry("one", b"0", b"1") + R.END,
+    ),
     "symlink-swapped-between-two-writes": (
         R.entry("etc", b"5")
         + R.entry("tmp", b"5")

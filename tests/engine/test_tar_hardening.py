@@ -138,6 +138,30 @@ def test_a_directory_size_field_is_ignored(tmp_path: Path) -> None:
     assert files(tmp_path / "out") == {"d": "dir", "d/f": b"f"}
 
 
+def test_a_global_pax_header_is_ignored(tmp_path: Path) -> None:
+    """Docker ignores global PAX headers; GNU tar would name both files ``glob``."""
+    layer = (
+        R.pax({"path": "glob", "uid": "5"}, typeflag=b"g")
+        + R.entry("one", b"0", b"1")
+        + R.entry("two", b"0", b"2")
+        + R.END
+    )
+    apply(layer, tmp_path / "out")
+    assert files(tmp_path / "out") == {"one": b"1", "two": b"2"}
+
+
+@pytest.mark.parametrize("kind", [b"L", b"K"])
+def test_differing_pax_and_gnu_long_names_are_refused(tmp_path: Path, kind: bytes) -> None:
+    """Go takes the GNU long name, GNU tar the PAX one: no answer both agree on."""
+    key = "path" if kind == b"L" else "linkpath"
+    layer = R.pax({key: "from-pax"}) + R.gnu_long(kind, "from-gnu")
+    layer += R.entry("ustar", b"2", linkname="t", magic=R.GNU) + R.END
+    with pytest.raises(CorruptArchive, match="two different"):
+        apply(layer, tmp_path / "out")
+    same = R.pax({key: "same"}) + R.gnu_long(kind, "same")
+    apply(same + R.entry("ustar", b"2", linkname="t", magic=R.GNU) + R.END, tmp_path / "ok")
+
+
 @pytest.mark.parametrize("flag", [b"V", b"M", b"N", b"Z"])
 def test_odd_type_flags_are_refused(tmp_path: Path, flag: bytes) -> None:
     layer = R.entry("q", flag, b"") + R.entry("y", b"0", b"y") + R.END
