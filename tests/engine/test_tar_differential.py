@@ -186,6 +186,18 @@ def test_the_malicious_corpus(tmp_path: Path, kit: Kit, name: str) -> None:
         assert name.startswith(("wrong-diff-id", "truncated-at-header-boundary")), name
 
 
+def hostile() -> dict[str, bytes]:
+    from tests.engine.test_tar_hardening import HOSTILE
+
+    return HOSTILE
+
+
+@pytest.mark.parametrize("name", list(hostile()))
+def test_hostile_headers(tmp_path: Path, name: str) -> None:
+    data = hostile()[name]
+    assert not agree(data, data, tmp_path / "work"), f"{name} should be refused"
+
+
 def _plain(data: bytes) -> bytes:
     stream, _ = decompressed(io.BytesIO(data))
     return stream.read()
