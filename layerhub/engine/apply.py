@@ -7,7 +7,14 @@ on the way (its DiffID), and every entry is checked before anything is written:
   through a symlink that points outside (symlinks *inside* the layer are followed, as tar does);
 - a hardlink must point at a file this layer already wrote;
 - device nodes need privilege; FIFOs do not;
-- entry count and byte limits stop tar bombs, including gzip bombs.
+- entry count and byte limits stop tar bombs, including gzip bombs, and a free-space reserve
+  stops the unpack before the store's file system fills up.
+
+A path is resolved the way the kernel would at the moment the entry is written: what the layer
+replaced earlier (a symlink swapped for another, a directory removed) is never looked through
+again, and a symlink whose target does not exist is not silently turned into a directory.
+Anything the file system refuses because of what an entry asks for (a name too long, an
+invalid xattr) is a LayerError; running out of space is StoreFull.
 
 Whiteouts are written in the store's form (see whiteouts.py). Ownership is applied when running
 as root; modes, mtimes, symlinks, hardlinks and xattrs always (overlay xattrs never).
@@ -15,6 +22,7 @@ as root; modes, mtimes, symlinks, hardlinks and xattrs always (overlay xattrs ne
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -34,7 +42,9 @@ from .errors import (
     LayerError,
     LimitExceeded,
     PathTraversal,
+    StoreFull,
     SymlinkEscape,
+    UnsafeEntry,
 )
 from .fsutil import remove_path
 from .tarstream import CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, Header, TarReader
@@ -42,6 +52,37 @@ from .whiteouts import OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, W
 
 MAX_SYMLINK_HOPS = 40
 XATTR_PAX_PREFIX = "SCHILY.xattr."
+# With a free-space reserve, the file system is asked again after about this many bytes: a
+# zstd bomb of zeros overshoots the reserve by at most this (a file larger than what is free
+# is refused before its first byte).
+FREE_CHECK_BYTES = 8 << 20
+ENTRY_COST = 4096  # what an entry may take on disk besides its contents (inode, block, dirent)
+# errors the file system gives because of what an entry asks for, not because the host is broken
+_ENTRY_ERRNOS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.EINVAL,
+        errno.EILSEQ,
+        errno.ELOOP,
+        errno.EMLINK,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENOENT,
+        errno.ENOTEMPTY,
+        errno.ERANGE,
+        errno.E2BIG,
+        errno.EFBIG,
+        errno.EOVERFLOW,
+    }
+)
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s file system."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 @dataclass(frozen=True)
@@ -163,6 +204,9 @@ class _DirMeta:
     mtime_ns: int
 
 
+_Key = tuple[str, ...]
+
+
 class _Applier:
     def __init__(
         self,
@@ -178,9 +222,19 @@ class _Applier:
         self.limits = limits
         self.privileged = privileged
         # as-written directory path -> real path relative to dest, for directories verified to
-        # be real directories inside dest (forgotten whenever a directory is removed)
-        self.dirs: dict[tuple[str, ...], str] = {(): ""}
+        # be real directories inside dest. Each resolution extends its parent's by one
+        # component; ``lookups`` names, for each real path, the resolutions that looked at it,
+        # so replacing or removing that path drops exactly those (and what was built on them).
+        # Every record is added once and dropped at most once: linear in the layer's size.
+        self.dirs: dict[_Key, str] = {(): ""}
+        self.lookups: dict[str, list[_Key]] = {}
+        self.derived: dict[_Key, list[_Key]] = {}
         self.dir_meta: dict[str, _DirMeta] = {}
+        # real path -> the directories created right below it, to forget a removed subtree's
+        # metadata without scanning every directory
+        self.subdirs: dict[str, list[str]] = {}
+        self.reserve = limits.min_free
+        self.budget = 0  # bytes that may be written before the free space is asked again
         self.entries = 0
         self.unpacked = 0
         self.owner = (os.geteuid(), os.getegid())
@@ -198,11 +252,22 @@ class _Applier:
         hit = self.dirs.get(key)
         if hit is not None:
             return hit
-        real: list[str] = []
-        pending = list(parts)
+        known = len(key) - 1
+        while (real := self.dirs.get(key[:known])) is None:
+            known -= 1
+        for i in range(known, len(key)):
+            real = self.step(real, key[: i + 1], entry, create)
+        return real
+
+    def step(self, start: str, key: _Key, entry: str, create: bool) -> str:
+        """Resolve the last component of ``key`` from its parent's real path ``start``."""
+        real = start.split("/") if start else []
+        # components still to walk, last first, each with the symlink it came from
+        pending = [(key[-1], "")]
         hops = 0
+        looked: list[str] = []
         while pending:
-            comp = pending.pop(0)
+            comp, via = pending.pop()
             if comp in ("", "."):
                 continue
             if comp == "..":
@@ -212,12 +277,20 @@ class _Applier:
                 continue
             rel = "/".join([*real, comp])
             path = self.host(rel)
+            looked.append(rel)
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
                 if not create:
                     raise
+                if via:
+                    # tar and Docker fail here too: writing through a dangling symlink
+                    raise LayerError(
+                        f"tar entry {entry!r}: goes through symlink {via}, whose target"
+                        f" {rel} does not exist"
+                    ) from None
                 os.mkdir(path, 0o755)
+                self.made_dir(rel)
                 real.append(comp)
                 continue
             if stat.S_ISDIR(st.st_mode):
@@ -231,18 +304,27 @@ class _Applier:
                     )
                 if hops > MAX_SYMLINK_HOPS:
                     raise SymlinkEscape(entry, "too many levels of symlinks")
-                pending = target.split("/") + pending
+                pending.extend((c, rel) for c in reversed(target.split("/")))
             elif create and self.fmt.whiteout_target(comp, st) is not None:
                 # "deleted, then written below": a new directory hiding the lower one
+                self.forget(rel, directory=False)
                 os.unlink(path)
                 os.mkdir(path, 0o755)
+                self.made_dir(rel)
                 self.fmt.write_opaque(path)
                 real.append(comp)
             else:
                 raise LayerError(f"tar entry {entry!r}: {rel} is not a directory")
         result = "/".join(real)
         self.dirs[key] = result
+        self.derived.setdefault(key[:-1], []).append(key)
+        for rel in looked:
+            self.lookups.setdefault(rel, []).append(key)
         return result
+
+    def made_dir(self, rel: str) -> None:
+        """Note a directory this layer created, so its subtree can be forgotten if removed."""
+        self.subdirs.setdefault(rel.rpartition("/")[0], []).append(rel)
 
     def clear(self, path: str) -> bool:
         """Remove what is at ``path`` so a new entry can take its place; True if it was a
@@ -251,19 +333,29 @@ class _Applier:
             st = os.lstat(path)
         except FileNotFoundError:
             return False
+        rel = path[len(self.dest) + 1 :]
         if stat.S_ISDIR(st.st_mode):
+            self.forget(rel, directory=True)
             remove_path(path)
-            self.forget_dir(path)
             return False
+        self.forget(rel, directory=False)
         os.unlink(path)
         return self.fmt.whiteout_target(os.path.basename(path), st) is not None
 
-    def forget_dir(self, path: str) -> None:
-        """A directory (and all below it) was removed: drop what was remembered about it."""
-        rel = path[len(self.dest) + 1 :]
-        self.dirs = {(): ""}
-        for key in [k for k in self.dir_meta if k == rel or k.startswith(rel + "/")]:
-            del self.dir_meta[key]
+    def forget(self, rel: str, *, directory: bool) -> None:
+        """``rel`` is about to be removed or replaced: drop every path resolution that looked at
+        it (and those built on them), and, for a directory, what was noted about its subtree."""
+        stale = self.lookups.pop(rel, None)
+        while stale:
+            key = stale.pop()
+            if self.dirs.pop(key, None) is not None:
+                stale.extend(self.derived.pop(key, ()))
+        if directory:
+            doomed = [rel]
+            while doomed:
+                gone = doomed.pop()
+                self.dir_meta.pop(gone, None)
+                doomed.extend(self.subdirs.pop(gone, ()))
 
     # -- entries -------------------------------------------------------------------------------
 
@@ -279,15 +371,47 @@ class _Applier:
                 )
             if len(member.name) > self.limits.max_path:
                 raise LayerError(f"tar entry name longer than {self.limits.max_path} characters")
-            self.entry(member)
-        self.finish_dirs()
+            if self.reserve:
+                size = member.size if member.type == REGULAR else 0
+                self.budget -= size + ENTRY_COST
+                if self.budget < 0:
+                    self.check_free(size)
+            try:
+                self.entry(member)
+            except OSError as exc:
+                raise self.refused(exc, member.name) from exc
+        try:
+            self.finish_dirs()
+        except OSError as exc:
+            raise self.refused(exc, exc.filename or "a directory") from exc
+
+    def check_free(self, size: int) -> None:
+        """Stop before the file system's free space falls below the reserve."""
+        free = free_bytes(self.dest)
+        if free - size - ENTRY_COST < self.reserve:
+            raise StoreFull(free, self.reserve)
+        self.budget = min(FREE_CHECK_BYTES, free - size - ENTRY_COST - self.reserve)
+
+    def refused(self, exc: OSError, name: str) -> Exception:
+        """The typed error for what the file system refused while writing entry ``name``."""
+        if exc.errno in _FULL_ERRNOS:
+            try:
+                free = free_bytes(self.dest)
+            except OSError:
+                free = 0
+            return StoreFull(free, self.reserve)
+        if exc.errno in _ENTRY_ERRNOS:
+            return LayerError(f"tar entry {name!r}: the file system refused it: {exc.strerror}")
+        return exc
 
     def entry(self, m: Header) -> None:
         parts = clean_name(m.name)
         kind = m.type
         if not parts:
-            if kind == DIRECTORY:
-                self.dir_meta[""] = _DirMeta(self.dest, m.mode, m.uid, m.gid, m.mtime_ns)
+            if kind != DIRECTORY:
+                # tar refuses it; Docker would remove the whole tree to put a file there
+                raise UnsafeEntry(m.name, "names the layer's root but is not a directory")
+            self.dir_meta[""] = _DirMeta(self.dest, m.mode, m.uid, m.gid, m.mtime_ns)
             return
         base = parts[-1]
         parent_rel = self.resolve_dir(parts[:-1], m.name, create=True)
@@ -323,8 +447,12 @@ class _Applier:
         if target in ("", ".", ".."):
             raise PathTraversal(m.name, "whiteout of an invalid name")
         doomed = f"{parent}/{target}"
-        if os.path.isdir(doomed) and not os.path.islink(doomed):
-            self.forget_dir(doomed)
+        try:
+            st = os.lstat(doomed)
+        except FileNotFoundError:
+            pass
+        else:
+            self.forget(doomed[len(self.dest) + 1 :], directory=stat.S_ISDIR(st.st_mode))
         self.fmt.write_whiteout(parent, target)
 
     def directory(self, m: Header, path: str, rel: str) -> None:
@@ -342,6 +470,7 @@ class _Applier:
                 )
             )
             os.mkdir(path, 0o700)
+            self.made_dir(rel)
             if hides:
                 self.fmt.write_opaque(path)
         self.dir_meta[rel] = _DirMeta(path, m.mode, m.uid, m.gid, m.mtime_ns)
@@ -406,7 +535,8 @@ class _Applier:
         if stat.S_ISDIR(st.st_mode) or self.fmt.whiteout_target(target_parts[-1], st):
             raise HardlinkEscape(m.name, f"hardlink target {m.linkname!r} is not a file")
         if target == path:
-            return
+            # tar and Docker remove the old file first and then find no target
+            raise HardlinkEscape(m.name, "hardlink to itself")
         self.clear(path)
         os.link(target, path, follow_symlinks=False)
 
@@ -434,13 +564,15 @@ class _Applier:
             name = key[len(XATTR_PAX_PREFIX) :]
             if name.startswith(OVERLAY_XATTR_PREFIXES):
                 continue
+            if "\x00" in name:
+                raise UnsafeEntry(m.name, f"xattr name {name!r} has a NUL byte")
             raw = value.encode("utf-8", "surrogateescape")
             try:
                 os.setxattr(path, name, raw, follow_symlinks=False)
-            except OSError:
+            except OSError as exc:
                 # trusted.* and security.* need privilege; user.* is refused on symlinks and
                 # on some filesystems. Docker skips what the host cannot store, and so do we.
-                if self.privileged and name.startswith("security."):
+                if exc.errno in _FULL_ERRNOS or (self.privileged and name.startswith("security.")):
                     raise
 
     def finish_dirs(self) -> None:

@@ -3,8 +3,17 @@
 Python's ``tarfile`` spends most of a layer unpack parsing headers field by field and copying
 its stream buffer; this reader parses each 512-byte header with one ``struct`` call and hands
 file contents straight from the stream. It is strict where a layer must be: a bad header
-checksum, a stream that ends inside an entry, or a missing end-of-archive block are errors,
-never a quietly shorter layer.
+checksum or a stream that ends inside an entry or header is an error, never a quietly shorter
+layer. A stream that ends exactly between two entries without the end-of-archive blocks (what
+``umoci insert`` writes) is read as Go's archive/tar reads it: complete, since the blob's digest
+already proves it whole.
+
+Where readers disagree, this one follows Go's archive/tar (Docker's and containerd's reader):
+the old type flag ``\0`` means a directory only when the *final* name (after PAX and GNU long
+names) ends in ``/``, and only a regular file's contents follow its header (a directory's or
+link's size field is ignored), so no file's contents are ever read as more entries; global
+PAX headers are ignored, as Docker ignores them. Where the two readers would pick different
+answers, the layer is refused: a PAX name and a GNU long name that differ.
 
 Sparse entries are refused: no image builder writes them, and Go's tar writer (Docker's,
 containerd's, the registries') cannot produce them.
@@ -29,16 +38,22 @@ CHAR = b"3"
 BLOCKDEV = b"4"
 DIRECTORY = b"5"
 FIFO = b"6"
-_REGULAR_TYPES = {b"0", b"\0", b"7"}
+_OLD_REGULAR = b"\0"  # pre-POSIX: a directory if the full name ends in "/", else a file
+_REGULAR_TYPES = {b"0", b"7"}  # contiguous files count as regular, as in GNU tar
 _DEVICES = {CHAR, BLOCKDEV}
 _GNU_LONGNAME = b"L"
 _GNU_LONGLINK = b"K"
 _PAX_LOCAL = b"x"
 _PAX_GLOBAL = b"g"
-_SKIPPED = {b"V", b"M", b"N"}  # volume label, multi-volume continuation, old GNU names
 _SPARSE = b"S"
 _MAX_META = 1 << 20  # a long name or PAX header larger than this is not a real layer's
 CONTENT_SKIP_LIMIT = 1 << 16  # unread contents up to this size are skipped with the next header
+MAX_ID = (1 << 32) - 2  # uid_t/gid_t; 2**32-1 is chown's "leave unchanged"
+MAX_SIZE = (1 << 63) - 1  # Go's int64; the apply limits cut far lower
+# utime takes nanoseconds in a signed 64-bit count: about 1677 to 2262
+MAX_MTIME_S = ((1 << 63) - 1) // 1_000_000_000
+MAX_DEV_MAJOR = (1 << 12) - 1  # Linux's dev_t: 12-bit major, 20-bit minor (mknod truncates more)
+MAX_DEV_MINOR = (1 << 20) - 1
 
 
 class _Source(Protocol):
@@ -97,9 +112,14 @@ def _num(field_: bytes, what: str, offset: int) -> int:
         raise CorruptArchive(f"tar header at byte {offset}: bad {what} field {text!r}") from None
 
 
+def _ascii_digits(value: str) -> bool:
+    # str.isdigit() accepts "²" and int() accepts Arabic-Indic digits: neither is a tar number
+    return value.isascii() and value.isdigit()
+
+
 def _pax_int(records: dict[str, str], key: str, offset: int) -> int:
     value = records[key]
-    if not value.isdigit():
+    if not _ascii_digits(value) or len(value) > 20:
         raise CorruptArchive(f"tar at byte {offset}: bad PAX {key} {value!r}")
     return int(value)
 
@@ -107,8 +127,8 @@ def _pax_int(records: dict[str, str], key: str, offset: int) -> int:
 def _pax_time_ns(value: str, offset: int) -> int:
     """A PAX time ("1700000000.123456789", maybe negative) in exact nanoseconds."""
     sign = -1 if value.startswith("-") else 1
-    whole, _, frac = value.lstrip("-").partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
+    whole, _, frac = value.removeprefix("-").partition(".")
+    if not _ascii_digits(whole) or len(whole) > 20 or (frac and not _ascii_digits(frac)):
         raise CorruptArchive(f"tar at byte {offset}: bad PAX time {value!r}")
     return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
@@ -120,10 +140,10 @@ def _parse_pax(data: bytes, offset: int) -> dict[str, str]:
         if data[pos] == 0:
             break
         space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise CorruptArchive(f"tar at byte {offset}: malformed PAX header") from None
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit() or len(digits) > 8:  # bytes.isdigit(): ASCII only
+            raise CorruptArchive(f"tar at byte {offset}: malformed PAX header")
+        length = int(digits)
         record = data[space + 1 : pos + length]
         if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
             raise CorruptArchive(f"tar at byte {offset}: malformed PAX header")
@@ -131,6 +151,21 @@ def _parse_pax(data: bytes, offset: int) -> dict[str, str]:
         records[_decode(key)] = _decode(value)
         pos += length
     return records
+
+
+def _one_name(pax: str | None, gnu: str | None, ustar: str, what: str, offset: int) -> str:
+    """The entry's name (or link): a GNU long one or a PAX one over the ustar field.
+
+    Go's reader prefers the GNU long name, GNU tar the PAX one: a layer giving two different
+    ones is read differently by the two, so it is refused.
+    """
+    if gnu is None:
+        return ustar if pax is None else pax
+    if pax is not None and pax != gnu:
+        raise CorruptArchive(
+            f"tar entry at byte {offset} has two different {what}s: {pax!r} (PAX) and {gnu!r} (GNU)"
+        )
+    return gnu
 
 
 class TarReader:
@@ -141,7 +176,6 @@ class TarReader:
         self.offset = 0  # bytes consumed from the source
         self._left = 0  # content bytes of the current entry not yet read
         self._pad = 0  # padding after the current entry's content
-        self._global_pax: dict[str, str] = {}
         self.ended = False
 
     def _read_exact(self, size: int, what: str) -> bytes:
@@ -183,6 +217,18 @@ class TarReader:
         self._read_exact(-size % BLOCK, "an extended header")
         return data
 
+    def _read_upto(self, first: bytes, size: int) -> bytes:
+        """``first`` topped up to ``size`` bytes, or fewer at the end of the stream."""
+        parts = [first]
+        got = len(first)
+        while got < size:
+            more = self._source.read(size - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
     def next(self) -> Header | None:
         """The next entry's header, or None at the end of the archive."""
         if self.ended:
@@ -192,6 +238,7 @@ class TarReader:
         pax: dict[str, str] = {}
         long_name: str | None = None
         long_link: str | None = None
+        extended = False  # an extended header was read: its entry must follow
         typeflag = b""
         while True:
             if skip > CONTENT_SKIP_LIMIT:
@@ -200,13 +247,12 @@ class TarReader:
             # the rest of the previous entry and this header in one read
             want = skip + BLOCK
             block = self._source.read(want)
-            if not block:
-                raise CorruptArchive("tar has no end-of-archive marker: the layer is truncated")
             if len(block) < want:
-                self.offset += len(block)
-                block += self._read_exact(want - len(block), "a header")
-            else:
-                self.offset += want
+                block = self._read_upto(block, want)
+                if len(block) < want:
+                    self._end_without_marker(len(block), skip, extended)
+                    return None
+            self.offset += want
             if skip:
                 block = block[skip:]
                 skip = 0
@@ -224,28 +270,36 @@ class TarReader:
                 raise CorruptArchive(f"tar header at byte {offset} has a negative size")
             if typeflag == _PAX_LOCAL:
                 pax.update(_parse_pax(self._meta(size, offset), offset))
-                continue
-            if typeflag == _PAX_GLOBAL:
-                self._global_pax.update(_parse_pax(self._meta(size, offset), offset))
-                continue
-            if typeflag == _GNU_LONGNAME:
+            elif typeflag == _PAX_GLOBAL:
+                # checked, then ignored as Docker ignores them (GNU tar would apply a global
+                # path or size to every later entry: no answer both agree on)
+                _parse_pax(self._meta(size, offset), offset)
+            elif typeflag == _GNU_LONGNAME:
                 long_name = _str(self._meta(size, offset))
-                continue
-            if typeflag == _GNU_LONGLINK:
+            elif typeflag == _GNU_LONGLINK:
                 long_link = _str(self._meta(size, offset))
-                continue
-            break
+            else:
+                break
+            extended = True
         name = _str(fields[0])
         if fields[9] == b"ustar\x00" and fields[15][:1] != b"\0":  # POSIX prefix field
             name = f"{_str(fields[15])}/{name}"
-        if typeflag in _REGULAR_TYPES:
-            typeflag = DIRECTORY if name.endswith("/") else REGULAR
-        records = {**self._global_pax, **pax} if self._global_pax else pax
-        path = records.get("path", long_name if long_name is not None else name)
+        records = pax
+        path = _one_name(records.get("path"), long_name, name, "name", offset)
+        # Only file types carry contents (Go's reader: every type but the header-only ones);
+        # decided from the raw flag, before "\0" may become a directory below.
+        has_content = typeflag in _REGULAR_TYPES or typeflag == _OLD_REGULAR
+        if typeflag == _OLD_REGULAR:
+            # from the final name, as Go does: the ustar field may be a truncated or decoy name
+            typeflag = DIRECTORY if path.endswith("/") else REGULAR
+        elif typeflag in _REGULAR_TYPES:
+            typeflag = REGULAR
         if typeflag == _SPARSE or any(k.startswith("GNU.sparse.") for k in records):
             raise UnsafeEntry(path, "sparse files are not supported")
         if "\x00" in path:
             raise CorruptArchive(f"tar entry at byte {offset} has a NUL byte in its name")
+        if typeflag not in (REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO):
+            raise LayerError(f"tar entry {path!r} has an unsupported type {typeflag!r}")
         header = Header(
             name=path,
             type=typeflag,
@@ -260,9 +314,7 @@ class TarReader:
             mtime_ns=_pax_time_ns(records["mtime"], offset)
             if "mtime" in records
             else _num(fields[5], "mtime", offset) * 1_000_000_000,
-            linkname=records.get(
-                "linkpath", long_link if long_link is not None else _str(fields[8])
-            ),
+            linkname=_one_name(records.get("linkpath"), long_link, _str(fields[8]), "link", offset),
             devmajor=_num(fields[13], "devmajor", offset) if typeflag in _DEVICES else 0,
             devminor=_num(fields[14], "devminor", offset) if typeflag in _DEVICES else 0,
             offset=offset,
@@ -270,14 +322,37 @@ class TarReader:
         )
         if header.size < 0 or header.uid < 0 or header.gid < 0 or header.mode < 0:
             raise CorruptArchive(f"tar header at byte {offset} has a negative size, id or mode")
+        if (
+            header.uid > MAX_ID
+            or header.gid > MAX_ID
+            or header.size > MAX_SIZE
+            or header.mode > 0o7777777
+            or abs(header.mtime_ns) > MAX_MTIME_S * 1_000_000_000
+        ):
+            raise CorruptArchive(
+                f"tar entry {path!r} at byte {offset}: size, owner, mode or time out of range"
+            )
+        if header.devmajor > MAX_DEV_MAJOR or header.devminor > MAX_DEV_MINOR:
+            raise UnsafeEntry(
+                path, f"device number {header.devmajor},{header.devminor} is out of range"
+            )
         if "\x00" in header.linkname:
             raise CorruptArchive(f"tar entry at byte {offset} has a NUL byte in its link")
-        if typeflag in _SKIPPED:
-            self._left, self._pad = header.size, -header.size % BLOCK
-            return self.next()
-        # only regular files carry contents; a hardlink's or directory's size field is ignored
-        content = header.size if typeflag == REGULAR else 0
-        if typeflag not in (REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO):
-            raise LayerError(f"tar entry {header.name!r} has an unsupported type {typeflag!r}")
+        content = header.size if has_content else 0
         self._left, self._pad = content, -content % BLOCK
         return header
+
+    def _end_without_marker(self, got: int, skip: int, extended: bool) -> None:
+        """The stream ended before a whole header: fine between entries, else truncated."""
+        self.offset += got
+        if got < skip:
+            raise CorruptArchive("tar ends inside a file: the layer is truncated")
+        if got > skip:
+            raise CorruptArchive("tar ends inside a header: the layer is truncated")
+        if extended:
+            raise CorruptArchive("tar ends after an extended header: the layer is truncated")
+        if self.offset == 0:
+            raise CorruptArchive("the layer is empty: not a tar archive")
+        # Between two entries with no end-of-archive blocks (umoci insert writes these): Go's
+        # reader takes it as the end, and the blob's digest proves nothing was cut off.
+        self.ended = True

@@ -367,3 +367,82 @@ class Kit:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+
+
+class RawTar:
+    """Tar headers written field by field, for what tarfile will not write: a ustar name that
+    disagrees with the PAX or GNU long name, odd type flags, sizes on links, no end blocks.
+
+    Each method returns bytes; concatenate them and add ``END`` to make an archive.
+    """
+
+    END = bytes(1024)
+    USTAR = b"ustar\x0000"
+    GNU = b"ustar  \x00"
+
+    @staticmethod
+    def octal(value: int, width: int) -> bytes:
+        return b"%0*o\0" % (width - 1, value)
+
+    @classmethod
+    def header(
+        cls,
+        name: str | bytes,
+        typeflag: bytes = b"0",
+        size: int = 0,
+        *,
+        linkname: str | bytes = b"",
+        prefix: bytes = b"",
+        mode: int = 0o644,
+        magic: bytes = USTAR,
+        mtime: int = MTIME,
+        fields: dict[int, bytes] | None = None,
+    ) -> bytes:
+        """One 512-byte header; ``fields`` overwrites raw bytes at the given offsets."""
+        raw_name = name.encode() if isinstance(name, str) else name
+        raw_link = linkname.encode() if isinstance(linkname, str) else linkname
+        h = bytearray(512)
+        h[0 : len(raw_name[:100])] = raw_name[:100]
+        h[100:108] = cls.octal(mode, 8)
+        h[108:116] = cls.octal(0, 8)
+        h[116:124] = cls.octal(0, 8)
+        h[124:136] = cls.octal(size, 12)
+        h[136:148] = cls.octal(mtime, 12)
+        h[156:157] = typeflag
+        h[157 : 157 + len(raw_link[:100])] = raw_link[:100]
+        h[257:265] = magic
+        h[345 : 345 + len(prefix)] = prefix
+        for offset, value in (fields or {}).items():
+            h[offset : offset + len(value)] = value
+        h[148:156] = b" " * 8
+        h[148:156] = b"%06o\0 " % sum(h)
+        return bytes(h)
+
+    @staticmethod
+    def pad(data: bytes) -> bytes:
+        return data + bytes(-len(data) % 512)
+
+    @classmethod
+    def entry(
+        cls, name: str | bytes, typeflag: bytes = b"0", data: bytes = b"", **kw: Any
+    ) -> bytes:
+        """A header and its (padded) contents; the size field is ``len(data)``."""
+        return cls.header(name, typeflag, len(data), **kw) + cls.pad(data)
+
+    @classmethod
+    def pax(cls, records: dict[str, str], *, typeflag: bytes = b"x") -> bytes:
+        """A PAX extended header (``x``, or ``g`` for a global one) holding ``records``."""
+        body = b""
+        for key, value in records.items():
+            record = b" " + key.encode() + b"=" + value.encode() + b"\n"
+            length = len(record) + 1
+            while len(str(length)) + len(record) != length:
+                length += 1
+            body += str(length).encode() + record
+        return cls.header("PaxHeaders/entry", typeflag, len(body)) + cls.pad(body)
+
+    @classmethod
+    def gnu_long(cls, kind: bytes, value: str) -> bytes:
+        """A GNU long name (``L``) or long link (``K``) header with its contents."""
+        data = value.encode() + b"\0"
+        return cls.header("././@LongLink", kind, len(data), magic=cls.GNU) + cls.pad(data)
