@@ -411,10 +411,8 @@ def test_whiteouts_and_replacements_take_linear_work(
 @pytest.mark.slow
 @pytest.mark.parametrize("replace", [False, True], ids=["whiteouts", "replacements"])
 def test_200k_whiteouts_apply_in_well_under_a_minute(
-    tmp_path: Path, kit: Kit, replace: bool, request: pytest.FixtureRequest
+    tmp_path: Path, kit: Kit, replace: bool
 ) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("takes minutes: run with -m slow")
     layer = dirs_then_whiteouts(kit, 200_000, replace)
     scratch = fast_scratch(tmp_path)
     try:
