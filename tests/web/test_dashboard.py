@@ -16,7 +16,7 @@ from pytest_django import Settings
 
 from layerhub.core.humanize import human_size
 from layerhub.engine.store import Store
-from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
 from layerhub.images.sizes import store_totals
 from layerhub.jobs.models import Job
 
@@ -34,6 +34,8 @@ def digest(text: str) -> str:
 
 
 def layer(name: str, unpacked: int, size: int, parent: Layer | None = None) -> Layer:
+    # the blob record a pull leaves beside the layer row (the physical total sums these)
+    Blob.objects.create(digest=digest(f"blob {name}"), size=size, kind=Blob.Kind.LAYER)
     return Layer.objects.create(
         chain_id=digest(f"chain {name}"),
         parent=parent,
