@@ -183,10 +183,15 @@ def follow_to_end(
 ) -> Job:
     """What a command does with the job it queued: print ``header`` and then progress until
     the job (and the jobs it started) end, saying so when no worker runs it, and raise
-    CommandError with the one-line message of a failure. Returns the last job of the chain."""
+    CommandError with the one-line message of a failure (or saying it was cancelled).
+    Returns the last job of the chain."""
     if header is not None:
         stdout.write(header)
     last = follow(job, stdout, tty=stdout.isatty(), watchdog=Watchdog(stderr, what=what))
     if last.state == Job.State.FAILED:
         raise CommandError(one_line(last.error))
+    if last.state == Job.State.CANCELLED:
+        # ended, not failed: said plainly, and the command goes no further (nothing to report)
+        stdout.write("cancelled\n")
+        raise CommandError(f"{what} job {last.pk} was cancelled")
     return last
