@@ -45,7 +45,8 @@ class Out(Protocol):
     def isatty(self) -> bool: ...
 
 
-def _line(entry: dict[str, object]) -> str:
+def progress_line(entry: dict[str, object]) -> str:
+    """A layer's progress as ``docker pull`` prints it (``3f4e1a2b9c0d: Downloading 1MB/4MB``)."""
     digest = str(entry["digest"]).split(":")[-1][:12]
     status = str(entry["status"])
     current, total = entry.get("current"), entry.get("total")
@@ -155,7 +156,7 @@ def follow(
     while True:
         current.refresh_from_db()
         for entry in current.progress or []:
-            text = _line(entry)
+            text = progress_line(entry)
             key = f"{entry['digest']}"
             status_changed = shown.get(key, "").split(" ")[:2] != text.split(" ")[:2]
             if text != shown.get(key) and (tty or status_changed):
