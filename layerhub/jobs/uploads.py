@@ -18,7 +18,7 @@ from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandler
 from django.http import HttpRequest
 
 
-class StoredUpload(UploadedFile):
+class StoredUpload(UploadedFile):  # type: ignore[type-arg]
     """An uploaded archive already in its file under the upload directory (``path``)."""
 
     def __init__(self, path: Path, name: str, size: int) -> None:
@@ -62,7 +62,7 @@ class ArchiveUploadHandler(FileUploadHandler):
         self._file.write(raw_data)
         return None
 
-    def file_complete(self, file_size: int) -> UploadedFile | None:
+    def file_complete(self, file_size: int) -> StoredUpload | None:
         if self._file is None or self.path is None:
             return None
         self._file.close()

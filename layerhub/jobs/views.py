@@ -35,7 +35,12 @@ from layerhub.jobs.selectors import (
     layer_lines,
     progress_bytes,
 )
-from layerhub.jobs.services import BrokerUnavailable, job_cancel, job_discard_upload
+from layerhub.jobs.services import (
+    BrokerUnavailable,
+    acting_user,
+    job_cancel,
+    job_discard_upload,
+)
 from layerhub.jobs.uploads import ArchiveUploadHandler, StoredUpload
 
 
@@ -43,7 +48,9 @@ def _wants_fragment(request: HttpRequest) -> bool:
     """An htmx request that swaps a part of the page (not a boosted link, not a history
     restore, which want the whole page)."""
     htmx = getattr(request, "htmx", None)
-    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
+    if not htmx:
+        return False
+    return not htmx.boosted and not htmx.history_restore_request
 
 
 def _reap_if_running(jobs: list[Job]) -> bool:
@@ -181,7 +188,7 @@ def job_pull(request: HttpRequest) -> HttpResponse:
         job = image_pull(
             reference=form.cleaned_data["reference"],
             platform=form.cleaned_data["platform"] or None,
-            user=request.user,
+            user=acting_user(request.user),
         )
     except LayerhubError as exc:
         return _refused(request, "jobs/pull.html", form, exc)
@@ -271,7 +278,7 @@ def _too_big(request: HttpRequest) -> HttpResponse:
 
 
 @require_safe
-def job_download(request: HttpRequest, pk: int) -> HttpResponse:
+def job_download(request: HttpRequest, pk: int) -> HttpResponse | FileResponse:
     """The archive a finished export job saved, as a download; 404 before it is done or once
     the file is gone."""
     job = get_object_or_404(

@@ -24,6 +24,7 @@ from django.utils.dateparse import parse_datetime
 from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
+from layerhub.engine.cancel import Cancelled
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import (
     ArchiveError,
@@ -399,14 +400,21 @@ def image_unpack_run(*, job_id: int) -> None:
             progress.update(digest, status, current, total)
             progress.flush()
 
+        store = get_store()
         try:
             unpacked = engine_pull.unpack(
-                get_store(),
+                store,
                 descriptors,
                 diff_ids,
                 progress=report,
                 should_stop=watch.should_stop,  # between layers: a fresh look each time
             )
+        except Cancelled:
+            # the layers made before the stop are whole snapshots: record them as made
+            for row in Layer.objects.filter(chain_id__in=chain_ids(diff_ids), unpacked_at=None):
+                if store.snapshots.exists(row.chain_id):
+                    layer_mark_unpacked(row, *tree_usage(store.snapshots.path(row.chain_id)))
+            raise
         finally:
             progress.flush(force=True)
         for layer in unpacked:
