@@ -20,9 +20,11 @@ from layerhub.core.store import get_store
 from layerhub.engine.archive import import_archive
 from layerhub.engine.cancel import Cancelled
 from layerhub.engine.digest import chain_ids
-from layerhub.engine.errors import Conflict
-from layerhub.engine.manifest import Descriptor
+from layerhub.engine.errors import Conflict, ManifestUnknown
+from layerhub.engine.manifest import Descriptor, ImageManifest, parse_manifest
 from layerhub.engine.pull import unpack
+from layerhub.engine.push import push_image
+from layerhub.engine.registry import RegistryClient
 from layerhub.engine.store import Store
 from layerhub.images.leases import lease_held
 from layerhub.images.models import Image, Layer
@@ -361,3 +363,49 @@ def test_an_export_cancelled_mid_archive_leaves_no_file(
     assert len(chunks) == 3
     assert list(tmp_path.iterdir()) == []  # neither the archive nor its partial file
     assert tmp_entries() == []
+
+
+@db
+def test_a_redelivered_job_whose_worker_died_while_stopping_is_cancelled(
+    settings: Settings,
+) -> None:
+    settings.LAYERHUB_JOB_DEAD_AFTER = 60
+    job = running(cancel_requested_at=timezone.now())
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    assert not job.claim()  # the message came again: it is not run a second time
+    job.refresh_from_db()
+    assert job.state == Job.State.CANCELLED
+    assert job.attempts == 1
+
+
+@real_db
+@pytest.mark.usefixtures("eager")
+def test_a_push_stops_at_a_chunk_and_sends_no_manifest(registry: Registry) -> None:  # noqa: F811
+    pull = image_pull(reference=f"{registry.host}/team/app:v1")
+    pull.refresh_from_db()
+    assert pull.image is not None, pull.error
+    store = get_store()
+    data = store.blobs.read_bytes(pull.image.manifest_digest)
+    manifest = parse_manifest(data)
+    assert isinstance(manifest, ImageManifest)
+    seen, should_stop = _stop_after(3)
+    client = RegistryClient(registry.host, backoff=0.01)
+    try:
+        with pytest.raises(Cancelled):
+            push_image(
+                client,
+                "team/cancelled",
+                "1",
+                data,
+                manifest.media_type,
+                [manifest.config, *manifest.layers],
+                store,
+                chunk_size=50_000,
+                concurrency=1,
+                should_stop=should_stop,  # type: ignore[arg-type]
+            )
+        assert len(seen) == 4
+        with pytest.raises(ManifestUnknown):
+            client.get_manifest("team/cancelled", "1")
+    finally:
+        client.close()

@@ -174,6 +174,8 @@ class Job(models.Model):
             models.Q(state=self.State.RUNNING)
             & (models.Q(heartbeat_at__lt=_dead_before(now)) | models.Q(heartbeat_at=None))
             & models.Q(attempts__lt=self.max_attempts())
+            # a job asked to stop is not started again after its worker died
+            & models.Q(cancel_requested_at=None)
         )
         claimed = Job.objects.filter(claimable, pk=self.pk).update(
             state=self.State.RUNNING,
@@ -189,6 +191,13 @@ class Job(models.Model):
             return False
         if self.heartbeat_at is not None and self.heartbeat_at >= _dead_before(now):
             logger.info("job %s is running at %s; dropping a second delivery", self.pk, self.runner)
+            return False
+        if self.cancel_requested_at is not None:
+            # its worker died while it was being cancelled: nothing is left to stop
+            Job.objects.filter(pk=self.pk, state=self.State.RUNNING).update(
+                state=self.State.CANCELLED, finished_at=now
+            )
+            self.refresh_from_db()
             return False
         self.finish(
             error=f"the worker running this job stopped {self.attempts} times "
