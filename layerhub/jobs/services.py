@@ -7,7 +7,9 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import kombu.exceptions
@@ -161,6 +163,15 @@ def job_discard_upload(*, job: Job) -> None:
             pass
         except OSError:
             logger.warning("job %s: could not remove the upload %s", job.pk, path, exc_info=True)
+
+
+def export_path() -> str:
+    """A new file name under LAYERHUB_EXPORT_DIR (made if need be) for an archive saved to
+    be downloaded from the browser: pass it to ``image_save(path=...)``; ``jobs:download``
+    then serves it once the export job has succeeded."""
+    root = Path(settings.LAYERHUB_EXPORT_DIR)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return str(root / f"{uuid.uuid4().hex}.tar")
 
 
 def acting_user(user: Any) -> Any:

@@ -504,3 +504,14 @@ def test_download_is_404_until_done_and_once_gone(
     assert admin_client.get(f"/jobs/{outside.pk}/download/").status_code == 404
     pull = make_job(state=Job.State.SUCCEEDED)
     assert admin_client.get(f"/jobs/{pull.pk}/download/").status_code == 404
+
+
+def test_export_path_is_a_new_file_the_download_serves(admin_client: Client, exports: Path) -> None:
+    from layerhub.jobs.services import export_path
+
+    first, second = Path(export_path()), Path(export_path())
+    assert first != second
+    assert first.parent == exports
+    first.write_bytes(b"archive")
+    job = export_job(first, state=Job.State.SUCCEEDED)
+    assert admin_client.get(f"/jobs/{job.pk}/download/").status_code == 200
