@@ -8,8 +8,10 @@ import io
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 from django.core.management.base import CommandError
@@ -18,9 +20,10 @@ from pytest_django import Settings
 
 from layerhub.core.store import get_store
 from layerhub.engine.archive import import_archive
-from layerhub.engine.cancel import Cancelled
+from layerhub.engine.cancel import Cancelled, StopFn
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import Conflict, ManifestUnknown
+from layerhub.engine.export import ExportImage, write_docker_archive
 from layerhub.engine.manifest import Descriptor, ImageManifest, parse_manifest
 from layerhub.engine.pull import unpack
 from layerhub.engine.push import push_image
@@ -342,18 +345,22 @@ def test_an_export_cancelled_mid_archive_leaves_no_file(
     pull = image_pull(reference=f"{registry.host}/team/app:v1")
     pull.refresh_from_db()
     assert pull.state == Job.State.SUCCEEDED, pull.error
-    real_write = transfer.write_docker_archive
+    real_write = write_docker_archive
     chunks: list[int] = []
 
-    def write(out: object, images: object, store: object, *, should_stop: object) -> None:
+    def write(
+        out: BinaryIO, images: Sequence[ExportImage], store: Store, *, should_stop: StopFn
+    ) -> None:
+        watch = cast(Callable[..., bool], should_stop)  # the job's CancelWatch.poll
+
         def stop() -> bool:
             chunks.append(1)
             if len(chunks) == 3:  # a few chunks in: someone presses Cancel
                 Job.objects.filter(kind=Job.Kind.EXPORT).update(cancel_requested_at=timezone.now())
-                return should_stop(force=True)  # type: ignore[operator]
-            return should_stop()  # type: ignore[operator]
+                return watch(force=True)
+            return watch()
 
-        real_write(out, images, store, should_stop=stop)  # type: ignore[arg-type]
+        real_write(out, images, store, should_stop=stop)
 
     monkeypatch.setattr(transfer, "write_docker_archive", write)
     target = tmp_path / "app.tar"
