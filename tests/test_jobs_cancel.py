@@ -5,6 +5,8 @@ nothing half-written."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -35,7 +37,8 @@ from layerhub.images.services import image_pull, image_pull_run, transfer
 from layerhub.jobs.follow import follow_to_end
 from layerhub.jobs.models import Job, Lease
 from layerhub.jobs.services import CancelWatch, JobCancelled, JobProgress, job_cancel, job_run
-from tests.registry.conftest import eager, proxy, registry, seed  # noqa: F401 - fixtures
+from tests.registry.conftest import Seed, eager, proxy, registry, seed  # noqa: F401 - fixtures
+from tests.registry.test_worker import ROOT, env, wait_for, worker, workers  # noqa: F401
 from tests.support.oci import Image as OciImage
 from tests.support.oci import make_layer, write_layout
 from tests.support.proxy import FaultyProxy
@@ -416,3 +419,51 @@ def test_a_push_stops_at_a_chunk_and_sends_no_manifest(registry: Registry) -> No
             client.get_manifest("team/cancelled", "1")
     finally:
         client.close()
+
+
+@real_db
+def test_a_real_worker_stops_a_cancelled_pull_within_seconds(
+    proxy: FaultyProxy,  # noqa: F811
+    seed: Seed,  # noqa: F811
+    env: dict[str, str],  # noqa: F811
+    worker: subprocess.Popen[bytes],  # noqa: F811
+) -> None:
+    """The worker's own heartbeat thread notices the cancel (no eager shortcut), and the
+    CLI following the job prints "cancelled"."""
+    proxy.delay = 3.0
+    follower = subprocess.Popen(
+        [sys.executable, "manage.py", "pull", f"{proxy.host}/team/app:v1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: Job.objects.filter(kind=Job.Kind.PULL).exists(), 60, "the pull job")
+        job = Job.objects.get(kind=Job.Kind.PULL)
+        layers = {seed.base.digest, seed.app.digest}
+        wait_for(lambda: bool(layers & set(proxy.blob_gets)), 60, "the layer downloads")
+        job.refresh_from_db()
+        assert job.state == Job.State.RUNNING
+        asked = time.monotonic()
+        job_cancel(job=job)
+
+        def ended() -> bool:
+            job.refresh_from_db()
+            return job.done
+
+        wait_for(ended, 30, "the pull to stop")
+        assert time.monotonic() - asked < 10
+        out, err = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert job.state == Job.State.CANCELLED, job.error
+    assert out.splitlines()[-1] == "cancelled"
+    assert follower.returncode != 0
+    assert "was cancelled" in err
+    assert tmp_entries() == []
+    assert not Image.objects.exists()
+    assert not any(get_store().blobs.has(digest) for digest in layers)
