@@ -194,6 +194,7 @@ def test_a_pull_shows_its_unpack_and_polls_until_it_ends(admin_client: Client) -
     assert "Unpack job" in html
     assert "aaaaaaaaaaaa: Extracting 10B/900B" in html
     assert trigger_of(html) is not None  # the child still runs
+    assert f'action="/jobs/{unpack.pk}/cancel/"' in html  # the running child can be stopped
     child_page = admin_client.get(f"/jobs/{unpack.pk}/").content.decode()
     assert f'href="/jobs/{pull.pk}/"' in child_page
 
