@@ -413,7 +413,7 @@ def image_unpack_run(*, job_id: int) -> None:
             # the layers made before the stop are whole snapshots: record them as made
             for row in Layer.objects.filter(chain_id__in=chain_ids(diff_ids), unpacked_at=None):
                 if store.snapshots.exists(row.chain_id):
-                    layer_mark_unpacked(row, *tree_usage(store.snapshots.path(row.chain_id)))
+                    layer_mark_unpacked(row)
             raise
         finally:
             progress.flush(force=True)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0004_lease'),
+        ('jobs', '0005_job_kind_verify'),
     ]
 
     operations = [
