@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,12 +163,14 @@ def _peak_kib(pid: int) -> int:
     raise RuntimeError("no VmHWM")
 
 
-def worker_memory(host: str, work: Path) -> dict[str, int] | None:
-    """Pull and unpack the two memory images through a real worker; its peak RSS after each."""
+def worker_memory(host: str, work: Path) -> tuple[dict[str, int], list[float]] | None:
+    """Pull and unpack the two memory images through a real worker: its peak RSS after each,
+    and the wall times of warm ``manage.py pull`` runs of the small one (every layer already in
+    the store: the command, the worker's pull and unpack jobs, and following them)."""
     import redis
 
     try:
-        redis.Redis.from_url(WORKER_BROKER, socket_connect_timeout=1).flushdb()
+        redis.Redis.from_url(WORKER_BROKER, socket_connect_timeout=1).ping()
     except redis.RedisError:
         return None
     env = {
@@ -175,6 +178,8 @@ def worker_memory(host: str, work: Path) -> dict[str, int] | None:
         "DATABASE_URL": f"sqlite:///{work / 'worker.sqlite3'}",
         "LAYERHUB_STORE": str(work / "worker-store"),
         "REDIS_URL": WORKER_BROKER,
+        # a queue of this run's own: nothing else's jobs are taken, nothing is flushed
+        "LAYERHUB_QUEUE": f"layerhub-bench-{os.getpid()}",
         "CELERY_TASK_ALWAYS_EAGER": "0",
     }
     manage = [sys.executable, "manage.py"]
@@ -187,21 +192,40 @@ def worker_memory(host: str, work: Path) -> dict[str, int] | None:
         stderr=open(work / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
     )
     peaks: dict[str, int] = {}
+    warm: list[float] = []
+
+    def pull(tag: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(
+            [*manage, "pull", f"{host}/bench/{tag}:{tag}"],
+            cwd=REPO,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - started
+
     try:
         for tag in ("mem-small", "mem-big"):
-            subprocess.run(
-                [*manage, "pull", f"{host}/bench/{tag}:{tag}"],
-                cwd=REPO,
-                env=env,
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            pull(tag)
             peaks[tag] = _peak_kib(worker.pid)
+        warm = [pull("mem-small") for _ in range(7)]
     finally:
         worker.terminate()
         worker.wait(60)
-    return peaks
+        _delete_queue(WORKER_BROKER, env["LAYERHUB_QUEUE"])
+    return peaks, warm
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    """Remove this run's queue keys (and nothing else) from the broker."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    keys = list(client.scan_iter(match=f"{queue}*")) + list(client.scan_iter(match=f"*{queue}"))
+    if keys:
+        client.delete(*keys)
 
 
 def mib(kib: int | None) -> str:
@@ -326,12 +350,17 @@ def main() -> None:
         if worker_peaks is None:
             print("worker: not measured (no Redis at " + WORKER_BROKER + ")")
         else:
+            peaks, warm_cli = worker_peaks
             print()
             print("== a real worker (celery -P solo: Django, Celery, pull and unpack jobs)")
-            for tag, peak in worker_peaks.items():
+            for tag, peak in peaks.items():
                 print(f"after pulling and unpacking {tag}: worker peak RSS {mib(peak)}")
-            print_flat(
-                "worker memory", args.big_mb, worker_peaks["mem-small"], worker_peaks["mem-big"]
+            print_flat("worker memory", args.big_mb, peaks["mem-small"], peaks["mem-big"])
+            cli_s = statistics.median(warm_cli)
+            print(
+                f"warm `manage.py pull` through the worker: {cli_s:.2f} s wall, median of "
+                f"{len(warm_cli)} (min {min(warm_cli):.2f}, max {max(warm_cli):.2f}); "
+                f"under 1 s: {'yes' if cli_s < 1 else 'no'}"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
