@@ -23,6 +23,7 @@ from layerhub.env import (
     env_seconds,
     env_secret_key,
     env_url,
+    parse_size,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -88,6 +89,19 @@ if LAYERHUB_JOB_DEAD_AFTER < 2 * LAYERHUB_JOB_HEARTBEAT:
         f"LAYERHUB_JOB_DEAD_AFTER={LAYERHUB_JOB_DEAD_AFTER:g} must be at least twice "
         f"LAYERHUB_JOB_HEARTBEAT={LAYERHUB_JOB_HEARTBEAT:g}, or live jobs look dead"
     )
+# Archives uploaded through the browser to be imported wait here (outside the store, whose
+# tmp/ is swept when a worker starts) until their import job ends; bigger ones are refused.
+LAYERHUB_UPLOAD_DIR = env_path("LAYERHUB_UPLOAD_DIR", VAR_DIR / "uploads", base=BASE_DIR)
+try:
+    LAYERHUB_UPLOAD_MAX_BYTES = parse_size(os.environ.get("LAYERHUB_UPLOAD_MAX", "8GiB"))
+except ValueError:
+    raise ImproperlyConfigured(
+        f"LAYERHUB_UPLOAD_MAX={os.environ.get('LAYERHUB_UPLOAD_MAX')!r} is not a size: "
+        "use bytes (1073741824) or a unit (500M, 8GiB)"
+    ) from None
+# Archives saved for download from the browser are written here (jobs:download serves
+# only files under it).
+LAYERHUB_EXPORT_DIR = env_path("LAYERHUB_EXPORT_DIR", VAR_DIR / "exports", base=BASE_DIR)
 # How long a connection to Redis may take before a command says the broker is down.
 LAYERHUB_BROKER_TIMEOUT = env_seconds("LAYERHUB_BROKER_TIMEOUT", 3.0, maximum=600)
 # A message a worker took but never acknowledged (the worker was killed before it claimed

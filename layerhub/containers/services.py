@@ -36,7 +36,7 @@ from layerhub.images.services import (
     layer_mark_unpacked,
 )
 from layerhub.jobs.models import Job
-from layerhub.jobs.services import acting_user, job_run, job_start
+from layerhub.jobs.services import acting_user, cancel_watch, job_run, job_start
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 
@@ -273,6 +273,9 @@ def container_commit_run(*, job_id: int) -> None:
             except Container.DoesNotExist:
                 raise ContainerNotFound("the container to commit was removed") from None
             created_by = " ".join(container.last_command) or "layerhub commit"
+            # its one layer is the commit's stop point: a cancel that came while it waited
+            # for the container stops it before anything is written
+            cancel_watch(job).check(force=True)
             result = commit_container(
                 store,
                 container_dir(container) / "upper",

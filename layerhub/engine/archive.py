@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+from .cancel import StopFn, never, stop_point
 from .digest import chain_ids, digest_hex, sha256_bytes, validate_digest
 from .errors import ArchiveError, InvalidDigest, InvalidManifest, LayerhubError
 from .manifest import (
@@ -234,21 +235,25 @@ class _Intake:
     whether it has it (under the blob's lock), and each this import added remembered, so a
     failed import can take back what nothing references."""
 
-    def __init__(self, store: Store, lease: LeaseFn) -> None:
+    def __init__(self, store: Store, lease: LeaseFn, should_stop: StopFn = never) -> None:
         self.store = store
         self.lease = lease
+        self.should_stop = should_stop
         self.added: list[str] = []
 
     def ingest(self, source: _Source, name: str, digest: str, size: int | None) -> None:
+        stop_point(self.should_stop, "import")
         self.lease([digest])
         with blob_lock(self.store, digest):
             if self.store.blobs.has(digest):
                 return
             with source.open(name) as f:
-                self.store.blobs.ingest(cast(BinaryIO, f), digest, size)
+                stopping = _Stopping(f, self.should_stop)
+                self.store.blobs.ingest(cast(BinaryIO, stopping), digest, size)
             self.added.append(digest)
 
     def put(self, data: bytes, digest: str | None = None) -> str:
+        stop_point(self.should_stop, "import")
         digest = digest or sha256_bytes(data)
         self.lease([digest])
         with blob_lock(self.store, digest):
@@ -269,6 +274,19 @@ class _Intake:
             with blob_lock(self.store, digest):
                 if not in_use(digest):
                     self.store.blobs.delete(digest)
+
+
+class _Stopping:
+    """A file read chunk by chunk that asks ``should_stop`` before each chunk (a cancelled
+    import stops at its next chunk; the blob writer it feeds discards what it had)."""
+
+    def __init__(self, f: IO[bytes], should_stop: StopFn) -> None:
+        self._f = f
+        self._should_stop = should_stop
+
+    def read(self, n: int = -1, /) -> bytes:
+        stop_point(self._should_stop, "import")
+        return self._f.read(n)
 
 
 def _oci_blob_name(digest: str) -> str:
@@ -391,6 +409,7 @@ def import_archive(
     known_layer: KnownLayerFn | None = None,
     lease: LeaseFn = _no_lease,
     in_use: Callable[[str], bool] | None = None,
+    should_stop: StopFn = never,
 ) -> list[ImportedImage]:
     """Import every image of a ``docker save`` archive or an OCI layout (directory or tar).
 
@@ -398,13 +417,14 @@ def import_archive(
     compressed one): a ``docker save`` layer with that DiffID is then not stored again.
     ``lease`` is called with each digest and ChainID before the store is asked whether it
     holds it (see pull.py). When the import fails, the blobs it added are deleted again,
-    except those ``in_use`` says another job now holds.
+    except those ``in_use`` says another job now holds. ``should_stop`` is asked at every
+    chunk: True raises Cancelled, and the import is taken back as for a failure.
     """
     path = Path(path)
     if not path.exists():
         raise ArchiveError(f"{path}: no such file or directory")
     source = _Source(path)
-    intake = _Intake(store, lease)
+    intake = _Intake(store, lease, should_stop)
     try:
         if source.exists("manifest.json"):
             return _import_docker(source, intake, known_layer)

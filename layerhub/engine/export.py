@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Protocol, cast
 
+from .cancel import StopFn, never, stop_point
 from .compression import decompressed
 from .digest import CHUNK, Digester, digest_hex, sha256_bytes, validate_digest
 from .errors import ArchiveError, DigestMismatch, SizeMismatch
@@ -103,8 +104,9 @@ class _TarWriter:
     contents copied a MiB at a time, and the two zero blocks at the end; ``out`` may be a
     pipe. (``tarfile``'s own stream mode re-buffers every write in 10 KiB records.)"""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, should_stop: StopFn = never) -> None:
         self._out = out
+        self.should_stop = should_stop
 
     def add(self, info: tarfile.TarInfo, content: _Readable | None = None) -> None:
         """One entry; ``content`` gives exactly ``info.size`` bytes."""
@@ -116,6 +118,7 @@ class _TarWriter:
             return
         left = info.size
         while left:
+            stop_point(self.should_stop, "export")
             chunk = content.read(min(CHUNK, left))
             if not chunk:
                 raise SizeMismatch(info.size, info.size - left, info.name)
@@ -135,9 +138,10 @@ class _Entry:
     write: Callable[[_TarWriter, tarfile.TarInfo], None] | None = None
 
 
-def _write_entries(out: BinaryIO, entries: Sequence[_Entry]) -> None:
-    """Write ``entries`` in name order; a failure leaves the archive without its end blocks."""
-    tar = _TarWriter(out)
+def _write_entries(out: BinaryIO, entries: Sequence[_Entry], should_stop: StopFn = never) -> None:
+    """Write ``entries`` in name order; a failure (or a stop: Cancelled, checked at every
+    chunk) leaves the archive without its end blocks."""
+    tar = _TarWriter(out, should_stop)
     for entry in sorted(entries, key=lambda e: e.name):
         info = tarfile.TarInfo(entry.name)
         if entry.write is None:
@@ -219,6 +223,7 @@ def _layer_entry(name: str, store: Store, layer: Descriptor, diff_id: str) -> _E
             stream, _ = decompressed(raw)
             digester = Digester()
             for chunk in iter(lambda: stream.read(CHUNK), b""):
+                stop_point(tar.should_stop, "export")
                 digester.update(chunk)
                 tmp.write(chunk)
             if digester.digest != diff_id:
@@ -233,9 +238,12 @@ def _layer_entry(name: str, store: Store, layer: Descriptor, diff_id: str) -> _E
 # -- docker save ---------------------------------------------------------------------------------
 
 
-def write_docker_archive(out: BinaryIO, images: Sequence[ExportImage], store: Store) -> None:
+def write_docker_archive(
+    out: BinaryIO, images: Sequence[ExportImage], store: Store, *, should_stop: StopFn = never
+) -> None:
     """Write a ``docker save`` archive of ``images`` to ``out``.
 
+    ``should_stop`` is asked at every chunk: True raises Cancelled, the archive unfinished.
     Images sharing a config (the same image ID) make one entry with all their tags, as
     ``docker save`` writes them; each layer is written once however many images use it.
     """
@@ -277,7 +285,7 @@ def write_docker_archive(out: BinaryIO, images: Sequence[ExportImage], store: St
     entries.append(_bytes_entry("manifest.json", _go_json(manifest)))
     if repositories:
         entries.append(_bytes_entry("repositories", _go_json(repositories, sort_keys=True)))
-    _write_entries(out, entries)
+    _write_entries(out, entries, should_stop)
 
 
 def _go_json(value: object, *, sort_keys: bool = False) -> bytes:
@@ -287,9 +295,12 @@ def _go_json(value: object, *, sort_keys: bool = False) -> bytes:
 # -- OCI image layout ----------------------------------------------------------------------------
 
 
-def write_oci_layout(out: BinaryIO, images: Sequence[ExportImage], store: Store) -> None:
+def write_oci_layout(
+    out: BinaryIO, images: Sequence[ExportImage], store: Store, *, should_stop: StopFn = never
+) -> None:
     """Write an OCI image layout of ``images`` to ``out`` as a tar (``oci-archive:``).
 
+    ``should_stop`` is asked at every chunk: True raises Cancelled, the archive unfinished.
     ``index.json`` has one entry per image and name: an image tagged twice is listed twice
     (same digest, one tag each), an image with no name once without annotations.
     """
@@ -323,4 +334,4 @@ def write_oci_layout(out: BinaryIO, images: Sequence[ExportImage], store: Store)
     entries.append(_bytes_entry("oci-layout", json.dumps(OCI_LAYOUT).encode()))
     doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}
     entries.append(_bytes_entry("index.json", json.dumps(doc, sort_keys=True).encode()))
-    _write_entries(out, entries)
+    _write_entries(out, entries, should_stop)

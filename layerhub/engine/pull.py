@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
+from .cancel import Cancelled, StopFn, never, stop_point
 from .digest import chain_ids, digest_hex
 from .errors import InvalidManifest, ManifestUnknown
 from .fsutil import file_lock
@@ -152,6 +153,7 @@ def fetch_layers(
     concurrency: int = 3,
     heartbeat: Callable[[], None] | None = None,
     lease: LeaseFn = _no_lease,
+    should_stop: StopFn = never,
 ) -> None:
     """Download every layer blob the store lacks, ``concurrency`` at a time.
 
@@ -159,6 +161,8 @@ def fetch_layers(
     calling thread about twice a second while they run (to save progress, say). ``lease``
     is called with every layer digest first, from the calling thread; whether a blob is
     already there is then decided under its lock, which is where deletes check leases.
+    ``should_stop`` is asked at every chunk, from the download threads (so it must be
+    cheap): True raises Cancelled there, and the blob being written is discarded.
     """
     lease([layer.digest for layer in layers])
     failed = threading.Event()
@@ -167,6 +171,11 @@ def fetch_layers(
     def fetch(layer: Descriptor) -> None:
         if failed.is_set():
             return
+        try:
+            stop_point(should_stop, f"download of {layer.digest}")
+        except Cancelled:
+            failed.set()
+            raise
         with blob_lock(store, layer.digest):
             if store.blobs.has(layer.digest):
                 if layer.digest not in already:  # another worker fetched it meanwhile
@@ -176,6 +185,7 @@ def fetch_layers(
             def downloading(done: int) -> None:
                 if failed.is_set():
                     raise InterruptedError("another layer failed")
+                stop_point(should_stop, f"download of {layer.digest}")
                 progress(layer.digest, DOWNLOADING, done, layer.size)
 
             try:
@@ -208,12 +218,15 @@ def pull(
     concurrency: int = 3,
     heartbeat: Callable[[], None] | None = None,
     lease: LeaseFn = _no_lease,
+    should_stop: StopFn = never,
 ) -> ResolvedImage:
     """Fetch an image's manifest, config and missing layers into the store.
 
     ``lease`` is called with each digest and ChainID the image names before the store is
     asked whether it has them: the config as soon as the manifest names it, then the
     manifest, the layers and their ChainIDs (the snapshots an unpack will want).
+    ``should_stop`` (see fetch_layers) stops the pull at its next chunk; the manifest is
+    then not stored.
     """
     image = resolve(client, ref, store, platform, lease)
     lease([image.manifest_digest, *chain_ids(image.config.diff_ids)])
@@ -226,7 +239,9 @@ def pull(
         concurrency=concurrency,
         heartbeat=heartbeat,
         lease=lease,
+        should_stop=should_stop,
     )
+    stop_point(should_stop, "pull")
     with blob_lock(store, image.manifest_digest):  # where a delete checks the lease
         store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
     return image
@@ -267,10 +282,16 @@ def unpack(
     diff_ids: Sequence[str],
     *,
     progress: ProgressFn = _no_progress,
+    should_stop: StopFn = never,
 ) -> list[UnpackedLayer]:
-    """Unpack each layer into its snapshot, bottom up; existing snapshots are kept as they are."""
+    """Unpack each layer into its snapshot, bottom up; existing snapshots are kept as they are.
+
+    ``should_stop`` is asked before each layer: True raises Cancelled there, leaving the
+    snapshots made so far (each complete) and no partial one.
+    """
     out: list[UnpackedLayer] = []
     for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
+        stop_point(should_stop, "unpack")
         # "Already there" is decided under the snapshot's lock, where a delete checks leases
         # too: the blob is opened only when the snapshot is found missing there
         with _LazyBlob(store, layer, progress) as blob:

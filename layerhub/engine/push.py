@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from .cancel import StopFn, never, stop_point
 from .digest import sha256_bytes
 from .errors import DigestMismatch, RegistryAuthError, RegistryUnavailable, SizeMismatch
 from .manifest import Descriptor, ImageManifest, parse_manifest
@@ -57,6 +58,7 @@ def push_image(
     chunk_size: int | None = None,
     concurrency: int = 3,
     heartbeat: Callable[[], None] | None = None,
+    should_stop: StopFn = never,
 ) -> str:
     """Push the blobs, then the manifest under ``reference`` (a tag or the manifest's digest),
     to ``repository``; return the manifest digest.
@@ -65,7 +67,9 @@ def push_image(
     ``mount_from`` maps a blob digest to another repository of this registry that holds it.
     ``chunk_size`` switches uploads from one PUT per blob to PATCH requests of that size.
     ``progress`` is called from the upload threads; ``heartbeat``, if given, from the calling
-    thread about twice a second while they run.
+    thread about twice a second while they run. ``should_stop`` is asked at every chunk, from
+    the upload threads (so it must be cheap): True raises Cancelled there, the upload
+    session is cancelled and the manifest is not pushed.
     """
     digest = sha256_bytes(manifest_bytes)
     if reference.startswith("sha256:") and reference != digest:
@@ -102,7 +106,9 @@ def push_image(
             chunk_size,
             concurrency,
             heartbeat,
+            should_stop,
         )
+        stop_point(should_stop, "push")
         return client.put_manifest(repository, reference, manifest_bytes, media_type)
     except RegistryAuthError as exc:
         hint = "" if client.credentials is not None else f"; log in to {client.host} first"
@@ -121,6 +127,7 @@ def _push_blobs(
     chunk_size: int | None,
     concurrency: int,
     heartbeat: Callable[[], None] | None,
+    should_stop: StopFn,
 ) -> None:
     failed = threading.Event()
 
@@ -128,7 +135,18 @@ def _push_blobs(
         if failed.is_set():
             return
         try:
-            _push_blob(client, repository, blob, store, mount_from, report, chunk_size, failed)
+            stop_point(should_stop, "push")
+            _push_blob(
+                client,
+                repository,
+                blob,
+                store,
+                mount_from,
+                report,
+                chunk_size,
+                failed,
+                should_stop,
+            )
         except BaseException:
             failed.set()
             raise
@@ -150,6 +168,7 @@ def _push_blob(
     report: Callable[[Descriptor, str, int], None],
     chunk_size: int | None,
     failed: threading.Event,
+    should_stop: StopFn,
 ) -> None:
     """One blob: skip, mount or upload it. A transient failure mid-upload starts the upload
     over in a new session (the old one's state is unknown), as ``docker push`` retries."""
@@ -172,6 +191,7 @@ def _push_blob(
     def pushing(done: int) -> None:
         if failed.is_set():
             raise _Cancelled("another blob of this push failed")
+        stop_point(should_stop, f"push of {blob.digest}")
         report(blob, PUSHING, done)
 
     attempt = 0

@@ -231,11 +231,10 @@ def image_push_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def exports_dir() -> Path:
-    """Where saved archives are written for download: var/exports/ unless
-    LAYERHUB_EXPORTS says otherwise; outside the store (an archive is no store content)."""
-    configured = getattr(settings, "LAYERHUB_EXPORTS", None)
-    path = Path(configured) if configured else Path(settings.VAR_DIR) / "exports"
-    path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    """Where saved archives are written for download (LAYERHUB_EXPORT_DIR, outside the store:
+    an archive is no store content); ``jobs:download`` serves only files in it."""
+    path = Path(settings.LAYERHUB_EXPORT_DIR)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 

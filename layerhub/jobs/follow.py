@@ -45,7 +45,8 @@ class Out(Protocol):
     def isatty(self) -> bool: ...
 
 
-def _line(entry: dict[str, object]) -> str:
+def progress_line(entry: dict[str, object]) -> str:
+    """A layer's progress as ``docker pull`` prints it (``3f4e1a2b9c0d: Downloading 1MB/4MB``)."""
     digest = str(entry["digest"]).split(":")[-1][:12]
     status = str(entry["status"])
     current, total = entry.get("current"), entry.get("total")
@@ -155,7 +156,7 @@ def follow(
     while True:
         current.refresh_from_db()
         for entry in current.progress or []:
-            text = _line(entry)
+            text = progress_line(entry)
             key = f"{entry['digest']}"
             status_changed = shown.get(key, "").split(" ")[:2] != text.split(" ")[:2]
             if text != shown.get(key) and (tty or status_changed):
@@ -183,10 +184,15 @@ def follow_to_end(
 ) -> Job:
     """What a command does with the job it queued: print ``header`` and then progress until
     the job (and the jobs it started) end, saying so when no worker runs it, and raise
-    CommandError with the one-line message of a failure. Returns the last job of the chain."""
+    CommandError with the one-line message of a failure (or saying it was cancelled).
+    Returns the last job of the chain."""
     if header is not None:
         stdout.write(header)
     last = follow(job, stdout, tty=stdout.isatty(), watchdog=Watchdog(stderr, what=what))
     if last.state == Job.State.FAILED:
         raise CommandError(one_line(last.error))
+    if last.state == Job.State.CANCELLED:
+        # ended, not failed: said plainly, and the command goes no further (nothing to report)
+        stdout.write("cancelled\n")
+        raise CommandError(f"{what} job {last.pk} was cancelled")
     return last

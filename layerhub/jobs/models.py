@@ -51,7 +51,10 @@ class JobQuerySet(models.QuerySet["Job"]):
             still_dead = Job.objects.filter(
                 pk=job.pk, state=Job.State.RUNNING, heartbeat_at__lt=cutoff
             )
-            if job.attempts >= Job.max_attempts():
+            if job.cancel_requested_at is not None:
+                # asked to stop, and its worker is gone: nothing is left to stop
+                changed = still_dead.update(state=Job.State.CANCELLED, finished_at=timezone.now())
+            elif job.attempts >= Job.max_attempts():
                 error = (
                     f"the worker running this job stopped {job.attempts} times "
                     "(killed or out of memory); giving up"
@@ -69,7 +72,7 @@ class JobQuerySet(models.QuerySet["Job"]):
                 job.pk,
                 job.kind,
                 job.runner or "?",
-                "re-queued" if job.state == Job.State.QUEUED else "failed",
+                "re-queued" if job.state == Job.State.QUEUED else job.state,
             )
             moved.append(job)
             if job.state == Job.State.QUEUED:
@@ -86,7 +89,8 @@ class Job(models.Model):
 
     A Celery task claims a queued job with a conditional update (``claim``), so a job is run
     once however often its message is delivered; the state moves queued -> running ->
-    succeeded | failed. Progress is stored here so pages and the API read it from the database.
+    succeeded | failed | cancelled. Progress is stored here so pages and the API read it
+    from the database.
     """
 
     class Kind(models.TextChoices):
@@ -103,6 +107,7 @@ class Job(models.Model):
         RUNNING = "running", "running"
         SUCCEEDED = "succeeded", "succeeded"
         FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
@@ -130,8 +135,12 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # host:pid:nonce of the run that claimed the job last; its heartbeats carry it
     runner = models.CharField(max_length=200, blank=True)
+    # set when someone asks a running job to stop; its run notices at its next chunk or layer
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
+
+    ENDED = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -143,7 +152,12 @@ class Job(models.Model):
     @property
     def done(self) -> bool:
         """Whether the job has ended, well or not."""
-        return self.state in (self.State.SUCCEEDED, self.State.FAILED)
+        return self.state in self.ENDED
+
+    @property
+    def live(self) -> bool:
+        """Whether the job is queued or running (what a cancel applies to)."""
+        return self.state in (self.State.QUEUED, self.State.RUNNING)
 
     def claim(self) -> bool:
         """Move queued -> running if nobody else has, and say whether this caller may run it.
@@ -160,6 +174,8 @@ class Job(models.Model):
             models.Q(state=self.State.RUNNING)
             & (models.Q(heartbeat_at__lt=_dead_before(now)) | models.Q(heartbeat_at=None))
             & models.Q(attempts__lt=self.max_attempts())
+            # a job asked to stop is not started again after its worker died
+            & models.Q(cancel_requested_at=None)
         )
         claimed = Job.objects.filter(claimable, pk=self.pk).update(
             state=self.State.RUNNING,
@@ -175,6 +191,13 @@ class Job(models.Model):
             return False
         if self.heartbeat_at is not None and self.heartbeat_at >= _dead_before(now):
             logger.info("job %s is running at %s; dropping a second delivery", self.pk, self.runner)
+            return False
+        if self.cancel_requested_at is not None:
+            # its worker died while it was being cancelled: nothing is left to stop
+            Job.objects.filter(pk=self.pk, state=self.State.RUNNING).update(
+                state=self.State.CANCELLED, finished_at=now
+            )
+            self.refresh_from_db()
             return False
         self.finish(
             error=f"the worker running this job stopped {self.attempts} times "
@@ -200,6 +223,13 @@ class Job(models.Model):
         """Record the end: succeeded, or failed with a message for people."""
         self.state = self.State.FAILED if error else self.State.SUCCEEDED
         self.error = error
+        self.finished_at = timezone.now()
+        self.save(update_fields=["state", "error", "finished_at"])
+
+    def finish_cancelled(self) -> None:
+        """Record that the run stopped because someone cancelled the job."""
+        self.state = self.State.CANCELLED
+        self.error = ""
         self.finished_at = timezone.now()
         self.save(update_fields=["state", "error", "finished_at"])
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import kombu.exceptions
 import redis
@@ -17,7 +20,8 @@ from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from kombu.utils.url import maybe_sanitize_url
 
-from layerhub.engine.errors import LayerhubError
+from layerhub.engine.cancel import Cancelled
+from layerhub.engine.errors import Conflict, LayerhubError
 from layerhub.jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -52,6 +56,122 @@ TASK_FOR_KIND = {
     Job.Kind.EXPORT: "layerhub.image_save",
     Job.Kind.VERIFY: "layerhub.store_verify",
 }
+
+
+class JobCancelled(Cancelled):
+    """Raised in a running job once someone has cancelled it: the run stops and the job
+    ends ``cancelled`` (not an error of anybody's input, nor a failure)."""
+
+
+class CancelWatch:
+    """Whether someone has asked a running job to stop.
+
+    ``requested`` is an in-memory flag any thread may read at every chunk for free;
+    ``poll`` refreshes it from the job row (at most once per ``interval`` unless forced) and is
+    called from threads that may use the database: the heartbeat thread, the thread that
+    saves progress, and the job's own thread between layers.
+    """
+
+    interval = 1.0
+
+    def __init__(self, job: Job) -> None:
+        self.job_pk = job.pk
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._polled_at = float("-inf")
+        if job.cancel_requested_at is not None:
+            self._event.set()
+
+    def requested(self) -> bool:
+        """Whether a cancel has been seen (no database query)."""
+        return self._event.is_set()
+
+    def poll(self, *, force: bool = False) -> bool:
+        """Look at the job row (unless looked at within ``interval``); say whether to stop."""
+        if self._event.is_set():
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._polled_at < self.interval:
+                return False
+            self._polled_at = now
+        asked = Job.objects.filter(pk=self.job_pk, cancel_requested_at__isnull=False).exists()
+        if asked:
+            self._event.set()
+        return asked
+
+    def check(self, *, force: bool = False) -> None:
+        """Raise JobCancelled if a cancel has been asked (a stop point of the job's thread)."""
+        if self.poll(force=force):
+            raise JobCancelled(f"job {self.job_pk} was cancelled")
+
+    def should_stop(self) -> bool:
+        """The engine's stop check for the job's own thread (between layers): always fresh."""
+        return self.poll(force=True)
+
+
+def cancel_watch(job: Job) -> CancelWatch:
+    """The one watch of this run of ``job`` (its services, progress and heartbeat share it)."""
+    watch = job.__dict__.get("_cancel_watch")
+    if watch is None:
+        watch = job.__dict__["_cancel_watch"] = CancelWatch(job)
+    return cast(CancelWatch, watch)
+
+
+def job_cancel(*, job: Job, user: Any = None) -> Job:
+    """Cancel a queued or running job and the jobs it started.
+
+    A queued job is cancelled at once (its task, when it comes, finds nothing to claim). A
+    running job is asked to stop: its run notices at its next chunk (pull, push, import,
+    export) or layer (unpack, commit), discards what it had in tmp/ and ends ``cancelled``.
+    Either way its leases stop holding anything once it has ended. Raises Conflict for a job
+    that has already ended.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        queued = Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(
+            state=Job.State.CANCELLED, cancel_requested_at=now, finished_at=now, error=""
+        )
+        running = 0
+        if not queued:
+            running = Job.objects.filter(
+                pk=job.pk, state=Job.State.RUNNING, cancel_requested_at=None
+            ).update(cancel_requested_at=now)
+        job.refresh_from_db()
+        if not queued and not running and job.state != Job.State.RUNNING:
+            raise Conflict(f"job {job.pk} has already ended ({job.state}): nothing to cancel")
+        for child in job.children.filter(state__in=(Job.State.QUEUED, Job.State.RUNNING)):
+            job_cancel(job=child, user=user)
+    if queued:
+        logger.info("job %s (%s) cancelled while queued", job.pk, job.kind)
+        job_discard_upload(job=job)
+    else:
+        logger.info("job %s (%s) asked to stop", job.pk, job.kind)
+    return job
+
+
+def job_discard_upload(*, job: Job) -> None:
+    """Delete the uploaded archive an import job was given, once the job has ended: the
+    upload exists only to be imported (``params["upload"]`` marks it as the job's own)."""
+    if not job.params.get("upload"):
+        return
+    path = job.params.get("path")
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            logger.warning("job %s: could not remove the upload %s", job.pk, path, exc_info=True)
+
+
+def export_path() -> str:
+    """A new file name under LAYERHUB_EXPORT_DIR (made if need be) for an archive saved to
+    be downloaded from the browser: pass it to ``image_save(path=...)``; ``jobs:download``
+    then serves it once the export job has succeeded."""
+    root = Path(settings.LAYERHUB_EXPORT_DIR)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return str(root / f"{uuid.uuid4().hex}.tar")
 
 
 def acting_user(user: Any) -> Any:
@@ -106,6 +226,7 @@ class _Heartbeat:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.interval = float(settings.LAYERHUB_JOB_HEARTBEAT)
+        self.watch = cancel_watch(job)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"job-{job.pk}-heartbeat", daemon=True
@@ -121,9 +242,16 @@ class _Heartbeat:
         self._thread.join(timeout=self.interval + 5)
 
     def _run(self) -> None:
+        # wakes at least once a second to notice a cancel; stamps every ``interval``
+        tick = min(self.interval, CancelWatch.interval)
+        stamped = time.monotonic()
         try:
-            while not self._stop.wait(self.interval):
+            while not self._stop.wait(tick):
                 try:
+                    self.watch.poll()
+                    if time.monotonic() - stamped < self.interval:
+                        continue
+                    stamped = time.monotonic()
                     if not self.job.beat():
                         return  # ended, or re-queued as dead: this run's stamps mean nothing
                 except DatabaseError:
@@ -138,13 +266,35 @@ def job_run(job: Job, work: Callable[[], None]) -> None:
     fault of the host, logged with its traceback, recorded as an internal error and
     re-raised."""
     beating = contextlib.nullcontext() if current_app.conf.task_always_eager else _Heartbeat(job)
+    watch = cancel_watch(job)
     try:
         with beating:
+            watch.check(force=True)  # cancelled between its claim and here
             work()
-    except LayerhubError as exc:
-        _record_end(job, one_line(str(exc)))
     except Exception as exc:
-        logger.exception("job %s (%s %s) failed with an internal error", job.pk, job.kind, job)
+        # a cancelled run stops wherever it was: whatever it raised on the way out (the
+        # JobCancelled itself, or a knock-on error of a thread it stopped) is the cancel
+        if isinstance(exc, Cancelled) or watch.poll(force=True):
+            logger.info(
+                "job %s (%s) stopped: cancelled",
+                job.pk,
+                job.kind,
+                exc_info=None if isinstance(exc, Cancelled) else exc,
+            )
+            _record_end(job, "", cancelled=True)
+            return
+        _record_failure(job, exc)
+    else:
+        _record_end(job, "")
+
+
+def _record_failure(job: Job, exc: Exception) -> None:
+    if isinstance(exc, LayerhubError):
+        _record_end(job, one_line(str(exc)))
+    else:
+        logger.error(
+            "job %s (%s %s) failed with an internal error", job.pk, job.kind, job, exc_info=exc
+        )
         _record_end(
             job,
             one_line(
@@ -152,12 +302,10 @@ def job_run(job: Job, work: Callable[[], None]) -> None:
                 "the worker's log has the details"
             ),
         )
-        raise
-    else:
-        _record_end(job, "")
+        raise exc
 
 
-def _record_end(job: Job, error: str) -> None:
+def _record_end(job: Job, error: str, *, cancelled: bool = False) -> None:
     # A run taken for dead (its heartbeat stalled past LAYERHUB_JOB_DEAD_AFTER) whose job was
     # queued again and claimed by another run must not write over that run's outcome.
     if job.runner and not Job.objects.filter(pk=job.pk, runner=job.runner).exists():
@@ -165,7 +313,10 @@ def _record_end(job: Job, error: str) -> None:
             "job %s was taken over by another run; this run's end is not recorded", job.pk
         )
         return
-    job.finish(error=error)
+    if cancelled:
+        job.finish_cancelled()
+    else:
+        job.finish(error=error)
 
 
 class JobProgress:
@@ -181,6 +332,7 @@ class JobProgress:
         self._lock = threading.Lock()
         self._dirty = False
         self._saved_at = 0.0
+        self.watch = cancel_watch(job)
 
     def update(self, digest: str, status: str, current: int, total: int) -> None:
         """Record one layer's status and bytes done."""
@@ -194,7 +346,10 @@ class JobProgress:
             self._dirty = True
 
     def flush(self, force: bool = False) -> None:
-        """Save to the job row if something changed and the interval has passed."""
+        """Save to the job row if something changed and the interval has passed (and look
+        whether the job was cancelled: the thread that saves progress may use the database,
+        the download threads that report it do not)."""
+        self.watch.poll()
         now = time.monotonic()
         with self._lock:
             if not self._dirty or (not force and now - self._saved_at < self.interval):

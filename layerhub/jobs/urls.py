@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from layerhub.core.views_placeholder import not_built
+from layerhub.jobs import views
 
 app_name = "jobs"
 
 urlpatterns: list[URLPattern] = [
-    path("", not_built, name="list"),
-    path("<int:pk>/", not_built, name="detail"),
-    path("pull/", not_built, name="pull"),
-    path("import/", not_built, name="import"),
+    path("", views.job_list, name="list"),
+    path("<int:pk>/", views.job_detail, name="detail"),
+    path("<int:pk>/cancel/", views.job_cancel_view, name="cancel"),
+    path("<int:pk>/download/", views.job_download, name="download"),
+    path("pull/", views.job_pull, name="pull"),
+    path("push/", views.job_push, name="push"),
+    path("import/", views.job_import, name="import"),
 ]

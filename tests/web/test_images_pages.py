@@ -468,7 +468,7 @@ def test_push_default_is_its_own_reference(
 def test_save_queues_an_export_to_the_exports_folder(
     admin_client: Client, catalog: dict[str, Any], settings: Settings, tmp_path: Path
 ) -> None:
-    settings.LAYERHUB_EXPORTS = tmp_path / "exports"
+    settings.LAYERHUB_EXPORT_DIR = tmp_path / "exports"
     response = admin_client.post(
         reverse("images:save", args=[catalog["app1"].pk]), {"format": "oci"}
     )
@@ -679,7 +679,7 @@ def test_a_pulled_image_page_and_its_actions_with_real_services(
     tmp_path: Path,
 ) -> None:
     host = request.getfixturevalue("registry").host
-    settings.LAYERHUB_EXPORTS = tmp_path / "exports"
+    settings.LAYERHUB_EXPORT_DIR = tmp_path / "exports"
     reference = f"{host}/team/app:v1"
     image_pull(reference=reference)
     pulled = Image.objects.get()

@@ -24,6 +24,7 @@ from django.utils.dateparse import parse_datetime
 from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
+from layerhub.engine.cancel import Cancelled
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import (
     ArchiveError,
@@ -52,7 +53,13 @@ from layerhub.images.models import (
     Tag,
 )
 from layerhub.jobs.models import Job
-from layerhub.jobs.services import JobProgress, job_run, job_start
+from layerhub.jobs.services import (
+    JobProgress,
+    cancel_watch,
+    job_discard_upload,
+    job_run,
+    job_start,
+)
 
 
 def _client(registry: str, credentials: Credentials | None, insecure: bool) -> RegistryClient:
@@ -136,6 +143,7 @@ def image_pull_run(*, job_id: int) -> None:
     asked = job.params.get("platform")
     platform = parse_platform(asked) if asked else None
     progress = JobProgress(job)
+    watch = cancel_watch(job)
 
     def work() -> None:
         client = registry_client_for(registry=ref.registry)
@@ -148,10 +156,12 @@ def image_pull_run(*, job_id: int) -> None:
                 progress=progress.reporter(),
                 heartbeat=progress.flush,
                 lease=job_leaser(job),
+                should_stop=watch.requested,  # asked per chunk: the flag, no query
             )
         finally:
             progress.flush(force=True)
             client.close()
+        watch.check(force=True)  # cancelled at the last moment: no image, no unpack
         image = image_record(refs=[ref], resolved=resolved)
         job.image = image
         job.save(update_fields=["image"])
@@ -175,18 +185,24 @@ def _queue_unpack(job: Job, image: Image) -> Job:
     return child
 
 
-def image_import(*, path: str, platform: str | None = None, user: Any = None) -> Job:
+def image_import(
+    *, path: str, platform: str | None = None, user: Any = None, upload: bool = False
+) -> Job:
     """Queue the import of a ``docker save`` archive or an OCI layout (directory or tar)
-    that the workers can read at ``path``."""
+    that the workers can read at ``path``. With ``upload`` the file is the job's own (an
+    archive uploaded through the browser) and is deleted when the job ends."""
     target = Path(path).resolve()
     if not target.exists():
         raise ArchiveError(f"{path}: no such file or directory")
     plat = parse_platform(platform) if platform else Platform()
+    params: dict[str, Any] = {"path": str(target), "platform": str(plat)}
+    if upload:
+        params["upload"] = True
     return job_start(
         kind=Job.Kind.IMPORT,
         user=user,
         reference=str(target),
-        params={"path": str(target), "platform": str(plat)},
+        params=params,
     )
 
 
@@ -195,6 +211,7 @@ def image_import_run(*, job_id: int) -> None:
     job = Job.objects.get(pk=job_id)
     if not job.claim():
         return
+    watch = cancel_watch(job)
 
     def work() -> None:
         imported = import_archive(
@@ -204,14 +221,19 @@ def image_import_run(*, job_id: int) -> None:
             known_layer=_known_layer,
             lease=job_leaser(job),
             in_use=lease_held_by_other(job),
+            should_stop=watch.poll,  # this thread only: a query at most once a second
         )
+        watch.check(force=True)  # cancelled at the last moment: no images recorded
         images = [image_record(refs=item.references, resolved=item) for item in imported]
         job.image = images[0]
         job.save(update_fields=["image"])
         for image in images:
             _queue_unpack(job, image)
 
-    job_run(job, work)
+    try:
+        job_run(job, work)
+    finally:
+        job_discard_upload(job=job)
 
 
 def _known_layer(diff_id: str) -> Descriptor | None:
@@ -365,6 +387,7 @@ def image_unpack_run(*, job_id: int) -> None:
     if not job.claim():
         return
     progress = JobProgress(job)
+    watch = cancel_watch(job)
 
     def work() -> None:
         if job.image is None:
@@ -377,8 +400,21 @@ def image_unpack_run(*, job_id: int) -> None:
             progress.update(digest, status, current, total)
             progress.flush()
 
+        store = get_store()
         try:
-            unpacked = engine_pull.unpack(get_store(), descriptors, diff_ids, progress=report)
+            unpacked = engine_pull.unpack(
+                store,
+                descriptors,
+                diff_ids,
+                progress=report,
+                should_stop=watch.should_stop,  # between layers: a fresh look each time
+            )
+        except Cancelled:
+            # the layers made before the stop are whole snapshots: record them as made
+            for row in Layer.objects.filter(chain_id__in=chain_ids(diff_ids), unpacked_at=None):
+                if store.snapshots.exists(row.chain_id):
+                    layer_mark_unpacked(row)
+            raise
         finally:
             progress.flush(force=True)
         for layer in unpacked:

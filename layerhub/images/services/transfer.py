@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,7 +24,7 @@ from layerhub.images.models import Blob, Image, Layer, Repository, Tag
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
 from layerhub.images.sizes import DeletePlan, image_delete_plan, tag_delete_plan
 from layerhub.jobs.models import Job
-from layerhub.jobs.services import JobProgress, job_run, job_start
+from layerhub.jobs.services import JobProgress, cancel_watch, job_run, job_start
 
 
 def _image_blobs(image: Image) -> tuple[bytes, ImageManifest]:
@@ -92,6 +92,8 @@ def image_push_run(*, job_id: int) -> None:
                 get_store(),
                 mount_from=_mount_sources(image, ref.registry, ref.repository),
                 progress=progress.reporter(),
+                heartbeat=progress.flush,  # saves progress and looks for a cancel
+                should_stop=cancel_watch(job).requested,  # asked per chunk: the flag
             )
         finally:
             progress.flush(force=True)
@@ -172,11 +174,17 @@ def image_save_stream(*, images: Sequence[str], out: BinaryIO, format: str = "do
     _write_export(out, exports, format)
 
 
-def _write_export(out: BinaryIO, exports: Sequence[ExportImage], format: str) -> None:
+def _write_export(
+    out: BinaryIO,
+    exports: Sequence[ExportImage],
+    format: str,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    stop = should_stop or (lambda: False)
     if format == "oci":
-        write_oci_layout(out, exports, get_store())
+        write_oci_layout(out, exports, get_store(), should_stop=stop)
     else:
-        write_docker_archive(out, exports, get_store())
+        write_docker_archive(out, exports, get_store(), should_stop=stop)
 
 
 def _image_blob_keys(image: Image) -> list[str]:
@@ -224,7 +232,8 @@ def image_save_run(*, job_id: int) -> None:
         try:
             partial.unlink(missing_ok=True)  # left by a killed run; "x": never follow a link
             with open(partial, "xb") as out:
-                _write_export(out, exports, job.params["format"])
+                # asked per chunk from this thread: a query at most once a second
+                _write_export(out, exports, job.params["format"], cancel_watch(job).poll)
                 out.flush()
                 os.fsync(out.fileno())
             _check_save_target(target)
