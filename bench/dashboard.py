@@ -8,8 +8,7 @@ render makes. The target is under 150 ms each.
 
 Each database runs in a child process of its own (Django's settings are read once per
 process): a SQLite file in a temporary folder, and a PostgreSQL database created for the run
-and dropped after it (``--postgres`` names the server, default postgres@127.0.0.1:5432). A page
-that is still the "not built yet" placeholder (HTTP 501) is reported as such.
+and dropped after it (``--postgres`` names the server, default postgres@127.0.0.1:5432).
 """
 
 from __future__ import annotations
@@ -76,9 +75,6 @@ def child(images: int, runs: int) -> int:
     width = max(len(name) for name, _ in pages)
     for name, url in pages:
         status = client.get(url).status_code  # warm-up: templates, connection, caches
-        if status == 501:
-            print(f"  {name:<{width}}  not built yet", flush=True)
-            continue
         if status != 200:
             print(f"  {name:<{width}}  HTTP {status}: not measured", flush=True)
             continue

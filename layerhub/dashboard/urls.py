@@ -11,4 +11,5 @@ app_name = "dashboard"
 urlpatterns: list[URLPattern] = [
     path("", views.home, name="home"),
     path("sharing/", sharing.sharing_page, name="sharing"),
+    path("verify/", views.store_verify_view, name="verify"),
 ]

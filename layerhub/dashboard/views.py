@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_safe
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST, require_safe
 
 from layerhub.containers.models import Container
 from layerhub.core.permissions import restrict
 from layerhub.dashboard.selectors import images_with_most_unique_bytes, most_shared_layers
 from layerhub.images.models import Image
+from layerhub.images.services.verify import store_verify_start
 from layerhub.images.sizes import store_totals
+from layerhub.images.usage import container_layer_bytes, tmp_entries
 from layerhub.jobs.models import Job
 
 ACTIVE_STATES = (Job.State.QUEUED, Job.State.RUNNING)
@@ -49,5 +52,28 @@ def home(request: HttpRequest) -> HttpResponse:
         "unique_images": images_with_most_unique_bytes(images),
         "active_jobs": active_jobs,
         "recent_jobs": recent_jobs,
+        **_measured_apart(),
     }
     return render(request, "dashboard/home.html", context)
+
+
+def _measured_apart() -> dict[str, int]:
+    """Container layers and tmp/, shown apart from the recorded physical total. They change
+    with every file a container writes and every chunk a download lands, so they are measured
+    (each container's writable layer and each tmp/ entry walked), not recorded."""
+    tmp = tmp_entries()
+    ids = Container.objects.values_list("container_id", flat=True)
+    return {
+        "container_bytes": sum(container_layer_bytes(cid) for cid in ids),
+        "tmp_bytes": sum(entry.size for entry in tmp),
+        "tmp_count": len(tmp),
+    }
+
+
+@require_POST
+def store_verify_view(request: HttpRequest) -> HttpResponse:
+    """Start a verify of the whole store (staff only) and show its job."""
+    if not request.user.is_staff:
+        raise PermissionDenied("only staff may verify the store")
+    job = store_verify_start(user=request.user)
+    return redirect("jobs:detail", pk=job.pk)

@@ -19,6 +19,7 @@ from layerhub.core.permissions import CHANGE, VIEW, restrict
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_import, image_pull
 from layerhub.images.services.transfer import image_push
+from layerhub.images.services.verify import store_verify_report
 from layerhub.jobs.forms import (
     ImportForm,
     JobFilterForm,
@@ -124,6 +125,7 @@ def _panel_context(job: Job) -> dict[str, Any]:
         if job.state == Job.State.RUNNING and job.heartbeat_at
         else None,
         "max_attempts": Job.max_attempts(),
+        "verify_report": store_verify_report(job) if job.kind == Job.Kind.VERIFY else None,
     }
 
 

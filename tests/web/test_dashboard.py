@@ -6,8 +6,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import OperationalError, connection
 from django.test import Client
 from django.urls import reverse
@@ -15,6 +17,7 @@ from django.utils import timezone
 from pytest_django import Settings
 
 from layerhub.core.humanize import human_size
+from layerhub.core.store import get_store
 from layerhub.engine.store import Store
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
 from layerhub.images.sizes import store_totals
@@ -171,3 +174,43 @@ def test_healthz_reports_a_broken_database(client: Client, monkeypatch: pytest.M
         "database": "error: OperationalError: connection refused",
         "store": "ok",
     }
+
+
+def test_container_layers_and_tmp_are_shown_apart_measured(
+    admin_client: Client, layerhub_store: Path
+) -> None:
+    store = get_store()
+    leftover = store.tmp / "blob-leftover"
+    leftover.write_bytes(b"x" * 3_000)
+    html = admin_client.get("/").content.decode()
+    assert figure(html, "tmp_bytes") == human_size(3_000)
+    assert 'title="3000 bytes"' in html
+    assert figure(html, "container_bytes") == human_size(0)
+
+
+def test_staff_start_a_store_verify_and_read_its_report(
+    admin_client: Client,
+    client: Client,
+    django_user_model: type[User],
+    settings: Settings,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    orphan = get_store().blobs.put_bytes(b"nobody records me")  # a blob no row knows
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(reverse("dashboard:verify"))
+    job = Job.objects.get(kind=Job.Kind.VERIFY)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("jobs:detail", args=[job.pk])
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED  # the store and the catalog disagree
+    page = admin_client.get(reverse("jobs:detail", args=[job.pk])).content.decode()
+    assert 'data-report="1"' in page
+    assert orphan.digest.removeprefix("sha256:") in page
+    assert "orphan" in page
+
+    # a signed-in user who is not staff may not start one
+    django_user_model.objects.create_user("bob", password="a long passphrase")
+    client.login(username="bob", password="a long passphrase")
+    assert client.post(reverse("dashboard:verify")).status_code == 403
+    assert Job.objects.filter(kind=Job.Kind.VERIFY).count() == 1

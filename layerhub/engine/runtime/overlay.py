@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from ..fsutil import remove_path
+from ..mounts import mount_points_under
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -48,30 +49,9 @@ def _sys_umount(target: str, flags: int) -> None:
         raise OSError(err, os.strerror(err), target)
 
 
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as \ooo octal escapes
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mounts_under(path: Path) -> list[str]:
     """Mount points (in this process's mount namespace) at ``path`` or below it."""
-    base = os.path.realpath(path)
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            point = _unescape_mountinfo(line.split()[4])
-            if point == base or point.startswith(base.rstrip("/") + "/"):
-                found.append(point)
-    return found
+    return mount_points_under(path)
 
 
 def unmount(target: Path) -> None:
