@@ -1,0 +1,47 @@
+"""Every page the navigation leads to, in a real browser at a desktop's and a phone's width:
+it loads, raises no JavaScript error (the autouse fixture), and the page itself never scrolls
+sideways (wide tables scroll inside their own box)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import screenshot
+
+NAV = ["dashboard:home", "images:list", "dashboard:sharing", "containers:list", "jobs:list"]
+WIDTHS = {"desktop": 1280, "phone": 375}
+
+
+@pytest.fixture
+def catalog(transactional_db: None) -> None:
+    """A small catalog (metadata only), so tables and the sharing picture have rows to lay out."""
+    call_command("seed_demo", images=12, stdout=open("/dev/null", "w"))  # noqa: SIM115
+
+
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
+@pytest.mark.parametrize("filled", [False, True], ids=["empty", "catalog"])
+def test_every_nav_page_loads_at_desktop_and_phone_width(
+    signed_in: Page, width: int, filled: bool, request: pytest.FixtureRequest
+) -> None:
+    page = signed_in
+    if filled:
+        request.getfixturevalue("catalog")
+    page.set_viewport_size({"width": width, "height": 800})
+    links = page.get_by_role("navigation", name="Main").get_by_role("link")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    assert hrefs == [reverse(name) for name in NAV]
+    for name in NAV:
+        response = page.goto(reverse(name))
+        assert response is not None
+        assert response.status == 200, name
+        expect(page.locator("h1").first).to_be_visible()
+        overflow = page.evaluate(
+            "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"{name} at {width} px scrolls sideways by {overflow} px"
+    if filled and width == WIDTHS["desktop"]:
+        page.goto(reverse("dashboard:home"))
+        screenshot(page, "overview-demo")
