@@ -335,11 +335,20 @@ def file_page(request: HttpRequest, ref: str) -> HttpResponseBase:
 # -- changes -----------------------------------------------------------------------------------
 
 
-def _dir_of(path: str) -> str:
+def _dir_of(path: str, container: Container) -> str:
+    """The directory to show after a change to ``path``: its parent, or the nearest one above
+    that exists (a write into a missing directory fails, and its page would be a 404)."""
     try:
-        return parent_path(clean_path(path)) or "/"
+        current = parent_path(clean_path(path)) or "/"
+        view = container_fs(container).view
     except LayerhubError:
         return "/"
+    while current != "/":
+        found = view.lookup(current)
+        if found is not None and stat.S_ISDIR(found.st.st_mode):
+            break
+        current = parent_path(current) or "/"
+    return current
 
 
 @require_POST
@@ -349,7 +358,7 @@ def write_file(request: HttpRequest, ref: str) -> HttpResponse:
     form = WriteFileForm(request.POST)
     if not form.is_valid():
         return _rerender(
-            request, container, _dir_of(request.POST.get("path", "/")), write_form=form
+            request, container, _dir_of(request.POST.get("path", "/"), container), write_form=form
         )
     path = form.cleaned_data["path"]
     try:
@@ -364,7 +373,7 @@ def write_file(request: HttpRequest, ref: str) -> HttpResponse:
         )
     except LayerhubError as exc:
         messages.error(request, str(exc))
-        return redirect(_detail_url(container, _dir_of(path), "files"))
+        return redirect(_detail_url(container, _dir_of(path, container), "files"))
     messages.success(request, f"Wrote {path}.")
     return redirect(_file_url(container, clean_path(path)))
 
@@ -421,14 +430,14 @@ def mkdir(request: HttpRequest, ref: str) -> HttpResponse:
     form = MkdirForm(request.POST)
     if not form.is_valid():
         return _rerender(
-            request, container, _dir_of(request.POST.get("path", "/")), mkdir_form=form
+            request, container, _dir_of(request.POST.get("path", "/"), container), mkdir_form=form
         )
     path = form.cleaned_data["path"]
     try:
         container_mkdir(container=container, path=path, parents=form.cleaned_data["parents"])
     except LayerhubError as exc:
         messages.error(request, str(exc))
-        return redirect(_detail_url(container, _dir_of(path), "files"))
+        return redirect(_detail_url(container, _dir_of(path, container), "files"))
     messages.success(request, f"Made directory {path}.")
     return redirect(_detail_url(container, clean_path(path), "files"))
 
@@ -450,7 +459,7 @@ def delete_path(request: HttpRequest, ref: str) -> HttpResponse:
         messages.error(request, str(exc))
     else:
         messages.success(request, f"Deleted {path}.")
-    return redirect(_detail_url(container, _dir_of(path), "files"))
+    return redirect(_detail_url(container, _dir_of(path, container), "files"))
 
 
 # -- run, commit, remove -----------------------------------------------------------------------

@@ -428,3 +428,14 @@ def test_exec_disabled_on_a_store_that_keeps_oci_whiteouts(
         url("exec", box), {"command": "echo hi", "timeout": "5"}, HTTP_HX_REQUEST="true"
     )
     assert "this store: oci" in refused.content.decode()
+
+
+def test_a_write_into_a_missing_directory_is_a_message_on_a_page_that_exists(
+    admin_client: Client, box: Container
+) -> None:
+    response = admin_client.post(
+        url("write", box), {"path": "/srv/deep/x.txt", "content": "x"}, follow=True
+    )
+    assert response.status_code == 200  # the nearest directory that exists, not a 404
+    assert messages_of(response)
+    assert response.redirect_chain[-1][0].endswith("#files")
