@@ -81,6 +81,9 @@ def test_each_image_is_consistent_as_a_pull_would_record_it() -> None:
     for image in Image.objects.all():
         assert {image.config_digest, image.manifest_digest} <= recorded
     assert set(Layer.objects.values_list("digest", flat=True)) <= recorded
+    sizes = dict(Blob.objects.values_list("digest", "size"))
+    for image in Image.objects.all():  # each image totals its own manifest and config
+        assert image.own_blob_bytes == sizes[image.config_digest] + sizes[image.manifest_digest]
     totals = store_totals()
     assert totals.physical_blob_bytes == Blob.objects.aggregate(n=Sum("size"))["n"]
     assert 0 < totals.physical_bytes < totals.logical_bytes  # bases are shared: sharing saves

@@ -20,6 +20,7 @@ from layerhub.images.sizes import (
     image_delete_plan,
     images_delete_plan,
     images_with_sizes,
+    own_blob_bytes_refresh,
     repository_delete_plan,
     store_totals,
     tag_delete_plan,
@@ -61,6 +62,7 @@ def image(
         index_digest=index,
         config={},
     )
+    own_blob_bytes_refresh(Image.objects.filter(pk=img.pk))  # as blob_record does
     diff_ids = [digest(f"diff-{name}") for name, _, _ in layers]
     parent = None
     for position, ((name, size, unpacked), chain) in enumerate(

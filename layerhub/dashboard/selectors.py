@@ -36,12 +36,21 @@ class SharedLayer:
         return self.size * (self.users - 1)
 
 
+def _rows_of(images: QuerySet[Image]) -> QuerySet[ImageLayer]:
+    """The image-layer rows of ``images``: all of them, with no ``IN (SELECT ...)`` to pay
+    for, when ``images`` is the whole catalog (what ``restrict`` gives a user who sees all)."""
+    rows = ImageLayer.objects.all()
+    if images.model is Image and not images.query.where and not images.query.is_sliced:
+        return rows
+    return rows.filter(image__in=images)
+
+
 def most_shared_layers(images: QuerySet[Image], limit: int = 8) -> list[SharedLayer]:
     """The ``limit`` layers that the most of ``images`` use (two at least), the oldest first
     among equals: a GROUP BY over the image-layer rows alone, then those layers by pk."""
     # an image holds a ChainID at one position only, so counting rows counts images
     counts = list(
-        ImageLayer.objects.filter(image__in=images)
+        _rows_of(images)
         .values("layer")
         .annotate(users=Count("image"))
         .filter(users__gt=1)
@@ -67,7 +76,8 @@ def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> li
         ImageLayer.objects.values("layer").annotate(users=Count("image")).filter(users=1)
     ).values("layer")
     top = list(
-        ImageLayer.objects.filter(image__in=images, layer__in=single_use)
+        _rows_of(images)
+        .filter(layer__in=single_use)
         .values("image")
         .annotate(unique=Sum("layer__unpacked_size"))
         .filter(unique__gt=0)

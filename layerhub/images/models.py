@@ -129,6 +129,9 @@ class Image(models.Model):
     # where it was pulled from or pushed to; an untagged image still shows its repository
     repositories = models.ManyToManyField(Repository, related_name="images", blank=True)
     added_at = models.DateTimeField(default=timezone.now)
+    # bytes of its own manifest, config and index blobs (their Blob rows' sizes), kept here so
+    # the logical total (every image as if stored alone) is one sum, not three lookups an image
+    own_blob_bytes = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-added_at", "-id"]

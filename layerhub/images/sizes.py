@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from django.db.models import (
     Count,
     Exists,
-    F,
     IntegerField,
     OuterRef,
     Q,
@@ -139,6 +138,16 @@ def _blob_size(digest_field: str) -> Coalesce:
     )
 
 
+def own_blob_bytes_refresh(images: QuerySet[Image]) -> int:
+    """Record on each of ``images`` the bytes of its manifest, config and index blobs, from
+    their Blob rows (after blob rows are written or their sizes corrected); the row count."""
+    return images.update(
+        own_blob_bytes=_blob_size("manifest_digest")
+        + _blob_size("config_digest")
+        + _blob_size("index_digest")
+    )
+
+
 def store_totals() -> StoreTotals:
     """Logical and physical totals of the store, in four aggregate queries."""
     logical_layers = ImageLayer.objects.aggregate(
@@ -146,9 +155,9 @@ def store_totals() -> StoreTotals:
         blobs=Coalesce(Sum("layer__size"), Value(0)),
     )
     # each image's own manifest, config and index, as if no other image shared them
-    per_image = Image.objects.annotate(
-        own=_blob_size("manifest_digest") + _blob_size("config_digest") + _blob_size("index_digest")
-    ).aggregate(n=Count("pk"), total=Coalesce(Sum(F("own")), Value(0)))
+    per_image = Image.objects.aggregate(
+        n=Count("pk"), total=Coalesce(Sum("own_blob_bytes"), Value(0))
+    )
     physical_snapshots = Layer.objects.filter(unpacked_at__isnull=False).aggregate(
         n=Count("pk"), total=Coalesce(Sum("unpacked_size"), Value(0))
     )

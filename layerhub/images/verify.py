@@ -28,6 +28,7 @@ from layerhub.engine.errors import LayerhubError
 from layerhub.engine.fsutil import tree_usage
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, Layer
+from layerhub.images.sizes import own_blob_bytes_refresh
 from layerhub.images.usage import tmp_entries
 from layerhub.jobs.models import Lease
 
@@ -250,4 +251,6 @@ def store_verify_fix_sizes(report: VerifyReport) -> list[str]:
                 continue
             Blob.objects.get_or_create(digest=finding.key, defaults={"size": size, "kind": kind})
             changed.append(f"blob {finding.key}: recorded {size} bytes ({kind})")
+    if any(line.startswith("blob ") for line in changed):
+        own_blob_bytes_refresh(Image.objects.all())  # images total their own blobs' sizes
     return changed

@@ -131,6 +131,9 @@ def test_pulls_record_every_blob_and_exact_snapshot_sizes(
     }
     for row in Blob.objects.all():
         assert row.size == store.blobs.size(row.digest)
+    image.refresh_from_db()  # the image totals its own manifest and config for the logical sum
+    own = store.blobs.size(image.manifest_digest) + store.blobs.size(image.config_digest)
+    assert image.own_blob_bytes == own
     for layer in Layer.objects.all():
         assert (layer.unpacked_size, layer.file_count) == tree_usage(
             store.snapshots.path(layer.chain_id)

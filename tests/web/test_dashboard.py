@@ -18,6 +18,7 @@ from pytest_django import Settings
 
 from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
+from layerhub.dashboard.selectors import images_with_most_unique_bytes, most_shared_layers
 from layerhub.engine.store import Store
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
 from layerhub.images.sizes import store_totals
@@ -214,3 +215,15 @@ def test_staff_start_a_store_verify_and_read_its_report(
     client.login(username="bob", password="a long passphrase")
     assert client.post(reverse("dashboard:verify")).status_code == 403
     assert Job.objects.filter(kind=Job.Kind.VERIFY).count() == 1
+
+
+def test_the_overview_lists_count_only_the_images_they_are_given() -> None:
+    base = layer("base", unpacked=100_000, size=40_000)
+    one = image("one", [base], tag="1")
+    image("two", [base], tag="2")
+    assert [(s.layer.pk, s.users) for s in most_shared_layers(Image.objects.all())] == [
+        (base.pk, 2)
+    ]
+    # a narrowed set (what restrict() gives a user who sees less) counts only its images
+    assert most_shared_layers(Image.objects.filter(pk=one.pk)) == []
+    assert [n.image.pk for n in images_with_most_unique_bytes(Image.objects.all())] == []

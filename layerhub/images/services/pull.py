@@ -52,6 +52,7 @@ from layerhub.images.models import (
     Repository,
     Tag,
 )
+from layerhub.images.sizes import own_blob_bytes_refresh
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
     JobProgress,
@@ -357,6 +358,7 @@ def blob_record(*, image: Image, layers: Sequence[Descriptor]) -> None:
             continue
         rows.append(Blob(digest=digest, size=size, kind=kind))
     Blob.objects.bulk_create(rows, ignore_conflicts=True)
+    own_blob_bytes_refresh(Image.objects.filter(pk=image.pk))
 
 
 def image_layer_descriptors(*, image: Image) -> tuple[list[Descriptor], list[str]]:

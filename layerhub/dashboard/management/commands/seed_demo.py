@@ -26,6 +26,7 @@ from layerhub.dashboard.demo import (
     LAYER_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     CatalogPlan,
+    ImagePlan,
     LayerPlan,
     history_entries,
     plan_catalog,
@@ -78,6 +79,7 @@ def _write_images(plan: CatalogPlan, salt: str) -> None:
                 created=image.created,
                 config=config,
                 added_at=image.added_at,
+                own_blob_bytes=_config_size(image) + _manifest_size(image),
             )
         )
     Image.objects.bulk_create(rows, batch_size=1000)
@@ -125,6 +127,14 @@ def _write_repositories_and_tags(plan: CatalogPlan, now: datetime) -> None:
     )
 
 
+def _config_size(image: ImagePlan) -> int:
+    return 1_200 + 180 * len(image.layers)  # plausible: a history entry and DiffID a layer
+
+
+def _manifest_size(image: ImagePlan) -> int:
+    return 400 + 160 * len(image.layers)  # plausible: a descriptor a layer
+
+
 def _write_blobs(plan: CatalogPlan) -> None:
     """Blob records as a pull would leave them: each layer blob once however many ChainIDs
     name it, and each image's config and manifest (small, plausible sizes)."""
@@ -133,12 +143,11 @@ def _write_blobs(plan: CatalogPlan) -> None:
         rows.setdefault(layer.digest, Blob(digest=layer.digest, size=layer.size, kind="layer"))
     for image in plan.images:
         assert image.row is not None
-        count = len(image.layers)
         rows[image.row.config_digest] = Blob(
-            digest=image.row.config_digest, size=1_200 + 180 * count, kind="config"
+            digest=image.row.config_digest, size=_config_size(image), kind="config"
         )
         rows[image.row.manifest_digest] = Blob(
-            digest=image.row.manifest_digest, size=400 + 160 * count, kind="manifest"
+            digest=image.row.manifest_digest, size=_manifest_size(image), kind="manifest"
         )
     Blob.objects.bulk_create(rows.values(), batch_size=5000)
 
