@@ -10,17 +10,11 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from layerhub.jobs.models import Job
+from tests.support.database import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def database_url() -> str:
-    """The test database, for the processes a test starts."""
-    assert connection.vendor == "sqlite", "these tests start processes on the SQLite file"
-    return f"sqlite:///{connection.settings_dict['NAME']}"
 
 
 def manage(

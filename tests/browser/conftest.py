@@ -26,7 +26,8 @@ from tests.conftest import delete_queue_keys
 
 # the CNCF registry on loopback seeded with test images, and its faulty front
 from tests.registry.conftest import proxy, registry, seed  # noqa: F401
-from tests.registry.test_worker import database_url, start_worker, stop_worker
+from tests.registry.test_worker import start_worker, stop_worker
+from tests.support.database import database_url
 from tests.support.peers import require_peer
 from workers import app
 

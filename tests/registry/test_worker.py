@@ -13,27 +13,18 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from pytest_django import Settings
 
 from layerhub.core.store import get_store
 from layerhub.jobs.models import Job
 from layerhub.jobs.presence import workers_present
 from tests.registry.conftest import Seed
+from tests.support.database import database_url
 from tests.support.proxy import FaultyProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    host = db.get("HOST") or "127.0.0.1"
-    return f"postgres://{user}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
+
+from tests.support.database import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,13 +58,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def production_env(tmp_path: Path) -> dict[str, str]:
-    assert connection.vendor == "sqlite"
     return {
         **os.environ,
         "DEBUG": "off",
         "SECRET_KEY": "production-test-" + "k" * 40,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
         "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
         "STATIC_ROOT": str(tmp_path / "static-root"),
     }
