@@ -202,7 +202,7 @@ def _stack(container: Container, user: Any) -> list[dict[str, Any]]:
     users = Subquery(
         ImageLayer.objects.filter(layer=OuterRef("layer"))
         .values("layer")
-        .annotate(n=Count("image", distinct=True))
+        .annotate(n=Count("pk"))
         .values("n"),
         output_field=IntegerField(),
     )

@@ -81,10 +81,11 @@ def normalize_sort(sort: str | None) -> str:
 
 def _shared_layers() -> QuerySet[Any]:
     """The layers at least two images use: one GROUP BY, uncorrelated, so the database works
-    it out once per query (sizes.py's definition of shared, by ChainID)."""
+    it out once per query (sizes.py's definition of shared, by ChainID). Rows are counted: an
+    image holds a ChainID at one position only."""
     return (
         ImageLayer.objects.values("layer")
-        .annotate(users=Count("image", distinct=True))
+        .annotate(users=Count("pk"))
         .filter(users__gt=1)
         .values("layer")
     )
@@ -228,10 +229,13 @@ class LayerRow:
 
 
 def _users_of_layer() -> Subquery:
+    # rows, not distinct images: an image holds a ChainID at one position only (the ChainID
+    # names the whole stack below it), and counting rows spares the database a sort
     return Subquery(
         ImageLayer.objects.filter(layer=OuterRef("layer"))
+        .order_by()  # the model's ordering (by image) would join images and group by them
         .values("layer")
-        .annotate(n=Count("image", distinct=True))
+        .annotate(n=Count("pk"))
         .values("n"),
         output_field=IntegerField(),
     )

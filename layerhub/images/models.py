@@ -164,7 +164,9 @@ class ImageLayer(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["image", "position"], name="unique_layer_position")
         ]
-        ordering = ["image", "position"]
+        # the column, not the relation: ordering by "image" would follow Image's own ordering
+        # and join images into every query and GROUP BY over these rows
+        ordering = ["image_id", "position"]
 
     def __str__(self) -> str:
         return f"{self.image} #{self.position}"

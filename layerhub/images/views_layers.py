@@ -179,7 +179,7 @@ def _layer_users() -> Subquery:
     return Subquery(
         ImageLayer.objects.filter(layer=OuterRef("pk"))
         .values("layer")
-        .annotate(n=Count("image", distinct=True))
+        .annotate(n=Count("pk"))
         .values("n"),
         output_field=IntegerField(),
     )
