@@ -341,13 +341,13 @@ def _dir_of(path: str, container: Container) -> str:
     try:
         current = parent_path(clean_path(path)) or "/"
         view = container_fs(container).view
+        while current != "/":
+            found = view.lookup(current)
+            if found is not None and stat.S_ISDIR(found.st.st_mode):
+                break
+            current = parent_path(current) or "/"
     except LayerhubError:
         return "/"
-    while current != "/":
-        found = view.lookup(current)
-        if found is not None and stat.S_ISDIR(found.st.st_mode):
-            break
-        current = parent_path(current) or "/"
     return current
 
 

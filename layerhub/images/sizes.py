@@ -22,7 +22,7 @@ never loop over rows in Python.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.db.models import (
     Count,
@@ -318,19 +318,15 @@ def images_delete_plan(images: QuerySet[Image] | Iterable[Image]) -> DeletePlan:
     )
 
 
+def _untagging(plan: DeletePlan, tags: QuerySet[Tag]) -> DeletePlan:
+    """``plan`` with the tags its images lose listed as untagged."""
+    named = tags.select_related("repository").order_by("pk")
+    return replace(plan, untagged=[f"{t.repository}:{t.name}" for t in named])
+
+
 def image_delete_plan(image: Image) -> DeletePlan:
     """What deleting ``image`` (``rmi -f``: every tag and the image) frees at once."""
-    plan = images_delete_plan([image])
-    tags = Tag.objects.filter(image=image).select_related("repository").order_by("pk")
-    return DeletePlan(
-        blobs=plan.blobs,
-        snapshots=plan.snapshots,
-        held=plan.held,
-        held_bytes=plan.held_bytes,
-        images=plan.images,
-        untagged=[f"{t.repository}:{t.name}" for t in tags],
-        containers=plan.containers,
-    )
+    return _untagging(images_delete_plan([image]), Tag.objects.filter(image=image))
 
 
 def tag_delete_plan(tag: Tag) -> DeletePlan:
@@ -349,14 +345,4 @@ def repository_delete_plan(repository: Repository) -> DeletePlan:
         .distinct()
         .order_by("pk")
     )
-    plan = images_delete_plan(images)
-    tags = Tag.objects.filter(image__in=images).select_related("repository").order_by("pk")
-    return DeletePlan(
-        blobs=plan.blobs,
-        snapshots=plan.snapshots,
-        held=plan.held,
-        held_bytes=plan.held_bytes,
-        images=plan.images,
-        untagged=[f"{t.repository}:{t.name}" for t in tags],
-        containers=plan.containers,
-    )
+    return _untagging(images_delete_plan(images), Tag.objects.filter(image__in=images))

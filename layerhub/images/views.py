@@ -7,11 +7,9 @@ services; a user error from a service is shown as a message on the page it came 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -39,6 +37,7 @@ from layerhub.images.services import image_pull
 from layerhub.images.services.retry import image_unpack_retry
 from layerhub.images.services.transfer import image_push, image_remove, image_save
 from layerhub.jobs.models import Job
+from layerhub.jobs.services import export_dir
 
 # the list's columns: (label, sort key or None); labels speak `docker images`' language
 COLUMNS: tuple[tuple[str, str | None], ...] = (
@@ -230,14 +229,6 @@ def image_push_view(request: HttpRequest, pk: int) -> HttpResponse:
     return _job_started(job, f"Pushing to {target}", request)
 
 
-def exports_dir() -> Path:
-    """Where saved archives are written for download (LAYERHUB_EXPORT_DIR, outside the store:
-    an archive is no store content); ``jobs:download`` serves only files in it."""
-    path = Path(settings.LAYERHUB_EXPORT_DIR)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
 def _archive_name(image: Image, reference: str | None, format: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", (reference or "image").rsplit("/", 1)[-1])
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
@@ -252,7 +243,7 @@ def image_save_view(request: HttpRequest, pk: int) -> HttpResponse:
     form = SaveForm(request.POST)
     format = form.cleaned_data["format"] if form.is_valid() else "docker"
     reference = image_pull_reference(image)
-    path = exports_dir() / _archive_name(image, reference, format)
+    path = export_dir() / _archive_name(image, reference, format)
     try:
         job = image_save(
             images=[image.manifest_digest], path=str(path), format=format, user=request.user

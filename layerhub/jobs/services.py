@@ -165,13 +165,19 @@ def job_discard_upload(*, job: Job) -> None:
             logger.warning("job %s: could not remove the upload %s", job.pk, path, exc_info=True)
 
 
-def export_path() -> str:
-    """A new file name under LAYERHUB_EXPORT_DIR (made if need be) for an archive saved to
-    be downloaded from the browser: pass it to ``image_save(path=...)``; ``jobs:download``
-    then serves it once the export job has succeeded."""
+def export_dir() -> Path:
+    """LAYERHUB_EXPORT_DIR, made if need be: where archives saved for download from the
+    browser are written (outside the store: an archive is no store content); ``jobs:download``
+    serves only files in it."""
     root = Path(settings.LAYERHUB_EXPORT_DIR)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return str(root / f"{uuid.uuid4().hex}.tar")
+    return root
+
+
+def export_path() -> str:
+    """A new file name in ``export_dir()`` for an archive saved to be downloaded: pass it to
+    ``image_save(path=...)``; ``jobs:download`` serves it once the export job has succeeded."""
+    return str(export_dir() / f"{uuid.uuid4().hex}.tar")
 
 
 def acting_user(user: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from layerhub.jobs.models import Job
 from layerhub.jobs.presence import workers_present
 from tests.registry.conftest import Seed
 from tests.support.database import database_url
+from tests.support.processes import stop_group
 from tests.support.proxy import FaultyProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -48,13 +48,7 @@ def start_worker(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # killed outright by the test already
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_group(proc)  # a worker killed outright by the test already is fine
 
 
 @pytest.fixture

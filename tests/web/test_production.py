@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +15,12 @@ import pytest
 from django.conf import settings
 
 from tests.support.database import database_url
+from tests.support.processes import stop_group
+from tests.support.registry import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str, bytes]:
@@ -44,16 +38,6 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
         except OSError:
             assert time.monotonic() < deadline, f"no answer at {url} after {timeout}s"
             time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -110,7 +94,7 @@ def test_gunicorn_after_collectstatic_serves_pages_and_static_files(
         wait_for_http(f"http://127.0.0.1:{port}/healthz", server)
         check_page_and_static_file(f"http://127.0.0.1:{port}")
     finally:
-        stop(server)
+        stop_group(server)
 
 
 def test_make_dev_with_debug_off_serves_pages_and_static_files(
@@ -130,5 +114,5 @@ def test_make_dev_with_debug_off_serves_pages_and_static_files(
         wait_for_http(f"http://127.0.0.1:{port}/healthz", dev, timeout=90)
         check_page_and_static_file(f"http://127.0.0.1:{port}")
     finally:
-        stop(dev)
+        stop_group(dev)
     assert dev.returncode == 0
