@@ -127,6 +127,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "layerhub.core",
+    "layerhub.accounts",
     "layerhub.images",
     "layerhub.jobs",
     "layerhub.containers",

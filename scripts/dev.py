@@ -210,8 +210,9 @@ FIRST_ADMIN = "admin"
 
 def ensure_admin(username: str = FIRST_ADMIN) -> tuple[AbstractBaseUser, str] | None:
     """On a database without a superuser, create one named ``username`` (or a free name
-    like it) with a generated password, and return it with that password: the only time it
-    exists outside the database's hash. None when a superuser exists already."""
+    like it) with a generated password, owner of the ``default`` team, and return it with
+    that password: the only time it exists outside the database's hash. None when a
+    superuser exists already."""
     from django.contrib.auth import get_user_model
 
     users = get_user_model()
@@ -224,6 +225,11 @@ def ensure_admin(username: str = FIRST_ADMIN) -> tuple[AbstractBaseUser, str] | 
         name = f"{username}{n}"
     password = secrets.token_urlsafe(12)
     user = users.objects.create_superuser(name, email="", password=password)
+    # the first admin owns the ``default`` team that the migrations create
+    from layerhub.accounts.models import Membership, Role, Team
+
+    team, _ = Team.objects.get_or_create(name="default")
+    Membership.objects.get_or_create(team=team, user=user, defaults={"role": Role.OWNER})
     return user, password
 
 

@@ -21,6 +21,7 @@ class Container(models.Model):
     container_id = models.CharField(max_length=64, unique=True)
     name = models.CharField(max_length=128, unique=True)
     image = models.ForeignKey("images.Image", on_delete=models.PROTECT, related_name="containers")
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="containers")
     state = models.CharField(max_length=16, choices=State.choices, default=State.CREATED)
     last_exit_code = models.IntegerField(null=True, blank=True)
     last_command = models.JSONField(default=list, blank=True)

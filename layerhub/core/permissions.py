@@ -1,25 +1,217 @@
 """The one place that decides what a user may see and do.
 
-Every page, and later every API endpoint and CLI path acting for a user, filters through
-``restrict``. Today any signed-in user may see and do everything; teams and roles will narrow
-this function, not the views.
+Every page, API endpoint and CLI path acting for a user goes through this module: querysets
+through ``restrict(queryset, user, action)``, acts for a team through ``require``. An object
+outside the restricted set is "not found" (404), never "forbidden", so names do not leak.
+
+Roles, weakest first (each can do what the ones before it can):
+- viewer: browse the team's catalog, pull into the team;
+- developer: also push, import, create containers, write in them and commit;
+- maintainer: also delete tags and images, manage the team's robot tokens and registry logins;
+- owner: also manage members and roles, and read the audit log.
+Staff see and do everything. A repository marked public is visible (not writable) to every
+signed-in user. A token's scope caps what its requests may do: ``read`` acts as a viewer
+whatever its user's roles, ``read-write`` as at most a developer for a robot.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from django.db.models import Model, QuerySet
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, Model, OuterRef, Q, QuerySet
+
+from layerhub.accounts.models import ROLE_ORDER, AuditEntry, Membership, Role, Team, Token
 
 M = TypeVar("M", bound=Model)
 
-VIEW = "view"
-CHANGE = "change"
-DELETE = "delete"
+VIEW = "view"  # browse
+PULL = "pull"  # pull into the team
+CHANGE = "change"  # push, import, containers, commit
+DELETE = "delete"  # delete tags and images
+MANAGE = "manage"  # robot tokens, registry logins
+ADMIN = "admin"  # members and roles, the audit log
+
+ACTIONS = (VIEW, PULL, CHANGE, DELETE, MANAGE, ADMIN)
+
+ROLE_FOR_ACTION: dict[str, Role] = {
+    VIEW: Role.VIEWER,
+    PULL: Role.VIEWER,
+    CHANGE: Role.DEVELOPER,
+    DELETE: Role.MAINTAINER,
+    MANAGE: Role.MAINTAINER,
+    ADMIN: Role.OWNER,
+}
+
+# set on a request's user by token authentication: the most the token's scope allows
+SCOPE_ATTRIBUTE = "layerhub_role_cap"
+
+
+def _cap(user: Any) -> Role | None:
+    cap = getattr(user, SCOPE_ATTRIBUTE, None)
+    return Role(cap) if cap else None
+
+
+def scope_cap(token: Token) -> Role:
+    """The strongest role a request made with ``token`` may act with."""
+    if token.scope == Token.Scope.READ:
+        return Role.VIEWER
+    if token.kind == Token.Kind.ROBOT:
+        return Role.DEVELOPER
+    return Role.OWNER
+
+
+def _signed_in(user: Any) -> bool:
+    return user is not None and bool(user.is_authenticated) and bool(user.is_active)
+
+
+def is_staff(user: Any) -> bool:
+    """Staff and superusers see and do everything (within their token's scope)."""
+    return _signed_in(user) and bool(user.is_staff or user.is_superuser)
+
+
+def _role_allowed(user: Any, action: str) -> list[Role] | None:
+    """The roles that may ``action``, or None when the user's token scope forbids it."""
+    needed = ROLE_FOR_ACTION[action]
+    cap = _cap(user)
+    if cap is not None and needed.rank > cap.rank:
+        return None
+    return [role for role in ROLE_ORDER if role.rank >= needed.rank]
+
+
+def teams_for(user: Any, action: str = VIEW) -> QuerySet[Team]:
+    """The teams in which ``user`` may ``action``."""
+    if action not in ROLE_FOR_ACTION:
+        raise ValueError(f"unknown action {action!r}")
+    if not _signed_in(user):
+        return Team.objects.none()
+    roles = _role_allowed(user, action)
+    if roles is None:
+        return Team.objects.none()
+    if is_staff(user):
+        return Team.objects.all()
+    return Team.objects.filter(
+        Exists(Membership.objects.filter(team=OuterRef("pk"), user=user, role__in=roles))
+    )
+
+
+def can(user: Any, action: str, team: Team | None) -> bool:
+    """Whether ``user`` may ``action`` in ``team`` (None: store-wide work, staff only)."""
+    if team is None:
+        return is_staff(user) and _role_allowed(user, action) is not None
+    return teams_for(user, action).filter(pk=team.pk).exists()
+
+
+def require(user: Any, action: str, team: Team | None) -> None:
+    """Raise PermissionDenied, with a message for people, unless ``user`` may ``action``."""
+    if can(user, action, team):
+        return
+    if team is None:
+        raise PermissionDenied("only staff may do this")
+    needed = ROLE_FOR_ACTION[action]
+    if _cap(user) is not None and _role_allowed(user, action) is None:
+        raise PermissionDenied(f"this token's scope does not allow it (needs {needed})")
+    raise PermissionDenied(f"you need the {needed} role in team {team.name} for this")
+
+
+def team_choose(user: Any, name: str | None = None, action: str = VIEW) -> Team:
+    """The team a CLI or API call acts for: ``name`` if given (and the user may ``action``
+    there), else the user's only such team. Raises PermissionDenied naming the choices."""
+    allowed = teams_for(user, action)
+    if name:
+        team = Team.objects.filter(name=name).first()
+        if team is None or not allowed.filter(pk=team.pk).exists():
+            if team is not None and teams_for(user, VIEW).filter(pk=team.pk).exists():
+                require(user, action, team)
+            raise PermissionDenied(f"no such team: {name}")
+        return team
+    mine = allowed.filter(memberships__user=user).distinct() if is_staff(user) else allowed
+    choices = list(mine.order_by("name")[:21])
+    if not choices and is_staff(user):
+        # staff in no team act for the only team there is, if there is only one
+        choices = list(allowed.order_by("name")[:21])
+    if len(choices) == 1:
+        return choices[0]
+    if not choices:
+        raise PermissionDenied("you are in no team that may do this; ask a team owner to add you")
+    names = ", ".join(team.name for team in choices[:20])
+    raise PermissionDenied(f"choose a team with --team: {names}")
 
 
 def restrict(queryset: QuerySet[M], user: Any, action: str = VIEW) -> QuerySet[M]:
-    """``queryset`` narrowed to what ``user`` may ``action``: nothing for anonymous users."""
-    if user is None or not user.is_authenticated:
+    """``queryset`` narrowed to what ``user`` may ``action``: nothing for anonymous users,
+    everything for staff (within their token's scope)."""
+    from layerhub.containers.models import Container
+    from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
+    from layerhub.jobs.models import Job
+
+    if action not in ROLE_FOR_ACTION:
+        raise ValueError(f"unknown action {action!r}")
+    if not _signed_in(user) or _role_allowed(user, action) is None:
         return queryset.none()
-    return queryset
+    model = queryset.model
+    staff = is_staff(user)
+    if staff and model is not Token:
+        return queryset
+    teams = teams_for(user, action)
+    if model is Team:
+        return queryset.filter(pk__in=teams)
+    if model is Repository:
+        if action == VIEW:
+            return queryset.filter(Q(team__in=teams) | Q(public=True))
+        return queryset.filter(team__in=teams)
+    if model is Tag:
+        return queryset.filter(repository__in=restrict(Repository.objects.all(), user, action))
+    if model is Image:
+        return queryset.filter(_image_condition(user, action))
+    if model is ImageLayer:
+        return queryset.filter(image__in=restrict(Image.objects.all(), user, action))
+    if model is Layer:
+        visible = ImageLayer.objects.filter(
+            layer=OuterRef("pk"), image__in=restrict(Image.objects.all(), user, VIEW)
+        )
+        return queryset.filter(Exists(visible))
+    if model is Container:
+        # developers create containers and delete their own work
+        return queryset.filter(team__in=teams_for(user, CHANGE if action == DELETE else action))
+    if model is Job:
+        return queryset.filter(Q(team__in=teams) | Q(created_by=user))
+    if model is RegistryCredential:
+        return queryset.filter(team__in=teams)
+    if model is Membership:
+        return queryset.filter(team__in=teams)
+    if model is AuditEntry:
+        return (
+            queryset.filter(team__in=teams_for(user, ADMIN)) if action == VIEW else queryset.none()
+        )
+    if model is Token:
+        own = Q(kind=Token.Kind.PERSONAL, user=user)
+        robots = Q(kind=Token.Kind.ROBOT, team__in=teams_for(user, MANAGE))
+        return queryset.filter(own | robots)
+    raise TypeError(f"no permission rule for {model.__name__}")
+
+
+def _image_condition(user: Any, action: str) -> Q:
+    """Images ``user`` may ``action``: seeing one needs one visible repository naming it (or
+    its team being the user's); changing or deleting one needs every repository naming it
+    to be in a team where the user may, so nobody deletes another team's image."""
+    from layerhub.images.models import Image, Repository
+
+    if action == VIEW:
+        visible = restrict(Repository.objects.all(), user, VIEW)
+        named = Exists(
+            Image.repositories.through.objects.filter(
+                image_id=OuterRef("pk"), repository__in=visible
+            )
+        )
+        return named | Q(team__in=teams_for(user, VIEW))
+    allowed_teams = teams_for(user, action)
+    foreign = Image.repositories.through.objects.filter(image_id=OuterRef("pk")).exclude(
+        repository__in=Repository.objects.filter(team__in=allowed_teams)
+    )
+    own = Exists(
+        Image.repositories.through.objects.filter(
+            image_id=OuterRef("pk"), repository__team__in=allowed_teams
+        )
+    ) | Q(team__in=allowed_teams)
+    return own & ~Exists(foreign)

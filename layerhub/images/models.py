@@ -19,15 +19,25 @@ def _fernet() -> Fernet:
 
 
 class RegistryCredential(models.Model):
-    """A login for one registry host. The password is stored encrypted with a key derived
-    from SECRET_KEY and is never shown back in a page or an API response."""
+    """A team's login for one registry host. The password is stored encrypted with a key
+    derived from SECRET_KEY and is never shown back in a page or an API response; a pull or
+    push for a team uses that team's login alone."""
 
-    host = models.CharField(max_length=255, unique=True)  # "ghcr.io", "127.0.0.1:5000"
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.CASCADE, related_name="registry_logins"
+    )
+    host = models.CharField(max_length=255)  # "ghcr.io", "127.0.0.1:5000"
     username = models.CharField(max_length=255, blank=True)
     password_encrypted = models.BinaryField(blank=True, editable=False)
     insecure = models.BooleanField(
         default=False, help_text="talk plain HTTP (loopback registries always may)"
     )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "host"], name="unique_team_registry_login")
+        ]
+        ordering = ["team", "host"]
 
     def __str__(self) -> str:
         return f"{self.username or 'anonymous'}@{self.host}"
@@ -48,16 +58,21 @@ class RegistryCredential(models.Model):
 
 
 class Repository(models.Model):
-    """``docker.io/library/debian``: a registry host and a repository path."""
+    """``docker.io/library/debian`` in one team's catalog: a registry host and a repository
+    path. The same upstream repository pulled by two teams is two rows naming the same
+    images (stored once)."""
 
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="repositories")
     registry = models.CharField(max_length=255)
     name = models.CharField(max_length=255)
+    # visible to every signed-in user, not only the team's members
+    public = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["registry", "name"], name="unique_repository")
+            models.UniqueConstraint(fields=["team", "registry", "name"], name="unique_repository")
         ]
-        ordering = ["registry", "name"]
+        ordering = ["registry", "name", "team"]
         verbose_name_plural = "repositories"
 
     def __str__(self) -> str:
@@ -132,6 +147,11 @@ class Image(models.Model):
     # bytes of its own manifest, config and index blobs (their Blob rows' sizes), kept here so
     # the logical total (every image as if stored alone) is one sum, not three lookups an image
     own_blob_bytes = models.BigIntegerField(default=0)
+    # the team whose pull, import or commit first brought it in: its members see the image
+    # even when no repository of theirs names it (an untagged import or commit)
+    team = models.ForeignKey(
+        "accounts.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-added_at", "-id"]
