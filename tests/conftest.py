@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -85,3 +86,26 @@ def broker(test_queue: str, settings: Settings, monkeypatch: pytest.MonkeyPatch)
     yield TEST_BROKER
     delete_queue_keys(client, queue)
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def default_team_kept(request: pytest.FixtureRequest) -> None:
+    """Every test with a database starts with the ``default`` team (a data migration's row),
+    also after a transactional test emptied the tables."""
+    marker = request.node.get_closest_marker("django_db")
+    uses_db = marker is not None or any(
+        name in request.fixturenames
+        for name in ("db", "transactional_db", "live_server", "admin_user", "admin_client")
+    )
+    if not uses_db:
+        return
+    request.getfixturevalue("transactional_db" if _transactional(request, marker) else "db")
+    from layerhub.accounts.models import Team
+
+    Team.objects.get_or_create(name="default")
+
+
+def _transactional(request: pytest.FixtureRequest, marker: Any) -> bool:
+    return bool(marker and marker.kwargs.get("transaction")) or any(
+        name in request.fixturenames for name in ("transactional_db", "live_server")
+    )

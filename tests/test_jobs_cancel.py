@@ -43,6 +43,7 @@ from tests.support.oci import Image as OciImage
 from tests.support.oci import make_layer, write_layout
 from tests.support.proxy import FaultyProxy
 from tests.support.registry import Registry
+from tests.support.teams import default_team
 
 db = pytest.mark.django_db
 real_db = pytest.mark.django_db(transaction=True)
@@ -273,7 +274,7 @@ def test_a_pull_cancelled_mid_download_stops_within_seconds(
         from django.db import connection
 
         try:
-            image_pull(reference=f"{proxy.host}/team/app:v1")
+            image_pull(team=default_team(), reference=f"{proxy.host}/team/app:v1")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
@@ -320,7 +321,7 @@ def test_an_unpack_cancelled_between_layers_leaves_no_partial_snapshot(
             job_cancel(job=Job.objects.get(pk=self.job.pk))  # once its first layer is made
 
     monkeypatch.setattr(JobProgress, "update", update)
-    pull = image_pull(reference=f"{registry.host}/team/app:v1")
+    pull = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     pull.refresh_from_db()
     assert pull.state == Job.State.SUCCEEDED, pull.error
     unpack_job = pull.children.get()
@@ -345,7 +346,7 @@ def test_an_export_cancelled_mid_archive_leaves_no_file(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pull = image_pull(reference=f"{registry.host}/team/app:v1")
+    pull = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     pull.refresh_from_db()
     assert pull.state == Job.State.SUCCEEDED, pull.error
     real_write = write_docker_archive
@@ -391,7 +392,7 @@ def test_a_redelivered_job_whose_worker_died_while_stopping_is_cancelled(
 @real_db
 @pytest.mark.usefixtures("eager")
 def test_a_push_stops_at_a_chunk_and_sends_no_manifest(registry: Registry) -> None:  # noqa: F811
-    pull = image_pull(reference=f"{registry.host}/team/app:v1")
+    pull = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     pull.refresh_from_db()
     assert pull.image is not None, pull.error
     store = get_store()

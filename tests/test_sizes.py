@@ -26,6 +26,7 @@ from layerhub.images.sizes import (
     tag_delete_plan,
 )
 from layerhub.jobs.models import Job, Lease
+from tests.support.teams import default_team
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +84,9 @@ def image(
         ImageLayer.objects.create(image=img, layer=layer, position=position)
         parent = layer
     if tag:
-        repository, _ = Repository.objects.get_or_create(registry="docker.io", name=repo)
+        repository, _ = Repository.objects.get_or_create(
+            team=default_team(), registry="docker.io", name=repo
+        )
         img.repositories.add(repository)
         Tag.objects.create(repository=repository, name=tag, image=img)
     return img
@@ -196,7 +199,7 @@ def test_a_leased_snapshot_keeps_the_layers_below_it() -> None:
 
 def test_a_container_blocks_the_delete() -> None:
     a = image([BASE, APP])
-    Container.objects.create(container_id="c" * 64, name="web", image=a)
+    Container.objects.create(container_id="c" * 64, name="web", image=a, team=default_team())
     plan = image_delete_plan(a)
     assert plan.blocked
     assert plan.containers == ["web"]

@@ -13,6 +13,7 @@ from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.images.sizes import images_delete_plan, store_totals
 from layerhub.images.usage import tmp_entries
+from tests.support.teams import default_team
 from tests.test_sizes import APP, BASE, OTHER, image
 
 pytestmark = pytest.mark.django_db
@@ -31,7 +32,7 @@ def test_df_summarises_images_containers_and_tmp(layerhub_store: Path) -> None:
     upper = layerhub_store / "containers" / ("c" * 64) / "upper"
     upper.mkdir(parents=True)
     (upper / "note").write_bytes(b"n" * 4_000)
-    Container.objects.create(container_id="c" * 64, name="web", image=b)
+    Container.objects.create(container_id="c" * 64, name="web", image=b, team=default_team())
     (layerhub_store / "tmp" / "leftover").write_bytes(b"t" * 3_000)
 
     lines = df()
@@ -52,7 +53,7 @@ def test_df_summarises_images_containers_and_tmp(layerhub_store: Path) -> None:
 def test_df_verbose_lists_images_and_containers() -> None:
     image([BASE, APP], tag="v1")
     b = image([BASE, OTHER], tag="v2")
-    Container.objects.create(container_id="d" * 64, name="db", image=b)
+    Container.objects.create(container_id="d" * 64, name="db", image=b, team=default_team())
     lines = df("-v")
     at = lines.index(["Images", "space", "usage:"])
     header = lines[at + 1]

@@ -8,6 +8,8 @@ from typing import Any
 from django import forms
 from django.core.files.uploadedfile import UploadedFile
 
+from layerhub.accounts.forms import TeamFormMixin
+
 # an upload goes through Django's temporary file and then into the writable layer; past this it
 # is refused rather than filling the store from a browser tab
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -15,8 +17,9 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_EDIT_BYTES = 256 * 1024
 
 
-class ContainerCreateForm(forms.Form):
-    """``docker create``: an image (reference, image ID or the catalog's number) and a name."""
+class ContainerCreateForm(TeamFormMixin, forms.Form):
+    """``docker create``: an image (reference, image ID or the catalog's number), a name and
+    the team the container belongs to."""
 
     image = forms.CharField(
         max_length=512,

@@ -13,7 +13,10 @@ from typing import Any, BinaryIO
 
 from django.db import transaction
 
+from layerhub.accounts.models import Team
+from layerhub.accounts.services import audit
 from layerhub.containers.models import Container
+from layerhub.core.permissions import CHANGE, VIEW, require, restrict
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
 from layerhub.engine.commit import apply_change, commit_container
@@ -46,11 +49,15 @@ def container_dir(container: Container) -> Path:
     return get_store().containers / container.container_id
 
 
-def container_lookup(text: str) -> Container:
-    """A container by name, full ID or ID prefix (as ``docker`` accepts them)."""
-    found = Container.objects.select_related("image").filter(name=text).first()
+def container_lookup(text: str, *, user: Any = None, action: str = VIEW) -> Container:
+    """A container by name, full ID or ID prefix (as ``docker`` accepts them); with ``user``,
+    only one they may ``action`` (another team's is "no such container")."""
+    containers = Container.objects.select_related("image", "team")
+    if user is not None:
+        containers = restrict(containers, user, action)
+    found = containers.filter(name=text).first()
     if found is None and re.fullmatch(r"[a-f0-9]{3,64}", text):
-        matches = list(Container.objects.filter(container_id__startswith=text)[:2])
+        matches = list(containers.filter(container_id__startswith=text)[:2])
         if len(matches) > 1:
             raise ContainerNotFound(f"{text}: more than one container has this ID prefix")
         found = matches[0] if matches else None
@@ -69,9 +76,14 @@ def image_lowers(image: Image) -> list[Path]:
     return paths
 
 
-def container_create(*, image: str, name: str | None = None, user: Any = None) -> Container:
-    """A container over ``image`` (a reference, image ID or digest). Copies nothing."""
-    found = image_lookup(image)
+def container_create(
+    *, image: str, team: Team, name: str | None = None, user: Any = None
+) -> Container:
+    """A container of ``team`` over ``image`` (a reference, image ID or digest, which the
+    user must see). Copies nothing. Needs the developer role in the team."""
+    if user is not None:
+        require(user, CHANGE, team)
+    found = image_lookup(image, user=user, team=team)
     image_lowers(found)
     container_id = secrets.token_hex(32)
     if name is None:
@@ -84,12 +96,16 @@ def container_create(*, image: str, name: str | None = None, user: Any = None) -
     (root / "upper").mkdir(parents=True)
     (root / "work").mkdir()
     try:
-        return Container.objects.create(
-            container_id=container_id,
-            name=name,
-            image=found,
-            created_by=acting_user(user),
-        )
+        with transaction.atomic():
+            container = Container.objects.create(
+                container_id=container_id,
+                name=name,
+                image=found,
+                team=team,
+                created_by=acting_user(user),
+            )
+            audit(actor=user, action="container.create", team=team, target=name)
+        return container
     except Exception:
         fsutil.remove_path(root)
         raise
@@ -193,12 +209,13 @@ def container_exec(
     return result
 
 
-def container_rm(*, container: Container) -> None:
+def container_rm(*, container: Container, user: Any = None) -> None:
     """Delete the container and its writable layer (the image stays)."""
     store = get_store()
     root = container_dir(container)
     with container_busy(container), transaction.atomic():
         container.delete()
+        audit(actor=user, action="container.delete", team=container.team, target=container.name)
         if root.exists():
             doomed = fsutil.TempEntry(store.tmp, "rm-", directory=True)
             os.rename(root, doomed.path / "container")
@@ -221,17 +238,30 @@ def container_commit(
     ref = parse_reference(repository) if repository else None
     for change in changes:
         apply_change({}, change)  # refuse a bad instruction now, not in the worker
-    return job_start(
-        kind=Job.Kind.COMMIT,
-        user=user,
-        reference=str(ref) if ref else "",
-        params={
-            "container": container.container_id,
-            "message": message,
-            "author": author,
-            "changes": list(changes),
-        },
-    )
+    if user is not None:
+        require(user, CHANGE, container.team)
+    with transaction.atomic():
+        job = job_start(
+            kind=Job.Kind.COMMIT,
+            user=user,
+            team=container.team,
+            reference=str(ref) if ref else "",
+            params={
+                "container": container.container_id,
+                "message": message,
+                "author": author,
+                "changes": list(changes),
+            },
+        )
+        audit(
+            actor=user,
+            action="container.commit",
+            team=container.team,
+            target=container.name,
+            reference=str(ref) if ref else "",
+            job=job.pk,
+        )
+    return job
 
 
 def container_commit_run(*, job_id: int) -> None:
@@ -296,7 +326,7 @@ def container_commit_run(*, job_id: int) -> None:
             result.config_digest,
             parse_config(result.config_bytes),
         )
-        image = image_record(refs=refs, resolved=committed)
+        image = image_record(refs=refs, resolved=committed, team=container.team)
         if result.chain_id is not None:
             row = Layer.objects.get(chain_id=result.chain_id)
             # made now, or it existed (the same change committed) without a recorded size

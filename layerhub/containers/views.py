@@ -127,7 +127,9 @@ def container_list(request: HttpRequest) -> HttpResponse:
         "page": page,
         "rows": rows,
         "per_page": per_page,
-        "form": ContainerCreateForm(initial={"image": request.GET.get("image", "")}),
+        "form": ContainerCreateForm(
+            initial={"image": request.GET.get("image", "")}, user=request.user
+        ),
     }
     return render(request, "containers/list.html", context)
 
@@ -136,14 +138,19 @@ def create(request: HttpRequest) -> HttpResponse:
     """``docker create``: GET shows the form (``?image=`` fills it), POST creates and goes to
     the new container's page."""
     if request.method != "POST":
-        form = ContainerCreateForm(initial={"image": request.GET.get("image", "")})
+        form = ContainerCreateForm(
+            initial={"image": request.GET.get("image", "")}, user=request.user
+        )
         return render(request, "containers/create.html", {"form": form})
-    form = ContainerCreateForm(request.POST)
+    form = ContainerCreateForm(request.POST, user=request.user)
     if form.is_valid():
         try:
             image = _image_for(request, form.cleaned_data["image"])
             container = container_create(
-                image=image.manifest_digest, name=form.cleaned_data["name"], user=request.user
+                image=image.manifest_digest,
+                name=form.cleaned_data["name"],
+                user=request.user,
+                team=form.cleaned_data["team"],
             )
         except LayerhubError as exc:
             form.add_error("image" if isinstance(exc, ImageNotFound) else None, str(exc))
@@ -162,7 +169,7 @@ def _image_for(request: HttpRequest, text: str) -> Image:
         found = allowed.filter(pk=int(text)).first()
         if found is not None:
             return found
-    image = image_lookup(text)
+    image = image_lookup(text, user=request.user)
     if not allowed.filter(pk=image.pk).exists():
         raise ImageNotFound(f"no such image: {text}")
     return image

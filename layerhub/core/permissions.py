@@ -138,6 +138,16 @@ def team_choose(user: Any, name: str | None = None, action: str = VIEW) -> Team:
     raise PermissionDenied(f"choose a team with --team: {names}")
 
 
+def named_by(user: Any) -> QuerySet[Any] | None:
+    """The repositories whose names ``user`` may read, for code that shows names of images
+    (tags, "shared with"): None when that is every repository (staff)."""
+    from layerhub.images.models import Repository
+
+    if is_staff(user):
+        return None
+    return restrict(Repository.objects.all(), user, VIEW)
+
+
 def restrict(queryset: QuerySet[M], user: Any, action: str = VIEW) -> QuerySet[M]:
     """``queryset`` narrowed to what ``user`` may ``action``: nothing for anonymous users,
     everything for staff (within their token's scope)."""
@@ -204,14 +214,16 @@ def _image_condition(user: Any, action: str) -> Q:
                 image_id=OuterRef("pk"), repository__in=visible
             )
         )
-        return named | Q(team__in=teams_for(user, VIEW))
+        return Q(named) | Q(team__in=teams_for(user, VIEW))
     allowed_teams = teams_for(user, action)
     foreign = Image.repositories.through.objects.filter(image_id=OuterRef("pk")).exclude(
         repository__in=Repository.objects.filter(team__in=allowed_teams)
     )
-    own = Exists(
-        Image.repositories.through.objects.filter(
-            image_id=OuterRef("pk"), repository__team__in=allowed_teams
+    own = Q(
+        Exists(
+            Image.repositories.through.objects.filter(
+                image_id=OuterRef("pk"), repository__team__in=allowed_teams
+            )
         )
     ) | Q(team__in=allowed_teams)
-    return own & ~Exists(foreign)
+    return own & ~Q(Exists(foreign))

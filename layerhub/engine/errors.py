@@ -185,3 +185,7 @@ class ContainerNotFound(LayerhubError):
 
 class Conflict(LayerhubError):
     """A name already taken, or something still in use (an image a container runs on)."""
+
+
+class QuotaExceeded(LayerhubError):
+    """A pull, import or commit would take a team's images past its quota."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
+from layerhub.accounts.forms import TeamFormMixin
 from layerhub.engine.errors import InvalidReference
 from layerhub.engine.reference import parse_reference
 
@@ -26,8 +27,9 @@ class ImageListQuery(forms.Form):
         return max(1, min(int(value), MAX_PER_PAGE))
 
 
-class PushForm(forms.Form):
-    """Where to push an image: a reference with a tag, checked as the CLI checks it."""
+class PushForm(TeamFormMixin, forms.Form):
+    """Where to push an image: a reference with a tag, checked as the CLI checks it, and
+    the team whose registry login pushes it."""
 
     reference = forms.CharField(
         max_length=512,

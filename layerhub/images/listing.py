@@ -11,6 +11,7 @@ from django.db.models import (
     CharField,
     Count,
     F,
+    FilteredRelation,
     IntegerField,
     OuterRef,
     Q,
@@ -53,10 +54,14 @@ def familiar_repository(registry: str | None, name: str | None) -> str:
     return Reference(registry, name, None, None).familiar
 
 
-def _first_repository(field_name: str) -> Subquery:
-    """A field of the first repository an (untagged) outer image was pulled from."""
+def _first_repository(
+    field_name: str, repositories: QuerySet[Repository] | None = None
+) -> Subquery:
+    """A field of the first repository (of ``repositories``: those the user sees) an
+    (untagged) outer image was pulled from."""
     return Subquery(
-        Repository.objects.filter(images=OuterRef("pk"))
+        (Repository.objects.all() if repositories is None else repositories)
+        .filter(images=OuterRef("pk"))
         .order_by("registry", "name")
         .values(field_name)[:1],
         output_field=CharField(),
@@ -110,7 +115,13 @@ def _bytes_in_layers(*, shared: bool) -> Coalesce:
     )
 
 
-def image_table(images: QuerySet[Image], *, search: str = "", sort: str = DEFAULT_SORT) -> Any:
+def image_table(
+    images: QuerySet[Image],
+    *,
+    search: str = "",
+    sort: str = DEFAULT_SORT,
+    repositories: QuerySet[Repository] | None = None,
+) -> Any:
     """The keys of ``images``' rows as ``docker images`` lists them, in order: one row per tag
     (an image with three tags is three rows), an untagged image once (its tag ``None``).
     A values list of ``(image pk, tag pk)``: paginate it, then ``table_rows`` reads one page.
@@ -118,13 +129,25 @@ def image_table(images: QuerySet[Image], *, search: str = "", sort: str = DEFAUL
     ``search`` matches anywhere in the full reference (``docker.io/library/debian:12``) or the
     start of the image ID; ``sort`` is a key of SORTS, ``-`` first for descending. Ties are
     broken by the image's pk, then the tag's. Only the column sorted on is computed for
-    every row; the sizes shown are read for the page's rows alone.
+    every row; the sizes shown are read for the page's rows alone. With ``repositories``
+    (those the user sees), only their tags and names are rows: another team's names of a
+    shared image are never shown.
     """
-    rows = images.annotate(
-        tag_pk=F("tags__pk"),
-        tag_name=F("tags__name"),
-        repo_registry=Coalesce(F("tags__repository__registry"), _first_repository("registry")),
-        repo_name=Coalesce(F("tags__repository__name"), _first_repository("name")),
+    rows, rel = images, "tags"
+    if repositories is not None:
+        rows, rel = (
+            images.annotate(
+                named=FilteredRelation("tags", condition=Q(tags__repository__in=repositories))
+            ),
+            "named",
+        )
+    rows = rows.annotate(
+        tag_pk=F(f"{rel}__pk"),
+        tag_name=F(f"{rel}__name"),
+        repo_registry=Coalesce(
+            F(f"{rel}__repository__registry"), _first_repository("registry", repositories)
+        ),
+        repo_name=Coalesce(F(f"{rel}__repository__name"), _first_repository("name", repositories)),
     )
     search = search.strip()
     if search:
@@ -170,7 +193,9 @@ class TableRow:
     created_ago: str | None  # "3 weeks", as `docker images` prints CREATED
 
 
-def table_rows(keys: list[tuple[int, int | None]]) -> list[TableRow]:
+def table_rows(
+    keys: list[tuple[int, int | None]], repositories: QuerySet[Repository] | None = None
+) -> list[TableRow]:
     """The rows of one page of ``image_table`` keys: the images with their sizes
     (``images_with_sizes``) and newest unpack state, and the tags, in two queries."""
     images = {
@@ -179,8 +204,8 @@ def table_rows(keys: list[tuple[int, int | None]]) -> list[TableRow]:
             Image.objects.filter(pk__in={pk for pk, _ in keys})
         ).annotate(
             unpack_state=_last_unpack("state"),
-            first_registry=_first_repository("registry"),
-            first_name=_first_repository("name"),
+            first_registry=_first_repository("registry", repositories),
+            first_name=_first_repository("name", repositories),
         )
     }
     tag_pks = {tag_pk for _, tag_pk in keys if tag_pk is not None}
@@ -241,18 +266,23 @@ def _users_of_layer() -> Subquery:
     )
 
 
-def images_named(images: QuerySet[Image]) -> QuerySet[Image]:
-    """``images`` each with ``display_name``-ready fields of its first tag (or repository)
-    as Subquery annotations: one query for any number of images."""
+def images_named(
+    images: QuerySet[Image], repositories: QuerySet[Repository] | None = None
+) -> QuerySet[Image]:
+    """``images`` each with ``display_name``-ready fields of its first tag (or repository;
+    of ``repositories``, those the user sees, if given) as Subquery annotations: one query
+    for any number of images."""
     first_tag = Tag.objects.filter(image=OuterRef("pk")).order_by("repository", "name")
+    if repositories is not None:
+        first_tag = first_tag.filter(repository__in=repositories)
     return images.annotate(
         first_registry=Coalesce(
             Subquery(first_tag.values("repository__registry")[:1], output_field=CharField()),
-            _first_repository("registry"),
+            _first_repository("registry", repositories),
         ),
         first_name=Coalesce(
             Subquery(first_tag.values("repository__name")[:1], output_field=CharField()),
-            _first_repository("name"),
+            _first_repository("name", repositories),
         ),
         first_tag=Subquery(first_tag.values("name")[:1], output_field=CharField()),
     )
@@ -269,9 +299,15 @@ def display_name(image: Any) -> str:
     return str(image.image_id)
 
 
-def image_layers(image: Image) -> list[LayerRow]:
-    """The image's layers, bottom first, each with how many images use it and up to
-    SHARERS_SHOWN of the others (three queries, however widely a layer is shared)."""
+def image_layers(
+    image: Image,
+    visible: QuerySet[Image] | None = None,
+    repositories: QuerySet[Repository] | None = None,
+) -> list[LayerRow]:
+    """The image's layers, bottom first, each with how many images use it (all of them: the
+    figure must be true) and up to SHARERS_SHOWN of the others, taken from ``visible`` (the
+    images the user sees) and named from ``repositories`` (three queries, however widely a
+    layer is shared)."""
     rows = list(
         ImageLayer.objects.filter(image=image)
         .select_related("layer")
@@ -283,6 +319,7 @@ def image_layers(image: Image) -> list[LayerRow]:
     # costs the same as one under two
     sharing = list(
         ImageLayer.objects.filter(layer__in=layer_ids)
+        .filter(**({} if visible is None else {"image__in": visible}))
         .exclude(image=image)
         .annotate(rank=Window(RowNumber(), partition_by=[F("layer")], order_by=[F("image").desc()]))
         .filter(rank__lte=SHARERS_SHOWN)
@@ -290,7 +327,9 @@ def image_layers(image: Image) -> list[LayerRow]:
     )
     named = {
         other.pk: Sharer(other.pk, display_name(other))
-        for other in images_named(Image.objects.filter(pk__in={i for _, i in sharing}))
+        for other in images_named(
+            Image.objects.filter(pk__in={i for _, i in sharing}), repositories
+        )
     }
     by_layer: dict[int, list[Sharer]] = {}
     for layer_id, image_id in sharing:

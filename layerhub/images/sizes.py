@@ -37,6 +37,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 
+from layerhub.accounts.models import Team
 from layerhub.containers.models import Container
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
@@ -146,6 +147,26 @@ def own_blob_bytes_refresh(images: QuerySet[Image]) -> int:
         + _blob_size("config_digest")
         + _blob_size("index_digest")
     )
+
+
+def logical_bytes(images: QuerySet[Image]) -> int:
+    """What ``images`` take as if each were stored alone (the logical total of
+    ``store_totals`` over these images only): a team's usage against its quota."""
+    layers = ImageLayer.objects.filter(image__in=images).aggregate(
+        snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
+        blobs=Coalesce(Sum("layer__size"), Value(0)),
+    )
+    own = images.aggregate(total=Coalesce(Sum("own_blob_bytes"), Value(0)))["total"]
+    return int(layers["snapshots"] + layers["blobs"] + own)
+
+
+def team_images(team: Team) -> QuerySet[Image]:
+    """The images of ``team``'s catalog: named by one of its repositories, or brought in by
+    it and named by none."""
+    named = Image.repositories.through.objects.filter(
+        image_id=OuterRef("pk"), repository__team=team
+    )
+    return Image.objects.filter(Exists(named) | Q(team=team, repositories=None))
 
 
 def store_totals() -> StoreTotals:
@@ -335,6 +356,12 @@ def tag_delete_plan(tag: Tag) -> DeletePlan:
     if Tag.objects.filter(image_id=tag.image_id).exclude(pk=tag.pk).exists():
         return DeletePlan(untagged=[f"{tag.repository}:{tag.name}"])
     return image_delete_plan(tag.image)
+
+
+def tag_delete_plan_many(tags: Iterable[Tag]) -> DeletePlan:
+    """Removing ``tags`` while their image stays (another team still names it): frees
+    nothing."""
+    return DeletePlan(untagged=[f"{tag.repository}:{tag.name}" for tag in tags])
 
 
 def repository_delete_plan(repository: Repository) -> DeletePlan:

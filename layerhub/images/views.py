@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
@@ -18,7 +19,17 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST, require_safe
 
-from layerhub.core.permissions import CHANGE, DELETE, VIEW, restrict
+from layerhub.accounts.models import Team
+from layerhub.core.permissions import (
+    CHANGE,
+    DELETE,
+    PULL,
+    VIEW,
+    named_by,
+    restrict,
+    team_choose,
+    teams_for,
+)
 from layerhub.engine.errors import LayerhubError
 from layerhub.images import sizes
 from layerhub.images.forms import DEFAULT_PER_PAGE, ImageListQuery, PushForm, SaveForm
@@ -35,7 +46,12 @@ from layerhub.images.models import Image
 from layerhub.images.selectors import image_history
 from layerhub.images.services import image_pull
 from layerhub.images.services.retry import image_unpack_retry
-from layerhub.images.services.transfer import image_push, image_remove, image_save
+from layerhub.images.services.transfer import (
+    image_push,
+    image_remove,
+    image_remove_plan,
+    image_save,
+)
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import export_dir
 
@@ -77,10 +93,11 @@ def image_list(request: HttpRequest) -> HttpResponse:
     sort = normalize_sort(query.get("sort"))
     per_page = int(query.get("per_page") or form.clean_per_page())
     images = restrict(Image.objects.all(), request.user)
-    rows = image_table(images, search=search, sort=sort)
+    repositories = named_by(request.user)
+    rows = image_table(images, search=search, sort=sort, repositories=repositories)
     paginator = Paginator(rows, per_page)
     page = paginator.get_page(query.get("page") or 1)
-    page_rows = table_rows(list(page.object_list))
+    page_rows = table_rows(list(page.object_list), repositories)
 
     # the default page size stays out of the links, as the search form leaves it out
     per_page_param = per_page if per_page != DEFAULT_PER_PAGE else None
@@ -141,17 +158,33 @@ def _history(image: Image) -> list[dict[str, Any]]:
     return rows
 
 
+def _delete_plan(request: HttpRequest, image: Image) -> sizes.DeletePlan | None:
+    """What the delete button does for this user (the image, or only their teams' names
+    of it when other teams name it too); None when they may do neither."""
+    if restrict(Image.objects.filter(pk=image.pk), request.user, DELETE).exists():
+        return sizes.image_delete_plan(image)
+    try:
+        return image_remove_plan(image=image.manifest_digest, force=True, user=request.user)
+    except PermissionDenied:
+        return None
+
+
 def _detail_context(request: HttpRequest, image: Any) -> dict[str, Any]:
-    tags = list(image.tags.select_related("repository").order_by("repository", "name")[:50])
+    visible_tags = restrict(image.tags.all(), request.user)
+    tags = list(visible_tags.select_related("repository").order_by("repository", "name")[:50])
     reference = f"{tags[0].repository}:{tags[0].name}" if tags else image_pull_reference(image)
     names = [
         f"{familiar_repository(t.repository.registry, t.repository.name)}:{t.name}" for t in tags
     ]
     unpack_job = (
-        Job.objects.filter(image=image, kind=Job.Kind.UNPACK).order_by("-created_at", "-id").first()
+        restrict(Job.objects.all(), request.user)
+        .filter(image=image, kind=Job.Kind.UNPACK)
+        .order_by("-created_at", "-id")
+        .first()
     )
     export_job = (
-        Job.objects.filter(image=image, kind=Job.Kind.EXPORT, state=Job.State.SUCCEEDED)
+        restrict(Job.objects.all(), request.user)
+        .filter(image=image, kind=Job.Kind.EXPORT, state=Job.State.SUCCEEDED)
         .order_by("-finished_at", "-id")
         .first()
     )
@@ -163,7 +196,9 @@ def _detail_context(request: HttpRequest, image: Any) -> dict[str, Any]:
         "names": names,
         "reference": reference,
         "manifest_short": image_short_digest(image.manifest_digest),
-        "layers": image_layers(image),
+        "layers": image_layers(
+            image, restrict(Image.objects.all(), request.user), named_by(request.user)
+        ),
         "history": _history(image),
         "unpack_job": unpack_job,
         "export_job": export_job,
@@ -173,9 +208,9 @@ def _detail_context(request: HttpRequest, image: Any) -> dict[str, Any]:
         "unpacking": bool(unpack_job and unpack_job.state in (Job.State.QUEUED, Job.State.RUNNING)),
         "shared_percent": shared_percent,
         "unique_percent": 100.0 - shared_percent if size else 0.0,
-        "containers": image.containers.count(),
-        "delete_plan": sizes.image_delete_plan(image),
-        "push_form": PushForm(initial={"reference": reference if tags else ""}),
+        "containers": restrict(image.containers.all(), request.user).count(),
+        "delete_plan": _delete_plan(request, image),
+        "push_form": PushForm(initial={"reference": reference if tags else ""}, user=request.user),
         "save_form": SaveForm(),
     }
 
@@ -192,6 +227,14 @@ def _job_started(job: Job, what: str, request: HttpRequest) -> HttpResponseRedir
     return redirect("jobs:detail", pk=job.pk)
 
 
+def _acting_team(request: HttpRequest, image: Image, action: str) -> Team:
+    """The team a button on an image's page acts for: the first of the user's teams (where
+    they may ``action``) that names the image, else their only such team."""
+    allowed = teams_for(request.user, action)
+    named = allowed.filter(repositories__images=image).order_by("name").first()
+    return named or team_choose(request.user, None, action)
+
+
 def _failed(request: HttpRequest, image: Image, exc: LayerhubError) -> HttpResponseRedirect:
     messages.error(request, str(exc))
     return redirect("images:detail", pk=image.pk)
@@ -200,13 +243,17 @@ def _failed(request: HttpRequest, image: Image, exc: LayerhubError) -> HttpRespo
 @require_POST
 def image_repull(request: HttpRequest, pk: int) -> HttpResponse:
     """Pull the image's reference again (a moved tag brings the new image)."""
-    image = _image(request, pk, CHANGE)
+    image = _image(request, pk, VIEW)
     reference = image_pull_reference(image)
     if reference is None:
         messages.error(request, "this image has no reference to pull it from (it was imported)")
         return redirect("images:detail", pk=image.pk)
     try:
-        job = image_pull(reference=reference, user=request.user)  # type: ignore[arg-type]
+        job = image_pull(
+            reference=reference,
+            user=request.user,  # type: ignore[arg-type]
+            team=_acting_team(request, image, PULL),
+        )
     except LayerhubError as exc:
         return _failed(request, image, exc)
     return _job_started(job, f"Pulling {reference}", request)
@@ -215,15 +262,20 @@ def image_repull(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def image_push_view(request: HttpRequest, pk: int) -> HttpResponse:
     """Push the image to the reference the form names."""
-    image = _image(request, pk, CHANGE)
-    form = PushForm(request.POST)
+    image = _image(request, pk, VIEW)
+    form = PushForm(request.POST, user=request.user)
     if not form.is_valid():
         context = _detail_context(request, image)
         context["push_form"] = form
         return render(request, "images/detail.html", context, status=400)
     target = form.cleaned_data["reference"]
     try:
-        job = image_push(image=image.manifest_digest, reference=target, user=request.user)
+        job = image_push(
+            image=image.manifest_digest,
+            reference=target,
+            user=request.user,
+            team=form.cleaned_data["team"],
+        )
     except LayerhubError as exc:
         return _failed(request, image, exc)
     return _job_started(job, f"Pushing to {target}", request)
@@ -246,7 +298,11 @@ def image_save_view(request: HttpRequest, pk: int) -> HttpResponse:
     path = export_dir() / _archive_name(image, reference, format)
     try:
         job = image_save(
-            images=[image.manifest_digest], path=str(path), format=format, user=request.user
+            images=[image.manifest_digest],
+            path=str(path),
+            format=format,
+            user=request.user,
+            team=_acting_team(request, image, VIEW),
         )
     except LayerhubError as exc:
         return _failed(request, image, exc)
@@ -256,10 +312,13 @@ def image_save_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def image_delete(request: HttpRequest, pk: int) -> HttpResponse:
     """Delete the image and every tag of it (``rmi --force``), freeing what only it used."""
-    image = _image(request, pk, DELETE)
-    frees = sizes.image_delete_plan(image).frees_bytes
+    image = _image(request, pk, VIEW)
+    plan = _delete_plan(request, image)
+    if plan is None:
+        raise PermissionDenied("you need the maintainer role in a team that names this image")
+    frees = plan.frees_bytes
     try:
-        lines = image_remove(image=image.manifest_digest, force=True)
+        lines = image_remove(image=image.manifest_digest, force=True, user=request.user)
     except LayerhubError as exc:
         return _failed(request, image, exc)
     untagged = sum(1 for line in lines if line.startswith("Untagged:"))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.exceptions import PermissionDenied
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from layerhub.engine.errors import LayerhubError
 from layerhub.jobs.services import one_line
@@ -26,6 +27,55 @@ class LayerhubCommand(BaseCommand):
     """
 
     requires_system_checks: list[str] = []
+    # commands that act for a user and a team take --user and --team
+    acts_for_team = False
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        if self.acts_for_team:
+            parser.add_argument("--user", help="act as this user (default: the first superuser)")
+            parser.add_argument("--team", help="act for this team (default: the user's only team)")
+        return parser
+
+    def acting_user(self, options: dict[str, Any]) -> Any:
+        """The user named by ``--user`` (CommandError if there is none), else the first
+        superuser, else None: no superuser yet, the operator acts with every right."""
+        from django.contrib.auth import get_user_model
+
+        users = get_user_model()
+        name = options.get("user")
+        if name:
+            user = users.objects.filter(**{users.USERNAME_FIELD: name}, is_active=True).first()
+            if user is None:
+                raise CommandError(f"no such user: {name}")
+            return user
+        # None: a database with no superuser yet, where the machine's operator acts with
+        # every right (as ``make dev`` and ``manage.py`` on the server itself do)
+        return users.objects.filter(is_superuser=True, is_active=True).order_by("pk").first()
+
+    def acting_team(self, options: dict[str, Any], user: Any, action: str) -> Any:
+        """The team named by ``--team``, or the user's only team that may ``action``."""
+        from django.core.exceptions import PermissionDenied
+
+        from layerhub.accounts.models import Team
+        from layerhub.core.permissions import team_choose
+
+        name = options.get("team")
+        if user is None:
+            teams = list(Team.objects.filter(name=name) if name else Team.objects.all()[:21])
+            if not teams and not name:
+                # the migrations make it; a database emptied since gets it back
+                teams = [Team.objects.get_or_create(name="default")[0]]
+            if len(teams) == 1:
+                return teams[0]
+            if name or not teams:
+                raise CommandError(f"no such team: {name}" if name else "there is no team")
+            listed = ", ".join(team.name for team in teams[:20])
+            raise CommandError(f"choose a team with --team: {listed}")
+        try:
+            return team_choose(user, name, action)
+        except PermissionDenied as exc:
+            raise CommandError(str(exc)) from None
 
     def execute(self, *args: Any, **options: Any) -> str | None:
         try:
@@ -37,6 +87,8 @@ class LayerhubCommand(BaseCommand):
             sys.exit(130)
         except LayerhubError as exc:
             raise CommandError(one_line(str(exc))) from None
+        except PermissionDenied as exc:
+            raise CommandError(one_line(str(exc) or "permission denied")) from None
         except Exception as exc:
             if options.get("traceback"):
                 raise

@@ -13,7 +13,9 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
+from layerhub.accounts.forms import TeamFormMixin
 from layerhub.core.humanize import human_size
+from layerhub.core.permissions import CHANGE, PULL
 from layerhub.engine.errors import LayerhubError
 from layerhub.engine.manifest import parse_platform
 from layerhub.engine.reference import parse_reference
@@ -61,8 +63,10 @@ def _platform(text: str) -> str:
         raise forms.ValidationError(str(exc)) from None
 
 
-class PullForm(forms.Form):
-    """``docker pull [--platform P] REFERENCE``."""
+class PullForm(TeamFormMixin, forms.Form):
+    """``docker pull [--platform P] REFERENCE``, into a team's catalog."""
+
+    team_action = PULL
 
     reference = forms.CharField(
         max_length=512,
@@ -87,8 +91,11 @@ class PullForm(forms.Form):
         return _platform(self.cleaned_data.get("platform") or "")
 
 
-class PushForm(forms.Form):
-    """``docker push``: an image of the catalog, to its own or another reference."""
+class PushForm(TeamFormMixin, forms.Form):
+    """``docker push``: an image of the catalog, to its own or another reference, with a
+    team's registry login."""
+
+    team_action = CHANGE
 
     image = forms.CharField(
         max_length=512,
@@ -105,7 +112,7 @@ class PushForm(forms.Form):
     def clean_image(self) -> Image:
         text = self.cleaned_data["image"].strip()
         try:
-            return image_lookup(text)
+            return image_lookup(text, user=self._user)
         except LayerhubError as exc:
             raise forms.ValidationError(str(exc)) from None
 
@@ -135,7 +142,7 @@ class PushForm(forms.Form):
         return cleaned
 
 
-class ImportForm(forms.Form):
+class ImportForm(TeamFormMixin, forms.Form):
     """``docker load``: a ``docker save`` archive or an OCI layout, as a tar."""
 
     archive = forms.FileField(

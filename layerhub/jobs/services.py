@@ -185,10 +185,11 @@ def acting_user(user: Any) -> Any:
     return user if user is not None and user.is_authenticated else None
 
 
-def job_start(*, kind: str, user: Any = None, **fields: Any) -> Job:
-    """Create a queued job and send it to a worker once the transaction commits."""
+def job_start(*, kind: str, user: Any = None, team: Any = None, **fields: Any) -> Job:
+    """Create a queued job (acting for ``team``, if any) and send it to a worker once the
+    transaction commits."""
     with transaction.atomic():
-        job = Job.objects.create(kind=kind, created_by=acting_user(user), **fields)
+        job = Job.objects.create(kind=kind, created_by=acting_user(user), team=team, **fields)
         job_enqueue(job=job)
     return job
 

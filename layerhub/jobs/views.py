@@ -181,9 +181,9 @@ def _refused(
 def job_pull(request: HttpRequest) -> HttpResponse:
     """``docker pull`` from the browser: a reference and an optional platform."""
     if request.method != "POST":
-        form = PullForm(initial={"reference": request.GET.get("reference", "")})
+        form = PullForm(initial={"reference": request.GET.get("reference", "")}, user=request.user)
         return render(request, "jobs/pull.html", {"form": form})
-    form = PullForm(request.POST)
+    form = PullForm(request.POST, user=request.user)
     if not form.is_valid():
         return render(request, "jobs/pull.html", {"form": form}, status=400)
     try:
@@ -191,6 +191,7 @@ def job_pull(request: HttpRequest) -> HttpResponse:
             reference=form.cleaned_data["reference"],
             platform=form.cleaned_data["platform"] or None,
             user=acting_user(request.user),
+            team=form.cleaned_data["team"],
         )
     except LayerhubError as exc:
         return _refused(request, "jobs/pull.html", form, exc)
@@ -201,9 +202,9 @@ def job_pull(request: HttpRequest) -> HttpResponse:
 def job_push(request: HttpRequest) -> HttpResponse:
     """``docker push`` from the browser: an image of the catalog, to a reference."""
     if request.method != "POST":
-        form = PushForm(initial={"image": request.GET.get("image", "")})
+        form = PushForm(initial={"image": request.GET.get("image", "")}, user=request.user)
         return render(request, "jobs/push.html", {"form": form})
-    form = PushForm(request.POST)
+    form = PushForm(request.POST, user=request.user)
     if not form.is_valid():
         return render(request, "jobs/push.html", {"form": form}, status=400)
     image = form.cleaned_data["image"]
@@ -214,6 +215,7 @@ def job_push(request: HttpRequest) -> HttpResponse:
             image=request.POST.get("image", "").strip(),
             reference=form.cleaned_data["reference"] or None,
             user=request.user,
+            team=form.cleaned_data["team"],
         )
     except LayerhubError as exc:
         return _refused(request, "jobs/push.html", form, exc)
@@ -244,8 +246,8 @@ def job_import(request: HttpRequest) -> HttpResponse:
 def _job_import(request: HttpRequest, handler: ArchiveUploadHandler) -> HttpResponse:
     extra = {"limit": upload_limit_text()}
     if request.method != "POST":
-        return render(request, "jobs/import.html", {"form": ImportForm(), **extra})
-    form = ImportForm(request.POST, request.FILES)
+        return render(request, "jobs/import.html", {"form": ImportForm(user=request.user), **extra})
+    form = ImportForm(request.POST, request.FILES, user=request.user)
     if handler.too_big:
         return _too_big(request)
     upload = request.FILES.get("archive")
@@ -259,6 +261,7 @@ def _job_import(request: HttpRequest, handler: ArchiveUploadHandler) -> HttpResp
             path=str(upload.path),
             platform=form.cleaned_data["platform"] or None,
             user=request.user,
+            team=form.cleaned_data["team"],
             upload=True,
         )
     except LayerhubError as exc:

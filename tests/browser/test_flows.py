@@ -26,6 +26,7 @@ from tests.support.oci import LayerBlob, write_layout
 from tests.support.peers import require_root
 from tests.support.proxy import FaultyProxy
 from tests.support.registry import Registry
+from tests.support.teams import default_team
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -218,7 +219,7 @@ def busybox_base(tmp_path: Path) -> Image:
         "sha256:" + hashlib.sha256(raw).hexdigest(),
     )
     layout = write_layout(tmp_path / "base-layout", {BASE_REF: OciImage([layer])})
-    job = image_import(path=str(layout))
+    job = image_import(team=default_team(), path=str(layout))
 
     def imported() -> bool:
         job.refresh_from_db()

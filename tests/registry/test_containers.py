@@ -48,6 +48,7 @@ from tests.support.busybox import busybox_layer
 from tests.support.oci import Image as OciImage
 from tests.support.oci import LayerBlob, write_layout
 from tests.support.registry import SKOPEO_BIN, Registry
+from tests.support.teams import default_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
 BASE = "localhost/base:1"
@@ -69,7 +70,7 @@ def base(tmp_path: Path) -> Image:
     )
     image = OciImage([layer])
     layout = write_layout(tmp_path / "base-layout", {BASE: image})
-    job = image_import(path=str(layout))
+    job = image_import(team=default_team(), path=str(layout))
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     assert all(c.state == Job.State.SUCCEEDED for c in job.children.all())
@@ -101,7 +102,7 @@ def job_done(job: Job) -> Job:
 def test_run_commit_push_and_read_back(base: Image, registry: Registry, tmp_path: Path) -> None:
     store = get_store()
     snapshots_before = {p.name: tree_hash(p) for p in store.snapshots.root.iterdir()}
-    container = container_create(image=BASE, name="work")
+    container = container_create(team=default_team(), image=BASE, name="work")
     assert not any((store.containers / container.container_id / "upper").iterdir())
 
     result = container_exec(
@@ -134,7 +135,7 @@ def test_run_commit_push_and_read_back(base: Image, registry: Registry, tmp_path
     # the shared snapshots were never written to
     assert {n: tree_hash(store.snapshots.root / n) for n in snapshots_before} == snapshots_before
 
-    pushed = job_done(image_push(image=f"{registry.host}/team/committed:1"))
+    pushed = job_done(image_push(team=default_team(), image=f"{registry.host}/team/committed:1"))
     assert {line["status"] for line in pushed.progress} <= {"Pushed", "Layer already exists"}
     ref = f"docker://{registry.host}/team/committed:1"
     inspect = json.loads(skopeo("inspect", "--tls-verify=false", ref))
@@ -174,7 +175,7 @@ def test_run_commit_push_and_read_back(base: Image, registry: Registry, tmp_path
 
 
 def test_file_changes_through_services(base: Image) -> None:
-    container = container_create(image=BASE)
+    container = container_create(team=default_team(), image=BASE)
     container_write_file(container=container, path="/etc/motd", data=b"hi\n")
     container_remove_path(container=container, path="/etc/passwd")
     changes = [(c.kind, c.path) for c in container_diff(container=container)]
@@ -188,7 +189,7 @@ def test_file_changes_through_services(base: Image) -> None:
 
 
 def test_empty_commit_and_bad_changes(base: Image) -> None:
-    container = container_create(image=BASE)
+    container = container_create(team=default_team(), image=BASE)
     with pytest.raises(InvalidChange):
         container_commit(container=container, changes=["RUN rm -rf /"])
     job = job_done(container_commit(container=container, changes=["LABEL a=b"]))
@@ -198,9 +199,9 @@ def test_empty_commit_and_bad_changes(base: Image) -> None:
 
 
 def test_names_rm_and_rmi(base: Image) -> None:
-    container = container_create(image=BASE, name="one")
+    container = container_create(team=default_team(), image=BASE, name="one")
     with pytest.raises(Conflict):
-        container_create(image=BASE, name="one")
+        container_create(team=default_team(), image=BASE, name="one")
     with pytest.raises(Conflict, match="used by container"):
         image_remove(image=BASE)
     upper = get_store().containers / container.container_id
@@ -252,7 +253,7 @@ def test_running_commands_refused_clearly_on_an_oci_form_store(
     (root / "store.json").write_text(json.dumps({"version": 2, "whiteouts": "oci"}))
     shutil.copytree(get_store().root / "snapshots", root / "snapshots")
     settings.LAYERHUB_STORE = root
-    container = container_create(image=BASE)
+    container = container_create(team=default_team(), image=BASE)
     with pytest.raises(RuntimeUnavailable, match="running commands needs"):
         container_exec(container=container, argv=["true"])
     # files still change without running anything
@@ -261,7 +262,7 @@ def test_running_commands_refused_clearly_on_an_oci_form_store(
 
 
 def test_a_crashed_exec_does_not_block_the_next(base: Image) -> None:
-    container = container_create(image=BASE)
+    container = container_create(team=default_team(), image=BASE)
     # what a worker killed mid-exec leaves behind
     Container.objects.filter(pk=container.pk).update(state=Container.State.RUNNING)
     container.refresh_from_db()
@@ -311,7 +312,7 @@ def test_a_signalled_exec_stops_the_command_and_leaves_no_mount(
     base: Image, settings: Settings, signum: int, code: int, name: str
 ) -> None:
     store = get_store()
-    container = container_create(image=BASE, name="sleeper")
+    container = container_create(team=default_team(), image=BASE, name="sleeper")
     upper = store.containers / container.container_id / "upper"
     env = {
         **os.environ,
@@ -381,7 +382,7 @@ def _exec_in_thread(container: Container, argv: list[str]) -> tuple[threading.Th
 
 def test_a_second_exec_is_refused_and_leaves_the_state_alone(base: Image) -> None:
     store = get_store()
-    container = container_create(image=BASE, name="busy")
+    container = container_create(team=default_team(), image=BASE, name="busy")
     upper = store.containers / container.container_id / "upper"
     thread, outcome = _exec_in_thread(
         container, ["sh", "-c", "touch /root/started; sleep 2; echo first"]
@@ -412,7 +413,7 @@ def test_a_second_exec_is_refused_and_leaves_the_state_alone(base: Image) -> Non
 
 def test_a_commit_waits_for_the_command_writing(base: Image) -> None:
     store = get_store()
-    container = container_create(image=BASE, name="writer")
+    container = container_create(team=default_team(), image=BASE, name="writer")
     upper = store.containers / container.container_id / "upper"
     script = (
         "touch /root/started; for i in $(seq 1 20); do echo line$i >> /root/log; sleep 0.1; done"

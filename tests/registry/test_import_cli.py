@@ -21,6 +21,7 @@ from layerhub.images.services import image_import, image_pull
 from layerhub.jobs.models import Job
 from tests.registry.conftest import Seed
 from tests.support.registry import SKOPEO_BIN, Registry
+from tests.support.teams import default_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
 
@@ -48,7 +49,7 @@ def test_docker_save_archive_gives_the_pulled_image(
 ) -> None:
     archive = tmp_path / "other.tar"
     skopeo(f"docker://{registry.host}/team/other:other", f"docker-archive:{archive}:team/other:1")
-    job = image_import(path=str(archive))
+    job = image_import(team=default_team(), path=str(archive))
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     imported = job.image
@@ -57,7 +58,7 @@ def test_docker_save_archive_gives_the_pulled_image(
     assert Tag.objects.get(repository__name="team/other", name="1").image == imported
     assert imported.repositories.get().registry == "docker.io"
     snapshots_after_import = snapshot_names()
-    pulled = image_pull(reference=f"{registry.host}/team/other:other")
+    pulled = image_pull(team=default_team(), reference=f"{registry.host}/team/other:other")
     pulled.refresh_from_db()
     assert pulled.image is not None
     # the same image ID and the same layers and snapshots, under their own manifests
@@ -78,14 +79,14 @@ def test_oci_layout_gives_the_pulled_image(
         source = tmp_path / "layout.tar"
         with tarfile.open(source, "w") as tf:
             tf.add(layout, arcname=".")
-    job = image_import(path=str(source))
+    job = image_import(team=default_team(), path=str(source))
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.image is not None
     assert job.image.manifest_digest == seed.app_image.manifest.digest
     tag = Tag.objects.get(repository__registry=registry.host, repository__name="team/app")
     assert tag.image == job.image
-    pulled = image_pull(reference=f"{registry.host}/team/app:v1")
+    pulled = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     pulled.refresh_from_db()
     assert pulled.image == job.image  # the very same image row
     assert {line["status"] for line in pulled.progress} == {"Already exists"}
@@ -97,7 +98,7 @@ def test_import_of_something_else_fails_clearly(tmp_path: Path) -> None:
         info = tarfile.TarInfo("readme.txt")
         info.size = 2
         tf.addfile(info, io.BytesIO(b"hi"))
-    job = image_import(path=str(bogus))
+    job = image_import(team=default_team(), path=str(bogus))
     job.refresh_from_db()
     assert job.state == Job.State.FAILED
     assert "neither a docker save archive" in job.error
@@ -113,7 +114,7 @@ def test_import_of_a_layout_with_a_corrupt_blob_keeps_nothing(
     blobs = sorted((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
     biggest = blobs[-1]
     biggest.write_bytes(bytes(biggest.stat().st_size))
-    job = image_import(path=str(layout))
+    job = image_import(team=default_team(), path=str(layout))
     job.refresh_from_db()
     assert job.state == Job.State.FAILED
     assert "digest mismatch" in job.error
@@ -173,7 +174,7 @@ def test_login_command(basic_registry: Registry) -> None:
     assert login(basic_registry.host, basic_registry.password or "").strip() == "Login Succeeded"
     cred = RegistryCredential.objects.get(host=basic_registry.host)
     assert cred.get_password() == basic_registry.password
-    job = image_pull(reference=f"{basic_registry.host}/team/app:v1")
+    job = image_pull(team=default_team(), reference=f"{basic_registry.host}/team/app:v1")
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
 
@@ -197,7 +198,7 @@ def test_save_never_replaces_what_is_not_a_regular_file(
     registry: Registry, tmp_path: Path, kind: str
 ) -> None:
     reference = f"{registry.host}/team/app:v1"
-    image_pull(reference=reference)
+    image_pull(team=default_team(), reference=reference)
     target = tmp_path / "out.tar"
     elsewhere = tmp_path / "precious"
     elsewhere.write_bytes(b"keep me")
@@ -228,7 +229,7 @@ def test_save_to_standard_output_is_the_file_byte_for_byte(
     registry: Registry, tmp_path: Path, settings: Settings, form: str
 ) -> None:
     reference = f"{registry.host}/team/app:v1"
-    image_pull(reference=reference)
+    image_pull(team=default_team(), reference=reference)
     as_file = tmp_path / "file.tar"
     call_command("save", reference, "--format", form, "-o", str(as_file), stdout=io.StringIO())
     env = {
@@ -253,7 +254,7 @@ def test_save_to_a_reader_that_goes_away_ends_quietly(
     registry: Registry, settings: Settings
 ) -> None:
     reference = f"{registry.host}/team/app:v1"
-    image_pull(reference=reference)
+    image_pull(team=default_team(), reference=reference)
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),

@@ -23,6 +23,7 @@ from layerhub.images.services.transfer import image_remove
 from layerhub.jobs.models import Job, Lease
 from tests.registry.conftest import Seed
 from tests.support.registry import Registry
+from tests.support.teams import default_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
 
@@ -33,7 +34,7 @@ def quick_retries(settings: Settings) -> None:
 
 
 def pulled(reference: str) -> Image:
-    job = image_pull(reference=reference)
+    job = image_pull(team=default_team(), reference=reference)
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     assert [c.state for c in job.children.all()] == [Job.State.SUCCEEDED]
@@ -68,7 +69,7 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
         monkeypatch.setattr(pull_services, "job_lease", lambda **kw: None)
         monkeypatch.setattr(pull_services, "job_lease_copy", lambda **kw: None)
 
-    job = image_pull(reference=b)
+    job = image_pull(team=default_team(), reference=b)
     job.refresh_from_db()
     assert removed[0] == f"Untagged: {a}"
     # leased by the pull, the base's row and snapshot stay for the image the pull records;
@@ -103,7 +104,7 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
 def test_a_pull_leases_before_it_judges_and_hands_the_unpack_its_leases(
     registry: Registry, seed: Seed
 ) -> None:
-    job = image_pull(reference=f"{registry.host}/team/app:v1")
+    job = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     job.refresh_from_db()
     keys = set(Lease.objects.filter(job=job).values_list("key", flat=True))
     chains = chain_ids([seed.base.diff_id, seed.app.diff_id])
@@ -130,7 +131,7 @@ def test_import_of_a_saved_pulled_image_stores_no_second_copy(
     archive = tmp_path / "app.tar"
     call_command("save", reference, "-o", str(archive), stdout=io.StringIO())
     before = set(store.blobs.digests())
-    job = image_import(path=str(archive))
+    job = image_import(team=default_team(), path=str(archive))
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     imported = job.image
@@ -175,7 +176,7 @@ def test_a_failed_import_takes_back_the_blobs_it_added(
                 dst.addfile(member, io.BytesIO(garbage))
             else:
                 dst.addfile(member, src.extractfile(member) if member.isreg() else None)
-    job = image_import(path=str(broken))
+    job = image_import(team=default_team(), path=str(broken))
     job.refresh_from_db()
     assert job.state == Job.State.FAILED
     assert "mismatch" in job.error

@@ -19,6 +19,7 @@ from layerhub.jobs.models import Job
 from tests.registry.conftest import Seed
 from tests.support.proxy import FaultyProxy
 from tests.support.registry import Registry, run_registry
+from tests.support.teams import default_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
 
@@ -29,7 +30,7 @@ def quick_retries(settings: Settings) -> None:
 
 
 def pull(reference: str, platform: str | None = None) -> Job:
-    job = image_pull(reference=reference, platform=platform)
+    job = image_pull(team=default_team(), reference=reference, platform=platform)
     job.refresh_from_db()
     return job
 
@@ -154,7 +155,7 @@ def test_basic_auth_with_stored_credentials(basic_registry: Registry) -> None:
     anonymous = pull(ref)
     assert anonymous.state == Job.State.FAILED
     assert "requires a login" in anonymous.error
-    cred = RegistryCredential(host=basic_registry.host, username="tester")
+    cred = RegistryCredential(team=default_team(), host=basic_registry.host, username="tester")
     cred.set_password("wrong")
     cred.save()
     refused = pull(ref)
@@ -174,7 +175,9 @@ def test_bearer_token_flow(token_registry: Registry) -> None:
     anonymous = pull(ref)
     assert anonymous.state == Job.State.FAILED
     assert "denied" in anonymous.error
-    cred = RegistryCredential(host=token_registry.host, username=token_registry.username or "")
+    cred = RegistryCredential(
+        team=default_team(), host=token_registry.host, username=token_registry.username or ""
+    )
     cred.set_password(token_registry.password or "")
     cred.save()
     server = token_registry.token_server  # type: ignore[attr-defined]
@@ -197,9 +200,9 @@ def test_unknown_repository_and_tag(registry: Registry) -> None:
 
 def test_bad_input_fails_before_any_job() -> None:
     with pytest.raises(InvalidReference, match="lowercase"):
-        image_pull(reference="Team/App")
+        image_pull(team=default_team(), reference="Team/App")
     with pytest.raises(InvalidManifest, match="platform"):
-        image_pull(reference="debian", platform="linux")
+        image_pull(team=default_team(), reference="debian", platform="linux")
     assert not Job.objects.exists()
 
 

@@ -25,6 +25,7 @@ from layerhub.images.services.pull import StoredImage, image_record, registry_cl
 from layerhub.jobs.models import Job
 from tests.support.hostile import sha256
 from tests.support.registry import Registry
+from tests.support.teams import default_team
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,17 +34,17 @@ def test_the_client_takes_its_timings_from_settings(settings: Settings) -> None:
     settings.LAYERHUB_REGISTRY_TIMEOUT = 2.5
     settings.LAYERHUB_REGISTRY_DEADLINE = 1.5
     settings.LAYERHUB_REGISTRY_STALL_TIMEOUT = 0.75
-    with registry_client_for(registry="127.0.0.1:5999") as client:
+    with registry_client_for(team=default_team(), registry="127.0.0.1:5999") as client:
         assert (client.timeout, client.deadline, client.stall_timeout) == (2.5, 1.5, 0.75)
 
 
 def test_a_login_that_no_longer_decrypts_asks_to_log_in_again(settings: Settings) -> None:
-    saved = RegistryCredential(host="127.0.0.1:5999", username="alice")
+    saved = RegistryCredential(team=default_team(), host="127.0.0.1:5999", username="alice")
     saved.set_password("s3cret")
     saved.save()
     settings.SECRET_KEY = "another key: every stored login is now unreadable"
     with pytest.raises(RegistryAuthError, match=r"log in to 127\.0\.0\.1:5999 again"):
-        registry_client_for(registry="127.0.0.1:5999")
+        registry_client_for(team=default_team(), registry="127.0.0.1:5999")
 
 
 def test_an_image_row_keeps_a_bounded_summary_of_a_big_config() -> None:
@@ -74,7 +75,9 @@ def test_an_image_row_keeps_a_bounded_summary_of_a_big_config() -> None:
     manifest = ImageManifest(OCI_MANIFEST, Descriptor("", sha256(raw), len(raw)), (layer,))
     stored = StoredImage(sha256(b"manifest"), manifest, None, sha256(raw), config)
 
-    image = image_record(refs=[parse_reference("127.0.0.1:5999/team/big:v1")], resolved=stored)
+    image = image_record(
+        team=default_team(), refs=[parse_reference("127.0.0.1:5999/team/big:v1")], resolved=stored
+    )
     image.refresh_from_db()
 
     assert len(json.dumps(image.config)) < 512 * 1024
@@ -95,11 +98,13 @@ def test_pulling_a_platform_the_image_does_not_offer_names_what_it_offers(
     registry: Registry, settings: Settings
 ) -> None:
     settings.LAYERHUB_REGISTRY_BACKOFF = 0.01
-    job = image_pull(reference=f"{registry.host}/team/app:v1", platform="linux/arm64")
+    job = image_pull(
+        team=default_team(), reference=f"{registry.host}/team/app:v1", platform="linux/arm64"
+    )
     job.refresh_from_db()
     assert job.state == Job.State.FAILED
     assert "no image for platform linux/arm64 (the image offers only linux/amd64)" in job.error
 
-    job = image_pull(reference=f"{registry.host}/team/app:v1")
+    job = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error

@@ -32,6 +32,7 @@ from tests.registry.conftest import Seed
 from tests.support.oci import LAYER_MEDIA, LayerBlob, make_layer, sha, write_layout
 from tests.support.oci import Image as OciImage
 from tests.support.registry import Registry
+from tests.support.teams import default_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
 
@@ -93,7 +94,7 @@ def shared(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Shar
 
 
 def pulled(reference: str) -> Image:
-    job = image_pull(reference=reference)
+    job = image_pull(team=default_team(), reference=reference)
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     assert [c.state for c in job.children.all()] == [Job.State.SUCCEEDED]
@@ -181,7 +182,7 @@ def test_delete_frees_exactly_the_plan_with_a_blob_shared_by_two_chains(
 def test_delete_keeps_a_layer_a_container_uses(registry: Registry, seed: Seed) -> None:
     app = pulled(f"{registry.host}/team/app:v1")
     pulled(f"{registry.host}/team/other:other")
-    container_create(image=f"{registry.host}/team/other:other", name="keeper")
+    container_create(team=default_team(), image=f"{registry.host}/team/other:other", name="keeper")
     base_chain = chain_ids([seed.base.diff_id])[0]
 
     plan = image_delete_plan(app)
@@ -259,7 +260,9 @@ def test_a_commit_records_its_blobs_and_the_totals_follow_the_disk(
     registry: Registry, seed: Seed
 ) -> None:
     pulled(f"{registry.host}/team/app:v1")
-    container = container_create(image=f"{registry.host}/team/app:v1", name="edit")
+    container = container_create(
+        team=default_team(), image=f"{registry.host}/team/app:v1", name="edit"
+    )
     container_write_file(container=container, path="/etc/motd", data=b"changed\n" * 100)
     job = container_commit(container=container, repository="localhost/changed:1")
     job.refresh_from_db()
@@ -286,7 +289,11 @@ def test_an_index_blob_stays_while_another_platform_of_it_does(
     registry: Registry, seed: Seed
 ) -> None:
     amd = pulled(f"{registry.host}/team/multi:multi")
-    job = image_pull(reference=f"{registry.host}/team/multi:multi", platform="linux/arm64/v8")
+    job = image_pull(
+        team=default_team(),
+        reference=f"{registry.host}/team/multi:multi",
+        platform="linux/arm64/v8",
+    )
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.image is not None

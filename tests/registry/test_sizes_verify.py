@@ -19,6 +19,7 @@ from layerhub.images.verify import Finding, VerifyReport, store_verify
 from layerhub.jobs.models import Job, Lease
 from tests.registry.conftest import Seed
 from tests.support.registry import Registry
+from tests.support.teams import default_team
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
 
@@ -29,7 +30,7 @@ def quick_retries(settings: Settings) -> None:
 
 
 def pulled(reference: str) -> Image:
-    job = image_pull(reference=reference)
+    job = image_pull(team=default_team(), reference=reference)
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.image is not None

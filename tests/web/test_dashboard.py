@@ -23,6 +23,7 @@ from layerhub.engine.store import Store
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
 from layerhub.images.sizes import store_totals
 from layerhub.jobs.models import Job
+from tests.support.teams import default_team
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +64,9 @@ def image(name: str, layers: list[Layer], tag: str | None = None) -> Image:
     for position, lay in enumerate(layers):
         ImageLayer.objects.create(image=img, layer=lay, position=position)
     if tag:
-        repo, _ = Repository.objects.get_or_create(registry="docker.io", name="library/debian")
+        repo, _ = Repository.objects.get_or_create(
+            team=default_team(), registry="docker.io", name="library/debian"
+        )
         Tag.objects.create(repository=repo, name=tag, image=img)
     return img
 

@@ -30,6 +30,7 @@ from layerhub.images.services.retry import image_unpack_retry
 from layerhub.images.sizes import DeletePlan
 from layerhub.jobs.models import Job
 from tests.registry.conftest import eager, registry, seed  # noqa: F401 (fixtures)
+from tests.support.teams import default_team
 
 pytestmark = pytest.mark.django_db
 
@@ -80,11 +81,15 @@ def image(
         ImageLayer.objects.create(image=img, layer=lay, position=position)
     for ref in refs:
         repo_name, _, tag = ref.partition(":")
-        repo, _ = Repository.objects.get_or_create(registry="127.0.0.1:5000", name=repo_name)
+        repo, _ = Repository.objects.get_or_create(
+            team=default_team(), registry="127.0.0.1:5000", name=repo_name
+        )
         img.repositories.add(repo)
         Tag.objects.create(repository=repo, name=tag, image=img)
     if repository:
-        repo, _ = Repository.objects.get_or_create(registry="127.0.0.1:5000", name=repository)
+        repo, _ = Repository.objects.get_or_create(
+            team=default_team(), registry="127.0.0.1:5000", name=repository
+        )
         img.repositories.add(repo)
     return img
 
@@ -519,7 +524,9 @@ def test_delete_of_an_image_a_container_uses_says_so(
 ) -> None:
     from layerhub.containers.models import Container
 
-    Container.objects.create(container_id="c" * 64, name="busy", image=catalog["app1"])
+    Container.objects.create(
+        container_id="c" * 64, name="busy", image=catalog["app1"], team=default_team()
+    )
     response = admin_client.post(reverse("images:delete", args=[catalog["app1"].pk]))
     assert response["Location"] == reverse("images:detail", args=[catalog["app1"].pk])
     assert "used by container(s): busy" in str(next(iter(get_messages(response.wsgi_request))))
@@ -578,8 +585,9 @@ def test_queries_do_not_grow_with_the_catalog(
             admin_client.get(reverse("images:list"), {"q": "fam1", "sort": "-unique"}).status_code
             == 200
         )
-    # the delete plan's own queries are its module's (a stand-in here)
-    with django_assert_max_num_queries(13):
+    # the delete plan's own queries are its module's (a stand-in here); two more: the teams
+    # the push form offers and whether the user may delete the image outright
+    with django_assert_max_num_queries(15):
         assert admin_client.get(reverse("images:detail", args=[some.pk])).status_code == 200
     # the overview's 15th: the containers whose writable layers it measures
     with django_assert_max_num_queries(15):
@@ -682,7 +690,7 @@ def test_a_pulled_image_page_and_its_actions_with_real_services(
     host = request.getfixturevalue("registry").host
     settings.LAYERHUB_EXPORT_DIR = tmp_path / "exports"
     reference = f"{host}/team/app:v1"
-    image_pull(reference=reference)
+    image_pull(team=default_team(), reference=reference)
     pulled = Image.objects.get()
     assert not pulled.layers.filter(unpacked_at__isnull=True).exists()
 

@@ -20,6 +20,7 @@ from layerhub.images.services import image_import
 from layerhub.jobs.models import Job
 from tests.support.oci import Image as OciImage
 from tests.support.oci import Tree, make_layer, write_layout
+from tests.support.teams import default_team
 from workers.celery import app
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
@@ -62,7 +63,7 @@ def import_image(tmp_path: Path, ref: str, layers: list[Tree]) -> Image:
     """Import an OCI layout of ``layers`` tagged ``ref`` and wait for its unpack (eager)."""
     image = OciImage([make_layer(tree) for tree in layers])
     layout = write_layout(tmp_path / re.sub(r"\W", "_", ref), {ref: image})
-    job = image_import(path=str(layout))
+    job = image_import(team=default_team(), path=str(layout))
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     return image_lookup(ref)

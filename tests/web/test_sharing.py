@@ -18,6 +18,7 @@ from layerhub.core.humanize import human_size
 from layerhub.engine.digest import chain_ids
 from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
 from layerhub.images.sizes import store_totals
+from tests.support.teams import default_team
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +36,9 @@ class Catalog:
 
     def __init__(self) -> None:
         self.layers: dict[str, Layer] = {}
-        self.repository = Repository.objects.create(registry="docker.io", name="team/app")
+        self.repository = Repository.objects.create(
+            team=default_team(), registry="docker.io", name="team/app"
+        )
 
     def image(self, tag: str, stack: list[tuple[str, int | None]]) -> Image:
         """An image whose layers are ``stack`` (name, unpacked size or None) bottom first;

@@ -8,10 +8,12 @@ from django.http import HttpResponse
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
+from layerhub.accounts.models import Membership, Role
 from layerhub.core.middleware import UserErrorMiddleware
 from layerhub.core.permissions import restrict
 from layerhub.engine.errors import Conflict, ImageNotFound, InvalidReference, LayerhubError
 from layerhub.images.models import Repository
+from tests.support.teams import default_team
 
 pytestmark = pytest.mark.django_db
 
@@ -57,10 +59,13 @@ def test_an_unknown_address_is_the_sites_404(admin_client: Client, settings: obj
 
 
 def test_restrict_gives_anonymous_users_nothing(django_user_model: type[User]) -> None:
-    Repository.objects.create(registry="127.0.0.1:5000", name="team/app")
+    Repository.objects.create(team=default_team(), registry="127.0.0.1:5000", name="team/app")
     user = django_user_model.objects.create_user("bob")
     assert restrict(Repository.objects.all(), AnonymousUser()).count() == 0
     assert restrict(Repository.objects.all(), None).count() == 0
+    # a user in no team sees no private repository; a member of its team does
+    assert restrict(Repository.objects.all(), user).count() == 0
+    Membership.objects.create(team=default_team(), user=user, role=Role.VIEWER)
     assert restrict(Repository.objects.all(), user).count() == 1
 
 

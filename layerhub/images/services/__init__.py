@@ -16,7 +16,9 @@ from layerhub.images.services.pull import (
     layer_mark_unpacked,
     registry_client_for,
     registry_login,
+    registry_logout,
 )
+from layerhub.images.services.tags import tag_add, tag_remove
 
 __all__ = [
     "StoredImage",
@@ -30,4 +32,7 @@ __all__ = [
     "layer_mark_unpacked",
     "registry_client_for",
     "registry_login",
+    "registry_logout",
+    "tag_add",
+    "tag_remove",
 ]

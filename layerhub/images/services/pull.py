@@ -18,9 +18,15 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from layerhub.accounts.models import Team
+from layerhub.accounts.services import audit
+from layerhub.core.humanize import human_size
+from layerhub.core.permissions import CHANGE, MANAGE, PULL, require
 from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
@@ -30,6 +36,7 @@ from layerhub.engine.errors import (
     ArchiveError,
     BlobNotFound,
     ImageNotFound,
+    QuotaExceeded,
     RegistryAuthError,
 )
 from layerhub.engine.fsutil import tree_usage
@@ -52,7 +59,7 @@ from layerhub.images.models import (
     Repository,
     Tag,
 )
-from layerhub.images.sizes import own_blob_bytes_refresh
+from layerhub.images.sizes import logical_bytes, own_blob_bytes_refresh, team_images
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
     JobProgress,
@@ -76,13 +83,14 @@ def _client(registry: str, credentials: Credentials | None, insecure: bool) -> R
     )
 
 
-def registry_client_for(*, registry: str) -> RegistryClient:
-    """A client for ``registry`` with the catalog's stored login, if there is one.
+def registry_client_for(*, registry: str, team: Team | None) -> RegistryClient:
+    """A client for ``registry`` with ``team``'s stored login for it, if it has one (never
+    another team's: without a team, anonymous).
 
     A login stored under another SECRET_KEY cannot be decrypted: that is a RegistryAuthError
     asking to log in again, not an anonymous attempt the registry would answer "denied".
     """
-    saved = RegistryCredential.objects.filter(host=registry).first()
+    saved = RegistryCredential.objects.filter(team=team, host=registry).first() if team else None
     if saved is None:
         return _client(registry, None, False)
     credentials = None
@@ -97,19 +105,42 @@ def registry_client_for(*, registry: str) -> RegistryClient:
     return _client(registry, credentials, saved.insecure)
 
 
-def registry_login(*, host: str, username: str, password: str, insecure: bool = False) -> None:
-    """Check a login against the registry (``/v2/``), then store it for later pulls."""
+def registry_login(
+    *,
+    team: Team,
+    host: str,
+    username: str,
+    password: str,
+    insecure: bool = False,
+    user: Any = None,
+) -> RegistryCredential:
+    """Check a login against the registry (``/v2/``), then store it as ``team``'s login for
+    that host, for the team's later pulls and pushes."""
+    if user is not None:
+        require(user, MANAGE, team)
     registry = normalize_registry(host)
     client = _client(registry, Credentials(username, password), insecure)
     try:
         client.login()
     finally:
         client.close()
-    saved, _ = RegistryCredential.objects.get_or_create(host=registry)
-    saved.username = username
-    saved.insecure = insecure
-    saved.set_password(password)
-    saved.save()
+    with transaction.atomic():
+        saved, _ = RegistryCredential.objects.get_or_create(team=team, host=registry)
+        saved.username = username
+        saved.insecure = insecure
+        saved.set_password(password)
+        saved.save()
+        audit(actor=user, action="registry.login", team=team, target=registry, username=username)
+    return saved
+
+
+def registry_logout(*, login: RegistryCredential, user: Any = None) -> None:
+    """Forget a team's stored login for a registry host."""
+    if user is not None:
+        require(user, MANAGE, login.team)
+    with transaction.atomic():
+        login.delete()
+        audit(actor=user, action="registry.logout", team=login.team, target=login.host)
 
 
 def registry_api_host(registry: str) -> str:
@@ -118,19 +149,30 @@ def registry_api_host(registry: str) -> str:
 
 
 def image_pull(
-    *, reference: str, platform: str | None = None, user: AbstractBaseUser | None = None
+    *,
+    reference: str,
+    team: Team,
+    platform: str | None = None,
+    user: AbstractBaseUser | None = None,
 ) -> Job:
-    """Queue a pull of ``reference``; raises InvalidReference (or InvalidManifest for a bad
-    platform) at once, before any job exists."""
+    """Queue a pull of ``reference`` into ``team``'s catalog, with the team's registry login;
+    raises InvalidReference (or InvalidManifest for a bad platform) at once, before any job
+    exists."""
     ref = parse_reference(reference)
+    if user is not None:
+        require(user, PULL, team)
     # no platform asked: an index gives linux/amd64, a single-platform image is taken as is
     plat = str(parse_platform(platform)) if platform else ""
-    return job_start(
-        kind=Job.Kind.PULL,
-        user=user,
-        reference=str(ref),
-        params={"platform": plat},
-    )
+    with transaction.atomic():
+        job = job_start(
+            kind=Job.Kind.PULL,
+            user=user,
+            team=team,
+            reference=str(ref),
+            params={"platform": plat},
+        )
+        audit(actor=user, action="image.pull", team=team, target=str(ref), job=job.pk)
+    return job
 
 
 def image_pull_run(*, job_id: int) -> None:
@@ -147,7 +189,7 @@ def image_pull_run(*, job_id: int) -> None:
     watch = cancel_watch(job)
 
     def work() -> None:
-        client = registry_client_for(registry=ref.registry)
+        client = registry_client_for(registry=ref.registry, team=job.team)
         try:
             resolved = engine_pull.pull(
                 client,
@@ -163,7 +205,7 @@ def image_pull_run(*, job_id: int) -> None:
             progress.flush(force=True)
             client.close()
         watch.check(force=True)  # cancelled at the last moment: no image, no unpack
-        image = image_record(refs=[ref], resolved=resolved)
+        image = image_record(refs=[ref], resolved=resolved, team=job.team)
         job.image = image
         job.save(update_fields=["image"])
         _queue_unpack(job, image)
@@ -178,6 +220,7 @@ def _queue_unpack(job: Job, image: Image) -> Job:
         child = job_start(
             kind=Job.Kind.UNPACK,
             user=job.created_by,
+            team=job.team,
             reference=job.reference,
             parent=job,
             image=image,
@@ -187,11 +230,18 @@ def _queue_unpack(job: Job, image: Image) -> Job:
 
 
 def image_import(
-    *, path: str, platform: str | None = None, user: Any = None, upload: bool = False
+    *,
+    path: str,
+    team: Team,
+    platform: str | None = None,
+    user: Any = None,
+    upload: bool = False,
 ) -> Job:
     """Queue the import of a ``docker save`` archive or an OCI layout (directory or tar)
     that the workers can read at ``path``. With ``upload`` the file is the job's own (an
     archive uploaded through the browser) and is deleted when the job ends."""
+    if user is not None:
+        require(user, CHANGE, team)
     target = Path(path).resolve()
     if not target.exists():
         raise ArchiveError(f"{path}: no such file or directory")
@@ -199,12 +249,16 @@ def image_import(
     params: dict[str, Any] = {"path": str(target), "platform": str(plat)}
     if upload:
         params["upload"] = True
-    return job_start(
-        kind=Job.Kind.IMPORT,
-        user=user,
-        reference=str(target),
-        params=params,
-    )
+    with transaction.atomic():
+        job = job_start(
+            kind=Job.Kind.IMPORT,
+            user=user,
+            team=team,
+            reference=str(target),
+            params=params,
+        )
+        audit(actor=user, action="image.import", team=team, target=target.name, job=job.pk)
+    return job
 
 
 def image_import_run(*, job_id: int) -> None:
@@ -225,7 +279,9 @@ def image_import_run(*, job_id: int) -> None:
             should_stop=watch.poll,  # this thread only: a query at most once a second
         )
         watch.check(force=True)  # cancelled at the last moment: no images recorded
-        images = [image_record(refs=item.references, resolved=item) for item in imported]
+        images = [
+            image_record(refs=item.references, resolved=item, team=job.team) for item in imported
+        ]
         job.image = images[0]
         job.save(update_fields=["image"])
         for image in images:
@@ -287,11 +343,15 @@ class StoredImage:
 
 
 @transaction.atomic
-def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
+def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Team | None) -> Image:
     """Write (or find) the rows for an image whose blobs are all in the store, and point the
-    tags of ``refs`` at it (a tag that moved keeps the image it left). The row keeps a
-    bounded summary of the config; the config itself is in the blob store."""
+    tags of ``refs`` in ``team``'s repositories at it (a tag that moved keeps the image it
+    left). The row keeps a bounded summary of the config; the config itself is in the blob
+    store. Raises QuotaExceeded, writing nothing, when a new image would take the team past
+    its quota."""
     config = resolved.config
+    if team is not None and team.quota_bytes is not None:
+        quota_check(team=team, resolved=resolved)
     image, _ = Image.objects.get_or_create(
         manifest_digest=resolved.manifest_digest,
         defaults={
@@ -303,6 +363,7 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
             "variant": config.platform.variant or "",
             "created": _created(config.created),
             "config": config.summary,
+            "team": team,
         },
     )
     if not image.image_layers.exists():
@@ -325,7 +386,11 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
             parent = layer
     blob_record(image=image, layers=resolved.manifest.layers)
     for ref in refs:
-        repository, _ = Repository.objects.get_or_create(registry=ref.registry, name=ref.repository)
+        if team is None:
+            raise ValueError("a named image needs the team whose catalog names it")
+        repository, _ = Repository.objects.get_or_create(
+            team=team, registry=ref.registry, name=ref.repository
+        )
         image.repositories.add(repository)
         if ref.tag:
             Tag.objects.update_or_create(
@@ -334,6 +399,36 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage) -> Image:
                 defaults={"image": image, "updated_at": timezone.now()},
             )
     return image
+
+
+def quota_check(*, team: Team, resolved: FetchedImage) -> None:
+    """Raise QuotaExceeded when recording ``resolved`` for ``team`` would take the logical
+    bytes of the team's images past its quota. An image the team has already costs nothing;
+    a new one costs its blobs and the snapshots of its layers known so far (the rest are
+    counted once unpacked)."""
+    if team.quota_bytes is None:
+        return
+    images = team_images(team)
+    if images.filter(manifest_digest=resolved.manifest_digest).exists():
+        return
+    layers = resolved.manifest.layers
+    chains = chain_ids(resolved.config.diff_ids)
+    known = Layer.objects.filter(chain_id__in=chains).aggregate(
+        total=Coalesce(Sum("unpacked_size"), Value(0))
+    )["total"]
+    store = get_store()
+    own = sum(
+        store.blobs.size(digest)
+        for digest in (resolved.manifest_digest, resolved.config_digest)
+        if store.blobs.has(digest)
+    )
+    cost = sum(desc.size for desc in layers) + int(known) + own
+    used = logical_bytes(images)
+    if used + cost > team.quota_bytes:
+        raise QuotaExceeded(
+            f"team {team.name} is limited to {human_size(team.quota_bytes)} of images; "
+            f"its images take {human_size(used)} and this one would add {human_size(cost)}"
+        )
 
 
 def blob_record(*, image: Image, layers: Sequence[Descriptor]) -> None:

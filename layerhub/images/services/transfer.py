@@ -9,8 +9,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
+from layerhub.accounts.models import Team
+from layerhub.accounts.services import audit
+from layerhub.core.permissions import CHANGE, DELETE, require, restrict, teams_for
 from layerhub.core.store import get_store
 from layerhub.engine.errors import ArchiveError, Conflict, ImageNotFound, InvalidReference
 from layerhub.engine.export import ExportImage, write_docker_archive, write_oci_layout
@@ -22,7 +26,12 @@ from layerhub.images.leases import job_lease, lease_held
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Blob, Image, Layer, Repository, Tag
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
-from layerhub.images.sizes import DeletePlan, image_delete_plan, tag_delete_plan
+from layerhub.images.sizes import (
+    DeletePlan,
+    image_delete_plan,
+    tag_delete_plan,
+    tag_delete_plan_many,
+)
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import JobProgress, cancel_watch, job_run, job_start
 
@@ -35,28 +44,42 @@ def _image_blobs(image: Image) -> tuple[bytes, ImageManifest]:
     return data, manifest
 
 
-def image_push(*, image: str, reference: str | None = None, user: Any = None) -> Job:
-    """Queue a push of ``image`` to ``reference`` (default: the image's own reference)."""
-    found = image_lookup(image)
+def image_push(*, image: str, team: Team, reference: str | None = None, user: Any = None) -> Job:
+    """Queue a push of ``image`` to ``reference`` (default: the image's own reference) with
+    ``team``'s registry login; the pushed name joins the team's catalog."""
+    if user is not None:
+        require(user, CHANGE, team)
+    found = image_lookup(image, user=user, team=team)
     target = parse_reference(reference or image)
     if target.tag is None and target.digest is None:
         raise InvalidReference(f"push needs a tag: {reference or image}")
-    return job_start(
-        kind=Job.Kind.PUSH,
-        user=user,
-        reference=str(target),
-        image=found,
-        params={"manifest": found.manifest_digest},
-    )
+    with transaction.atomic():
+        job = job_start(
+            kind=Job.Kind.PUSH,
+            user=user,
+            team=team,
+            reference=str(target),
+            image=found,
+            params={"manifest": found.manifest_digest},
+        )
+        audit(actor=user, action="image.push", team=team, target=str(target), job=job.pk)
+    return job
 
 
-def _mount_sources(image: Image, registry: str, repository: str) -> dict[str, str]:
-    """For each layer, another repository of the same registry known to hold it."""
+def _mount_sources(
+    image: Image, registry: str, repository: str, team: Team | None
+) -> dict[str, str]:
+    """For each layer, another repository of the team on the same registry known to hold it
+    (never another team's: its names are not this team's to send)."""
     sources: dict[str, str] = {}
+    if team is None:
+        return sources
     for row in image.image_layers.select_related("layer"):
         other = (
             Repository.objects.filter(
-                registry=registry, images__image_layers__layer__digest=row.layer.digest
+                team=team,
+                registry=registry,
+                images__image_layers__layer__digest=row.layer.digest,
             )
             .exclude(name=repository)
             .first()
@@ -80,7 +103,7 @@ def image_push_run(*, job_id: int) -> None:
         job_lease(job=job, keys=_image_blob_keys(image))  # an rmi meanwhile leaves them
         ref = parse_reference(job.reference)
         data, manifest = _image_blobs(image)
-        client = registry_client_for(registry=ref.registry)
+        client = registry_client_for(registry=ref.registry, team=job.team)
         try:
             push_image(
                 client,
@@ -90,7 +113,7 @@ def image_push_run(*, job_id: int) -> None:
                 manifest.media_type,
                 [manifest.config, *manifest.layers],
                 get_store(),
-                mount_from=_mount_sources(image, ref.registry, ref.repository),
+                mount_from=_mount_sources(image, ref.registry, ref.repository, job.team),
                 progress=progress.reporter(),
                 heartbeat=progress.flush,  # saves progress and looks for a cancel
                 should_stop=cancel_watch(job).requested,  # asked per chunk: the flag
@@ -102,7 +125,7 @@ def image_push_run(*, job_id: int) -> None:
         stored = StoredImage(
             image.manifest_digest, manifest, image.index_digest or None, image.config_digest, config
         )
-        image_record(refs=[ref], resolved=stored)
+        image_record(refs=[ref], resolved=stored, team=job.team)
 
     job_run(job, work)
 
@@ -143,7 +166,12 @@ def _save_target(path: str) -> Path:
 
 
 def image_save(
-    *, images: Sequence[str], path: str, format: str = "docker", user: Any = None
+    *,
+    images: Sequence[str],
+    path: str,
+    format: str = "docker",
+    user: Any = None,
+    team: Team | None = None,
 ) -> Job:
     """Queue an export of ``images`` to ``path``: a ``docker save`` archive or an OCI layout tar.
 
@@ -152,25 +180,33 @@ def image_save(
         raise ArchiveError(f"unknown export format {format!r}: docker or oci")
     if not images:
         raise ImageNotFound("save needs at least one image")
-    found = [image_lookup(text) for text in images]
+    found = [image_lookup(text, user=user, team=team) for text in images]
     target = _save_target(path)
     return job_start(
         kind=Job.Kind.EXPORT,
         user=user,
+        team=team,
         reference=str(target),
         image=found[0],
         params={"images": images, "path": str(target), "format": format},
     )
 
 
-def image_save_stream(*, images: Sequence[str], out: BinaryIO, format: str = "docker") -> None:
+def image_save_stream(
+    *,
+    images: Sequence[str],
+    out: BinaryIO,
+    format: str = "docker",
+    user: Any = None,
+    team: Team | None = None,
+) -> None:
     """Write the export of ``images`` to ``out`` now, in this process (``save -o -``): the
     same bytes the export job writes to a file."""
     if format not in ("docker", "oci"):
         raise ArchiveError(f"unknown export format {format!r}: docker or oci")
     if not images:
         raise ImageNotFound("save needs at least one image")
-    exports = [_export_image(text) for text in images]
+    exports = [_export_image(text, user=user, team=team) for text in images]
     _write_export(out, exports, format)
 
 
@@ -193,8 +229,12 @@ def _image_blob_keys(image: Image) -> list[str]:
     return [image.manifest_digest, image.config_digest, *layers]
 
 
-def _export_image(text: str, job: Job | None = None) -> ExportImage:
-    image = image_lookup(text)
+def _export_image(
+    text: str, job: Job | None = None, *, user: Any = None, team: Team | None = None
+) -> ExportImage:
+    if job is not None:
+        user, team = job.created_by, job.team
+    image = image_lookup(text, user=user, team=team)
     if job is not None:
         job_lease(job=job, keys=_image_blob_keys(image))  # an rmi meanwhile leaves them
     data, manifest = _image_blobs(image)
@@ -263,10 +303,28 @@ def _named_tags(found: Image, image: str) -> tuple[list[Tag], list[Tag]]:
     return tags, named
 
 
-def image_remove_plan(*, image: str, force: bool = False) -> DeletePlan:
+def _team_part(found: Image, user: Any) -> tuple[list[Tag], list[Repository]] | None:
+    """None when ``user`` may delete ``found`` outright (every repository naming it is in a
+    team where they may delete); else the tags and repositories of their teams that name
+    it, which an ``rmi`` removes while the image stays for the other teams. Raises
+    PermissionDenied when they may remove neither."""
+    if user is None or restrict(Image.objects.filter(pk=found.pk), user, DELETE).exists():
+        return None
+    teams = teams_for(user, DELETE)
+    repositories = list(found.repositories.filter(team__in=teams))
+    tags = list(found.tags.select_related("repository").filter(repository__team__in=teams))
+    if not repositories and not tags:
+        raise PermissionDenied("you need the maintainer role in a team that names this image")
+    return tags, repositories
+
+
+def image_remove_plan(*, image: str, force: bool = False, user: Any = None) -> DeletePlan:
     """What ``rmi`` (``image_remove``) with the same arguments would do, and the exact bytes
     it would free; nothing is changed."""
-    found = image_lookup(image)
+    found = image_lookup(image, user=user)
+    part = _team_part(found, user)
+    if part is not None:
+        return tag_delete_plan_many(part[0])
     tags, named = _named_tags(found, image)
     if named and len(tags) > 1 and not force:
         return tag_delete_plan(named[0])
@@ -279,17 +337,33 @@ def _blocked(found: Image, plan: DeletePlan) -> Conflict:
 
 
 @transaction.atomic
-def image_remove(*, image: str, force: bool = False) -> list[str]:
+def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[str]:
     """``docker rmi``: untag, and delete the image (and layers no other image uses) once no
     tag is left. Returns the lines Docker prints (Untagged: / Deleted:).
 
     What goes is exactly ``image_delete_plan``'s list, so the bytes it frees are the plan's
     ``frees_bytes``: rows first (in this transaction), files once it commits.
     """
-    found = image_lookup(image)
+    found = image_lookup(image, user=user)
+    part = _team_part(found, user)
+    if part is not None:
+        # other teams name it too: this team's names go, the image stays theirs
+        own_tags, own_repositories = part
+        for tag in own_tags:
+            tag.delete()
+        found.repositories.remove(*own_repositories)
+        for repository in own_repositories:
+            audit(actor=user, action="image.untag", team=repository.team, target=str(found))
+        return [f"Untagged: {tag.repository}:{tag.name}" for tag in own_tags]
     tags, named = _named_tags(found, image)
     if named and len(tags) > 1 and not force:
         named[0].delete()
+        audit(
+            actor=user,
+            action="tag.delete",
+            team=named[0].repository.team,
+            target=f"{named[0].repository}:{named[0].name}",
+        )
         return [f"Untagged: {named[0].repository}:{named[0].name}"]
     plan = image_delete_plan(found)
     if plan.blocked:
@@ -298,8 +372,19 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
     for tag in tags:
         lines.append(f"Untagged: {tag.repository}:{tag.name}")
         tag.delete()
+    teams: list[Team | None] = [
+        repository.team for repository in found.repositories.select_related("team")
+    ]
     found.delete()
     lines.append(f"Deleted: {found.config_digest}")
+    for team in dict.fromkeys(teams or [None]):
+        audit(
+            actor=user,
+            action="image.delete",
+            team=team,
+            target=found.config_digest,
+            frees_bytes=plan.frees_bytes,
+        )
     doomed_snapshots = [chain_id for chain_id, _ in plan.snapshots]
     for chain_id in doomed_snapshots:  # top first: a layer goes only once nothing stands on it
         Layer.objects.filter(chain_id=chain_id).delete()

@@ -7,12 +7,14 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from layerhub.containers.services import container_commit, container_lookup
+from layerhub.core.permissions import CHANGE
 from layerhub.engine.errors import LayerhubError
 from layerhub.jobs.cli import LayerhubCommand
 from layerhub.jobs.follow import follow_to_end
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Commit a container's changes as a new image, like docker commit."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,7 +29,10 @@ class Command(LayerhubCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             job = container_commit(
-                container=container_lookup(options["container"]),
+                container=container_lookup(
+                    options["container"], user=self.acting_user(options), action=CHANGE
+                ),
+                user=self.acting_user(options),
                 repository=options["repository"],
                 message=options["message"],
                 author=options["author"],

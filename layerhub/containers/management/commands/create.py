@@ -7,11 +7,13 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from layerhub.containers.services import container_create
+from layerhub.core.permissions import CHANGE
 from layerhub.engine.errors import LayerhubError
 from layerhub.jobs.cli import LayerhubCommand
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Create a container (a writable layer) over an image, like docker create."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -20,7 +22,13 @@ class Command(LayerhubCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            container = container_create(image=options["image"], name=options["name"])
+            user = self.acting_user(options)
+            container = container_create(
+                image=options["image"],
+                name=options["name"],
+                user=user,
+                team=self.acting_team(options, user, CHANGE),
+            )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(container.container_id)

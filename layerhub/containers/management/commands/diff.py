@@ -12,6 +12,7 @@ from layerhub.jobs.cli import LayerhubCommand
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "List the paths a container added (A), changed (C) and deleted (D)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -19,7 +20,8 @@ class Command(LayerhubCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            changes = container_diff(container=container_lookup(options["container"]))
+            container = container_lookup(options["container"], user=self.acting_user(options))
+            changes = container_diff(container=container)
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
         for change in changes:

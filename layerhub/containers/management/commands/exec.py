@@ -9,12 +9,14 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from layerhub.containers.services import container_exec, container_lookup
+from layerhub.core.permissions import CHANGE
 from layerhub.engine.errors import LayerhubError
 from layerhub.engine.runtime.signals import Interrupted, signals_raise
 from layerhub.jobs.cli import LayerhubCommand
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Run a command in a container and wait for it (non-interactive docker exec)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -35,7 +37,9 @@ class Command(LayerhubCommand):
             # take down its mount before this process ends, never after it
             with signals_raise():
                 result = container_exec(
-                    container=container_lookup(options["container"]),
+                    container=container_lookup(
+                        options["container"], user=self.acting_user(options), action=CHANGE
+                    ),
                     argv=argv,
                     timeout=options["timeout"],
                     network=options["network"],

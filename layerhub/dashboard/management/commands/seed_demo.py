@@ -22,6 +22,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from layerhub.accounts.models import Team
 from layerhub.dashboard.demo import (
     LAYER_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -100,13 +101,15 @@ def _write_repositories_and_tags(plan: CatalogPlan, now: datetime) -> None:
     """Repositories (kept if they exist), each image's link to its repository, and its tag
     (a tag that exists already moves to the new image, as a re-pull moves it)."""
     names = {(image.registry, image.repository) for image in plan.images}
+    # the demo catalog is the ``default`` team's (the migrations make it)
+    team, _ = Team.objects.get_or_create(name="default")
     Repository.objects.bulk_create(
-        [Repository(registry=registry, name=name) for registry, name in sorted(names)],
+        [Repository(team=team, registry=registry, name=name) for registry, name in sorted(names)],
         ignore_conflicts=True,
     )
     repositories = {
         (r.registry, r.name): r
-        for r in Repository.objects.filter(name__in={name for _, name in names})
+        for r in Repository.objects.filter(team=team, name__in={name for _, name in names})
     }
     through = Image.repositories.through
     links = []

@@ -17,6 +17,7 @@ from layerhub.jobs.cli import LayerhubCommand
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Show an image's history: IMAGE, CREATED, CREATED BY, SIZE, COMMENT."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -25,7 +26,7 @@ class Command(LayerhubCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            rows = image_history(image_lookup(options["image"]))
+            rows = image_history(image_lookup(options["image"], user=self.acting_user(options)))
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
         table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from layerhub.core.permissions import CHANGE
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_import
 from layerhub.jobs.cli import LayerhubCommand
@@ -14,6 +15,7 @@ from layerhub.jobs.follow import follow_to_end
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Import images from a docker save archive or an OCI layout (directory or tar)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -22,7 +24,13 @@ class Command(LayerhubCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            job = image_import(path=options["file"], platform=options["platform"])
+            user = self.acting_user(options)
+            job = image_import(
+                path=options["file"],
+                platform=options["platform"],
+                user=user,
+                team=self.acting_team(options, user, CHANGE),
+            )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
         follow_to_end(job, self.stdout, self.stderr, what="import")

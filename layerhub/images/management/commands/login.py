@@ -8,12 +8,14 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from layerhub.core.permissions import MANAGE
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import registry_login
 from layerhub.jobs.cli import LayerhubCommand
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Check and store a login for a registry (the password is kept encrypted)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -42,8 +44,12 @@ class Command(LayerhubCommand):
                 password = getpass.getpass("Password: ")
             except (EOFError, KeyboardInterrupt):
                 raise CommandError("login cancelled") from None
+        user = self.acting_user(options)
+        team = self.acting_team(options, user, MANAGE)
         try:
             registry_login(
+                team=team,
+                user=user,
                 host=options["host"],
                 username=options["username"],
                 password=password,

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from layerhub.core.permissions import PULL
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_pull
 from layerhub.jobs.cli import LayerhubCommand
@@ -13,6 +14,7 @@ from layerhub.jobs.follow import follow_to_end
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Pull an image from a registry into the layer store, and unpack its layers."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -24,7 +26,13 @@ class Command(LayerhubCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            job = image_pull(reference=options["reference"], platform=options["platform"])
+            user = self.acting_user(options)
+            job = image_pull(
+                reference=options["reference"],
+                platform=options["platform"],
+                user=user,
+                team=self.acting_team(options, user, PULL),
+            )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
         if options["no_wait"]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from layerhub.core.permissions import CHANGE
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services.transfer import image_push
 from layerhub.jobs.cli import LayerhubCommand
@@ -13,6 +14,7 @@ from layerhub.jobs.follow import follow_to_end
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Push an image to a registry (to REFERENCE, or to the image's own name)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -21,7 +23,13 @@ class Command(LayerhubCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            job = image_push(image=options["image"], reference=options["reference"])
+            user = self.acting_user(options)
+            job = image_push(
+                image=options["image"],
+                reference=options["reference"],
+                user=user,
+                team=self.acting_team(options, user, CHANGE),
+            )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
         header = f"The push refers to repository [{job.reference.rsplit(':', 1)[0]}]"

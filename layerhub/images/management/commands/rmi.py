@@ -14,6 +14,7 @@ from layerhub.jobs.cli import LayerhubCommand
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Remove images: untag, and delete layers no other image uses."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,12 +28,15 @@ class Command(LayerhubCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        user = self.acting_user(options)
         for text in options["images"]:
             try:
                 if options["dry_run"]:
-                    self.print_plan(image_remove_plan(image=text, force=options["force"]))
+                    self.print_plan(
+                        image_remove_plan(image=text, force=options["force"], user=user)
+                    )
                     continue
-                lines = image_remove(image=text, force=options["force"])
+                lines = image_remove(image=text, force=options["force"], user=user)
             except LayerhubError as exc:
                 raise CommandError(str(exc)) from None
             for line in lines:

@@ -15,6 +15,7 @@ from layerhub.jobs.follow import follow_to_end
 
 
 class Command(LayerhubCommand):
+    acts_for_team = True
     help = "Export images as a docker save archive or an OCI layout tar."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -30,7 +31,10 @@ class Command(LayerhubCommand):
             return
         try:
             job = image_save(
-                images=options["images"], path=options["output"], format=options["format"]
+                images=options["images"],
+                path=options["output"],
+                format=options["format"],
+                user=self.acting_user(options),
             )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
@@ -44,7 +48,12 @@ class Command(LayerhubCommand):
                 "refusing to write an archive to a terminal: redirect -o - or use -o FILE"
             )
         try:
-            image_save_stream(images=options["images"], out=out, format=options["format"])
+            image_save_stream(
+                images=options["images"],
+                out=out,
+                format=options["format"],
+                user=self.acting_user(options),
+            )
             out.flush()
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
