@@ -41,7 +41,8 @@ from layerhub.engine.manifest import (
     parse_platform,
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
-from layerhub.engine.registry import Credentials, RegistryClient
+from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
+from layerhub.engine.registry.tls import marked_insecure
 from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
 from layerhub.images.models import (
     Blob,
@@ -63,38 +64,81 @@ from layerhub.jobs.services import (
 )
 
 
-def _client(registry: str, credentials: Credentials | None, insecure: bool) -> RegistryClient:
+def registry_insecure(registry: str, *, saved: RegistryCredential | None = None) -> bool:
+    """Whether ``registry`` is marked insecure: by its login (``login --insecure``) or by
+    LAYERHUB_INSECURE_REGISTRIES. Loopback registries need neither to fall back to plain
+    HTTP, but only a marked one is used with a certificate that fails verification."""
+    if saved is not None and saved.insecure:
+        return True
+    return marked_insecure(registry, settings.LAYERHUB_INSECURE_REGISTRIES)
+
+
+def _client(
+    registry: str,
+    credentials: Credentials | None,
+    insecure: bool,
+    *,
+    mirrors: Sequence[RegistryClient] = (),
+    scheme: str | None = None,
+    retries: int | None = None,
+) -> RegistryClient:
     return RegistryClient(
         registry_api_host(registry),
         credentials=credentials,
-        insecure=insecure or None,  # None: loopback registries may still use plain HTTP
-        retries=settings.LAYERHUB_REGISTRY_RETRIES,
+        insecure=insecure or registry_insecure(registry),
+        retries=settings.LAYERHUB_REGISTRY_RETRIES if retries is None else retries,
         backoff=settings.LAYERHUB_REGISTRY_BACKOFF,
         timeout=settings.LAYERHUB_REGISTRY_TIMEOUT,
         deadline=settings.LAYERHUB_REGISTRY_DEADLINE,
         stall_timeout=settings.LAYERHUB_REGISTRY_STALL_TIMEOUT,
+        # certs.d is read afresh by each client (each job): a CA added is used at once
+        tls=TLSConfig(settings.LAYERHUB_CERTS_DIR),
+        proxies=settings.LAYERHUB_PROXIES,
+        mirrors=mirrors,
+        scheme=scheme,
     )
 
 
-def registry_client_for(*, registry: str) -> RegistryClient:
-    """A client for ``registry`` with the catalog's stored login, if there is one.
-
-    A login stored under another SECRET_KEY cannot be decrypted: that is a RegistryAuthError
-    asking to log in again, not an anonymous attempt the registry would answer "denied".
-    """
+def _stored_login(registry: str) -> tuple[Credentials | None, RegistryCredential | None]:
+    """The catalog's login for ``registry``, if any. One stored under another SECRET_KEY
+    cannot be decrypted: that is a RegistryAuthError asking to log in again, not an anonymous
+    attempt the registry would answer "denied"."""
     saved = RegistryCredential.objects.filter(host=registry).first()
-    if saved is None:
-        return _client(registry, None, False)
-    credentials = None
-    if saved.username:
-        password = saved.get_password()
-        if password is None:
-            raise RegistryAuthError(
-                f"the stored login for {registry} can no longer be read (SECRET_KEY changed?): "
-                f"log in to {registry} again"
-            )
-        credentials = Credentials(saved.username, password)
-    return _client(registry, credentials, saved.insecure)
+    if saved is None or not saved.username:
+        return None, saved
+    password = saved.get_password()
+    if password is None:
+        raise RegistryAuthError(
+            f"the stored login for {registry} can no longer be read (SECRET_KEY changed?): "
+            f"log in to {registry} again"
+        )
+    return Credentials(saved.username, password), saved
+
+
+def _mirror_client(mirror: Mirror) -> RegistryClient:
+    """A client for a mirror: with the mirror's own login only (never its upstream's), one
+    retry (the registry itself is the fallback), and the scheme its URL gives."""
+    credentials, saved = _stored_login(mirror.host)
+    return _client(
+        mirror.host,
+        credentials,
+        registry_insecure(mirror.host, saved=saved),
+        scheme="http" if mirror.scheme == "http" else None,
+        retries=min(settings.LAYERHUB_REGISTRY_RETRIES, 1),
+    )
+
+
+def registry_client_for(*, registry: str, mirrors: bool = False) -> RegistryClient:
+    """A client for ``registry`` with the catalog's stored login, if there is one; with
+    ``mirrors``, the LAYERHUB_REGISTRY_MIRRORS of that registry are tried first (pulls)."""
+    credentials, saved = _stored_login(registry)
+    chosen = settings.LAYERHUB_REGISTRY_MIRRORS.get(registry, ()) if mirrors else ()
+    return _client(
+        registry,
+        credentials,
+        registry_insecure(registry, saved=saved),
+        mirrors=[_mirror_client(m) for m in chosen],
+    )
 
 
 def registry_login(*, host: str, username: str, password: str, insecure: bool = False) -> None:
@@ -147,7 +191,7 @@ def image_pull_run(*, job_id: int) -> None:
     watch = cancel_watch(job)
 
     def work() -> None:
-        client = registry_client_for(registry=ref.registry)
+        client = registry_client_for(registry=ref.registry, mirrors=True)
         try:
             resolved = engine_pull.pull(
                 client,
@@ -155,6 +199,8 @@ def image_pull_run(*, job_id: int) -> None:
                 get_store(),
                 platform=platform,
                 progress=progress.reporter(),
+                # with mirrors, each layer's line says which host served it
+                source=progress.served_by if client.mirrors else None,
                 heartbeat=progress.flush,
                 lease=job_leaser(job),
                 should_stop=watch.requested,  # asked per chunk: the flag, no query
