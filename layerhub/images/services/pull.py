@@ -42,7 +42,6 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
-from layerhub.engine.registry.tls import marked_insecure
 from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
 from layerhub.images.models import (
     Blob,
@@ -53,6 +52,7 @@ from layerhub.images.models import (
     Repository,
     Tag,
 )
+from layerhub.images.selectors import registry_insecure
 from layerhub.images.sizes import own_blob_bytes_refresh
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
@@ -62,15 +62,6 @@ from layerhub.jobs.services import (
     job_run,
     job_start,
 )
-
-
-def registry_insecure(registry: str, *, saved: RegistryCredential | None = None) -> bool:
-    """Whether ``registry`` is marked insecure: by its login (``login --insecure``) or by
-    LAYERHUB_INSECURE_REGISTRIES. Loopback registries need neither to fall back to plain
-    HTTP, but only a marked one is used with a certificate that fails verification."""
-    if saved is not None and saved.insecure:
-        return True
-    return marked_insecure(registry, settings.LAYERHUB_INSECURE_REGISTRIES)
 
 
 def _client(
