@@ -30,6 +30,7 @@ from ..errors import (
     RegistryTimeout,
     RegistryTLSError,
     RegistryUnavailable,
+    SizeMismatch,
 )
 from ..manifest import ACCEPT, MAX_MANIFEST_BYTES
 from ..store import ContentStore, Descriptor
@@ -83,7 +84,7 @@ class Credentials:
 
 
 # what makes a pull leave a mirror for the next one (or the registry itself)
-_MIRROR_FALLBACK = (RegistryError, DigestMismatch)
+_MIRROR_FALLBACK = (RegistryError, DigestMismatch, SizeMismatch)
 SourceFn = Callable[[str], None]
 
 

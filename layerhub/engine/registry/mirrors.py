@@ -26,6 +26,7 @@ class Mirror:
 
     @property
     def url(self) -> str:
+        """``https://mirror.local:5000``, as the setting wrote it (normalized)."""
         return f"{self.scheme}://{self.host}"
 
 
