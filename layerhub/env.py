@@ -6,6 +6,7 @@ variable and the bad value, not quietly fall back to a default nobody asked for.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -17,6 +18,9 @@ from urllib.parse import SplitResult, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from layerhub.engine.errors import InvalidReference
+from layerhub.engine.reference import normalize_registry
+from layerhub.engine.registry import Mirror, ProxyConfig, parse_mirrors
 from layerhub.engine.store import DEFAULT_RESERVE, StoreReserve
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -253,3 +257,46 @@ def env_reserve(
             f"{name}={raw!r} is not a size or a percentage: use bytes (1073741824), "
             "a unit (500M, 2GiB) or a share of the disk (5%)"
         ) from None
+
+
+def env_mirrors(
+    name: str, *, environ: Mapping[str, str] | None = None
+) -> dict[str, tuple[Mirror, ...]]:
+    """Registry mirrors: ``docker.io=https://mirror.local,https://m2.local;ghcr.io=...``
+    (registry, ``=``, mirror URLs tried in order; groups separated by ``;``)."""
+    raw = _get(name, environ)
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        return parse_mirrors(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r}: {exc}") from None
+
+
+def env_registries(name: str, *, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """A comma-separated list of registries (``host[:port]``, normalized as logins are) or
+    CIDR ranges (``10.0.0.0/8``), as Docker's ``insecure-registries``."""
+    out = []
+    for item in env_list(name, environ=environ):
+        if "/" in item:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ImproperlyConfigured(f"{name}: {item!r} is not a CIDR range") from None
+            continue
+        try:
+            out.append(normalize_registry(item))
+        except InvalidReference:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not a registry host[:port] or a CIDR range"
+            ) from None
+    return tuple(out)
+
+
+def env_proxies(*, environ: Mapping[str, str] | None = None) -> ProxyConfig:
+    """HTTPS_PROXY, HTTP_PROXY and NO_PROXY (or their lower-case spellings), as Docker and
+    curl read them; a proxy URL that does not parse is an error naming the variable."""
+    try:
+        return ProxyConfig.from_environ(os.environ if environ is None else environ)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None

@@ -17,8 +17,11 @@ from layerhub.env import (
     env_bool,
     env_database,
     env_list,
+    env_mirrors,
     env_name,
     env_path,
+    env_proxies,
+    env_registries,
     env_reserve,
     env_seconds,
     env_secret_key,
@@ -234,6 +237,18 @@ LAYERHUB_REGISTRY_TIMEOUT = env_seconds("LAYERHUB_REGISTRY_TIMEOUT", 30.0)
 LAYERHUB_REGISTRY_DEADLINE = env_seconds("LAYERHUB_REGISTRY_DEADLINE", 30.0)
 # a blob download or upload fails when no byte moves for this long
 LAYERHUB_REGISTRY_STALL_TIMEOUT = env_seconds("LAYERHUB_REGISTRY_STALL_TIMEOUT", 60.0)
+
+# -- registries in the wild: trust, insecure registries, mirrors, proxies ----------------------
+# a directory per registry host, as Docker's certs.d: <host[:port]>/ca.crt (extra CAs),
+# client.cert and client.key (mutual TLS); the OS trust store is used besides
+LAYERHUB_CERTS_DIR = env_path("LAYERHUB_CERTS_DIR", VAR_DIR / "certs.d", base=BASE_DIR)
+# registries (host[:port]) or CIDR ranges that may be reached over plain HTTP, or over TLS
+# with a certificate that fails verification, as Docker's insecure-registries
+LAYERHUB_INSECURE_REGISTRIES = env_registries("LAYERHUB_INSECURE_REGISTRIES")
+# mirrors tried before a registry for pulls: docker.io=https://mirror.local,...;ghcr.io=...
+LAYERHUB_REGISTRY_MIRRORS = env_mirrors("LAYERHUB_REGISTRY_MIRRORS")
+# HTTPS_PROXY, HTTP_PROXY, NO_PROXY (loopback registries never go through a proxy)
+LAYERHUB_PROXIES = env_proxies()
 
 # -- The layer store's free space ---------------------------------------------------------------
 # Unpacks and blob writes stop (StoreFull) before the store's file system has less free than

@@ -145,6 +145,13 @@ class RegistryTimeout(RegistryUnavailable):
     stall period."""
 
 
+class RegistryTLSError(RegistryError):
+    """A TLS connection to a registry that cannot be trusted or set up: a certificate for
+    another name, an expired one, one from an unknown authority, a client certificate the
+    registry asks for and was not given, or a certs.d file that cannot be used. Never
+    retried: the message names the host and the reason."""
+
+
 class ManifestUnknown(RegistryError):
     """No such repository, tag or manifest digest in the registry."""
 

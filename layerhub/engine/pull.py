@@ -52,6 +52,8 @@ COMPLETE = "Pull complete"
 
 # digest, status, bytes done, bytes in all
 ProgressFn = Callable[[str, str, int, int], None]
+# told which host a layer is being downloaded from (digest, host): a mirror or the registry
+SourceFn = Callable[[str, str], None]
 # records, durably, that the caller will reference these digests and ChainIDs (a lease), so
 # nothing deletes them once they are judged "already there"
 LeaseFn = Callable[[Sequence[str]], None]
@@ -154,6 +156,7 @@ def fetch_layers(
     heartbeat: Callable[[], None] | None = None,
     lease: LeaseFn = _no_lease,
     should_stop: StopFn = never,
+    source: SourceFn | None = None,
 ) -> None:
     """Download every layer blob the store lacks, ``concurrency`` at a time.
 
@@ -163,6 +166,7 @@ def fetch_layers(
     already there is then decided under its lock, which is where deletes check leases.
     ``should_stop`` is asked at every chunk, from the download threads (so it must be
     cheap): True raises Cancelled there, and the blob being written is discarded.
+    ``source``, if given, is told the host each layer's download goes to.
     """
     lease([layer.digest for layer in layers])
     failed = threading.Event()
@@ -188,8 +192,11 @@ def fetch_layers(
                 stop_point(should_stop, f"download of {layer.digest}")
                 progress(layer.digest, DOWNLOADING, done, layer.size)
 
+            served = None if source is None else functools.partial(source, layer.digest)
             try:
-                client.fetch_blob(repository, layer.digest, layer.size, store.blobs, downloading)
+                client.fetch_blob(
+                    repository, layer.digest, layer.size, store.blobs, downloading, source=served
+                )
             except BaseException:
                 failed.set()
                 raise
@@ -219,6 +226,7 @@ def pull(
     heartbeat: Callable[[], None] | None = None,
     lease: LeaseFn = _no_lease,
     should_stop: StopFn = never,
+    source: SourceFn | None = None,
 ) -> ResolvedImage:
     """Fetch an image's manifest, config and missing layers into the store.
 
@@ -240,6 +248,7 @@ def pull(
         heartbeat=heartbeat,
         lease=lease,
         should_stop=should_stop,
+        source=source,
     )
     stop_point(should_stop, "pull")
     with blob_lock(store, image.manifest_digest):  # where a delete checks the lease

@@ -1,14 +1,19 @@
-"""Reads of the catalog: image listings as ``docker images`` shows them."""
+"""Reads of the catalog: image listings as ``docker images`` shows them; registries and how
+each is reached (TLS state, mirrors)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 
+from django.conf import settings
 from django.db.models import Prefetch
 
 from layerhub.engine.reference import Reference
-from layerhub.images.models import Image, ImageLayer, Tag
+from layerhub.engine.registry import TLSState, describe_tls
+from layerhub.engine.registry.tls import marked_insecure
+from layerhub.images.models import Image, ImageLayer, RegistryCredential, Tag
 
 
 @dataclass(frozen=True)
@@ -110,4 +115,67 @@ def image_history(image: Image) -> list[HistoryRow]:
     rows.reverse()
     if rows:
         rows[0] = replace(rows[0], image=image.image_id)
+    return rows
+
+
+# -- registries: how each is reached ------------------------------------------------------------
+
+
+def registry_insecure(registry: str, *, saved: RegistryCredential | None = None) -> bool:
+    """Whether ``registry`` is marked insecure: by its login (``login --insecure``) or by
+    LAYERHUB_INSECURE_REGISTRIES. Loopback registries need neither to fall back to plain
+    HTTP, but only a marked one is used with a certificate that fails verification."""
+    if saved is not None and saved.insecure:
+        return True
+    return marked_insecure(registry, settings.LAYERHUB_INSECURE_REGISTRIES)
+
+
+def registry_tls_state(registry: str, *, saved: RegistryCredential | None = None) -> TLSState:
+    """How layerhub reaches ``registry`` (``docker.io``, ``127.0.0.1:5000``): trusted (the
+    OS trust store) or a private CA, a client certificate, insecure, and its mirrors; read
+    from the certs directory and the settings, never from the network."""
+    if saved is None:
+        saved = RegistryCredential.objects.filter(host=registry).first()
+    mirrors = settings.LAYERHUB_REGISTRY_MIRRORS.get(registry, ())
+    return describe_tls(
+        Reference(registry, "x", None, None).api_host,
+        certs_dir=settings.LAYERHUB_CERTS_DIR,
+        insecure=registry_insecure(registry, saved=saved),
+        mirrors=tuple(m.url for m in mirrors),
+    )
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    """A registry as the logins listing shows it: its login (if any) and its TLS state."""
+
+    registry: str
+    username: str  # empty: no login stored, or an anonymous one
+    tls: TLSState
+
+
+def _certs_dir_hosts() -> list[str]:
+    root: Path = settings.LAYERHUB_CERTS_DIR
+    try:
+        return [p.name for p in root.iterdir() if p.is_dir()]
+    except OSError:  # no certs directory (yet): nothing configured there
+        return []
+
+
+def registry_access_list() -> list[RegistryAccess]:
+    """Every registry layerhub knows something about (a stored login, mirrors, an entry in
+    the certs directory, an insecure mark), by name, with its TLS state and mirrors."""
+    saved = {c.host: c for c in RegistryCredential.objects.all()}
+    names = set(saved) | set(settings.LAYERHUB_REGISTRY_MIRRORS) | set(_certs_dir_hosts())
+    names |= {entry for entry in settings.LAYERHUB_INSECURE_REGISTRIES if "/" not in entry}
+    rows = []
+    for name in sorted(names):
+        login = saved.get(name)
+        rows.append(
+            RegistryAccess(
+                registry=name,
+                username=login.username if login is not None else "",
+                tls=registry_tls_state(name, saved=login),
+            )
+        )
     return rows

@@ -46,14 +46,17 @@ class Out(Protocol):
 
 
 def progress_line(entry: dict[str, object]) -> str:
-    """A layer's progress as ``docker pull`` prints it (``3f4e1a2b9c0d: Downloading 1MB/4MB``)."""
+    """A layer's progress as ``docker pull`` prints it (``3f4e1a2b9c0d: Downloading 1MB/4MB``),
+    and the host it came from when mirrors are in use (``... (from mirror.local)``)."""
     digest = str(entry["digest"]).split(":")[-1][:12]
     status = str(entry["status"])
     current, total = entry.get("current"), entry.get("total")
+    host = entry.get("host")
+    where = f" (from {host})" if isinstance(host, str) and host else ""
     if status in ("Downloading", "Extracting") and isinstance(current, int) and current:
         whole = total if isinstance(total, int) else 0
-        return f"{digest}: {status} {human_size(current)}/{human_size(whole)}"
-    return f"{digest}: {status}"
+        return f"{digest}: {status} {human_size(current)}/{human_size(whole)}{where}"
+    return f"{digest}: {status}{where}"
 
 
 class Watchdog:

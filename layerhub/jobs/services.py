@@ -344,13 +344,23 @@ class JobProgress:
     def update(self, digest: str, status: str, current: int, total: int) -> None:
         """Record one layer's status and bytes done."""
         with self._lock:
-            self._lines[digest] = {
-                "digest": digest,
-                "status": status,
-                "current": current,
-                "total": total,
-            }
+            line = {"digest": digest, "status": status, "current": current, "total": total}
+            host = self._lines.get(digest, {}).get("host")
+            if host:
+                line["host"] = host
+            self._lines[digest] = line
             self._dirty = True
+
+    def served_by(self, digest: str, host: str) -> None:
+        """Record which host a layer is being downloaded from (a mirror, or the registry
+        itself after a mirror failed)."""
+        with self._lock:
+            line = self._lines.setdefault(
+                digest, {"digest": digest, "status": "Waiting", "current": 0, "total": 0}
+            )
+            if line.get("host") != host:
+                line["host"] = host
+                self._dirty = True
 
     def flush(self, force: bool = False) -> None:
         """Save to the job row if something changed and the interval has passed (and look

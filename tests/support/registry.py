@@ -1,6 +1,8 @@
 """The CNCF distribution registry (Debian's ``docker-registry``) run on a free loopback port,
-with a temporary storage directory, anonymous or behind htpasswd basic auth or a bearer-token
-service; and ``skopeo`` to push test images into it."""
+with a temporary storage directory (or another registry's, to serve the same images),
+anonymous or behind htpasswd basic auth or a bearer-token service, over plain HTTP or TLS
+(with a certificate the test made, and client certificates required if asked); and
+``skopeo`` to push test images into it."""
 
 from __future__ import annotations
 
@@ -42,11 +44,13 @@ def free_port() -> int:
 
 @dataclass
 class Registry:
-    """A running registry: its host (``127.0.0.1:port``) and, if any, the one valid login."""
+    """A running registry: its host (``127.0.0.1:port``) and, if any, the one valid login;
+    ``storage`` is where it keeps its images."""
 
     host: str
     username: str | None = None
     password: str | None = None
+    storage: Path | None = None
 
     def push_layout(
         self,
@@ -156,29 +160,44 @@ class TokenServer:
 
 @contextmanager
 def run_registry(
-    root: Path, *, auth: str = "none", username: str = "tester", password: str = "s3cret!"
+    root: Path,
+    *,
+    auth: str = "none",
+    username: str = "tester",
+    password: str = "s3cret!",
+    storage: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
+    client_ca: Path | None = None,
 ) -> Iterator[Registry]:
-    """Start a registry storing under ``root``; ``auth`` is none, basic or token."""
+    """Start a registry storing under ``root`` (or serving ``storage``, another registry's);
+    ``auth`` is none, basic or token. ``tls`` (certificate, key) makes it speak HTTPS only;
+    ``client_ca`` makes it require a client certificate signed by that CA."""
     assert REGISTRY_BIN is not None
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    storage = storage or root / "data"
+    http: dict[str, object] = {"addr": f"127.0.0.1:{port}", "secret": "layerhub-tests"}
+    if tls is not None:
+        http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        if client_ca is not None:
+            http["tls"]["clientcas"] = [str(client_ca)]  # type: ignore[index]
     config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "error", "accesslog": {"disabled": True}},
         "storage": {
-            "filesystem": {"rootdirectory": str(root / "data")},
+            "filesystem": {"rootdirectory": str(storage)},
             "delete": {"enabled": True},
         },
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "layerhub-tests"},
+        "http": http,
     }
     token_server = None
-    registry = Registry(f"127.0.0.1:{port}")
+    registry = Registry(f"127.0.0.1:{port}", storage=storage)
     if auth == "basic":
         htpasswd = root / "htpasswd"
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
         htpasswd.write_text(f"{username}:{hashed}\n")
         config["auth"] = {"htpasswd": {"realm": "layerhub-tests", "path": str(htpasswd)}}
-        registry = Registry(registry.host, username, password)
+        registry = Registry(registry.host, username, password, storage)
     elif auth == "token":
         token_server = TokenServer(root, username, password)
         config["auth"] = {
@@ -189,7 +208,7 @@ def run_registry(
                 "rootcertbundle": str(token_server.bundle),
             }
         }
-        registry = Registry(registry.host, username, password)
+        registry = Registry(registry.host, username, password, storage)
     # the registry reads YAML; JSON is YAML
     (root / "config.yml").write_text(json.dumps(config))
     log = open(root / "registry.log", "wb")  # noqa: SIM115 - closed in finally
@@ -200,9 +219,12 @@ def run_registry(
         deadline = time.monotonic() + 20
         while True:
             try:
-                requests.get(f"http://{registry.host}/v2/", timeout=1)
+                if tls is None:
+                    requests.get(f"http://{registry.host}/v2/", timeout=1)
+                else:  # listening is enough: a client certificate may be required
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, OSError):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         "registry did not start: " + (root / "registry.log").read_text()

@@ -20,22 +20,37 @@
   scope a request needs at once (``repository:team/app:pull,push repository:team/base:pull``
   for a mount), each scope as its own ``scope`` parameter, as Docker does.
 
-Plain HTTP is used only for registries marked insecure; loopback registries are insecure
-by default, as Docker treats them.
+- TLS as Docker does it (tls.py): HTTPS first for every registry, loopback included; plain
+  HTTP only when the port speaks it and the registry is on loopback or marked insecure; the
+  OS trust store plus a certs.d directory per host (extra CAs, client certificates); a
+  certificate for another name, an expired one or one from an unknown authority is an error
+  naming the host and the reason;
+- proxies from HTTPS_PROXY, HTTP_PROXY and NO_PROXY (proxies.py), loopback never proxied;
+- mirrors tried before the registry for pulls, as containerd's hosts.toml (mirrors.py).
 """
 
 from __future__ import annotations
 
-from .client import Credentials, RegistryClient, is_loopback
+from .client import Credentials, RegistryClient, SourceFn
+from .mirrors import Mirror, parse_mirrors
+from .proxies import ProxyConfig
 from .scopes import merge_scopes, push_scope
+from .tls import TLSConfig, TLSState, describe_tls, is_loopback
 from .upload import ProgressFn, UploadSession
 
 __all__ = [
     "Credentials",
+    "Mirror",
     "ProgressFn",
+    "ProxyConfig",
     "RegistryClient",
+    "SourceFn",
+    "TLSConfig",
+    "TLSState",
     "UploadSession",
+    "describe_tls",
     "is_loopback",
     "merge_scopes",
+    "parse_mirrors",
     "push_scope",
 ]

@@ -4,12 +4,14 @@ See the package docstring for the whole picture."""
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
+import logging
+import os
 import re
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,9 @@ from ..errors import (
     RegistryAuthError,
     RegistryError,
     RegistryTimeout,
+    RegistryTLSError,
     RegistryUnavailable,
+    SizeMismatch,
 )
 from ..manifest import ACCEPT, MAX_MANIFEST_BYTES
 from ..store import ContentStore, Descriptor
@@ -36,10 +40,22 @@ from .limits import (
     Deadline,
     current_deadline,
     read_capped,
-    watched_session,
 )
+from .proxies import ProxyConfig
 from .scopes import merge_scopes
+from .tls import (
+    TLSConfig,
+    certificate_error,
+    client_certificate_error,
+    is_loopback,
+    peer_certificate,
+    split_host,
+    tls_failure,
+)
+from .transport import registry_session
 from .upload import CHUNK, BlobUploads, ProgressFn
+
+log = logging.getLogger("layerhub.registry")
 
 USER_AGENT = "layerhub/0.1"
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
@@ -67,16 +83,28 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=***)"
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host[:port]`` names this machine."""
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+# what makes a pull leave a mirror for the next one (or the registry itself)
+_MIRROR_FALLBACK = (RegistryError, DigestMismatch, SizeMismatch)
+SourceFn = Callable[[str], None]
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error is a refused connection (nothing listens on the port)."""
+    seen = 0
+    todo: list[object] = [exc]
+    while todo and seen < 32:
+        current = todo.pop()
+        seen += 1
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        if isinstance(current, BaseException):
+            todo.extend(a for a in current.args if isinstance(a, BaseException))
+            todo.extend(
+                v
+                for v in (getattr(current, "reason", None), current.__cause__, current.__context__)
+                if v is not None
+            )
+    return False
 
 
 @dataclass
@@ -103,6 +131,15 @@ class RegistryClient(BlobUploads):
     ``stall_timeout`` is how long a blob transfer may go without a byte; ``retries`` and
     ``backoff`` shape the retries of transient failures (per request, and per blob for cut
     downloads).
+
+    HTTPS comes first, as Docker does it: a loopback host, or one marked ``insecure`` (a
+    login's ``--insecure``, LAYERHUB_INSECURE_REGISTRIES), falls back to plain HTTP when its
+    port turns out to speak it (the TLS handshake fails at once, so this costs a round
+    trip), and only one marked insecure may be used with a certificate that fails
+    verification (logged as a warning). ``scheme`` fixes the scheme instead (a mirror written
+    ``http://``). ``tls`` says what is trusted (the OS trust store and a certs.d directory),
+    ``proxies`` which proxy a request goes through (the environment's by default).
+    ``mirrors`` are clients tried first for manifests and blobs, in order (mirrors.py).
     """
 
     def __init__(
@@ -110,23 +147,37 @@ class RegistryClient(BlobUploads):
         host: str,
         *,
         credentials: Credentials | None = None,
-        insecure: bool | None = None,
+        insecure: bool | None = False,
         timeout: float = 30.0,
         retries: int = 4,
         backoff: float = 0.5,
         deadline: float = DEFAULT_DEADLINE,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        tls: TLSConfig | None = None,
+        proxies: ProxyConfig | None = None,
+        mirrors: Sequence[RegistryClient] = (),
+        scheme: str | None = None,
     ) -> None:
         self.host = host
         self.credentials = credentials
-        self.insecure = is_loopback(host) if insecure is None else insecure
-        self.base = f"{'http' if self.insecure else 'https'}://{host}"
+        self.insecure = bool(insecure)
+        self.plain_http_allowed = self.insecure or is_loopback(host)
+        if scheme not in (None, "http", "https"):
+            raise ValueError(f"scheme {scheme!r}: http or https")
+        self.base = f"{scheme or 'https'}://{host}"
+        # the scheme is settled by a fixed scheme, or by the first answer over HTTPS
+        self._settled = scheme is not None
+        self._unverified = False  # an insecure registry whose certificate failed
+        self.tls = tls if tls is not None else TLSConfig()
+        self.proxies = proxies if proxies is not None else ProxyConfig.from_environ(os.environ)
+        self.mirrors = list(mirrors)
+        self._mirrors_down: set[str] = set()
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.deadline = deadline
         self.stall_timeout = stall_timeout
-        self._session = watched_session()
+        self._session = registry_session(self.tls)
         self._session.headers["User-Agent"] = USER_AGENT
         self._tokens: dict[str, _Token] = {}
         self._bearer: tuple[str, str] | None = None  # realm and service of the last challenge
@@ -223,6 +274,9 @@ class RegistryClient(BlobUploads):
                         f"{self.host}: the token service {realm} did not answer within "
                         f"{deadline.seconds:g} s"
                     ) from None
+                tls_error = self._tls_error(exc, url)
+                if tls_error is not None:
+                    raise RegistryTLSError(f"token service of {self.host}: {tls_error}") from None
                 raise RegistryUnavailable(f"token service {realm} did not answer: {exc}") from exc
         if status in (401, 403):
             who = f"as {self.credentials.username!r}" if self.credentials else "anonymously"
@@ -263,7 +317,8 @@ class RegistryClient(BlobUploads):
         self, method: str, url: str, *, headers: dict[str, str], timeout: float, **kwargs: Any
     ) -> requests.Response:
         """One HTTP exchange, headers only: the body is left for the caller to stream, and a
-        redirect is returned, not followed."""
+        redirect is returned, not followed. Through the proxy the URL's host takes, if any;
+        unverified only to this registry once it is known insecure with a bad certificate."""
         return self._session.request(
             method,
             url,
@@ -271,8 +326,66 @@ class RegistryClient(BlobUploads):
             stream=True,
             allow_redirects=False,
             timeout=(self.timeout, timeout),
+            proxies=self.proxies.requests_proxies(url),
+            verify=not (self._unverified and self._same_host(url)),
             **kwargs,
         )
+
+    # -- HTTPS first -----------------------------------------------------------------------------
+
+    def _fall_back(self, exc: BaseException, url: str) -> bool:
+        """After a failed exchange with this registry over HTTPS, before its scheme is
+        settled: switch to plain HTTP (the port speaks it, or nothing listens on the HTTPS
+        port and HTTP has another) or to unverified TLS (marked insecure, bad certificate)
+        where that is allowed. True if the request should be sent again at once."""
+        if not url.startswith("https://") or urlsplit(url).netloc.lower() != self.host.lower():
+            return False
+        found = tls_failure(exc)
+        kind = found[0] if found else None
+        port = split_host(self.host, 0)[1]
+        with self._lock:
+            if self.base.startswith("http://"):
+                return True  # another request (a concurrent upload) fell back meanwhile
+            settled = self._settled
+        plain = kind == "plain-http" or (_refused(exc) and not port)
+        if self.plain_http_allowed and plain and not settled:
+            with self._lock:
+                self.base = f"http://{self.host}"
+                self._settled = True
+            log.info("%s: no HTTPS there, using plain HTTP", self.host)
+            return True
+        if kind == "certificate" and self.insecure and not self._unverified:
+            with self._lock:
+                self._unverified = True
+            error = self._tls_error(exc, url)
+            log.warning(
+                "%s is marked insecure: using it over TLS without verifying its certificate (%s)",
+                self.host,
+                error,
+            )
+            return True
+        return False
+
+    def _tls_error(self, exc: BaseException, url: str) -> RegistryTLSError | None:
+        """The error to raise for a TLS failure talking to ``url``'s host, or None when
+        ``exc`` is not one worth stopping for (a transient failure is retried instead)."""
+        found = tls_failure(exc)
+        if found is None:
+            return None
+        kind, error = found
+        host = urlsplit(url).netloc.rpartition("@")[2]
+        if kind == "certificate" and isinstance(error, ssl.SSLCertVerificationError):
+            direct = self.proxies.for_url(url) is None
+            peer = peer_certificate(host, min(self.timeout, 5.0)) if direct else None
+            return certificate_error(host, error, peer, self.tls.certs_dir)
+        if kind == "client-certificate":
+            return client_certificate_error(host, error, self.tls.certs(host), self.tls.certs_dir)
+        if kind == "plain-http":
+            return RegistryTLSError(
+                f"{host} answers plain HTTP, not HTTPS: if that is intended, log in with "
+                "--insecure or list it in LAYERHUB_INSECURE_REGISTRIES"
+            )
+        return None
 
     def _request(
         self,
@@ -302,10 +415,15 @@ class RegistryClient(BlobUploads):
         """
         del stream  # every response is streamed: nothing is read before it is bounded
         data = kwargs.pop("data", None)
-        start = path if path.startswith("http") else self.base + path
         params = kwargs.pop("params", None)
-        if params:  # in the first URL only: a redirect's Location is complete
-            start = requests.Request("GET", start, params=params).prepare().url or start
+
+        def first_url() -> str:  # again after a fall back to plain HTTP
+            start = path if path.startswith("http") else self.base + path
+            if params:  # in the first URL only: a redirect's Location is complete
+                start = requests.Request("GET", start, params=params).prepare().url or start
+            return start
+
+        start = first_url()
         if body is not None and self._same_host(start):
             self._refresh_token(scope)
         read_timeout = self.stall_timeout if blob or body is not None else self.timeout
@@ -336,6 +454,13 @@ class RegistryClient(BlobUploads):
                         raise RegistryTimeout(
                             f"{self.host}: {method} {path} got no answer within {watch.seconds:g} s"
                         ) from None
+                    if self._fall_back(exc, url):
+                        start = first_url()
+                        url, verb, hops = start, method, 0
+                        continue
+                    tls_error = self._tls_error(exc, url)
+                    if tls_error is not None:
+                        raise tls_error from None
                     attempt += 1
                     if body is not None:
                         raise RegistryUnavailable(f"{self.host}: {method} failed: {exc}") from exc
@@ -347,6 +472,8 @@ class RegistryClient(BlobUploads):
                     url, verb, hops = start, method, 0
                     continue
                 status = response.status_code
+                if own and not self._settled:
+                    self._settled = True  # this registry speaks HTTPS: no fallback from now on
                 if status in _REDIRECTS and status not in ok:
                     response.close()
                     location = response.headers.get("Location")
@@ -424,8 +551,30 @@ class RegistryClient(BlobUploads):
         """
         self._request("GET", "/v2/", scope="").close()
 
+    def _mirrors_up(self) -> list[RegistryClient]:
+        with self._lock:
+            return [m for m in self.mirrors if m.host not in self._mirrors_down]
+
+    def _mirror_failed(self, mirror: RegistryClient, what: str, exc: Exception) -> None:
+        """Note why a mirror did not serve ``what``; one that is down is not asked again by
+        this client (a pull does not wait for a dead mirror once per layer)."""
+        if isinstance(exc, RegistryUnavailable):
+            with self._lock:
+                self._mirrors_down.add(mirror.host)
+        log.info("mirror %s did not serve %s (%s); trying the next source", mirror.host, what, exc)
+
     def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:
-        """A manifest or index by tag or digest: (bytes, content type, digest).
+        """A manifest or index by tag or digest: (bytes, content type, digest), from the
+        first mirror that has it, else from this registry (see ``_get_manifest_here``)."""
+        for mirror in self._mirrors_up():
+            try:
+                return mirror._get_manifest_here(repository, reference)
+            except _MIRROR_FALLBACK as exc:
+                self._mirror_failed(mirror, f"{repository}:{reference}", exc)
+        return self._get_manifest_here(repository, reference)
+
+    def _get_manifest_here(self, repository: str, reference: str) -> tuple[bytes, str, str]:
+        """A manifest or index by tag or digest from this host: (bytes, content type, digest).
 
         Fetched by digest, the bytes must hash to it; fetched by tag, the digest is computed
         from the bytes (and must match the registry's Docker-Content-Digest if it sends one).
@@ -476,8 +625,36 @@ class RegistryClient(BlobUploads):
         progress: ProgressFn | None = None,
         *,
         small: bool = False,
+        source: SourceFn | None = None,
     ) -> Descriptor:
-        """Stream a blob into the content store, verified; resume with Range if cut off.
+        """Stream a blob into the content store, verified, from the first mirror that
+        serves it whole and right, else from this registry (see ``_fetch_blob_here``).
+        ``source`` is told the host each attempt goes to, before its bytes come."""
+        for mirror in self._mirrors_up():
+            if source is not None:
+                source(mirror.host)
+            try:
+                return mirror._fetch_blob_here(
+                    repository, digest, size, blobs, progress, small=small
+                )
+            except _MIRROR_FALLBACK as exc:
+                self._mirror_failed(mirror, digest, exc)
+        if source is not None:
+            source(self.host)
+        return self._fetch_blob_here(repository, digest, size, blobs, progress, small=small)
+
+    def _fetch_blob_here(
+        self,
+        repository: str,
+        digest: str,
+        size: int | None,
+        blobs: ContentStore,
+        progress: ProgressFn | None = None,
+        *,
+        small: bool = False,
+    ) -> Descriptor:
+        """Stream a blob from this host into the content store, verified; resume with Range
+        if cut off.
 
         Cuts, stalls (no byte for ``stall_timeout``) and a registry that ignores the Range
         count against one budget per blob (``retries``), so a registry that keeps failing
@@ -577,7 +754,9 @@ class RegistryClient(BlobUploads):
             yield response
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections (the mirrors' too)."""
+        for mirror in self.mirrors:
+            mirror.close()
         self._session.close()
 
     def __enter__(self) -> RegistryClient:

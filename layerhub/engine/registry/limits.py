@@ -140,16 +140,11 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-def watched_session() -> requests.Session:
-    """A session whose connections a :class:`Deadline` can cut. Its users pass
-    ``allow_redirects=False`` and follow redirects themselves: requests would read each
-    redirect's body whole, and the client decides hop by hop where credentials go."""
-    session = requests.Session()
-    for adapter in session.adapters.values():
-        manager = getattr(adapter, "poolmanager", None)
-        if manager is not None:
-            manager.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
-    return session
+# the pool classes a session's pool managers use, so a Deadline can cut their connections
+WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
+    "http": _WatchedPool,
+    "https": _WatchedHTTPSPool,
+}
 
 
 class BodyTooLarge(Exception):

@@ -48,7 +48,7 @@ from layerhub.engine.manifest import (
     parse_platform,
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
-from layerhub.engine.registry import Credentials, RegistryClient
+from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
 from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
 from layerhub.images.models import (
     Blob,
@@ -59,6 +59,7 @@ from layerhub.images.models import (
     Repository,
     Tag,
 )
+from layerhub.images.selectors import registry_insecure
 from layerhub.images.sizes import logical_bytes, own_blob_bytes_refresh, team_images
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
@@ -70,39 +71,79 @@ from layerhub.jobs.services import (
 )
 
 
-def _client(registry: str, credentials: Credentials | None, insecure: bool) -> RegistryClient:
+def _client(
+    registry: str,
+    credentials: Credentials | None,
+    insecure: bool,
+    *,
+    mirrors: Sequence[RegistryClient] = (),
+    scheme: str | None = None,
+    retries: int | None = None,
+) -> RegistryClient:
     return RegistryClient(
         registry_api_host(registry),
         credentials=credentials,
-        insecure=insecure or None,  # None: loopback registries may still use plain HTTP
-        retries=settings.LAYERHUB_REGISTRY_RETRIES,
+        insecure=insecure or registry_insecure(registry),
+        retries=settings.LAYERHUB_REGISTRY_RETRIES if retries is None else retries,
         backoff=settings.LAYERHUB_REGISTRY_BACKOFF,
         timeout=settings.LAYERHUB_REGISTRY_TIMEOUT,
         deadline=settings.LAYERHUB_REGISTRY_DEADLINE,
         stall_timeout=settings.LAYERHUB_REGISTRY_STALL_TIMEOUT,
+        # certs.d is read afresh by each client (each job): a CA added is used at once
+        tls=TLSConfig(settings.LAYERHUB_CERTS_DIR),
+        proxies=settings.LAYERHUB_PROXIES,
+        mirrors=mirrors,
+        scheme=scheme,
     )
 
 
-def registry_client_for(*, registry: str, team: Team | None) -> RegistryClient:
-    """A client for ``registry`` with ``team``'s stored login for it, if it has one (never
-    another team's: without a team, anonymous).
-
-    A login stored under another SECRET_KEY cannot be decrypted: that is a RegistryAuthError
-    asking to log in again, not an anonymous attempt the registry would answer "denied".
-    """
+def _stored_login(
+    registry: str, team: Team | None
+) -> tuple[Credentials | None, RegistryCredential | None]:
+    """``team``'s login for ``registry``, if any (never another team's; without a team,
+    none). One stored under another SECRET_KEY
+    cannot be decrypted: that is a RegistryAuthError asking to log in again, not an anonymous
+    attempt the registry would answer "denied"."""
     saved = RegistryCredential.objects.filter(team=team, host=registry).first() if team else None
-    if saved is None:
-        return _client(registry, None, False)
-    credentials = None
-    if saved.username:
-        password = saved.get_password()
-        if password is None:
-            raise RegistryAuthError(
-                f"the stored login for {registry} can no longer be read (SECRET_KEY changed?): "
-                f"log in to {registry} again"
-            )
-        credentials = Credentials(saved.username, password)
-    return _client(registry, credentials, saved.insecure)
+    if saved is None or not saved.username:
+        return None, saved
+    password = saved.get_password()
+    if password is None:
+        raise RegistryAuthError(
+            f"the stored login for {registry} can no longer be read (SECRET_KEY changed?): "
+            f"log in to {registry} again"
+        )
+    return Credentials(saved.username, password), saved
+
+
+def _mirror_client(mirror: Mirror, team: Team | None) -> RegistryClient:
+    """A client for a mirror: with the team's login for the mirror itself only (never its
+    upstream's), one retry (the registry itself is the fallback), and the scheme its URL
+    gives."""
+    credentials, saved = _stored_login(mirror.host, team)
+    return _client(
+        mirror.host,
+        credentials,
+        registry_insecure(mirror.host, saved=saved),
+        scheme="http" if mirror.scheme == "http" else None,
+        retries=min(settings.LAYERHUB_REGISTRY_RETRIES, 1),
+    )
+
+
+def registry_client_for(
+    *, registry: str, team: Team | None, mirrors: bool = False
+) -> RegistryClient:
+    """A client for ``registry`` with ``team``'s stored login for it, if it has one (never
+    another team's); with ``mirrors``, the LAYERHUB_REGISTRY_MIRRORS of that registry are
+    tried first (pulls)."""
+    credentials, saved = _stored_login(registry, team)
+    chosen = settings.LAYERHUB_REGISTRY_MIRRORS.get(registry, ()) if mirrors else ()
+    return _client(
+        registry,
+        credentials,
+        registry_insecure(registry, saved=saved),
+        mirrors=[_mirror_client(m, team) for m in chosen],
+    )
 
 
 def registry_login(
@@ -189,7 +230,7 @@ def image_pull_run(*, job_id: int) -> None:
     watch = cancel_watch(job)
 
     def work() -> None:
-        client = registry_client_for(registry=ref.registry, team=job.team)
+        client = registry_client_for(registry=ref.registry, team=job.team, mirrors=True)
         try:
             resolved = engine_pull.pull(
                 client,
@@ -197,6 +238,8 @@ def image_pull_run(*, job_id: int) -> None:
                 get_store(),
                 platform=platform,
                 progress=progress.reporter(),
+                # with mirrors, each layer's line says which host served it
+                source=progress.served_by if client.mirrors else None,
                 heartbeat=progress.flush,
                 lease=job_leaser(job),
                 should_stop=watch.requested,  # asked per chunk: the flag, no query

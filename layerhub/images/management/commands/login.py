@@ -1,4 +1,5 @@
-"""``python manage.py login HOST -u USER``: store a registry login, like ``docker login``."""
+"""``python manage.py login HOST -u USER``: store a registry login, like ``docker login``;
+``login --list``: the registries layerhub knows, their logins, TLS state and mirrors."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from layerhub.core.permissions import MANAGE
 from layerhub.engine.errors import LayerhubError
+from layerhub.images.selectors import registry_access_list
 from layerhub.images.services import registry_login
 from layerhub.jobs.cli import LayerhubCommand
 
@@ -19,16 +21,28 @@ class Command(LayerhubCommand):
     help = "Check and store a login for a registry (the password is kept encrypted)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("host", help="registry host[:port], e.g. ghcr.io")
-        parser.add_argument("-u", "--username", required=True)
+        parser.add_argument("host", nargs="?", help="registry host[:port], e.g. ghcr.io")
+        parser.add_argument("-u", "--username")
         parser.add_argument(
             "--password-stdin", action="store_true", help="read the password from stdin"
         )
         parser.add_argument(
-            "--insecure", action="store_true", help="talk plain HTTP to this registry"
+            "--insecure",
+            action="store_true",
+            help="allow plain HTTP, or TLS with a certificate that fails verification",
+        )
+        parser.add_argument(
+            "--list",
+            action="store_true",
+            help="list the registries with their logins, TLS state and mirrors",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["list"]:
+            self._list()
+            return
+        if not options["host"] or not options["username"]:
+            raise CommandError("give a registry and -u USERNAME (or --list)")
         if options["password_stdin"]:
             password = sys.stdin.readline().rstrip("\n")
         elif not sys.stdin.isatty():
@@ -58,3 +72,22 @@ class Command(LayerhubCommand):
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write("Login Succeeded")
+
+    def _list(self) -> None:
+        rows = [
+            (
+                row.registry,
+                row.username or "-",
+                row.tls.summary,
+                ",".join(row.tls.mirrors) or "-",
+            )
+            for row in registry_access_list()
+        ]
+        if not rows:
+            self.stdout.write("No registry logins, mirrors or certificates configured.")
+            return
+        header = ("REGISTRY", "USERNAME", "TLS", "MIRRORS")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            self.stdout.write("   ".join([*cells, row[3]]).rstrip())
