@@ -133,9 +133,22 @@ def team_choose(user: Any, name: str | None = None, action: str = VIEW) -> Team:
     if len(choices) == 1:
         return choices[0]
     if not choices:
+        member_of = list(teams_for(user, VIEW).order_by("name")[:2])
+        if len(member_of) == 1:
+            require(user, action, member_of[0])  # says which role it takes there
         raise PermissionDenied("you are in no team that may do this; ask a team owner to add you")
     names = ", ".join(team.name for team in choices[:20])
     raise PermissionDenied(f"choose a team with --team: {names}")
+
+
+def named_ids(user: Any) -> list[int] | None:
+    """The primary keys of the repositories whose names ``user`` may read (None for staff:
+    all), for a filter on a row's own tag column where a subquery would join again."""
+    from layerhub.images.models import Repository
+
+    if is_staff(user):
+        return None
+    return list(restrict(Repository.objects.all(), user, VIEW).values_list("pk", flat=True))
 
 
 def named_by(user: Any) -> QuerySet[Any] | None:

@@ -11,7 +11,6 @@ from django.db.models import (
     CharField,
     Count,
     F,
-    FilteredRelation,
     IntegerField,
     OuterRef,
     Q,
@@ -121,6 +120,7 @@ def image_table(
     search: str = "",
     sort: str = DEFAULT_SORT,
     repositories: QuerySet[Repository] | None = None,
+    names: list[int] | None = None,
 ) -> Any:
     """The keys of ``images``' rows as ``docker images`` lists them, in order: one row per tag
     (an image with three tags is three rows), an untagged image once (its tag ``None``).
@@ -130,18 +130,12 @@ def image_table(
     start of the image ID; ``sort`` is a key of SORTS, ``-`` first for descending. Ties are
     broken by the image's pk, then the tag's. Only the column sorted on is computed for
     every row; the sizes shown are read for the page's rows alone. With ``repositories``
-    (those the user sees), only their tags and names are rows: another team's names of a
-    shared image are never shown.
+    (those the user sees) and ``names`` (their primary keys),
+    only their tags and names are rows: another team's names of a shared image are never
+    shown.
     """
-    rows, rel = images, "tags"
-    if repositories is not None:
-        rows, rel = (
-            images.annotate(
-                named=FilteredRelation("tags", condition=Q(tags__repository__in=repositories))
-            ),
-            "named",
-        )
-    rows = rows.annotate(
+    rel = "tags"
+    rows = images.annotate(
         tag_pk=F(f"{rel}__pk"),
         tag_name=F(f"{rel}__name"),
         repo_registry=Coalesce(
@@ -149,6 +143,12 @@ def image_table(
         ),
         repo_name=Coalesce(F(f"{rel}__repository__name"), _first_repository("name", repositories)),
     )
+    if names is not None:
+        # another team's tags are no rows: an image is listed under the tags the user may
+        # read (or once, untagged)
+        rows = rows.annotate(tag_repository=F(f"{rel}__repository_id")).filter(
+            Q(tag_pk__isnull=True) | Q(tag_repository__in=names)
+        )
     search = search.strip()
     if search:
         rows = rows.annotate(

@@ -26,6 +26,7 @@ from layerhub.core.permissions import (
     PULL,
     VIEW,
     named_by,
+    named_ids,
     restrict,
     team_choose,
     teams_for,
@@ -94,7 +95,13 @@ def image_list(request: HttpRequest) -> HttpResponse:
     per_page = int(query.get("per_page") or form.clean_per_page())
     images = restrict(Image.objects.all(), request.user)
     repositories = named_by(request.user)
-    rows = image_table(images, search=search, sort=sort, repositories=repositories)
+    rows = image_table(
+        images,
+        search=search,
+        sort=sort,
+        repositories=repositories,
+        names=named_ids(request.user),
+    )
     paginator = Paginator(rows, per_page)
     page = paginator.get_page(query.get("page") or 1)
     page_rows = table_rows(list(page.object_list), repositories)

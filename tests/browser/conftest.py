@@ -90,7 +90,13 @@ def javascript_errors(page: Page) -> Iterator[list[str]]:
 
 @pytest.fixture
 def user(transactional_db: None, django_user_model: type[AbstractBaseUser]) -> AbstractBaseUser:
-    return django_user_model.objects.create_user(username="alice", password=PASSWORD)  # type: ignore[attr-defined,no-any-return]
+    """A signed-in team member: the ``default`` team's owner, as ``make dev``'s admin is."""
+    from layerhub.accounts.models import Membership, Role
+    from tests.support.teams import default_team
+
+    alice = django_user_model.objects.create_user(username="alice", password=PASSWORD)  # type: ignore[attr-defined]
+    Membership.objects.create(team=default_team(), user=alice, role=Role.OWNER)
+    return alice  # type: ignore[no-any-return]
 
 
 @pytest.fixture
