@@ -264,3 +264,33 @@ def test_pages_never_show_another_teams_names(world: dict[str, Any]) -> None:
     assert "b/secret" not in detail
     assert "b-only" not in detail
     assert client.get(reverse("images:detail", args=[world["image_b"].pk])).status_code == 404
+
+
+def test_sharing_and_layer_pages_never_show_another_teams_names(world: dict[str, Any]) -> None:
+    from layerhub.images.models import ImageLayer, Layer
+
+    base = world["base"]
+    layer = Layer.objects.create(
+        chain_id=sha256_digest(b"chain"),
+        digest=sha256_digest(b"blob"),
+        diff_id=sha256_digest(b"chain"),
+        media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+        size=10,
+        unpacked_size=100,
+    )
+    for image in (base, world["image_a"], world["image_b"]):
+        ImageLayer.objects.create(image=image, layer=layer, position=0)
+    b_repo = Repository.objects.get(team=world["b"], name="library/debian")
+    Tag.objects.create(repository=b_repo, name="b-only", image=base)
+    client = Client()
+    client.force_login(world["users"]["viewer"])
+    for url in (
+        reverse("dashboard:sharing"),
+        reverse("layers:detail", args=[layer.chain_id.removeprefix("sha256:")]),
+        reverse("images:detail", args=[world["image_a"].pk]),
+    ):
+        html = client.get(url).content.decode()
+        assert "b-only" not in html, url
+        assert "b/secret" not in html, url
+        # the page does name images, those of the user's team
+        assert "a/app" in html or url.endswith(f"/{world['image_a'].pk}/"), url

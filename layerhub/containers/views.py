@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, cast
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Window
+from django.db.models import Count, F, IntegerField, OuterRef, Prefetch, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
@@ -46,14 +46,14 @@ from layerhub.containers.services import (
     container_rm,
     container_write_file,
 )
-from layerhub.core.permissions import CHANGE, DELETE, restrict
+from layerhub.core.permissions import CHANGE, DELETE, named_by, restrict
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
 from layerhub.engine.container import ContainerFS
 from layerhub.engine.errors import ContainerNotFound, ImageNotFound, LayerhubError
 from layerhub.engine.runtime import runtime_unavailable_reason
 from layerhub.images.lookup import image_lookup
-from layerhub.images.models import Image, ImageLayer
+from layerhub.images.models import Image, ImageLayer, Tag
 from layerhub.images.views_layers import (
     browse_context,
     clean_path,
@@ -108,10 +108,19 @@ def _file_url(container: Container, path: str) -> str:
 # -- list and create ---------------------------------------------------------------------------
 
 
+def _readable_tags(user: Any) -> QuerySet[Tag]:
+    """The tags whose names ``user`` may read, with their repositories."""
+    tags = Tag.objects.select_related("repository")
+    repositories = named_by(user)
+    return tags if repositories is None else tags.filter(repository__in=repositories)
+
+
 def container_list(request: HttpRequest) -> HttpResponse:
     """``docker ps -a``: every container, newest first, with its writable layer's size."""
     containers = restrict(
-        Container.objects.select_related("image").prefetch_related("image__tags__repository"),
+        Container.objects.select_related("image").prefetch_related(
+            Prefetch("image__tags", queryset=_readable_tags(request.user))
+        ),
         request.user,
     ).order_by("-created_at", "-pk")
     per_page = _page_size(request.GET.get("per_page"))
@@ -196,7 +205,7 @@ def _sharers(container: Container, user: Any, layer_ids: list[int]) -> dict[int,
         .order_by("layer_id", "rank")
     )
     pairs = list(rows.values_list("layer_id", "image_id"))
-    images = {i.pk: i for i in with_tags(Image.objects.filter(pk__in={p[1] for p in pairs}))}
+    images = {i.pk: i for i in with_tags(Image.objects.filter(pk__in={p[1] for p in pairs}), user)}
     found: dict[int, list[Image]] = {}
     for layer_id, image_id in pairs:
         found.setdefault(layer_id, []).append(images[image_id])

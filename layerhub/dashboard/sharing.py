@@ -40,9 +40,9 @@ from django.views.decorators.http import require_safe
 from django_htmx.middleware import HtmxDetails
 
 from layerhub.core.humanize import human_size
-from layerhub.core.permissions import restrict
+from layerhub.core.permissions import named_by, restrict
 from layerhub.engine.reference import Reference
-from layerhub.images.models import Image, ImageLayer, Layer, Tag
+from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
 
 ROWS_PER_PAGE = 50
 MIN_ROWS, MAX_ROWS = 10, 200
@@ -235,18 +235,31 @@ def image_label(image: Image) -> str:
     return image.image_id
 
 
+def _named(
+    queryset: QuerySet[Any], lookup: str, repositories: QuerySet[Repository] | None
+) -> QuerySet[Any]:
+    """``queryset`` of names, narrowed to ``repositories`` when given."""
+    if repositories is not None:
+        queryset = queryset.filter(**{lookup: repositories})
+    if queryset.model is Tag:
+        queryset = queryset.select_related("repository")
+    return queryset
+
+
 def page_rows(
     images: QuerySet[Image],
     rows: QuerySet[ImageLayer],
     families: list[Family],
     first: int,
     count: int,
+    repositories: QuerySet[Repository] | None = None,
 ) -> tuple[list[Row], dict[int, int]]:
     """Rows ``first`` .. ``first + count - 1`` of the picture (``images``, whose layer rows are
     ``rows``), with their layers, and how many images use each of those layers; in six queries.
 
     The order is computed from the image-layer rows alone (their bottom row, then the key of
-    the chain), never reading the images' own rows, and only over the families given."""
+    the chain), never reading the images' own rows, and only over the families given. Rows
+    are named only from ``repositories`` (those the user may read; None: all)."""
     if not families:
         return [], {}
     offset = first - families[0].start
@@ -260,8 +273,10 @@ def page_rows(
         images.filter(pk__in=ordered)
         .only("pk", "config_digest")
         .prefetch_related(
-            Prefetch("tags", queryset=Tag.objects.select_related("repository")),
-            "repositories",
+            Prefetch("tags", queryset=_named(Tag.objects.all(), "repository__in", repositories)),
+            Prefetch(
+                "repositories", queryset=_named(Repository.objects.all(), "pk__in", repositories)
+            ),
         )
     )
     by_id = {
@@ -529,7 +544,9 @@ def sharing_page(request: HttpRequest) -> HttpResponse:
     first = (page - 1) * per_page
     last = min(first + per_page, drawn)  # exclusive
     touched = [f for f in families if f.start < last and f.start + f.images > first]
-    rows, users = page_rows(images, layer_rows, touched, first, last - first)
+    rows, users = page_rows(
+        images, layer_rows, touched, first, last - first, named_by(request.user)
+    )
     largest = max((cell.unpacked_size or 0 for row in rows for cell in row.cells), default=0)
     scale = width_scale(rows)
     sections = []

@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from layerhub.containers.services import image_lowers
-from layerhub.core.permissions import restrict
+from layerhub.core.permissions import named_by, restrict
 from layerhub.core.store import get_store
 from layerhub.engine.errors import InvalidPath
 from layerhub.engine.reference import Reference
@@ -39,11 +39,14 @@ _CHAIN_HEX = re.compile(r"[a-f0-9]{64}")
 # -- shared with the container pages ------------------------------------------------------------
 
 
-def with_tags(queryset: QuerySet[Image]) -> QuerySet[Image]:
-    """``queryset`` with the tags ``display_name`` reads, in one more query for any number."""
-    return queryset.prefetch_related(
-        Prefetch("tags", queryset=Tag.objects.select_related("repository"))
-    )
+def with_tags(queryset: QuerySet[Image], user: Any = None) -> QuerySet[Image]:
+    """``queryset`` with the tags ``display_name`` reads (those ``user`` may read, if given),
+    in one more query for any number."""
+    tags = Tag.objects.select_related("repository")
+    repositories = named_by(user) if user is not None else None
+    if repositories is not None:
+        tags = tags.filter(repository__in=repositories)
+    return queryset.prefetch_related(Prefetch("tags", queryset=tags))
 
 
 def display_name(image: Image) -> str:
@@ -251,7 +254,7 @@ def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
         chain_id=f"sha256:{chain_hex}",
     )
     images_qs = (
-        with_tags(restrict(Image.objects.all(), request.user))
+        with_tags(restrict(Image.objects.all(), request.user), request.user)
         .filter(image_layers__layer=layer)
         .distinct()
         .order_by("-added_at", "-pk")
@@ -303,7 +306,9 @@ def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
 def image_files(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The merged tree of an image (``?path=``): a directory's entries, a text file's contents
     (capped), a symlink's target; ``?download=1`` streams a regular file."""
-    image = get_object_or_404(with_tags(restrict(Image.objects.all(), request.user)), pk=pk)
+    image = get_object_or_404(
+        with_tags(restrict(Image.objects.all(), request.user), request.user), pk=pk
+    )
     path = clean_path(request.GET.get("path"))
     view = UnionView(image_lowers(image), get_store().whiteouts)
     if request.GET.get("download"):

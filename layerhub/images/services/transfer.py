@@ -246,7 +246,10 @@ def _export_image(
     except InvalidReference:
         pass
     if not refs:
-        refs = [f"{t.repository}:{t.name}" for t in image.tags.select_related("repository")]
+        tags = image.tags.select_related("repository")
+        if user is not None:
+            tags = restrict(tags, user)  # another team's names of the image stay theirs
+        refs = [f"{t.repository}:{t.name}" for t in tags]
     config = parse_config(get_store().blobs.read_bytes(image.config_digest))
     return ExportImage(
         references=tuple(refs),
