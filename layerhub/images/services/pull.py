@@ -42,7 +42,7 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
-from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
+from layerhub.images.leases import blob_in_use_by_other, job_lease, job_lease_copy, job_leaser
 from layerhub.images.models import (
     Blob,
     Image,
@@ -221,7 +221,7 @@ def image_import_run(*, job_id: int) -> None:
             platform=parse_platform(job.params.get("platform") or "linux/amd64"),
             known_layer=_known_layer,
             lease=job_leaser(job),
-            in_use=lease_held_by_other(job),
+            in_use=blob_in_use_by_other(job),
             should_stop=watch.poll,  # this thread only: a query at most once a second
         )
         watch.check(force=True)  # cancelled at the last moment: no images recorded
