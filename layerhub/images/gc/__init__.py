@@ -26,6 +26,6 @@ Walks and removals never follow a symlink nor cross a mount point (``layerhub.en
 from __future__ import annotations
 
 from layerhub.images.gc.collect import store_gc
-from layerhub.images.gc.report import KINDS, Garbage, GCReport
+from layerhub.images.gc.report import Garbage, GCReport
 
-__all__ = ["KINDS", "GCReport", "Garbage", "store_gc"]
+__all__ = ["GCReport", "Garbage", "store_gc"]

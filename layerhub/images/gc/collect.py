@@ -24,7 +24,9 @@ from layerhub.images.gc.plan import (
     jobs_query,
     live_job_files,
     make_plan,
+    measure,
     on_disk,
+    plan_folders,
 )
 from layerhub.images.gc.report import GCReport
 from layerhub.images.leases import lease_barrier
@@ -57,20 +59,25 @@ def store_gc(
     disk = on_disk()
     if dry_run:
         plan = make_plan(disk, now)
+    else:
+        with transaction.atomic():
+            # the marks and the row deletes see every lease written before, and none after
+            lease_barrier(exclusive=True)
+            plan = make_plan(disk, now)
+            try:
+                images_delete_rows(images=plan.images, plan=plan.image_plan)
+            except ProtectedError:
+                raise Conflict(
+                    "a container was created on an untagged image while garbage was being "
+                    "collected: nothing was deleted; collect again"
+                ) from None
+            for chain_id in plan.layer_rows:  # top first: a layer goes once nothing stands on it
+                Layer.objects.filter(chain_id=chain_id).delete()
+    # walks of trees and folders, outside the transaction (SQLite's writers wait on it)
+    measure(plan)
+    plan_folders(plan, disk, now)
+    if dry_run:
         return GCReport(dry_run=True, items=plan.items(), held=plan.held)
-    with transaction.atomic():
-        # the marks and the row deletes see every lease written before, and none after
-        lease_barrier(exclusive=True)
-        plan = make_plan(disk, now)
-        try:
-            images_delete_rows(images=plan.images, plan=plan.image_plan)
-        except ProtectedError:
-            raise Conflict(
-                "a container was created on an untagged image while garbage was being "
-                "collected: nothing was deleted; collect again"
-            ) from None
-        for chain_id in plan.layer_rows:  # top first: a layer goes once nothing stands on it
-            Layer.objects.filter(chain_id=chain_id).delete()
     report = GCReport(dry_run=False, items=plan.image_items(), held=list(plan.held))
     try:
         _delete_store_files(plan, report, stop)
@@ -107,6 +114,7 @@ def _delete_store_files(plan: Plan, report: GCReport, stop: Callable[[], None]) 
 def _delete_folder_items(
     plan: Plan, report: GCReport, now: datetime, stop: Callable[[], None]
 ) -> None:
+    """Container layers, tmp/ entries, archives and uploads, each judged again first."""
     store = get_store()
     grace_ts = grace_cutoff(now)
     for item in plan.containers:
@@ -179,15 +187,15 @@ def _container_layer_remove(container_id: str, grace_ts: float, report: GCReport
 
 
 def _delete_jobs(plan: Plan, report: GCReport, now: datetime) -> None:
+    """Delete the planned job rows still past their period (their leases with them)."""
     if not plan.jobs:
         return
     query = jobs_query(now)
     planned = [int(item.key) for item in plan.jobs]
-    deleted: set[int] = set()
     for start in range(0, len(planned), JOB_DELETE_BATCH):
         batch = planned[start : start + JOB_DELETE_BATCH]
         with transaction.atomic():
-            ids = list(query.filter(pk__in=batch).values_list("pk", flat=True))
-            Job.objects.filter(pk__in=ids).delete()  # their leases go with them
-        deleted.update(ids)
-    report.items.extend(item for item in plan.jobs if int(item.key) in deleted)
+            Job.objects.filter(pk__in=query.filter(pk__in=batch).values("pk")).delete()
+    # a job whose parent went before it went with it
+    left = set(Job.objects.filter(pk__in=planned).values_list("pk", flat=True))
+    report.items.extend(item for item in plan.jobs if int(item.key) not in left)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from layerhub.containers.models import Container
 from layerhub.core.store import get_store
@@ -69,6 +68,8 @@ def _is_hex(name: str) -> bool:
 
 
 def on_disk() -> Disk:
+    """List what the store's blobs/, snapshots/, containers/ and tmp/, and the export and
+    upload folders, hold now (no tree is walked)."""
     store = get_store()
     disk = Disk()
     for name, entry in _entries(store.blobs.root).items():
@@ -114,6 +115,8 @@ class Plan:
     held: list[str] = field(default_factory=list)
     # ChainIDs of layer rows that go with no tree on disk (never unpacked, or gone)
     absent: set[str] = field(default_factory=set)
+    # ChainIDs of trees no row records a size for: measured by ``measure`` (0 until then)
+    unmeasured: set[str] = field(default_factory=set)
 
     def items(self) -> list[Garbage]:
         """Every item, in the order the report lists them."""
@@ -183,7 +186,10 @@ def _untagged_to_prune(now: datetime, leased: set[str]) -> list[Image]:
 
 
 def make_plan(disk: Disk, now: datetime) -> Plan:
-    """Judge what goes: the marks, read now, against what ``disk`` listed."""
+    """Judge which images, layer rows, snapshots and blobs go: the marks, read now, against
+    what ``disk`` listed. Reads rows only (a run holds the lease barrier meanwhile): trees
+    no row records are measured afterwards (``measure``), and the folders and job rows are
+    judged apart (``plan_folders``)."""
     plan = Plan()
     leased = set(Lease.objects.filter(job__state__in=LIVE_STATES).values_list("key", flat=True))
     plan.images = _untagged_to_prune(now, leased)
@@ -228,12 +234,16 @@ def make_plan(disk: Disk, now: datetime) -> Plan:
         plan.snapshots.append(Garbage("snapshot", chain, size, of_images))
         if chain not in disk.snapshots:
             plan.absent.add(chain)
-    plan.blobs.extend(Garbage("blob", d, size, of_images) for d, size in plan.image_plan.blobs)
+    recorded = dict(Blob.objects.values_list("digest", "size"))
+    plan.blobs.extend(
+        Garbage("blob", d, size, of_images)
+        for d, size in plan.image_plan.blobs
+        if d in disk.blobs or d in recorded  # a blob neither there nor recorded: nothing to do
+    )
     plan.held.extend(f"{key}: leased by a running job" for key in plan.image_plan.held)
 
     # snapshots: every tree and every doomed layer row no staying row names
     garbage_rows = {rows[pk][0]: rows[pk] for pk in garbage_layers}
-    store = get_store()
     for chain in sorted(disk.snapshots | set(plan.layer_rows)):
         if chain in named_chains or chain in planned_chains:
             continue
@@ -247,12 +257,12 @@ def make_plan(disk: Disk, now: datetime) -> Plan:
         elif row is not None and row[3]:
             size, why = row[4], "no image uses this layer"
         else:
-            size = _measure(store.snapshots.path(chain))
+            size = 0
+            plan.unmeasured.add(chain)
             why = "no image uses this layer" if row is not None else "no layer row names it"
         plan.snapshots.append(Garbage("snapshot", chain, size, why))
 
     # blobs: every file and every size row no staying row names
-    recorded = dict(Blob.objects.values_list("digest", "size"))
     for digest in sorted(set(disk.blobs) | set(recorded)):
         if digest in named_blobs or digest in planned_blobs:
             continue
@@ -267,13 +277,25 @@ def make_plan(disk: Disk, now: datetime) -> Plan:
             size, why = disk.blobs[digest], "no row records it (a failed pull's or import's)"
         plan.blobs.append(Garbage("blob", digest, size, why))
 
-    _plan_folders(plan, disk, now)
-    plan.jobs = _jobs_to_delete(now)
     return plan
 
 
-def _plan_folders(plan: Plan, disk: Disk, now: datetime) -> None:
-    """Containers' layers, tmp/, saved archives and uploads that may go."""
+def measure(plan: Plan) -> None:
+    """Measure the trees of the plan's snapshots no row records a size for (walked outside the
+    barrier's transaction: SQLite's writers wait on it)."""
+    store = get_store()
+    plan.snapshots = [
+        replace(item, size=_measure(store.snapshots.path(item.key)))
+        if item.key in plan.unmeasured
+        else item
+        for item in plan.snapshots
+    ]
+    plan.unmeasured.clear()
+
+
+def plan_folders(plan: Plan, disk: Disk, now: datetime) -> None:
+    """Add the containers' layers, tmp/ entries, saved archives, uploads and job rows that may
+    go (none of them judged against leases: no barrier needed)."""
     grace_ts = grace_cutoff(now)
     rows = set(Container.objects.values_list("container_id", flat=True))
     for name, entry in sorted(disk.containers.items()):
@@ -313,6 +335,7 @@ def _plan_folders(plan: Plan, disk: Disk, now: datetime) -> None:
             plan.uploads.append(
                 Garbage("upload", str(entry.path), _measure(entry.path, entry), why)
             )
+    plan.jobs = _jobs_to_delete(now)
 
 
 def grace_cutoff(now: datetime) -> float:
@@ -346,7 +369,8 @@ def _old_jobs(cutoff: datetime) -> Q:
     )
 
 
-def jobs_query(now: datetime) -> Any:
+def jobs_query(now: datetime) -> QuerySet[Job]:
+    """Ended jobs past LAYERHUB_GC_KEEP_JOBS whose every child is too."""
     keep = settings.LAYERHUB_GC_KEEP_JOBS
     if keep is None:
         return Job.objects.none()

@@ -9,8 +9,6 @@ from layerhub.core.humanize import human_size
 
 # items kept in a report stored on a job row (the count and the bytes are always exact)
 MAX_STORED_ITEMS = 500
-# what the report calls each kind of item, in the order it lists them
-KINDS = ("image", "snapshot", "blob", "container", "tmp", "export", "upload", "job")
 
 
 @dataclass(frozen=True)
@@ -18,7 +16,9 @@ class Garbage:
     """One thing a collection deletes (or would): what it is, its key, the bytes its removal
     frees (0 for a row) and why it goes."""
 
-    what: str  # one of KINDS
+    # in the order a report lists them: image, snapshot, blob, container, tmp, export,
+    # upload, job
+    what: str
     key: str  # an image ID, digest, ChainID, container ID, path, or job number
     size: int
     why: str
@@ -56,11 +56,6 @@ class GCReport:
     def count(self) -> int:
         """How many things were (would be) deleted, even once the list is cut."""
         return len(self.items) if self.item_count is None else self.item_count
-
-    def counts(self) -> dict[str, int]:
-        """Items per kind, in KINDS order, kinds with none left out (of the stored list)."""
-        found = {kind: sum(1 for item in self.items if item.what == kind) for kind in KINDS}
-        return {kind: n for kind, n in found.items() if n}
 
     def total_line(self) -> str:
         """Docker's last line of a prune: ``Total reclaimed space: 1.2GB``."""

@@ -17,7 +17,7 @@ from layerhub.engine.export import ExportImage, write_docker_archive, write_oci_
 from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
 from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
-from layerhub.images.leases import job_lease
+from layerhub.images.leases import job_lease, lease_barrier
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Repository, Tag
 from layerhub.images.removal import images_delete_rows, plan_files_delete
@@ -292,6 +292,9 @@ def image_remove(*, image: str, force: bool = False) -> list[str]:
     if named and len(tags) > 1 and not force:
         named[0].delete()
         return [f"Untagged: {named[0].repository}:{named[0].name}"]
+    # the plan reads the live leases and the rows go in this transaction: no lease may come
+    # between (a job that leased a layer row after the read would record an image on it)
+    lease_barrier(exclusive=True)
     plan = image_delete_plan(found)
     if plan.blocked:
         raise _blocked(found, plan)
