@@ -9,19 +9,23 @@ import os
 import random
 import stat
 import subprocess
+import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import transaction
 from django.utils import timezone
 from pytest_django import Settings
 
 from layerhub.containers.services import container_create
 from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
+from layerhub.engine import archive as archive_module
 from layerhub.engine import fsutil
 from layerhub.engine.digest import chain_ids
 from layerhub.images.gc import GCReport, store_gc
@@ -29,7 +33,7 @@ from layerhub.images.gc import collect as gc_collect
 from layerhub.images.leases import job_lease
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Blob, Image, Layer, Tag
-from layerhub.images.services import image_pull
+from layerhub.images.services import image_import, image_pull
 from layerhub.images.services.transfer import image_remove
 from layerhub.images.verify import store_verify
 from layerhub.jobs.models import Job, Lease
@@ -489,3 +493,70 @@ def test_the_command_prints_each_item_and_the_total(
     ]
     assert store_verify().ok
     complete(image_lookup(f"{registry.host}/team/app:v1"))
+
+
+# -- the other deletes look at the rows too -----------------------------------------------------
+
+
+def test_rmi_leaves_a_blob_an_image_recorded_after_its_rows_went(
+    registry: Registry, seed: Seed
+) -> None:
+    store = get_store()
+    app = pulled(f"{registry.host}/team/app:v1")
+    app_chain = chain_ids([seed.base.diff_id, seed.app.diff_id])[1]
+    with transaction.atomic():
+        image_remove(image=f"{registry.host}/team/app:v1")
+        # between rmi's rows and its files, a job judged the app layer's blob present under
+        # its lease, recorded an image naming it over another base, and ended
+        Layer.objects.create(
+            chain_id="sha256:" + "12" * 32,
+            digest=seed.app.digest,
+            diff_id=seed.app.diff_id,
+            media_type="application/vnd.oci.image.layer.v1.tar+zstd",
+            size=seed.app.size,
+        )
+    assert store.blobs.has(seed.app.digest)  # a row names it: it stays
+    assert Blob.objects.filter(digest=seed.app.digest).exists()
+    assert not store.blobs.has(app.config_digest)  # what nothing names went
+    assert not store.snapshots.exists(app_chain)
+
+
+def test_a_failed_import_keeps_a_blob_it_added_that_an_image_recorded_meanwhile(
+    registry: Registry, seed: Seed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = f"{registry.host}/team/app:v1"
+    pulled(reference)
+    store = get_store()
+    archive = tmp_path / "app.tar"
+    call_command("save", reference, "-o", str(archive), stdout=io.StringIO())
+    image_remove(image=reference)
+    assert list(store.blobs.digests()) == []
+    broken = tmp_path / "broken.tar"
+    top = f"{seed.app.diff_id.split(':')[1]}/layer.tar"
+    with tarfile.open(archive) as src, tarfile.open(broken, "w") as dst:
+        for member in src.getmembers():
+            if member.name == top:  # the import fails on the top layer
+                member.size = 3
+                dst.addfile(member, io.BytesIO(b"bad"))
+            else:
+                dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+    real_take_back = archive_module._Intake.take_back
+    kept: list[str] = []
+
+    def recorded_meanwhile(self: Any, in_use: Callable[[str], bool]) -> None:
+        # another job judged the first blob this import added present, recorded it, ended
+        kept.append(self.added[0])
+        Layer.objects.create(
+            chain_id="sha256:" + "34" * 32,
+            digest=self.added[0],
+            diff_id=self.added[0],
+            media_type="application/vnd.oci.image.layer.v1.tar",
+            size=1,
+        )
+        real_take_back(self, in_use)
+
+    monkeypatch.setattr(archive_module._Intake, "take_back", recorded_meanwhile)
+    job = image_import(path=str(broken))
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED
+    assert list(store.blobs.digests()) == kept  # the rest was taken back
