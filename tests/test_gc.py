@@ -21,8 +21,9 @@ from layerhub.env import env_duration
 from layerhub.images.gc import GCReport, store_gc
 from layerhub.images.gc import collect as gc_collect
 from layerhub.images.gc.plan import Disk, Plan, make_plan
-from layerhub.images.leases import job_lease
+from layerhub.images.leases import job_lease, job_lease_copy
 from layerhub.images.models import Image, ImageLayer, Layer
+from layerhub.images.services import pull as pull_services
 from layerhub.images.services import transfer
 from layerhub.images.services.gc import store_gc_report, store_gc_run, store_gc_scheduled
 from layerhub.images.sizes import DeletePlan, image_delete_plan
@@ -367,3 +368,57 @@ def test_old_job_rows_go_in_batches_with_the_jobs_they_started(
     assert [(i.what, i.key) for i in dry.items] == expected
     assert [(i.what, i.key) for i in report.items] == expected
     assert list(Job.objects.values_list("pk", flat=True)) == [recent.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("eager")
+def test_rmi_of_an_image_whose_unpack_is_being_queued_waits_instead_of_deadlocking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = Image.objects.create(
+        manifest_digest=digest("queued manifest"),
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        config_digest=digest("queued config"),
+        config={},
+    )
+    pull = Job.objects.create(kind=Job.Kind.PULL, state=Job.State.RUNNING, image=image)
+    job_lease(job=pull, keys=[image.manifest_digest])
+    queued = threading.Event()
+    go_on = threading.Event()
+    errors: list[BaseException] = []
+    real_copy = job_lease_copy
+
+    def copy_later(*, source: Job, target: Job) -> None:
+        queued.set()  # the unpack's row is written (it names the image): rmi comes now
+        go_on.wait(30)
+        real_copy(source=source, target=target)
+
+    monkeypatch.setattr(pull_services, "job_lease_copy", copy_later)
+
+    def queue_unpack() -> None:
+        try:
+            pull_services._queue_unpack(pull, image)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def remove() -> None:
+        try:
+            queued.wait(30)
+            transfer.image_remove(image=image.config_digest)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=queue_unpack), threading.Thread(target=remove)]
+    for thread in threads:
+        thread.start()
+    assert queued.wait(30)
+    time.sleep(1.5)  # past PostgreSQL's deadlock_timeout: a circle would be broken by now
+    go_on.set()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert not Image.objects.filter(pk=image.pk).exists()  # rmi went second, and went

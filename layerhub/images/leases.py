@@ -37,10 +37,12 @@ def lease_barrier(*, exclusive: bool) -> None:
     A lease committed before the exclusive side is taken is seen by its holder; one written
     after waits for it to commit. On PostgreSQL an advisory transaction lock; on SQLite every
     write transaction already takes the database's one write lock at BEGIN (the settings'
-    IMMEDIATE transaction mode), which orders them the same way.
+    IMMEDIATE transaction mode), which orders them the same way. Take it before the
+    transaction locks any row, as every caller does, or two transactions can wait on each
+    other.
     """
     if not connection.in_atomic_block:
-        raise RuntimeError("lease_barrier is taken inside a transaction")
+        raise RuntimeError("lease_barrier must be taken inside a transaction")
     if connection.vendor == "postgresql":
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         with connection.cursor() as cursor:

@@ -42,7 +42,13 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
-from layerhub.images.leases import blob_in_use_by_other, job_lease, job_lease_copy, job_leaser
+from layerhub.images.leases import (
+    blob_in_use_by_other,
+    job_lease,
+    job_lease_copy,
+    job_leaser,
+    lease_barrier,
+)
 from layerhub.images.models import (
     Blob,
     Image,
@@ -175,6 +181,9 @@ def _queue_unpack(job: Job, image: Image) -> Job:
     # the unpack holds what its parent leased from the moment it exists, before the parent
     # ends: nothing is deletable between the two
     with transaction.atomic():
+        # before the child's row locks the image's: the order rmi and garbage collection
+        # take the barrier and rows in, so neither waits on the other in a circle
+        lease_barrier(exclusive=False)
         child = job_start(
             kind=Job.Kind.UNPACK,
             user=job.created_by,
