@@ -334,12 +334,14 @@ def print_flat(what: str, big_mb: int, small_kib: int, big_kib: int) -> None:
 
 
 def podman(root: Path, *args: str) -> list[str]:
+    # podman refuses a runroot path longer than 50 characters: a short one of its own
+    runroot = Path("/tmp") / f"lh-podman-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
     return [
         "podman",
         "--root",
         str(root / "root"),
         "--runroot",
-        str(root / "runroot"),
+        str(runroot),
         "--storage-driver",
         "overlay",
         *args,
@@ -353,6 +355,7 @@ def pull_podman(ref: str, dest: Path) -> Run:
 
 def podman_clean(dest: Path) -> None:
     subprocess.run(podman(dest, "system", "reset", "--force"), capture_output=True, check=False)
+    shutil.rmtree(podman(dest)[4], ignore_errors=True)
     shutil.rmtree(dest, ignore_errors=True)
 
 

@@ -51,6 +51,7 @@ from .manifest import Descriptor
 from .snapshots import StagedSnapshot
 from .store import BlobWriter, ContentStore, Store
 from .store import Descriptor as BlobDescriptor
+from .unpacker import Unpacker, UnpackerDied
 
 WAITING = "Waiting"
 DOWNLOADING = "Downloading"
@@ -288,8 +289,13 @@ class LayerPipeline:
         unpacks: int | None = None,
         durable: bool = True,
         keep_going: bool = False,
+        processes: bool = True,
     ) -> None:
         self.store = store
+        # unpack in processes of their own (unpacker.py): one core each
+        self.processes = processes
+        self.privileged = os.geteuid() == 0
+        self._idle: list[Unpacker] = []
         self.fetch = fetch
         self.progress = progress
         self.should_stop = should_stop
@@ -431,6 +437,73 @@ class LayerPipeline:
             self._layer_settled(blob)
 
     def _apply(self, layer: _Layer, blob: _Blob, staged: StagedSnapshot) -> ApplyResult:
+        unpacker = self._take_unpacker()
+        result = (
+            self._apply_here(blob, staged)
+            if unpacker is None
+            else self._apply_in(unpacker, blob, staged)
+        )
+        if result.diff_id != layer.diff_id:
+            raise DigestMismatch(layer.diff_id, result.diff_id, "layer DiffID")
+        return result
+
+    def _take_unpacker(self) -> Unpacker | None:
+        """An idle unpacker process, or a new one (None: unpack in this thread)."""
+        if not self.processes:
+            return None
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return Unpacker()
+        except OSError:  # pragma: no cover - no process to be had: do it here
+            return None
+
+    def _apply_in(self, unpacker: Unpacker, blob: _Blob, staged: StagedSnapshot) -> ApplyResult:
+        """Unpack in ``unpacker``'s process, telling it how far the download has come."""
+        grown = blob.grown
+        assert grown is not None
+        generation = grown.wait_start(self.stop)
+        assert grown.path is not None
+        path = grown.path
+        problem: list[BaseException] = []
+
+        def forward() -> None:
+            sent = 0
+            try:
+                while ready := grown.available(generation, sent, self.stop):
+                    sent += ready
+                    unpacker.send({"size": sent})
+                unpacker.send({"end": sent})
+            except (_Restarted, _SourceGone) as exc:
+                problem.append(exc)
+                unpacker.kill()
+            except (OSError, ValueError):
+                pass  # the child is gone (it failed): its own answer says why
+
+        unpacker.start(
+            path,
+            staged.tree,
+            whiteouts=self.store.whiteouts.name,
+            limits=self.store.snapshots.limits_for(),
+            privileged=self.privileged,
+        )
+        forwarder = threading.Thread(target=forward, name="layer-forward", daemon=True)
+        forwarder.start()
+        try:
+            result = unpacker.result(lambda n: self._unpack_read(blob, n))
+        except UnpackerDied:
+            forwarder.join(1)
+            if problem:
+                raise problem[0] from None
+            raise
+        forwarder.join()  # the child read to the end: everything was forwarded
+        with self._lock:
+            self._idle.append(unpacker)
+        return result
+
+    def _apply_here(self, blob: _Blob, staged: StagedSnapshot) -> ApplyResult:
+        """Unpack in this thread (one process: for small layers and tests)."""
         assert blob.grown is not None
         reader = _GrowingReader(blob.grown, self.stop, lambda n: self._unpack_read(blob, n))
         with reader:
@@ -443,8 +516,6 @@ class LayerPipeline:
             # the whole blob was read, its digest checked: only then is the tree its own
             if blob.grown.available(reader._generation, reader.offset, self.stop):
                 raise _Restarted  # pragma: no cover - apply reads to the end
-        if result.diff_id != layer.diff_id:
-            raise DigestMismatch(layer.diff_id, result.diff_id, "layer DiffID")
         return result
 
     def run(self) -> list[UnpackedLayer]:
@@ -456,6 +527,9 @@ class LayerPipeline:
             self._publish()
         finally:
             self._release()
+            for unpacker in self._idle:
+                unpacker.close()
+            self._idle.clear()
         if error is not None:
             raise error
         self._deferred()

@@ -27,6 +27,7 @@ from layerhub.engine.manifest import Descriptor
 from layerhub.engine.pipeline import LayerPipeline
 from layerhub.engine.store import ContentStore, Store
 from layerhub.engine.store import Descriptor as BlobDescriptor
+from layerhub.engine.unpacker import Unpacker
 from tests.support.oci import LayerBlob, Tree, make_layer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,16 +226,40 @@ def test_layers_unpack_in_parallel_largest_first(
         return result
 
     monkeypatch.setattr(pipeline, "apply_layer", timed)
-    run(store, Registry(small, large), [small, large], unpacks=2)
+    # in this process's threads, where the test can time them (processes are tested below)
+    run(store, Registry(small, large), [small, large], unpacks=2, processes=False)
     (s0, s1), (l0, l1) = spans[small.diff_id], spans[large.diff_id]
     assert s0 < l1  # the two ran at once
     assert l0 < s1
     spans.clear()
     for chain in store.snapshots.chain_ids():
         store.snapshots.remove(chain)
-    run(store, None, [small, large], unpacks=1)  # one at a time when told so
+    run(store, None, [small, large], unpacks=1, processes=False)  # one at a time if told so
     (s0, s1), (l0, l1) = spans[small.diff_id], spans[large.diff_id]
     assert l1 <= s0  # the long pole first
+
+
+def test_each_unpack_slot_has_a_process_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "store")
+    layers = [big_layer(name, files=8) for name in "abcd"]
+    pids: list[int] = []
+    real_start = Unpacker.start
+
+    def start(self: Unpacker, *args: Any, **kwargs: Any) -> None:
+        pids.append(self._proc.pid)
+        real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Unpacker, "start", start)
+    results = run(store, Registry(*layers), layers, unpacks=2)
+    assert all(r.created for r in results)
+    assert len(pids) == 4  # a layer each
+    assert len(set(pids)) == 2  # two processes, each reused for a second layer
+    assert os.getpid() not in pids
+    for layer, result in zip(layers, results, strict=True):
+        name = layer.diff_id  # each tree is its own layer's
+        assert len(tree_files(store.snapshots.get(result.chain_id))) == 8, name
 
 
 def test_the_store_is_flushed_once_and_before_anything_is_published(
