@@ -369,13 +369,17 @@ class LayerPipeline:
             self._say(blob, EXTRACTING, offset)
 
     def _layer_settled(self, blob: _Blob) -> None:
-        """A layer of ``blob`` was unpacked (or given up on): say so once all are."""
+        """A layer of ``blob`` was unpacked (or given up on): say so once all are and the
+        download is done (whichever ends last says it)."""
         with self._lock:
             blob.unpacks_left -= 1
-            last = blob.unpacks_left == 0
-        if last and (blob.downloaded or not blob.fetch):
-            made = any(layer.applied is not None for layer in blob.users)
-            self._say(blob, COMPLETE if made else DOWNLOADED, blob.desc.size)
+            last = blob.unpacks_left == 0 and (blob.downloaded or not blob.fetch)
+        if last:
+            self._say_done(blob)
+
+    def _say_done(self, blob: _Blob) -> None:
+        made = any(layer.applied is not None for layer in blob.users)
+        self._say(blob, COMPLETE if made else DOWNLOADED, blob.desc.size)
 
     # -- the work ----------------------------------------------------------------------------
 
@@ -393,7 +397,8 @@ class LayerPipeline:
             stop_point(self.should_stop, f"download of {digest}")
             self._say(blob, DOWNLOADING, done)
 
-        served = None if self.source is None else (lambda host: self.source(digest, host))  # type: ignore[misc]
+        source = self.source
+        served = None if source is None else (lambda host: source(digest, host))
         try:
             stop_point(self.should_stop, f"download of {digest}")
             self.fetch(blob.desc, staging, downloading, served)
@@ -405,7 +410,10 @@ class LayerPipeline:
         with self._lock:
             blob.downloaded = True
             pending = blob.unpacks_left
-        self._say(blob, DOWNLOADED if not pending else EXTRACTING, blob.desc.size)
+        if pending:  # the unpack goes on: its reads say "Extracting" from here
+            self._say(blob, DOWNLOADED, blob.desc.size)
+        else:
+            self._say_done(blob)
 
     def _unpack(self, layer: _Layer) -> None:
         blob = self.blobs[layer.desc.digest]
@@ -520,8 +528,8 @@ class LayerPipeline:
 
     def run(self) -> list[UnpackedLayer]:
         """Do it all; the layers' snapshots in order, or the first error."""
-        self._plan()
         try:
+            self._plan()
             self._first_lines()
             error = self._run_parallel()
             self._publish()

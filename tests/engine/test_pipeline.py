@@ -389,3 +389,38 @@ def test_a_layer_another_worker_holds_is_waited_for_not_made_twice(tmp_path: Pat
     results = run(store, registry, [shared, own])
     assert [r.created for r in results] == [False, True]
     assert store.blobs.has(shared.digest)
+
+
+def test_an_unpacker_that_dies_leaves_its_layer_to_an_unpack_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "store")
+    victim, fine = big_layer("victim", files=30), big_layer("fine", files=3)
+    real_result = Unpacker.result
+
+    def killed(self: Unpacker, on_read: Callable[[int], None]) -> Any:
+        if self._started_with == victim:  # type: ignore[attr-defined]
+            os.kill(self._proc.pid, signal.SIGKILL)  # out of memory, say
+        return real_result(self, on_read)
+
+    real_start = Unpacker.start
+
+    def start(self: Unpacker, path: str, *args: Any, **kwargs: Any) -> None:
+        self._started_with = victim if victim.digest.split(":")[1] in path else fine  # type: ignore[attr-defined]
+        real_start(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Unpacker, "start", start)
+    monkeypatch.setattr(Unpacker, "result", killed)
+    store.blobs.put_bytes(victim.data, victim.digest)  # unpacked from the store's file
+    results = run(store, Registry(victim, fine), [victim, fine])
+    assert results[0].error is not None
+    assert "ended without an answer" in str(results[0].error)
+    assert results[1].created
+    assert store.blobs.has(victim.digest)
+    assert not store.snapshots.exists(results[0].chain_id)
+    assert list(store.tmp.iterdir()) == []
+    # an error a child reports comes back as the same type, with its attributes
+    hostile = make_layer({"../escape": b"x"})
+    with pytest.raises(LayerError) as raised:
+        run(store, None, [hostile]) if store.blobs.put_bytes(hostile.data) else None
+    assert getattr(raised.value, "name", None) == "../escape"

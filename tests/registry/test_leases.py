@@ -119,6 +119,8 @@ def test_a_pull_leases_before_it_judges_and_hands_the_unpack_its_leases(
         return result
 
     monkeypatch.setattr(pipeline, "apply_layer", apply_once_refused)
+    # unpacked in this process's threads, where the patched apply_layer runs
+    monkeypatch.setattr(LayerPipeline, "_take_unpacker", lambda self: None)
     job = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
