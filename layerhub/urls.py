@@ -15,6 +15,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("layers/", include("layerhub.images.urls_layers")),
     path("containers/", include("layerhub.containers.urls")),
     path("jobs/", include("layerhub.jobs.urls")),
+    path("api/", include("layerhub.api.urls")),
     path("healthz", login_not_required(healthz), name="healthz"),
     path(
         "login/",

@@ -79,6 +79,12 @@ def _role_allowed(user: Any, action: str) -> list[Role] | None:
     return [role for role in ROLE_ORDER if role.rank >= needed.rank]
 
 
+def scope_allows(user: Any, action: str) -> bool:
+    """Whether ``user`` is signed in and their token's scope (if they came with a token)
+    allows ``action`` at all: what acts on the user's own account (personal tokens) asks."""
+    return _signed_in(user) and _role_allowed(user, action) is not None
+
+
 def teams_for(user: Any, action: str = VIEW) -> QuerySet[Team]:
     """The teams in which ``user`` may ``action``."""
     if action not in ROLE_FOR_ACTION:
