@@ -49,11 +49,11 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
+from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
 from layerhub.images.models import (
     Blob,
     Image,
-    ImageLayer,
     Layer,
     RegistryCredential,
     Repository,
@@ -411,9 +411,10 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
     )
     if not image.image_layers.exists():
         parent: Layer | None = None
+        stack: list[Layer] = []
         chains = chain_ids(config.diff_ids)
-        for position, (desc, diff_id, chain) in enumerate(
-            zip(resolved.manifest.layers, config.diff_ids, chains, strict=True)
+        for desc, diff_id, chain in zip(
+            resolved.manifest.layers, config.diff_ids, chains, strict=True
         ):
             layer, _ = Layer.objects.get_or_create(
                 chain_id=chain,
@@ -425,8 +426,9 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
                     "size": desc.size,
                 },
             )
-            ImageLayer.objects.create(image=image, layer=layer, position=position)
+            stack.append(layer)
             parent = layer
+        image_layers_add(image=image, layers=stack)
     blob_record(image=image, layers=resolved.manifest.layers)
     for ref in refs:
         if team is None:

@@ -22,6 +22,7 @@ from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
 from layerhub.engine.pull import blob_lock
 from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
+from layerhub.images.layer_counts import image_layers_release
 from layerhub.images.leases import job_lease, lease_held
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Blob, Image, Layer, Repository, Tag
@@ -375,6 +376,7 @@ def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[s
     teams: list[Team | None] = [
         repository.team for repository in found.repositories.select_related("team")
     ]
+    image_layers_release(image=found)  # its image-layer rows go with it
     found.delete()
     lines.append(f"Deleted: {found.config_digest}")
     for team in dict.fromkeys(teams or [None]):
