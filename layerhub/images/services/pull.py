@@ -49,6 +49,7 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
+from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.leases import (
     blob_in_use_by_other,
     job_lease,
@@ -59,7 +60,6 @@ from layerhub.images.leases import (
 from layerhub.images.models import (
     Blob,
     Image,
-    ImageLayer,
     Layer,
     RegistryCredential,
     Repository,
@@ -420,9 +420,10 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
     )
     if not image.image_layers.exists():
         parent: Layer | None = None
+        stack: list[Layer] = []
         chains = chain_ids(config.diff_ids)
-        for position, (desc, diff_id, chain) in enumerate(
-            zip(resolved.manifest.layers, config.diff_ids, chains, strict=True)
+        for desc, diff_id, chain in zip(
+            resolved.manifest.layers, config.diff_ids, chains, strict=True
         ):
             layer, _ = Layer.objects.get_or_create(
                 chain_id=chain,
@@ -434,8 +435,9 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
                     "size": desc.size,
                 },
             )
-            ImageLayer.objects.create(image=image, layer=layer, position=position)
+            stack.append(layer)
             parent = layer
+        image_layers_add(image=image, layers=stack)
     blob_record(image=image, layers=resolved.manifest.layers)
     for ref in refs:
         if team is None:
