@@ -11,6 +11,7 @@ import math
 import os
 import re
 from collections.abc import Collection, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -155,6 +156,59 @@ def env_seconds(
     if not 0 < value <= maximum:
         raise ImproperlyConfigured(f"{name}={raw!r} must be above 0 and at most {maximum:g}")
     return value
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])", re.ASCII)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+OFF_WORDS = frozenset({"off", "never"})
+
+
+def env_duration(
+    name: str,
+    default: timedelta | None,
+    *,
+    allow_off: bool = False,
+    minimum: timedelta = timedelta(0),
+    maximum: timedelta = timedelta(days=36500),
+    environ: Mapping[str, str] | None = None,
+) -> timedelta | None:
+    """A duration with its unit: ``45s``, ``90m``, ``12h``, ``30d`` (a bare number is refused:
+    "30" could be seconds or days); ``off`` (or ``never``) gives None where ``allow_off``.
+
+    Between ``minimum`` and ``maximum`` inclusive.
+    """
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in OFF_WORDS:
+        if allow_off:
+            return None
+        raise ImproperlyConfigured(f"{name}={raw!r}: this period cannot be off")
+    match = _DURATION.fullmatch(word)
+    if match is None:
+        off = ", or off" if allow_off else ""
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a duration: a number and a unit, e.g. 45s, 90m, 12h, 30d{off}"
+        )
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds) or not minimum.total_seconds() <= seconds <= (
+        maximum.total_seconds()
+    ):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} must be between {_duration_text(minimum)} and "
+            f"{_duration_text(maximum)}"
+        )
+    return timedelta(seconds=seconds)
+
+
+def _duration_text(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    for unit in ("d", "h", "m"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def env_name(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -16,6 +17,7 @@ from layerhub.env import (
     REDIS_SCHEMES,
     env_bool,
     env_database,
+    env_duration,
     env_list,
     env_mirrors,
     env_name,
@@ -260,6 +262,42 @@ LAYERHUB_PROXIES = env_proxies()
 # this: a size (2GiB, 500M, bytes) or a share of the disk (5%). Default: the larger of 1 GiB
 # and 5% of the file system.
 LAYERHUB_STORE_RESERVE = env_reserve("LAYERHUB_STORE_RESERVE")
+
+# -- Garbage collection (layerhub.images.gc) ------------------------------------------------------
+# Each a duration with its unit (45s, 90m, 12h, 30d); "off" where it says so.
+# tmp/ leftovers, container layers no container row names and uploads no import job holds are
+# removed only once they are this old (what a live process holds is never removed)
+LAYERHUB_GC_GRACE = env_duration("LAYERHUB_GC_GRACE", timedelta(hours=1))
+# untagged images added longer ago than this are deleted as `rmi` deletes them; off by default:
+# an image pulled by digest is untagged on purpose
+LAYERHUB_GC_KEEP_UNTAGGED = env_duration(
+    "LAYERHUB_GC_KEEP_UNTAGGED", None, allow_off=True, minimum=timedelta(minutes=1)
+)
+# ended jobs (and their leases) are deleted this long after they ended
+LAYERHUB_GC_KEEP_JOBS = env_duration(
+    "LAYERHUB_GC_KEEP_JOBS", timedelta(days=30), allow_off=True, minimum=timedelta(minutes=1)
+)
+# archives saved for download (LAYERHUB_EXPORT_DIR) are deleted this long after they were written
+LAYERHUB_GC_KEEP_EXPORTS = env_duration(
+    "LAYERHUB_GC_KEEP_EXPORTS", timedelta(days=7), allow_off=True, minimum=timedelta(minutes=1)
+)
+# how often Celery beat queues a garbage collection; off: only when someone asks
+LAYERHUB_GC_EVERY = env_duration(
+    "LAYERHUB_GC_EVERY", timedelta(days=1), allow_off=True, minimum=timedelta(minutes=1)
+)
+# Celery beat (one per deployment: `celery -A workers beat`, or `-B` on one worker, as
+# `make dev` runs it) queues the task below on this deployment's queue; its worker then queues
+# a gc job unless one is queued or running already.
+CELERY_BEAT_SCHEDULE = (
+    {
+        "layerhub-gc": {
+            "task": "layerhub.store_gc_scheduled",
+            "schedule": LAYERHUB_GC_EVERY.total_seconds(),
+        }
+    }
+    if LAYERHUB_GC_EVERY is not None
+    else {}
+)
 
 # -- The REST API (layerhub/api, under /api/v1/) ------------------------------------------------
 # Automation sends a token (`Authorization: Bearer <token>` or `Token <token>`); the browser its

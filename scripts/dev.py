@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run layerhub for development: migrate, then Redis (if none answers), the web server, a worker.
+"""Run layerhub for development: migrate, then Redis (if none answers), the web server, a worker
+that also runs the Celery beat schedule (garbage collection every LAYERHUB_GC_EVERY).
 
 ``make dev`` runs this with the project's virtualenv. Environment: REDIS_URL (default
 redis://127.0.0.1:6379/0) and PORT (default 8000) here, plus everything layerhub.settings reads.
@@ -302,8 +303,13 @@ def main() -> int:
             supervisor.wait_for("redis", lambda: redis_answers(redis_url))
 
         supervisor.start("web", [python, "manage.py", "runserver", f"127.0.0.1:{port}"])
+        # -B runs Celery beat (the garbage collection schedule) inside this one worker: one
+        # beat per deployment, which a single dev worker is; it remembers its last runs in var/
+        schedule = ROOT / "var" / "celerybeat-schedule"
+        schedule.parent.mkdir(parents=True, exist_ok=True)
         celery = [python, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-l", "info"]
-        log(f"the worker takes jobs from queue {queue}")
+        celery += ["-B", "-s", str(schedule)]
+        log(f"the worker takes jobs from queue {queue} and runs the schedule (beat)")
         supervisor.start("worker", celery)
         if supervisor.wait_for("web", lambda: port_open("127.0.0.1", port)):
             log(f"dashboard: http://127.0.0.1:{port}/   (Ctrl-C stops everything)")

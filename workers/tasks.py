@@ -12,6 +12,7 @@ from django.conf import settings
 from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
 from layerhub.images import services as image_services
+from layerhub.images.services import gc as gc_services
 from layerhub.images.services import transfer
 from layerhub.images.services import verify as verify_services
 from layerhub.jobs.models import Job
@@ -87,6 +88,19 @@ def image_save(job_id: int) -> None:
 def store_verify(job_id: int) -> None:
     """Run a verify job: compare the store on disk with the catalog's recorded sizes."""
     _run_job(verify_services.store_verify_run, job_id)
+
+
+@app.task(name="layerhub.store_gc")
+def store_gc(job_id: int) -> None:
+    """Run a garbage collection job (or its dry run)."""
+    _run_job(gc_services.store_gc_run, job_id)
+
+
+@app.task(name="layerhub.store_gc_scheduled")
+def store_gc_scheduled() -> None:
+    """What Celery beat sends every LAYERHUB_GC_EVERY: queue a garbage collection job, unless
+    one is queued or running already."""
+    gc_services.store_gc_scheduled()
 
 
 @worker_ready.connect

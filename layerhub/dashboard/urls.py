@@ -12,4 +12,5 @@ urlpatterns: list[URLPattern] = [
     path("", views.home, name="home"),
     path("sharing/", sharing.sharing_page, name="sharing"),
     path("verify/", views.store_verify_view, name="verify"),
+    path("gc/", views.store_gc_view, name="gc"),
 ]

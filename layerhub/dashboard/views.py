@@ -11,6 +11,7 @@ from layerhub.containers.models import Container
 from layerhub.core.permissions import restrict
 from layerhub.dashboard.selectors import images_with_most_unique_bytes, most_shared_layers
 from layerhub.images.models import Image
+from layerhub.images.services.gc import store_gc_start
 from layerhub.images.services.verify import store_verify_start
 from layerhub.images.sizes import store_totals
 from layerhub.images.usage import container_layer_bytes, tmp_entries
@@ -76,4 +77,14 @@ def store_verify_view(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:
         raise PermissionDenied("only staff may verify the store")
     job = store_verify_start(user=request.user)
+    return redirect("jobs:detail", pk=job.pk)
+
+
+@require_POST
+def store_gc_view(request: HttpRequest) -> HttpResponse:
+    """Start a garbage collection (staff only) and show its job: a dry run when the form says
+    so (the overview's button), which lists what would go and offers the real one."""
+    if not request.user.is_staff:
+        raise PermissionDenied("only staff may collect garbage")
+    job = store_gc_start(dry_run=request.POST.get("dry_run") == "1", user=request.user)
     return redirect("jobs:detail", pk=job.pk)

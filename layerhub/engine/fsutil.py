@@ -300,33 +300,53 @@ def sweep(tmp: Path) -> SweepReport:
     """
     report = SweepReport()
     for entry in tmp.iterdir():
-        try:
-            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            entry.unlink(missing_ok=True)
-            report.removed += 1
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            try:
-                report.unmounted += unmount_under(entry)
-                remove_path(entry)
-            except OSError as exc:
-                # MountInTheWay, or a mount that would not come off: leave the entry whole
-                report.left.append(f"{entry}: a live mount ({exc.strerror})")
-                log.warning("left %s: a live mount (%s)", entry, exc.strerror)
-                continue
-            report.removed += 1
-        finally:
-            os.close(fd)
+        sweep_entry(entry, report)
     return report
+
+
+def sweep_entry(entry: Path, report: SweepReport, *, modified_before: float | None = None) -> bool:
+    """Remove one entry of a ``tmp/`` unless a live process holds it (see ``sweep``), or,
+    with ``modified_before`` (a time.time() value), unless it was modified since; whether it
+    was removed. A symlink is removed, never followed. Decided and done under the entry's
+    own lock, so its holder cannot take it back meanwhile."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        if modified_before is not None and _modified_since(entry, modified_before):
+            return False
+        entry.unlink(missing_ok=True)
+        report.removed += 1
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if modified_before is not None and os.fstat(fd).st_mtime >= modified_before:
+            return False
+        try:
+            report.unmounted += unmount_under(entry)
+            remove_path(entry)
+        except OSError as exc:
+            # MountInTheWay, or a mount that would not come off: leave the entry whole
+            report.left.append(f"{entry}: a live mount ({exc.strerror})")
+            log.warning("left %s: a live mount (%s)", entry, exc.strerror)
+            return False
+        report.removed += 1
+        return True
+    finally:
+        os.close(fd)
+
+
+def _modified_since(path: Path, moment: float) -> bool:
+    try:
+        return os.lstat(path).st_mtime >= moment
+    except FileNotFoundError:
+        return True  # gone already: nothing to remove
 
 
 def sweep_tmp(tmp: Path) -> int:

@@ -84,6 +84,12 @@ class Layer(models.Model):
 
     The compressed blob (``digest``) may be shared by layers over different bases; the
     snapshot belongs to the ChainID. ``unpacked_at`` is set once the snapshot exists.
+
+    ``image_count`` is how many images use it (its ImageLayer rows), recorded so the overview
+    reads the most shared layers and the layers one image alone holds without counting every
+    image-layer row. Whatever adds or deletes ImageLayer rows keeps it exact, in the same
+    transaction, through ``layerhub.images.layer_counts``; ``store_verify`` compares it with
+    the rows.
     """
 
     chain_id = models.CharField(max_length=71, unique=True)
@@ -97,6 +103,14 @@ class Layer(models.Model):
     unpacked_size = models.BigIntegerField(null=True, blank=True)
     file_count = models.BigIntegerField(null=True, blank=True)
     unpacked_at = models.DateTimeField(null=True, blank=True)
+    # a signed field: a count that drifted (rows deleted behind the code's back) is reported
+    # by store_verify, never turned into a failed delete by a CHECK constraint
+    image_count = models.IntegerField(default=0, help_text="images using this layer")
+
+    class Meta:
+        # the most shared layers are the top of this index; SQLite finds the layers one image
+        # alone uses through it instead of reading every image-layer row
+        indexes = [models.Index(fields=["image_count"], name="layer_image_count")]
 
     def __str__(self) -> str:
         return short_id(self.digest)

@@ -36,7 +36,7 @@ class TmpEntry:
     live: bool
 
 
-def _held_by_a_process(path: Path) -> bool:
+def held_by_a_process(path: Path) -> bool:
     """Whether a live process holds the entry's lock (see fsutil.TempEntry). Never blocks:
     the lock is tried and let go at once."""
     try:
@@ -68,5 +68,5 @@ def tmp_entries() -> list[TmpEntry]:
                 size = st.st_size if stat.S_ISREG(st.st_mode) else 0
         except FileNotFoundError:  # finished (renamed away) while we looked
             continue
-        found.append(TmpEntry(entry.name, size, _held_by_a_process(path)))
+        found.append(TmpEntry(entry.name, size, held_by_a_process(path)))
     return found

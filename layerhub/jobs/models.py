@@ -1,4 +1,5 @@
-"""Background jobs: what a pull, unpack, import (and later commit, push, export) is doing."""
+"""Background jobs: what a pull, unpack, import, commit, push, export, verify or garbage
+collection is doing."""
 
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ class Job(models.Model):
         PUSH = "push", "push"
         EXPORT = "export", "export"
         VERIFY = "verify", "verify"
+        GC = "gc", "gc"
 
     class State(models.TextChoices):
         QUEUED = "queued", "queued"

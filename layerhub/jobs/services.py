@@ -55,6 +55,7 @@ TASK_FOR_KIND = {
     Job.Kind.PUSH: "layerhub.image_push",
     Job.Kind.EXPORT: "layerhub.image_save",
     Job.Kind.VERIFY: "layerhub.store_verify",
+    Job.Kind.GC: "layerhub.store_gc",
 }
 
 

@@ -16,6 +16,7 @@ from pytest_django import Settings
 from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.digest import chain_ids
+from layerhub.images.layer_counts import layer_image_count_mismatches
 from layerhub.images.models import Image, Layer
 from layerhub.images.services import image_import, image_pull
 from layerhub.images.services import pull as pull_services
@@ -76,6 +77,8 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
     # unleased, its row goes (no image named it then)
     assert (f"Deleted: {base_chain}" in removed) is not leases
     assert job.state == Job.State.SUCCEEDED, job.error
+    # the rmi uncounted a on its layers, the pull counted b on its: each count is its rows'
+    assert layer_image_count_mismatches() == []
     unpack = job.children.get()
     if not leases:
         assert unpack.state == Job.State.FAILED  # the race is real: the lease is what fixes it

@@ -23,8 +23,9 @@ from pytest_django import Settings
 from layerhub.core.store import get_store
 from layerhub.engine.errors import Conflict
 from layerhub.images import sizes
+from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.listing import _bytes_in_layers
-from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.models import Image, Layer, Repository, Tag
 from layerhub.images.services import image_pull
 from layerhub.images.services.retry import image_unpack_retry
 from layerhub.images.sizes import DeletePlan
@@ -77,8 +78,7 @@ def image(
         created=created or BASE_TIME,
         config={"history": history or []},
     )
-    for position, lay in enumerate(layers):
-        ImageLayer.objects.create(image=img, layer=lay, position=position)
+    image_layers_add(image=img, layers=layers)
     for ref in refs:
         repo_name, _, tag = ref.partition(":")
         repo, _ = Repository.objects.get_or_create(

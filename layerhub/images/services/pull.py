@@ -49,11 +49,17 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
-from layerhub.images.leases import job_lease, job_lease_copy, job_leaser, lease_held_by_other
+from layerhub.images.layer_counts import image_layers_add
+from layerhub.images.leases import (
+    blob_in_use_by_other,
+    job_lease,
+    job_lease_copy,
+    job_leaser,
+    lease_barrier,
+)
 from layerhub.images.models import (
     Blob,
     Image,
-    ImageLayer,
     Layer,
     RegistryCredential,
     Repository,
@@ -260,6 +266,9 @@ def _queue_unpack(job: Job, image: Image) -> Job:
     # the unpack holds what its parent leased from the moment it exists, before the parent
     # ends: nothing is deletable between the two
     with transaction.atomic():
+        # before the child's row locks the image's: the order rmi and garbage collection
+        # take the barrier and rows in, so neither waits on the other in a circle
+        lease_barrier(exclusive=False)
         child = job_start(
             kind=Job.Kind.UNPACK,
             user=job.created_by,
@@ -318,7 +327,7 @@ def image_import_run(*, job_id: int) -> None:
             platform=parse_platform(job.params.get("platform") or "linux/amd64"),
             known_layer=_known_layer,
             lease=job_leaser(job),
-            in_use=lease_held_by_other(job),
+            in_use=blob_in_use_by_other(job),
             should_stop=watch.poll,  # this thread only: a query at most once a second
         )
         watch.check(force=True)  # cancelled at the last moment: no images recorded
@@ -411,9 +420,10 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
     )
     if not image.image_layers.exists():
         parent: Layer | None = None
+        stack: list[Layer] = []
         chains = chain_ids(config.diff_ids)
-        for position, (desc, diff_id, chain) in enumerate(
-            zip(resolved.manifest.layers, config.diff_ids, chains, strict=True)
+        for desc, diff_id, chain in zip(
+            resolved.manifest.layers, config.diff_ids, chains, strict=True
         ):
             layer, _ = Layer.objects.get_or_create(
                 chain_id=chain,
@@ -425,8 +435,9 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
                     "size": desc.size,
                 },
             )
-            ImageLayer.objects.create(image=image, layer=layer, position=position)
+            stack.append(layer)
             parent = layer
+        image_layers_add(image=image, layers=stack)
     blob_record(image=image, layers=resolved.manifest.layers)
     for ref in refs:
         if team is None:

@@ -19,12 +19,12 @@ from layerhub.core.store import get_store
 from layerhub.engine.errors import ArchiveError, Conflict, ImageNotFound, InvalidReference
 from layerhub.engine.export import ExportImage, write_docker_archive, write_oci_layout
 from layerhub.engine.manifest import ImageManifest, parse_config, parse_manifest
-from layerhub.engine.pull import blob_lock
 from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
-from layerhub.images.leases import job_lease, lease_held
+from layerhub.images.leases import job_lease, lease_barrier
 from layerhub.images.lookup import image_lookup
-from layerhub.images.models import Blob, Image, Layer, Repository, Tag
+from layerhub.images.models import Image, Repository, Tag
+from layerhub.images.removal import images_delete_rows, plan_files_delete
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
 from layerhub.images.sizes import (
     DeletePlan,
@@ -345,7 +345,8 @@ def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[s
     tag is left. Returns the lines Docker prints (Untagged: / Deleted:).
 
     What goes is exactly ``image_delete_plan``'s list, so the bytes it frees are the plan's
-    ``frees_bytes``: rows first (in this transaction), files once it commits.
+    ``frees_bytes``: rows first (in this transaction), files once it commits, each left if a
+    running job has leased it or a row names it again by then (see ``layerhub.images.removal``).
     """
     found = image_lookup(image, user=user)
     part = _team_part(found, user)
@@ -368,18 +369,16 @@ def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[s
             target=f"{named[0].repository}:{named[0].name}",
         )
         return [f"Untagged: {named[0].repository}:{named[0].name}"]
+    # the plan reads the live leases and the rows go in this transaction: no lease may come
+    # between (a job that leased a layer row after the read would record an image on it)
+    lease_barrier(exclusive=True)
     plan = image_delete_plan(found)
     if plan.blocked:
         raise _blocked(found, plan)
-    lines: list[str] = []
-    for tag in tags:
-        lines.append(f"Untagged: {tag.repository}:{tag.name}")
-        tag.delete()
     teams: list[Team | None] = [
         repository.team for repository in found.repositories.select_related("team")
     ]
-    found.delete()
-    lines.append(f"Deleted: {found.config_digest}")
+    lines = images_delete_rows(images=[found], plan=plan)
     for team in dict.fromkeys(teams or [None]):
         audit(
             actor=user,
@@ -388,26 +387,10 @@ def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[s
             target=found.config_digest,
             frees_bytes=plan.frees_bytes,
         )
-    doomed_snapshots = [chain_id for chain_id, _ in plan.snapshots]
-    for chain_id in doomed_snapshots:  # top first: a layer goes only once nothing stands on it
-        Layer.objects.filter(chain_id=chain_id).delete()
-        lines.append(f"Deleted: {chain_id}")
-    doomed_blobs = [digest for digest, _ in plan.blobs]
-    store = get_store()
-
-    def delete_files() -> None:  # rows first, files after: no row ever names a missing file
-        # What a running job has leased stays (its rows are gone; the job's own records bring
-        # them back). The lease is checked under the lock the job judges "already there"
-        # under, so either the job sees the file gone, or this sees its lease.
-        for chain_id in doomed_snapshots:
-            store.snapshots.remove(chain_id, keep=functools.partial(lease_held, chain_id))
-        for digest in doomed_blobs:
-            with blob_lock(store, digest):
-                if not lease_held(digest):
-                    # the size row goes with the file, under its lock: a job that writes the
-                    # blob again records its row after this
-                    Blob.objects.filter(digest=digest).delete()
-                    store.blobs.delete(digest)
-
-    transaction.on_commit(delete_files)
+    # What a running job has leased stays (its rows are gone; the job's own records bring
+    # them back). The lease is checked under the lock the job judges "already there" under,
+    # so either the job sees the file gone, or this sees its lease.
+    transaction.on_commit(
+        functools.partial(plan_files_delete, blobs=plan.blobs, snapshots=plan.snapshots)
+    )
     return lines
