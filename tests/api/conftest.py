@@ -23,10 +23,10 @@ from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.fsutil import tree_usage
+from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.models import (
     Blob,
     Image,
-    ImageLayer,
     Layer,
     RegistryCredential,
     Repository,
@@ -91,8 +91,7 @@ def record_image(
         own_blob_bytes=oci.config.size + oci.manifest.size,
         team=team,
     )
-    for position, row in enumerate(layers):
-        ImageLayer.objects.create(image=image, layer=row, position=position)
+    image_layers_add(image=image, layers=layers)
     for ref in refs:
         name, _, tag = ref.partition(":")
         repository, _ = Repository.objects.get_or_create(

@@ -18,6 +18,7 @@ from rest_framework.test import APIRequestFactory
 
 from layerhub.accounts.services import token_create
 from layerhub.api.pagination import MAX_LIMIT, Pagination
+from layerhub.images.layer_counts import layer_image_count_mismatches
 from layerhub.images.models import Image, Layer, Tag
 from layerhub.images.sizes import image_delete_plan
 from layerhub.jobs.models import Job
@@ -256,3 +257,11 @@ def test_a_list_takes_as_many_queries_for_many_rows_as_for_few(world: World, url
         Job.objects.create(kind=Job.Kind.PULL, team=world.alpha, image=extra)
         token_create(name=f"t{n}", actor=world.users["owner"])
     assert queries() == few
+
+
+def test_the_world_keeps_the_layer_counts_the_catalog_records(world: World) -> None:
+    """The fixtures record images as the services do: every layer's count is its rows'."""
+    assert layer_image_count_mismatches() == []
+    maintainer = token_client(world.users["maintainer"])
+    assert maintainer.delete(f"/api/v1/images/{world.spare.pk}/").status_code == 200
+    assert layer_image_count_mismatches() == []
