@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from layerhub.images.models import (
 from layerhub.jobs.models import Job
 from tests.support.oci import Image as OciImage
 from tests.support.oci import LayerBlob, make_layer
+from workers import app
 
 REGISTRY = "127.0.0.1:5000"
 ROLES = ("viewer", "developer", "maintainer", "owner")
@@ -206,6 +207,27 @@ def world(db: None) -> World:
         top=top,
         secret_top=secret_top,
     )
+
+
+@pytest.fixture
+def eager() -> Iterator[None]:
+    """Run queued jobs in place. Afterwards the Celery app has no value of its own for these
+    settings again: a value left behind (even the one found before) would hide a later test's
+    override of CELERY_TASK_ALWAYS_EAGER in Django's settings."""
+    changes = app.conf.changes
+    assert changes is not None  # the app's configuration is loaded by now
+    saved = {key: changes[key] for key in EAGER_KEYS if key in changes}
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    for key in EAGER_KEYS:
+        if key in saved:
+            changes[key] = saved[key]
+        else:
+            changes.pop(key, None)
+
+
+EAGER_KEYS = ("task_always_eager", "task_eager_propagates")
 
 
 def token_client(user: User, scope: str = Token.Scope.READ_WRITE) -> APIClient:

@@ -23,7 +23,6 @@ from layerhub.images.models import Image, Layer, Tag
 from layerhub.images.sizes import image_delete_plan
 from layerhub.jobs.models import Job
 from tests.api.conftest import REGISTRY, World, make_container, record_image, token_client
-from tests.registry.conftest import eager  # noqa: F401 (fixture)
 from tests.support.oci import Image as OciImage
 from tests.support.oci import make_layer
 
@@ -170,7 +169,7 @@ def test_layer_files_show_its_own_changes(world: World) -> None:
 
 def test_save_then_download_the_archive(
     world: World,
-    eager: None,  # noqa: F811 (fixture)
+    eager: None,
     django_capture_on_commit_callbacks: Callable[..., Any],
 ) -> None:
     viewer = token_client(world.users["viewer"])

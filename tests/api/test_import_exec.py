@@ -19,7 +19,6 @@ from layerhub.core.store import get_store
 from layerhub.engine.runtime import runtime_unavailable_reason
 from layerhub.jobs.models import Job
 from tests.api.conftest import World, token_client
-from tests.registry.conftest import eager  # noqa: F401 (fixture)
 from tests.support.busybox import busybox_layer
 from tests.support.oci import Image as OciImage
 from tests.support.oci import LayerBlob, write_layout
