@@ -10,7 +10,16 @@ from typing import Any, BinaryIO, cast
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Window
+from django.db.models import (
+    Count,
+    F,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    QuerySet,
+    Subquery,
+    Window,
+)
 from django.db.models.functions import RowNumber
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
@@ -46,14 +55,14 @@ from layerhub.containers.services import (
     container_rm,
     container_write_file,
 )
-from layerhub.core.permissions import CHANGE, DELETE, restrict
+from layerhub.core.permissions import CHANGE, DELETE, named_by, restrict
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
 from layerhub.engine.container import ContainerFS
 from layerhub.engine.errors import ContainerNotFound, ImageNotFound, LayerhubError
 from layerhub.engine.runtime import runtime_unavailable_reason
 from layerhub.images.lookup import image_lookup
-from layerhub.images.models import Image, ImageLayer
+from layerhub.images.models import Image, ImageLayer, Tag
 from layerhub.images.views_layers import (
     browse_context,
     clean_path,
@@ -110,8 +119,15 @@ def _file_url(container: Container, path: str) -> str:
 
 def container_list(request: HttpRequest) -> HttpResponse:
     """``docker ps -a``: every container, newest first, with its writable layer's size."""
+    # the image's names only from repositories the user sees, never another team's
+    tags = Tag.objects.select_related("repository")
+    repositories = named_by(request.user)
+    if repositories is not None:
+        tags = tags.filter(repository__in=repositories)
     containers = restrict(
-        Container.objects.select_related("image").prefetch_related("image__tags__repository"),
+        Container.objects.select_related("image").prefetch_related(
+            Prefetch("image__tags", queryset=tags)
+        ),
         request.user,
     ).order_by("-created_at", "-pk")
     per_page = _page_size(request.GET.get("per_page"))
@@ -196,7 +212,8 @@ def _sharers(container: Container, user: Any, layer_ids: list[int]) -> dict[int,
         .order_by("layer_id", "rank")
     )
     pairs = list(rows.values_list("layer_id", "image_id"))
-    images = {i.pk: i for i in with_tags(Image.objects.filter(pk__in={p[1] for p in pairs}))}
+    chosen = Image.objects.filter(pk__in={p[1] for p in pairs})
+    images = {i.pk: i for i in with_tags(chosen, named_by(user))}
     found: dict[int, list[Image]] = {}
     for layer_id, image_id in pairs:
         found.setdefault(layer_id, []).append(images[image_id])
@@ -264,7 +281,9 @@ def _detail_context(
     exec_result = request.session.pop(EXEC_SESSION_KEY.format(pk=container.pk), None)
     context: dict[str, Any] = {
         "container": container,
-        "image_name": display_name(container.image),
+        "image_name": display_name(
+            with_tags(Image.objects.filter(pk=container.image_id), named_by(request.user)).get()
+        ),
         "stack": stack,
         "image_bytes": image_bytes,
         "writable_bytes": writable_bytes,

@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, QuerySet, Sum
 
 from layerhub.images.listing import display_name, images_named
-from layerhub.images.models import Image, ImageLayer, Layer
+from layerhub.images.models import Image, ImageLayer, Layer, Repository
 from layerhub.images.sizes import images_with_sizes
 
 
@@ -68,10 +68,13 @@ class NamedImage:
     name: str
 
 
-def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> list[NamedImage]:
+def images_with_most_unique_bytes(
+    images: QuerySet[Image], limit: int = 8, repositories: QuerySet[Repository] | None = None
+) -> list[NamedImage]:
     """The ``limit`` images holding the most bytes no other image uses (UNIQUE SIZE), with
     their sizes and names. Layers used once are found with one GROUP BY ... HAVING, summed per
-    image, and only the top images get their full sizes."""
+    image, and only the top images get their full sizes. Names come from ``repositories``
+    (those the user sees; None: every one)."""
     single_use = (
         ImageLayer.objects.values("layer").annotate(users=Count("image")).filter(users=1)
     ).values("layer")
@@ -85,6 +88,7 @@ def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> li
         .values_list("image", flat=True)
     )
     found = {
-        image.pk: image for image in images_named(images_with_sizes(images.filter(pk__in=top)))
+        image.pk: image
+        for image in images_named(images_with_sizes(images.filter(pk__in=top)), repositories)
     }
     return [NamedImage(found[pk], display_name(found[pk])) for pk in top if pk in found]
