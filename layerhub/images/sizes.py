@@ -169,6 +169,55 @@ def team_images(team: Team) -> QuerySet[Image]:
     return Image.objects.filter(Exists(named) | Q(team=team, repositories=None))
 
 
+@dataclass(frozen=True)
+class TeamUsage:
+    """A team's images against its quota: their logical bytes (each image as if stored
+    alone, what the quota counts) and the part of those in layers another image (of any
+    team: the figure must be true) uses too, stored once for all of them."""
+
+    logical_bytes: int
+    shared_bytes: int
+    quota_bytes: int | None
+
+    @property
+    def quota_percent(self) -> float:
+        """Usage as a share of the quota, at most 100 (for a bar); 0 without a quota."""
+        if self.quota_bytes is None:
+            return 0.0
+        if self.quota_bytes == 0:
+            return 100.0 if self.logical_bytes else 0.0
+        return min(100.0 * self.logical_bytes / self.quota_bytes, 100.0)
+
+    @property
+    def over_quota(self) -> bool:
+        """Whether the images take more than the quota (it was lowered below them)."""
+        return self.quota_bytes is not None and self.logical_bytes > self.quota_bytes
+
+    @property
+    def shared_percent(self) -> float:
+        """The shared part as a share of the logical total, 0 for no images."""
+        return 100.0 * self.shared_bytes / self.logical_bytes if self.logical_bytes else 0.0
+
+
+def team_usage(team: Team) -> TeamUsage:
+    """``team``'s logical total (``logical_bytes`` of ``team_images``) and how much of it
+    is in shared layers (their unpacked and compressed bytes), in three aggregate queries."""
+    images = team_images(team)
+    shared = (
+        ImageLayer.objects.filter(image__in=images)
+        .filter(_used_elsewhere())
+        .aggregate(
+            snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
+            blobs=Coalesce(Sum("layer__size"), Value(0)),
+        )
+    )
+    return TeamUsage(
+        logical_bytes=logical_bytes(images),
+        shared_bytes=int(shared["snapshots"] + shared["blobs"]),
+        quota_bytes=team.quota_bytes,
+    )
+
+
 def store_totals() -> StoreTotals:
     """Logical and physical totals of the store, in four aggregate queries."""
     logical_layers = ImageLayer.objects.aggregate(
