@@ -41,19 +41,23 @@ HEAVY = (
 
 # runs manage.py's main() as `manage.py COMMAND --help` does, then reports on the process
 PROBE = """
-import json, sys
+import gc, json, sys
 sys.argv = ["manage.py", sys.argv[1], "--help"]
 import manage
 try:
     manage.main()
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
-print(json.dumps({"modules": sorted(sys.modules)}))
+print(json.dumps({
+    "modules": sorted(sys.modules),
+    "gc_enabled": gc.isenabled(),
+    "frozen": gc.get_freeze_count(),
+}))
 """
 
 
 def probe(command: str) -> dict[str, Any]:
-    """Run ``manage.py COMMAND --help`` in a fresh interpreter; the modules it loaded."""
+    """Run ``manage.py COMMAND --help`` in a fresh interpreter; its modules and GC state."""
     result = subprocess.run(
         [sys.executable, "-c", PROBE, command],
         cwd=ROOT,
@@ -76,6 +80,14 @@ def test_starting_a_job_loads_nothing_that_runs_one(command: str) -> None:
     assert "workers.celery" in modules
     assert [name for name in HEAVY if name in modules] == []
     assert "layerhub.images.services.enqueue" in modules  # what starts the job
+
+
+def test_manage_py_collects_garbage_once_the_command_is_found() -> None:
+    report = probe("pull")
+    # start-up's objects are frozen (no collection walks them again, the one at exit
+    # included), and the command itself runs with the collector on
+    assert report["frozen"] > 10_000
+    assert report["gc_enabled"] is True
 
 
 @pytest.mark.parametrize("package", [services, registry], ids=lambda p: p.__name__)
