@@ -4,8 +4,8 @@ Seeds a demo catalog (``manage.py seed_demo``, 10,000 images by default) in a da
 own, on SQLite and on PostgreSQL, then times the server's render of the overview, the images
 list, an image page and the sharing picture's first screen: Django's test client, signed in as
 a superuser and then as a (non-staff) developer of the team that owns the catalog, whose every
-page goes through the permission filters, after a warm-up; the median of ``--runs`` renders each, and the SQL queries one
-render makes. The target is under 150 ms each.
+page goes through the permission filters, after a warm-up; the median of ``--runs`` renders
+each, and the SQL queries one render makes. The target is under 150 ms each.
 
 Each database runs in a child process of its own (Django's settings are read once per
 process): a SQLite file in a temporary folder, and a PostgreSQL database created for the run
