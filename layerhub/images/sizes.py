@@ -152,7 +152,7 @@ def own_blob_bytes_refresh(images: QuerySet[Image]) -> int:
 def logical_bytes(images: QuerySet[Image]) -> int:
     """What ``images`` take as if each were stored alone (the logical total of
     ``store_totals`` over these images only): a team's usage against its quota."""
-    layers = ImageLayer.objects.filter(image__in=images).aggregate(
+    layers = ImageLayer.objects.filter(image_id__in=images.values("pk")).aggregate(
         snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
         blobs=Coalesce(Sum("layer__size"), Value(0)),
     )
@@ -162,11 +162,12 @@ def logical_bytes(images: QuerySet[Image]) -> int:
 
 def team_images(team: Team) -> QuerySet[Image]:
     """The images of ``team``'s catalog: named by one of its repositories, or brought in by
-    it and named by none."""
-    named = Image.repositories.through.objects.filter(
-        image_id=OuterRef("pk"), repository__team=team
-    )
-    return Image.objects.filter(Exists(named) | Q(team=team, repositories=None))
+    it and named by none. Uncorrelated subqueries of primary keys: read once, not per
+    image."""
+    through = Image.repositories.through.objects
+    named = through.filter(repository__team=team).values("image_id")
+    unnamed = Q(team=team) & ~Q(pk__in=through.values("image_id"))
+    return Image.objects.filter(Q(pk__in=named) | unnamed)
 
 
 @dataclass(frozen=True)
@@ -201,19 +202,20 @@ class TeamUsage:
 
 def team_usage(team: Team) -> TeamUsage:
     """``team``'s logical total (``logical_bytes`` of ``team_images``) and how much of it
-    is in shared layers (their unpacked and compressed bytes), in three aggregate queries."""
+    is in shared layers (their unpacked and compressed bytes), in two aggregate queries."""
     images = team_images(team)
-    shared = (
-        ImageLayer.objects.filter(image__in=images)
-        .filter(_used_elsewhere())
-        .aggregate(
-            snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
-            blobs=Coalesce(Sum("layer__size"), Value(0)),
-        )
+    # a layer another image also uses is one whose recorded image count is above one
+    shared_layer = Q(layer__image_count__gt=1)
+    layers = ImageLayer.objects.filter(image_id__in=images.values("pk")).aggregate(
+        snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
+        blobs=Coalesce(Sum("layer__size"), Value(0)),
+        shared_snapshots=Coalesce(Sum("layer__unpacked_size", filter=shared_layer), Value(0)),
+        shared_blobs=Coalesce(Sum("layer__size", filter=shared_layer), Value(0)),
     )
+    own = images.aggregate(total=Coalesce(Sum("own_blob_bytes"), Value(0)))["total"]
     return TeamUsage(
-        logical_bytes=logical_bytes(images),
-        shared_bytes=int(shared["snapshots"] + shared["blobs"]),
+        logical_bytes=int(layers["snapshots"] + layers["blobs"] + own),
+        shared_bytes=int(layers["shared_snapshots"] + layers["shared_blobs"]),
         quota_bytes=team.quota_bytes,
     )
 

@@ -29,7 +29,8 @@ from layerhub.accounts.services import audit, token_authenticate, token_create
 from layerhub.containers.models import Container
 from layerhub.core.humanize import human_size
 from layerhub.engine.registry import RegistryClient
-from layerhub.images.models import Image, ImageLayer, Layer, RegistryCredential, Repository, Tag
+from layerhub.images.layer_counts import image_layers_add
+from layerhub.images.models import Image, Layer, RegistryCredential, Repository, Tag
 from layerhub.images.selectors import registry_access_list, registry_tls_state
 from layerhub.images.sizes import team_usage
 from tests.support.peers import require_peer
@@ -693,8 +694,8 @@ def _image(name: str, layers: list[Layer], tags: list[tuple[str, str]], team: Te
         config={},
         team=team,
     )
-    for position, layer in enumerate(layers):
-        ImageLayer.objects.create(image=image, layer=layer, position=position)
+    # through the catalog's own writer, which keeps each layer's image count
+    image_layers_add(image=image, layers=layers)
     for repository, tag in tags:
         repo, _ = Repository.objects.get_or_create(team=team, registry="r.example", name=repository)
         image.repositories.add(repo)
