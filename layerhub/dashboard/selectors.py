@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, QuerySet, Sum
 
 from layerhub.images.listing import display_name, images_named
-from layerhub.images.models import Image, ImageLayer, Layer
+from layerhub.images.models import Image, ImageLayer, Layer, Repository
 from layerhub.images.sizes import images_with_sizes
 
 
@@ -75,9 +75,12 @@ class NamedImage:
     name: str
 
 
-def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> list[NamedImage]:
+def images_with_most_unique_bytes(
+    images: QuerySet[Image], limit: int = 8, repositories: QuerySet[Repository] | None = None
+) -> list[NamedImage]:
     """The ``limit`` images of ``images`` holding the most bytes no other image of the
-    catalog uses (UNIQUE SIZE), the newest first among equals, with their sizes and names.
+    catalog uses (UNIQUE SIZE), the newest first among equals, with their sizes and names
+    (from ``repositories``: those the user sees; None: every one).
 
     The layers one image alone uses are those whose recorded image count is 1: their sizes
     are summed per image in one GROUP BY over those layers' rows, and only the top images get
@@ -92,6 +95,7 @@ def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> li
         .values_list("image", flat=True)
     )
     found = {
-        image.pk: image for image in images_named(images_with_sizes(images.filter(pk__in=top)))
+        image.pk: image
+        for image in images_named(images_with_sizes(images.filter(pk__in=top)), repositories)
     }
     return [NamedImage(found[pk], display_name(found[pk])) for pk in top if pk in found]

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
 from layerhub.engine.digest import short_id
 
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
 
 def _fernet() -> Fernet:
+    # imported here: only logins use it, and every process that loads the models (each
+    # command at start-up) would otherwise pay cryptography's import
+    from cryptography.fernet import Fernet
+
     key = hashlib.sha256(b"layerhub registry credentials:" + settings.SECRET_KEY.encode()).digest()
     return Fernet(base64.urlsafe_b64encode(key))
 
@@ -51,6 +58,8 @@ class RegistryCredential(models.Model):
         decrypted (SECRET_KEY changed since it was stored)."""
         if not self.password_encrypted:
             return ""
+        from cryptography.fernet import InvalidToken
+
         try:
             return _fernet().decrypt(bytes(self.password_encrypted)).decode()
         except InvalidToken:

@@ -1,10 +1,10 @@
 """Pulling images into the catalog: the only code that ties the engine's pull to the database.
 
-``image_pull`` records a job and queues it; the worker's task calls ``image_pull_run``, which
-fetches through the engine and then records the image; an unpack job follows and turns each
-layer into its snapshot (``image_unpack_run``). Rows are written only once what they name is
-in the store: an image row never points at a missing blob, a layer is marked unpacked only
-once its snapshot exists.
+``image_pull`` (enqueue.py) records a job and queues it; the worker's task calls
+``image_pull_run``, which fetches through the engine and then records the image; an unpack
+job follows and turns each layer into its snapshot (``image_unpack_run``). Rows are written
+only once what they name is in the store: an image row never points at a missing blob, a
+layer is marked unpacked only once its snapshot exists.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Sum, Value
 from django.db.models.functions import Coalesce
@@ -26,14 +25,13 @@ from django.utils.dateparse import parse_datetime
 from layerhub.accounts.models import Team
 from layerhub.accounts.services import audit
 from layerhub.core.humanize import human_size
-from layerhub.core.permissions import CHANGE, MANAGE, PULL, require
+from layerhub.core.permissions import MANAGE, require
 from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
 from layerhub.engine.cancel import Cancelled
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import (
-    ArchiveError,
     BlobNotFound,
     ImageNotFound,
     QuotaExceeded,
@@ -44,7 +42,6 @@ from layerhub.engine.manifest import (
     Descriptor,
     ImageConfig,
     ImageManifest,
-    Platform,
     parse_platform,
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
@@ -195,33 +192,6 @@ def registry_api_host(registry: str) -> str:
     return Reference(registry, "x", None, None).api_host
 
 
-def image_pull(
-    *,
-    reference: str,
-    team: Team,
-    platform: str | None = None,
-    user: AbstractBaseUser | None = None,
-) -> Job:
-    """Queue a pull of ``reference`` into ``team``'s catalog, with the team's registry login;
-    raises InvalidReference (or InvalidManifest for a bad platform) at once, before any job
-    exists."""
-    ref = parse_reference(reference)
-    if user is not None:
-        require(user, PULL, team)
-    # no platform asked: an index gives linux/amd64, a single-platform image is taken as is
-    plat = str(parse_platform(platform)) if platform else ""
-    with transaction.atomic():
-        job = job_start(
-            kind=Job.Kind.PULL,
-            user=user,
-            team=team,
-            reference=str(ref),
-            params={"platform": plat},
-        )
-        audit(actor=user, action="image.pull", team=team, target=str(ref), job=job.pk)
-    return job
-
-
 def image_pull_run(*, job_id: int) -> None:
     """The pull job: fetch into the store, record the image, queue its unpack."""
     job = Job.objects.get(pk=job_id)
@@ -279,38 +249,6 @@ def _queue_unpack(job: Job, image: Image) -> Job:
         )
         job_lease_copy(source=job, target=child)
     return child
-
-
-def image_import(
-    *,
-    path: str,
-    team: Team,
-    platform: str | None = None,
-    user: Any = None,
-    upload: bool = False,
-) -> Job:
-    """Queue the import of a ``docker save`` archive or an OCI layout (directory or tar)
-    that the workers can read at ``path``. With ``upload`` the file is the job's own (an
-    archive uploaded through the browser) and is deleted when the job ends."""
-    if user is not None:
-        require(user, CHANGE, team)
-    target = Path(path).resolve()
-    if not target.exists():
-        raise ArchiveError(f"{path}: no such file or directory")
-    plat = parse_platform(platform) if platform else Platform()
-    params: dict[str, Any] = {"path": str(target), "platform": str(plat)}
-    if upload:
-        params["upload"] = True
-    with transaction.atomic():
-        job = job_start(
-            kind=Job.Kind.IMPORT,
-            user=user,
-            team=team,
-            reference=str(target),
-            params=params,
-        )
-        audit(actor=user, action="image.import", team=team, target=target.name, job=job.pk)
-    return job
 
 
 def image_import_run(*, job_id: int) -> None:
