@@ -4,6 +4,7 @@ only those the user sees, so a filter never tells whether another team's private
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Any
 
 import django_filters
@@ -288,6 +289,20 @@ class TokenFilter(django_filters.FilterSet):
         fields: list[str] = []
 
 
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 time compared in UTC: an offset the database cannot take (PostgreSQL
+    refuses displacements past 15:59, and ISO 8601 allows up to 23:59) never reaches it, and a
+    time that UTC cannot hold (the year 1 at +05:00) is a 400."""
+
+    def filter(self, qs: Any, value: Any) -> Any:
+        if value is not None:
+            try:
+                value = value.astimezone(UTC)
+            except (OverflowError, ValueError):
+                raise ValidationError({self.field_name: "a time out of range"}) from None
+        return super().filter(qs, value)
+
+
 class AuditFilter(django_filters.FilterSet):
     """The audit log by team, action (``image.pull``, or ``image`` for every image action),
     actor, and time."""
@@ -295,8 +310,8 @@ class AuditFilter(django_filters.FilterSet):
     team = django_filters.CharFilter(field_name="team__name")
     action = django_filters.CharFilter(method="filter_action")
     actor = django_filters.CharFilter(field_name="actor_name")
-    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+    since = UtcDateTimeFilter(field_name="at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="at", lookup_expr="lt")
 
     class Meta:
         model = AuditEntry

@@ -300,9 +300,16 @@ def _created(value: str | None) -> datetime | None:
         parsed = parse_datetime(value)
     except ValueError:
         return None
-    if parsed is not None and timezone.is_naive(parsed):
+    if parsed is None:
+        return None
+    if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed, UTC)
-    return parsed
+    try:
+        # in UTC: PostgreSQL refuses offsets past 15:59, which ISO 8601 (and a config) may
+        # carry; a time UTC cannot hold is no creation time
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
 
 
 class FetchedImage(Protocol):
