@@ -250,3 +250,26 @@ def test_command_scans_and_searches(images: dict[str, Image]) -> None:
         run("localhost/nothing:here")
     with pytest.raises(CommandError, match="needs both an operator and a version"):
         run("--search", "openssl", "--below", "")
+
+
+def test_api_searches_visible_images(images: dict[str, Image]) -> None:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    member = User.objects.create_user("member", password="pw")
+    Membership.objects.create(team=default_team(), user=member, role=Role.VIEWER)
+    client.force_authenticate(member)
+    answer = client.get("/api/v1/packages/", {"name": "openssl", "op": "<", "version": "3.0.15"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert [(r["image"], r["version"]) for r in body["results"]] == [
+        (images["old"].pk, "3.0.14-1~deb12u2")
+    ]
+    listing = client.get("/api/v1/packages/", {"image": str(images["old"].pk), "ecosystem": "apk"})
+    assert {r["name"] for r in listing.json()["results"]} == {"libssl3", "musl"}
+    bad = client.get("/api/v1/packages/", {"name": "openssl", "op": "<"})
+    assert bad.status_code == 400
+    assert "operator and a version" in bad.content.decode()
+    outsider = User.objects.create_user("outsider", password="pw")
+    client.force_authenticate(outsider)
+    assert client.get("/api/v1/packages/", {"name": "openssl"}).json()["count"] == 0
