@@ -273,3 +273,37 @@ def test_api_searches_visible_images(images: dict[str, Image]) -> None:
     outsider = User.objects.create_user("outsider", password="pw")
     client.force_authenticate(outsider)
     assert client.get("/api/v1/packages/", {"name": "openssl"}).json()["count"] == 0
+
+
+def test_pages_search_and_image_section(images: dict[str, Image]) -> None:
+    from django.test import Client
+
+    member = User.objects.create_user("member", password="pw")
+    Membership.objects.create(team=default_team(), user=member, role=Role.VIEWER)
+    client = Client()
+    client.force_login(member)
+    page = client.get("/images/packages/", {"name": "openssl", "op": "<", "version": "3.0.15"})
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "localhost/app:old" in html
+    assert "3.0.14-1~deb12u2" in html
+    assert "localhost/app:new" not in html
+    bad = client.get("/images/packages/", {"name": "openssl", "ecosystem": "cargo"})
+    assert bad.status_code == 200
+    assert "unknown ecosystem" in bad.content.decode()
+
+    detail = client.get(f"/images/{images['old'].pk}/").content.decode()
+    section_url = f"/images/{images['old'].pk}/packages/"
+    assert section_url in detail
+    section = client.get(section_url).content.decode()
+    assert 'data-count="deb">2<' in section
+    assert 'data-count="python">1<' in section
+    assert "3 files skipped" in section
+    assert "Old_Lib" not in section
+
+    outsider = User.objects.create_user("outsider", password="pw")
+    client.force_login(outsider)
+    assert client.get(section_url).status_code == 404
+    assert (
+        "localhost/app" not in client.get("/images/packages/", {"name": "openssl"}).content.decode()
+    )
