@@ -307,3 +307,15 @@ def test_pages_search_and_image_section(images: dict[str, Image]) -> None:
     assert (
         "localhost/app" not in client.get("/images/packages/", {"name": "openssl"}).content.decode()
     )
+
+
+def test_an_image_without_layers_records_no_packages(layerhub_store: Path) -> None:
+    image = Image.objects.create(
+        manifest_digest="sha256:" + "1" * 64,
+        media_type="m",
+        config_digest="sha256:" + "2" * 64,
+        config={},
+    )
+    scan = image_packages_record(image=image)
+    assert scan is not None
+    assert (scan.count, scan.notes) == (0, [])

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from layerhub.core.store import get_store
 from layerhub.engine.errors import LayerhubError
+from layerhub.engine.packages import PackageScan as EmptyScan
 from layerhub.engine.packages import scan_packages
 from layerhub.engine.packages.scan import package_key
 from layerhub.engine.union import UnionView
@@ -24,8 +25,10 @@ def image_packages_scan(*, image: Image) -> PackageScan:
     # containers.services imports this app's modules: imported here, not at the top
     from layerhub.containers.services import image_lowers
 
-    view = UnionView(image_lowers(image), get_store().whiteouts)
-    scan = scan_packages(view)
+    lowers = image_lowers(image)
+    # no layers: an image of nothing, or one whose rows a removal deleted meanwhile (then the
+    # transaction below finds it gone)
+    scan = scan_packages(UnionView(lowers, get_store().whiteouts)) if lowers else EmptyScan()
     rows = [
         Package(
             image=image,
