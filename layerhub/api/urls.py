@@ -31,6 +31,7 @@ from layerhub.api.views.containers import ContainerViewSet
 from layerhub.api.views.images import ImageViewSet
 from layerhub.api.views.jobs import JobViewSet
 from layerhub.api.views.layers import LayerViewSet
+from layerhub.api.views.packages import PackageViewSet
 from layerhub.api.views.system import DfView, SearchView
 
 app_name = "api"
@@ -51,6 +52,7 @@ router = DefaultRouter()
 router.include_format_suffixes = False
 router.register("images", ImageViewSet, basename="image")
 router.register("layers", LayerViewSet, basename="layer")
+router.register("packages", PackageViewSet, basename="package")
 router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("tags", TagViewSet, basename="tag")
 router.register("containers", ContainerViewSet, basename="container")

@@ -229,3 +229,50 @@ class Tag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.repository}:{self.name}"
+
+
+class Package(models.Model):
+    """A package installed in an image, read from its final file tree (dpkg's status, apk's
+    installed database, rpm's sqlite database, a Python ``*.dist-info``): never run, only read."""
+
+    class Ecosystem(models.TextChoices):
+        DEB = "deb", "Debian (dpkg)"
+        APK = "apk", "Alpine (apk)"
+        RPM = "rpm", "Red Hat (rpm)"
+        PYTHON = "python", "Python"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="packages")
+    ecosystem = models.CharField(max_length=16, choices=Ecosystem.choices)
+    name = models.CharField(max_length=255)
+    # the name as searched: lower case, and PEP 503-normalized for Python ("foo-bar")
+    name_key = models.CharField(max_length=255)
+    version = models.CharField(max_length=255)
+    arch = models.CharField(max_length=64, blank=True)
+    # the source package it was built from (dpkg's Source, apk's origin, rpm's source rpm)
+    origin = models.CharField(max_length=255, blank=True)
+    # the file of the image it was read from
+    source_path = models.CharField(max_length=1024)
+
+    class Meta:
+        ordering = ["ecosystem", "name_key", "version", "id"]
+        # "which images have openssl": one index range by name, then versions compared in Python
+        indexes = [
+            models.Index(fields=["name_key", "ecosystem"], name="package_name_search"),
+            models.Index(fields=["image", "ecosystem", "name_key"], name="package_image_list"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} ({self.ecosystem})"
+
+
+class PackageScan(models.Model):
+    """When an image's packages were last read, how many, and what the scan skipped (a file
+    too big, binary, unreadable): an image without one has not been scanned yet."""
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, related_name="package_scan")
+    scanned_at = models.DateTimeField(default=timezone.now)
+    count = models.PositiveIntegerField(default=0)
+    notes = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"packages of {self.image}: {self.count}"

@@ -56,6 +56,21 @@ def _chain(blob: Any) -> str:
     return Layer.objects.get(digest=blob.digest).chain_id.removeprefix("sha256:")
 
 
+def _package(image: Any) -> int:
+    """A package recorded for ``image`` (the world's images are recorded, not unpacked)."""
+    from layerhub.images.models import Package
+
+    row, _ = Package.objects.get_or_create(
+        image=image,
+        ecosystem="deb",
+        name="openssl",
+        name_key="openssl",
+        version="3.0.14-1",
+        source_path="/var/lib/dpkg/status",
+    )
+    return row.pk
+
+
 REPO = "127.0.0.1:5000"
 NOT_OURS = {"outsider": 403}  # a team that is not theirs: "no such team"
 HIDDEN_IMAGE = {"outsider": 400}  # an image id they do not see: the field is invalid
@@ -120,6 +135,14 @@ CASES = [
     ),
     Case("layer images", "GET", lambda w: f"/api/v1/layers/{_chain(w.top)}/images/", may=ALPHA),
     Case("layer files", "GET", lambda w: f"/api/v1/layers/{_chain(w.top)}/files/", may=ALPHA),
+    Case("packages", "GET", lambda w: "/api/v1/packages/?name=openssl&op=%3C&version=3.0.15"),
+    Case("a package", "GET", lambda w: f"/api/v1/packages/{_package(w.app)}/", may=ALPHA),
+    Case(
+        "another team's package",
+        "GET",
+        lambda w: f"/api/v1/packages/{_package(w.secret)}/",
+        may=BETA,
+    ),
     Case("repositories", "GET", lambda w: "/api/v1/repositories/"),
     Case(
         "repository",

@@ -63,6 +63,7 @@ from layerhub.images.models import (
     Tag,
 )
 from layerhub.images.selectors import registry_insecure
+from layerhub.images.services.packages import image_packages_record
 from layerhub.images.sizes import logical_bytes, own_blob_bytes_refresh, team_images
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
@@ -518,5 +519,6 @@ def image_unpack_run(*, job_id: int) -> None:
             # an existing snapshot unrecorded: made by a run whose worker died before recording
             if layer.created or row.unpacked_at is None:
                 layer_mark_unpacked(row)
+        image_packages_record(image=job.image)
 
     job_run(job, work)
