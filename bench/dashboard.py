@@ -3,8 +3,9 @@
 Seeds a demo catalog (``manage.py seed_demo``, 10,000 images by default) in a database of its
 own, on SQLite and on PostgreSQL, then times the server's render of the overview, the images
 list, an image page and the sharing picture's first screen: Django's test client, signed in as
-a superuser, after a warm-up; the median of ``--runs`` renders each, and the SQL queries one
-render makes. The target is under 150 ms each.
+a superuser and then as a (non-staff) developer of the team that owns the catalog, whose every
+page goes through the permission filters, after a warm-up; the median of ``--runs`` renders
+each, and the SQL queries one render makes. The target is under 150 ms each.
 
 Each database runs in a child process of its own (Django's settings are read once per
 process): a SQLite file in a temporary folder, and a PostgreSQL database created for the run
@@ -22,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +44,6 @@ def child(images: int, runs: int) -> int:
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
     from django.urls import reverse
 
     from layerhub.images.models import Image
@@ -61,9 +62,15 @@ def child(images: int, runs: int) -> int:
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")  # fresh statistics, as autovacuum would give a live catalog
 
-    user = get_user_model().objects.create_superuser("bench", password=uuid.uuid4().hex)
-    client = Client()
-    client.force_login(user)
+    from layerhub.accounts.models import Membership, Role, Team
+
+    users = get_user_model().objects
+    staff = users.create_superuser("bench", password=uuid.uuid4().hex)
+    # a team member who is not staff: every page filters through the permission module
+    member = users.create_user("bench-member", password=uuid.uuid4().hex)
+    Membership.objects.create(
+        team=Team.objects.get(name="default"), user=member, role=Role.DEVELOPER
+    )
     # an application image in the middle of the catalog, on a shared base
     middle = Image.objects.order_by("pk").values_list("pk", flat=True)[images // 2]
     pages = [
@@ -72,6 +79,19 @@ def child(images: int, runs: int) -> int:
         ("image page", reverse("images:detail", args=[middle])),
         ("sharing (first screen)", reverse("dashboard:sharing")),
     ]
+    for who, user in (("staff", staff), ("team member", member)):
+        print(f"  as {who}:", flush=True)
+        client = Client()
+        client.force_login(user)
+        _time_pages(client, pages, runs)
+    return 0
+
+
+def _time_pages(client: Any, pages: list[tuple[str, str]], runs: int) -> None:
+    """Print each page's median render time and query count for ``client``'s user."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     width = max(len(name) for name, _ in pages)
     for name, url in pages:
         status = client.get(url).status_code  # warm-up: templates, connection, caches
@@ -94,7 +114,6 @@ def child(images: int, runs: int) -> int:
             f"  [target < {TARGET_MS:.0f} ms: {verdict}]",
             flush=True,
         )
-    return 0
 
 
 def _run_child(database_url: str, store: Path, args: argparse.Namespace) -> int:

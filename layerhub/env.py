@@ -21,8 +21,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from layerhub.engine.errors import InvalidReference
 from layerhub.engine.reference import normalize_registry
-from layerhub.engine.registry import Mirror, ProxyConfig, parse_mirrors
-from layerhub.engine.store import DEFAULT_RESERVE, StoreReserve
+from layerhub.engine.registry.mirrors import Mirror, parse_mirrors
+from layerhub.engine.registry.proxies import ProxyConfig
+from layerhub.engine.reserve import DEFAULT_RESERVE, StoreReserve
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})

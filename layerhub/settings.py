@@ -131,6 +131,11 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    # Swagger UI and Redoc served from our own static files, never a CDN
+    "drf_spectacular_sidecar",
     "layerhub.core",
     "layerhub.accounts",
     "layerhub.images",
@@ -293,3 +298,51 @@ CELERY_BEAT_SCHEDULE = (
     if LAYERHUB_GC_EVERY is not None
     else {}
 )
+
+# -- The REST API (layerhub/api, under /api/v1/) ------------------------------------------------
+# Automation sends a token (`Authorization: Bearer <token>` or `Token <token>`); the browser its
+# session, with CSRF on. Every endpoint needs one of them; every answer is JSON, errors in one
+# shape (layerhub.api.errors).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "layerhub.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["layerhub.api.permissions.Restricted"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["layerhub.api.parsers.BoundedJSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "layerhub.api.pagination.Pagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "layerhub.api.errors.exception_handler",
+    "PAGE_SIZE": 50,
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "UNICODE_JSON": True,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "layerhub API",
+    "DESCRIPTION": (
+        "Images, layers, containers and jobs of a layerhub catalog. Authenticate with "
+        "`Authorization: Bearer <token>` (or `Token <token>`), or a signed-in session."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # no call to swagger.io's online validator either
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # choice sets sharing a field name ("kind", "state") get names of their own
+    "ENUM_NAME_OVERRIDES": {
+        "JobKindEnum": "layerhub.jobs.models.Job.Kind",
+        "JobStateEnum": "layerhub.jobs.models.Job.State",
+        "TokenKindEnum": "layerhub.accounts.models.Token.Kind",
+        "ContainerStateEnum": "layerhub.containers.models.Container.State",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "layerhub.api.schema.document_errors",
+    ],
+}

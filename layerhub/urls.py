@@ -15,6 +15,10 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("layers/", include("layerhub.images.urls_layers")),
     path("containers/", include("layerhub.containers.urls")),
     path("jobs/", include("layerhub.jobs.urls")),
+    path("teams/", include("layerhub.accounts.urls")),
+    path("tokens/", include("layerhub.accounts.urls_tokens")),
+    path("audit/", include("layerhub.accounts.urls_audit")),
+    path("api/", include("layerhub.api.urls")),
     path("healthz", login_not_required(healthz), name="healthz"),
     path(
         "login/",

@@ -20,7 +20,15 @@ from layerhub.images.services.pull import _created
         (None, None),
         ("yesterday", None),
         ("2026-13-45T99:00:00Z", None),
+        # an offset PostgreSQL refuses (past 15:59) is read, in UTC
+        ("2026-11-01T10:00:00+23:17", datetime(2026, 10, 31, 10, 43, tzinfo=UTC)),
+        # a time UTC cannot hold is no creation time
+        ("0001-01-01T00:00:00+05:00", None),
     ],
 )
 def test_created_is_read_or_left_out(text: str | None, expected: datetime | None) -> None:
-    assert _created(text) == expected
+    found = _created(text)
+    assert found == expected
+    if found is not None:
+        assert found.utcoffset() is not None
+        assert found.utcoffset().total_seconds() == 0  # type: ignore[union-attr]

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from layerhub.containers.models import Container
 from layerhub.engine.digest import chain_ids
-from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.layer_counts import image_layers_add
+from layerhub.images.models import Blob, Image, Layer, Repository, Tag
 from layerhub.images.sizes import (
     DeletePlan,
     image_delete_plan,
@@ -66,6 +67,7 @@ def image(
     own_blob_bytes_refresh(Image.objects.filter(pk=img.pk))  # as blob_record does
     diff_ids = [digest(f"diff-{name}") for name, _, _ in layers]
     parent = None
+    stack = []
     for position, ((name, size, unpacked), chain) in enumerate(
         zip(layers, chain_ids(diff_ids), strict=True)
     ):
@@ -81,8 +83,9 @@ def image(
                 "unpacked_at": timezone.now(),
             },
         )
-        ImageLayer.objects.create(image=img, layer=layer, position=position)
+        stack.append(layer)
         parent = layer
+    image_layers_add(image=img, layers=stack)
     if tag:
         repository, _ = Repository.objects.get_or_create(
             team=default_team(), registry="docker.io", name=repo

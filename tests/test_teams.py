@@ -294,3 +294,17 @@ def test_sharing_and_layer_pages_never_show_another_teams_names(world: dict[str,
         assert "b/secret" not in html, url
         # the page does name images, those of the user's team
         assert "a/app" in html or url.endswith(f"/{world['image_a'].pk}/"), url
+
+
+def test_a_user_who_sees_every_image_gets_them_all_and_still_no_foreign_names(
+    world: dict[str, Any],
+) -> None:
+    other = world["users"]["other"]  # team b's owner: sees b's images and the shared base
+    assert set(restrict(Image.objects.all(), other)) == {world["image_b"], world["base"]}
+    # team a makes its app public: now b's owner sees every image of the catalog ...
+    Repository.objects.filter(name="a/app").update(public=True)
+    fresh = User.objects.get(pk=other.pk)  # a new request's user: the answer is not cached
+    assert restrict(Image.objects.all(), fresh).count() == Image.objects.count()
+    # ... but a tag of team a on the shared base stays team a's
+    names = {t.repository.team.name for t in restrict(world["base"].tags.all(), fresh)}
+    assert names == {"b"}

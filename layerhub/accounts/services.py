@@ -42,6 +42,28 @@ def team_create(*, name: str, actor: Any, quota_bytes: int | None = None) -> Tea
     return team
 
 
+def team_quota_set(*, team: Team, quota_bytes: int | None, actor: Any) -> Team:
+    """Limit the logical bytes of ``team``'s images to ``quota_bytes`` (None: no limit).
+    Images the team has already are kept when the new limit is below them: only the next
+    pull, import or commit is refused."""
+    if quota_bytes is not None and not 0 <= quota_bytes < 1 << 63:
+        raise ValidationError("a quota is a number of bytes from 0 to 2^63 - 1")
+    with transaction.atomic():
+        before = Team.objects.select_for_update().get(pk=team.pk).quota_bytes
+        team.quota_bytes = quota_bytes
+        team.save(update_fields=["quota_bytes"])
+        if before != quota_bytes:
+            audit(
+                actor=actor,
+                action="team.quota",
+                team=team,
+                target=team.name,
+                before=before,
+                quota_bytes=quota_bytes,
+            )
+    return team
+
+
 def member_set(*, team: Team, user: Any, role: str, actor: Any) -> Membership:
     """Add ``user`` to ``team`` with ``role``, or change their role."""
     role = Role(role)

@@ -10,7 +10,16 @@ from typing import Any, BinaryIO, cast
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, F, IntegerField, OuterRef, Prefetch, QuerySet, Subquery, Window
+from django.db.models import (
+    Count,
+    F,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    QuerySet,
+    Subquery,
+    Window,
+)
 from django.db.models.functions import RowNumber
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
@@ -108,18 +117,16 @@ def _file_url(container: Container, path: str) -> str:
 # -- list and create ---------------------------------------------------------------------------
 
 
-def _readable_tags(user: Any) -> QuerySet[Tag]:
-    """The tags whose names ``user`` may read, with their repositories."""
-    tags = Tag.objects.select_related("repository")
-    repositories = named_by(user)
-    return tags if repositories is None else tags.filter(repository__in=repositories)
-
-
 def container_list(request: HttpRequest) -> HttpResponse:
     """``docker ps -a``: every container, newest first, with its writable layer's size."""
+    # the image's names only from repositories the user sees, never another team's
+    tags = Tag.objects.select_related("repository")
+    repositories = named_by(request.user)
+    if repositories is not None:
+        tags = tags.filter(repository__in=repositories)
     containers = restrict(
         Container.objects.select_related("image").prefetch_related(
-            Prefetch("image__tags", queryset=_readable_tags(request.user))
+            Prefetch("image__tags", queryset=tags)
         ),
         request.user,
     ).order_by("-created_at", "-pk")
@@ -205,7 +212,8 @@ def _sharers(container: Container, user: Any, layer_ids: list[int]) -> dict[int,
         .order_by("layer_id", "rank")
     )
     pairs = list(rows.values_list("layer_id", "image_id"))
-    images = {i.pk: i for i in with_tags(Image.objects.filter(pk__in={p[1] for p in pairs}), user)}
+    chosen = Image.objects.filter(pk__in={p[1] for p in pairs})
+    images = {i.pk: i for i in with_tags(chosen, named_by(user))}
     found: dict[int, list[Image]] = {}
     for layer_id, image_id in pairs:
         found.setdefault(layer_id, []).append(images[image_id])
@@ -273,7 +281,9 @@ def _detail_context(
     exec_result = request.session.pop(EXEC_SESSION_KEY.format(pk=container.pk), None)
     context: dict[str, Any] = {
         "container": container,
-        "image_name": display_name(container.image),
+        "image_name": display_name(
+            with_tags(Image.objects.filter(pk=container.image_id), named_by(request.user)).get()
+        ),
         "stack": stack,
         "image_bytes": image_bytes,
         "writable_bytes": writable_bytes,

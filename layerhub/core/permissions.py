@@ -16,6 +16,7 @@ whatever its user's roles, ``read-write`` as at most a developer for a robot.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, TypeVar
 
 from django.core.exceptions import PermissionDenied
@@ -77,6 +78,12 @@ def _role_allowed(user: Any, action: str) -> list[Role] | None:
     if cap is not None and needed.rank > cap.rank:
         return None
     return [role for role in ROLE_ORDER if role.rank >= needed.rank]
+
+
+def scope_allows(user: Any, action: str) -> bool:
+    """Whether ``user`` is signed in and their token's scope (if they came with a token)
+    allows ``action`` at all: what acts on the user's own account (personal tokens) asks."""
+    return _signed_in(user) and _role_allowed(user, action) is not None
 
 
 def teams_for(user: Any, action: str = VIEW) -> QuerySet[Team]:
@@ -161,6 +168,13 @@ def named_by(user: Any) -> QuerySet[Any] | None:
     return restrict(Repository.objects.all(), user, VIEW)
 
 
+def team_ids(user: Any, action: str = VIEW) -> list[int]:
+    """The primary keys of ``teams_for(user, action)``, read once: a user is in a few teams,
+    and a short literal list keeps the permission filters below uncorrelated (one index
+    lookup per table, not a subquery per row)."""
+    return list(teams_for(user, action).values_list("pk", flat=True))
+
+
 def restrict(queryset: QuerySet[M], user: Any, action: str = VIEW) -> QuerySet[M]:
     """``queryset`` narrowed to what ``user`` may ``action``: nothing for anonymous users,
     everything for staff (within their token's scope)."""
@@ -176,67 +190,91 @@ def restrict(queryset: QuerySet[M], user: Any, action: str = VIEW) -> QuerySet[M
     staff = is_staff(user)
     if staff and model is not Token:
         return queryset
-    teams = teams_for(user, action)
-    if model is Team:
-        return queryset.filter(pk__in=teams)
-    if model is Repository:
-        if action == VIEW:
-            return queryset.filter(Q(team__in=teams) | Q(public=True))
-        return queryset.filter(team__in=teams)
-    if model is Tag:
-        return queryset.filter(repository__in=restrict(Repository.objects.all(), user, action))
-    if model is Image:
-        return queryset.filter(_image_condition(user, action))
-    if model is ImageLayer:
-        return queryset.filter(image__in=restrict(Image.objects.all(), user, action))
-    if model is Layer:
-        visible = ImageLayer.objects.filter(
-            layer=OuterRef("pk"), image__in=restrict(Image.objects.all(), user, VIEW)
-        )
-        return queryset.filter(Exists(visible))
-    if model is Container:
-        # developers create containers and delete their own work
-        return queryset.filter(team__in=teams_for(user, CHANGE if action == DELETE else action))
-    if model is Job:
-        return queryset.filter(Q(team__in=teams) | Q(created_by=user))
-    if model is RegistryCredential:
-        return queryset.filter(team__in=teams)
-    if model is Membership:
-        return queryset.filter(team__in=teams)
-    if model is AuditEntry:
-        return (
-            queryset.filter(team__in=teams_for(user, ADMIN)) if action == VIEW else queryset.none()
-        )
     if model is Token:
         own = Q(kind=Token.Kind.PERSONAL, user=user)
-        robots = Q(kind=Token.Kind.ROBOT, team__in=teams_for(user, MANAGE))
+        robots = Q(kind=Token.Kind.ROBOT, team_id__in=team_ids(user, MANAGE))
         return queryset.filter(own | robots)
+    if model is AuditEntry:
+        if action != VIEW:
+            return queryset.none()
+        return queryset.filter(team_id__in=team_ids(user, ADMIN))
+    if model is Container:
+        # developers create containers and delete their own work
+        return queryset.filter(team_id__in=team_ids(user, CHANGE if action == DELETE else action))
+    ids = team_ids(user, action)
+    if model is Team:
+        return queryset.filter(pk__in=ids)
+    if model is Repository:
+        if action == VIEW:
+            return queryset.filter(Q(team_id__in=ids) | Q(public=True))
+        return queryset.filter(team_id__in=ids)
+    if model is Tag:
+        return queryset.filter(repository_id__in=_repository_ids(ids, action))
+    if model in (Image, ImageLayer, Layer) and action == VIEW and _sees_every_image(user, ids):
+        # the same rows, without a filter to pay for on every query of the request
+        return queryset
+    if model is Image:
+        return queryset.filter(_image_condition(ids, action))
+    if model is ImageLayer:
+        return queryset.filter(image_id__in=_image_ids(ids, action))
+    if model is Layer:
+        used = ImageLayer.objects.filter(image_id__in=_image_ids(ids, VIEW))
+        return queryset.filter(pk__in=used.values("layer_id"))
+    if model is Job:
+        return queryset.filter(Q(team_id__in=ids) | Q(created_by=user))
+    if model in (RegistryCredential, Membership):
+        return queryset.filter(team_id__in=ids)
     raise TypeError(f"no permission rule for {model.__name__}")
 
 
-def _image_condition(user: Any, action: str) -> Q:
-    """Images ``user`` may ``action``: seeing one needs one visible repository naming it (or
-    its team being the user's); changing or deleting one needs every repository naming it
-    to be in a team where the user may, so nobody deletes another team's image."""
-    from layerhub.images.models import Image, Repository
+SEES_ALL_ATTRIBUTE = "_layerhub_sees_every_image"
 
+
+def _sees_every_image(user: Any, ids: list[int]) -> bool:
+    """Whether ``user`` may see every image of the catalog (one team holding it all, say),
+    answered once per user object (a request's): two counts, then every image query of the
+    request runs unfiltered with the same rows."""
+    from layerhub.images.models import Image
+
+    known = getattr(user, SEES_ALL_ATTRIBUTE, None)
+    if known is not None and known[0] == ids:
+        return bool(known[1])
+    visible = Image.objects.filter(_image_condition(ids, VIEW)).count()
+    answer = visible == Image.objects.count()
+    # an object that takes no attributes is asked again next time
+    with contextlib.suppress(AttributeError):
+        setattr(user, SEES_ALL_ATTRIBUTE, (ids, answer))
+    return answer
+
+
+def _repository_ids(ids: list[int], action: str) -> QuerySet[Any]:
+    """The repositories teams ``ids`` may ``action`` (seeing: also the public ones), as a
+    subquery of primary keys."""
+    from layerhub.images.models import Repository
+
+    condition = Q(team_id__in=ids)
     if action == VIEW:
-        visible = restrict(Repository.objects.all(), user, VIEW)
-        named = Exists(
-            Image.repositories.through.objects.filter(
-                image_id=OuterRef("pk"), repository__in=visible
-            )
-        )
-        return Q(named) | Q(team__in=teams_for(user, VIEW))
-    allowed_teams = teams_for(user, action)
-    foreign = Image.repositories.through.objects.filter(image_id=OuterRef("pk")).exclude(
-        repository__in=Repository.objects.filter(team__in=allowed_teams)
-    )
-    own = Q(
-        Exists(
-            Image.repositories.through.objects.filter(
-                image_id=OuterRef("pk"), repository__team__in=allowed_teams
-            )
-        )
-    ) | Q(team__in=allowed_teams)
-    return own & ~Q(Exists(foreign))
+        condition |= Q(public=True)
+    return Repository.objects.filter(condition).values("pk")
+
+
+def _image_ids(ids: list[int], action: str) -> QuerySet[Any]:
+    """The images teams ``ids`` may ``action``, as a subquery of primary keys."""
+    from layerhub.images.models import Image
+
+    return Image.objects.filter(_image_condition(ids, action)).values("pk")
+
+
+def _image_condition(ids: list[int], action: str) -> Q:
+    """Images teams ``ids`` may ``action``: seeing one needs one visible repository naming it
+    (or its team being one of them); changing or deleting one needs every repository naming
+    it to be in those teams, so nobody deletes another team's image."""
+    from layerhub.images.models import Image
+
+    through = Image.repositories.through.objects
+    named = through.filter(repository_id__in=_repository_ids(ids, action)).values("image_id")
+    own = Q(pk__in=named) | Q(team_id__in=ids)
+    if action == VIEW:
+        return own
+    foreign = through.exclude(repository_id__in=_repository_ids(ids, action)).values("image_id")
+    return own & ~Q(pk__in=foreign)

@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, QuerySet, Sum
 
 from layerhub.images.listing import display_name, images_named
-from layerhub.images.models import Image, ImageLayer, Layer
+from layerhub.images.models import Image, ImageLayer, Layer, Repository
 from layerhub.images.sizes import images_with_sizes
 
 
@@ -36,18 +36,25 @@ class SharedLayer:
         return self.size * (self.users - 1)
 
 
+def _whole_catalog(images: QuerySet[Image]) -> bool:
+    """Whether ``images`` is every image (what ``restrict`` gives a user who sees all)."""
+    return images.model is Image and not images.query.where and not images.query.is_sliced
+
+
 def _rows_of(images: QuerySet[Image]) -> QuerySet[ImageLayer]:
     """The image-layer rows of ``images``: all of them, with no ``IN (SELECT ...)`` to pay
-    for, when ``images`` is the whole catalog (what ``restrict`` gives a user who sees all)."""
+    for, when ``images`` is the whole catalog."""
     rows = ImageLayer.objects.all()
-    if images.model is Image and not images.query.where and not images.query.is_sliced:
-        return rows
-    return rows.filter(image__in=images)
+    return rows if _whole_catalog(images) else rows.filter(image__in=images)
 
 
 def most_shared_layers(images: QuerySet[Image], limit: int = 8) -> list[SharedLayer]:
     """The ``limit`` layers that the most of ``images`` use (two at least), the oldest first
-    among equals: a GROUP BY over the image-layer rows alone, then those layers by pk."""
+    among equals. Over the whole catalog, the layers' recorded image counts; over fewer
+    images, a GROUP BY over their image-layer rows, then those layers by pk."""
+    if _whole_catalog(images):
+        shared = Layer.objects.filter(image_count__gt=1).order_by("-image_count", "pk")[:limit]
+        return [SharedLayer(layer, layer.image_count) for layer in shared]
     # an image holds a ChainID at one position only, so counting rows counts images
     counts = list(
         _rows_of(images)
@@ -68,16 +75,19 @@ class NamedImage:
     name: str
 
 
-def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> list[NamedImage]:
-    """The ``limit`` images holding the most bytes no other image uses (UNIQUE SIZE), with
-    their sizes and names. Layers used once are found with one GROUP BY ... HAVING, summed per
-    image, and only the top images get their full sizes."""
-    single_use = (
-        ImageLayer.objects.values("layer").annotate(users=Count("image")).filter(users=1)
-    ).values("layer")
+def images_with_most_unique_bytes(
+    images: QuerySet[Image], limit: int = 8, repositories: QuerySet[Repository] | None = None
+) -> list[NamedImage]:
+    """The ``limit`` images of ``images`` holding the most bytes no other image of the
+    catalog uses (UNIQUE SIZE), the newest first among equals, with their sizes and names
+    (from ``repositories``: those the user sees; None: every one).
+
+    The layers one image alone uses are those whose recorded image count is 1: their sizes
+    are summed per image in one GROUP BY over those layers' rows, and only the top images get
+    their full sizes (``images_with_sizes``, whose UNIQUE SIZE is the same sum)."""
     top = list(
         _rows_of(images)
-        .filter(layer__in=single_use)
+        .filter(layer__image_count=1)
         .values("image")
         .annotate(unique=Sum("layer__unpacked_size"))
         .filter(unique__gt=0)
@@ -85,6 +95,7 @@ def images_with_most_unique_bytes(images: QuerySet[Image], limit: int = 8) -> li
         .values_list("image", flat=True)
     )
     found = {
-        image.pk: image for image in images_named(images_with_sizes(images.filter(pk__in=top)))
+        image.pk: image
+        for image in images_named(images_with_sizes(images.filter(pk__in=top)), repositories)
     }
     return [NamedImage(found[pk], display_name(found[pk])) for pk in top if pk in found]

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
+from layerhub.accounts.models import Team
 from layerhub.containers.models import Container
-from layerhub.core.permissions import restrict
+from layerhub.core.permissions import is_staff, named_by, restrict
 from layerhub.dashboard.selectors import images_with_most_unique_bytes, most_shared_layers
 from layerhub.images.models import Image
 from layerhub.images.services.gc import store_gc_start
 from layerhub.images.services.verify import store_verify_start
-from layerhub.images.sizes import store_totals
+from layerhub.images.sizes import TeamUsage, store_totals, team_usage
 from layerhub.images.usage import container_layer_bytes, tmp_entries
 from layerhub.jobs.models import Job
 
@@ -28,46 +32,64 @@ def home(request: HttpRequest) -> HttpResponse:
     database (recorded sizes), never from walking the store."""
     images = restrict(Image.objects.all(), request.user)
     jobs = restrict(Job.objects.all(), request.user)
-    totals = store_totals()
+    staff = is_staff(request.user)
+    # the store-wide totals (physical bytes, savings) are staff's: a team sees its own
+    # logical total and how much of it is shared
+    totals = store_totals() if staff else None
     active_jobs = list(
         jobs.filter(state__in=ACTIVE_STATES).order_by("-created_at", "-id")[:JOBS_SHOWN]
     )
     recent_jobs = list(
         jobs.exclude(state__in=ACTIVE_STATES).order_by("-created_at", "-id")[:JOBS_SHOWN]
     )
-    logical = totals.logical_bytes
+    logical = totals.logical_bytes if totals is not None else 0
 
     def share(part: int) -> float:
         # of the logical total, for the bars; a store holding more than its images need
         # (orphans) draws a full bar rather than one past the frame
         return min(100.0 * part / logical, 100.0) if logical else 0.0
 
+    containers = restrict(Container.objects.all(), request.user)
     context = {
         "totals": totals,
-        "containers": restrict(Container.objects.all(), request.user).count(),
+        "image_count": totals.images if totals is not None else images.count(),
+        "containers": containers.count(),
         "running_jobs": jobs.filter(state=Job.State.RUNNING).count(),
-        "physical_percent": share(totals.physical_bytes),
-        "blob_percent": share(totals.physical_blob_bytes),
-        "snapshot_percent": share(totals.physical_snapshot_bytes),
+        "physical_percent": share(totals.physical_bytes) if totals else 0.0,
+        "blob_percent": share(totals.physical_blob_bytes) if totals else 0.0,
+        "snapshot_percent": share(totals.physical_snapshot_bytes) if totals else 0.0,
+        "team_usages": _team_usages(request),
         "shared_layers": most_shared_layers(images),
-        "unique_images": images_with_most_unique_bytes(images),
+        "unique_images": images_with_most_unique_bytes(images, repositories=named_by(request.user)),
         "active_jobs": active_jobs,
         "recent_jobs": recent_jobs,
-        **_measured_apart(),
+        **_measured_apart(containers, staff=staff),
     }
     return render(request, "dashboard/home.html", context)
 
 
-def _measured_apart() -> dict[str, int]:
+TEAMS_SHOWN = 10  # teams of a user on the overview (the teams page has them all)
+
+
+def _team_usages(request: HttpRequest) -> list[tuple[Team, TeamUsage]]:
+    """The user's own teams (staff too, where they are members) with their logical totals,
+    shared parts and quotas."""
+    user: Any = request.user
+    mine = restrict(Team.objects.filter(memberships__user=user), user)
+    return [(team, team_usage(team)) for team in mine.order_by("name")[:TEAMS_SHOWN]]
+
+
+def _measured_apart(containers: QuerySet[Container], *, staff: bool) -> dict[str, int | None]:
     """Container layers and tmp/, shown apart from the recorded physical total. They change
     with every file a container writes and every chunk a download lands, so they are measured
-    (each container's writable layer and each tmp/ entry walked), not recorded."""
-    tmp = tmp_entries()
-    ids = Container.objects.values_list("container_id", flat=True)
+    (each container's writable layer and each tmp/ entry walked), not recorded. The user's
+    containers only; tmp/, store-wide, for staff."""
+    tmp = tmp_entries() if staff else []
+    ids = containers.values_list("container_id", flat=True)
     return {
         "container_bytes": sum(container_layer_bytes(cid) for cid in ids),
-        "tmp_bytes": sum(entry.size for entry in tmp),
-        "tmp_count": len(tmp),
+        "tmp_bytes": sum(entry.size for entry in tmp) if staff else None,
+        "tmp_count": len(tmp) if staff else None,
     }
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import math
 import os
 import stat
 import uuid
@@ -41,6 +40,8 @@ from typing import BinaryIO
 from . import fsutil
 from .digest import CHUNK, Digester, digest_hex, validate_digest
 from .errors import BlobNotFound, DigestMismatch, SizeMismatch, StoreFull, StoreLayoutError
+from .reserve import DEFAULT_RESERVE as DEFAULT_RESERVE
+from .reserve import StoreReserve as StoreReserve
 from .whiteouts import WhiteoutFormat, default_format, format_named
 
 STORE_VERSION = 2
@@ -51,23 +52,6 @@ PRIVATE_DIRS = ("", "blobs", "blobs/sha256", "snapshots", "containers", "tmp", "
 # how often a blob writer looks at the free space again
 FREE_CHECK_BYTES = 8 << 20
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-@dataclass(frozen=True)
-class StoreReserve:
-    """Free space the store leaves on its file system: at least ``bytes``, and at least
-    ``percent`` of the file system's size (the larger wins)."""
-
-    bytes: int = 0
-    percent: float = 0.0
-
-    def resolve(self, total: int) -> int:
-        """The reserve in bytes on a file system of ``total`` bytes."""
-        return max(self.bytes, math.ceil(total * self.percent / 100))
-
-
-# what a deployment keeps free unless told otherwise: 1 GiB, or 5% of a big disk
-DEFAULT_RESERVE = StoreReserve(bytes=1 << 30, percent=5.0)
 
 
 @dataclass(frozen=True)

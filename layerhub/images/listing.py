@@ -235,12 +235,15 @@ class Sharer:
 
 @dataclass
 class LayerRow:
-    """One layer of an image's page: its row, how many images use it and a few of them."""
+    """One layer of an image's page: its row, how many images use it (all of them), how
+    many of those the user sees (``yours``, this image left out; None: every one) and a few
+    of those."""
 
     position: int
     layer: Layer
     users: int
     sharers: list[Sharer] = field(default_factory=list)
+    yours: int | None = None
 
     @property
     def chain_hex(self) -> str:
@@ -248,9 +251,20 @@ class LayerRow:
         return self.layer.chain_id.removeprefix("sha256:")
 
     @property
+    def visible_others(self) -> int:
+        """Other images using this layer that the user sees."""
+        return self.users - 1 if self.yours is None else self.yours
+
+    @property
     def more_sharers(self) -> int:
-        """Other images using this layer beyond those listed."""
-        return max(self.users - 1 - len(self.sharers), 0)
+        """Other images the user sees using this layer beyond those listed."""
+        return max(self.visible_others - len(self.sharers), 0)
+
+    @property
+    def others(self) -> bool:
+        """Whether images the user cannot see use this layer too (they are counted in
+        ``users``, never named)."""
+        return self.users - 1 > self.visible_others
 
 
 def _users_of_layer() -> Subquery:
@@ -306,8 +320,8 @@ def image_layers(
 ) -> list[LayerRow]:
     """The image's layers, bottom first, each with how many images use it (all of them: the
     figure must be true) and up to SHARERS_SHOWN of the others, taken from ``visible`` (the
-    images the user sees) and named from ``repositories`` (three queries, however widely a
-    layer is shared)."""
+    images the user sees, counted in ``yours``) and named from ``repositories`` (four queries,
+    however widely a layer is shared)."""
     rows = list(
         ImageLayer.objects.filter(image=image)
         .select_related("layer")
@@ -334,8 +348,26 @@ def image_layers(
     by_layer: dict[int, list[Sharer]] = {}
     for layer_id, image_id in sharing:
         by_layer.setdefault(layer_id, []).append(named[image_id])
+    yours: dict[int, int] | None = None
+    if visible is not None:
+        # how many of the images using each layer the user sees: "shared with 3 of your
+        # images and others" names none of the others
+        yours = dict(
+            ImageLayer.objects.filter(layer__in=layer_ids, image__in=visible)
+            .exclude(image=image)
+            .order_by()
+            .values("layer")
+            .annotate(n=Count("pk"))
+            .values_list("layer", "n")
+        )
     return [
-        LayerRow(row.position, row.layer, row.users or 1, by_layer.get(row.layer_id, []))
+        LayerRow(
+            row.position,
+            row.layer,
+            row.users or 1,
+            by_layer.get(row.layer_id, []),
+            None if yours is None else yours.get(row.layer_id, 0),
+        )
         for row in rows
     ]
 

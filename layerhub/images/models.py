@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
 from layerhub.engine.digest import short_id
 
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
 
 def _fernet() -> Fernet:
+    # imported here: only logins use it, and every process that loads the models (each
+    # command at start-up) would otherwise pay cryptography's import
+    from cryptography.fernet import Fernet
+
     key = hashlib.sha256(b"layerhub registry credentials:" + settings.SECRET_KEY.encode()).digest()
     return Fernet(base64.urlsafe_b64encode(key))
 
@@ -51,6 +58,8 @@ class RegistryCredential(models.Model):
         decrypted (SECRET_KEY changed since it was stored)."""
         if not self.password_encrypted:
             return ""
+        from cryptography.fernet import InvalidToken
+
         try:
             return _fernet().decrypt(bytes(self.password_encrypted)).decode()
         except InvalidToken:
@@ -84,6 +93,12 @@ class Layer(models.Model):
 
     The compressed blob (``digest``) may be shared by layers over different bases; the
     snapshot belongs to the ChainID. ``unpacked_at`` is set once the snapshot exists.
+
+    ``image_count`` is how many images use it (its ImageLayer rows), recorded so the overview
+    reads the most shared layers and the layers one image alone holds without counting every
+    image-layer row. Whatever adds or deletes ImageLayer rows keeps it exact, in the same
+    transaction, through ``layerhub.images.layer_counts``; ``store_verify`` compares it with
+    the rows.
     """
 
     chain_id = models.CharField(max_length=71, unique=True)
@@ -97,6 +112,14 @@ class Layer(models.Model):
     unpacked_size = models.BigIntegerField(null=True, blank=True)
     file_count = models.BigIntegerField(null=True, blank=True)
     unpacked_at = models.DateTimeField(null=True, blank=True)
+    # a signed field: a count that drifted (rows deleted behind the code's back) is reported
+    # by store_verify, never turned into a failed delete by a CHECK constraint
+    image_count = models.IntegerField(default=0, help_text="images using this layer")
+
+    class Meta:
+        # the most shared layers are the top of this index; SQLite finds the layers one image
+        # alone uses through it instead of reading every image-layer row
+        indexes = [models.Index(fields=["image_count"], name="layer_image_count")]
 
     def __str__(self) -> str:
         return short_id(self.digest)
@@ -206,3 +229,50 @@ class Tag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.repository}:{self.name}"
+
+
+class Package(models.Model):
+    """A package installed in an image, read from its final file tree (dpkg's status, apk's
+    installed database, rpm's sqlite database, a Python ``*.dist-info``): never run, only read."""
+
+    class Ecosystem(models.TextChoices):
+        DEB = "deb", "Debian (dpkg)"
+        APK = "apk", "Alpine (apk)"
+        RPM = "rpm", "Red Hat (rpm)"
+        PYTHON = "python", "Python"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="packages")
+    ecosystem = models.CharField(max_length=16, choices=Ecosystem.choices)
+    name = models.CharField(max_length=255)
+    # the name as searched: lower case, and PEP 503-normalized for Python ("foo-bar")
+    name_key = models.CharField(max_length=255)
+    version = models.CharField(max_length=255)
+    arch = models.CharField(max_length=64, blank=True)
+    # the source package it was built from (dpkg's Source, apk's origin, rpm's source rpm)
+    origin = models.CharField(max_length=255, blank=True)
+    # the file of the image it was read from
+    source_path = models.CharField(max_length=1024)
+
+    class Meta:
+        ordering = ["ecosystem", "name_key", "version", "id"]
+        # "which images have openssl": one index range by name, then versions compared in Python
+        indexes = [
+            models.Index(fields=["name_key", "ecosystem"], name="package_name_search"),
+            models.Index(fields=["image", "ecosystem", "name_key"], name="package_image_list"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} ({self.ecosystem})"
+
+
+class PackageScan(models.Model):
+    """When an image's packages were last read, how many, and what the scan skipped (a file
+    too big, binary, unreadable): an image without one has not been scanned yet."""
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, related_name="package_scan")
+    scanned_at = models.DateTimeField(default=timezone.now)
+    count = models.PositiveIntegerField(default=0)
+    notes = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"packages of {self.image}: {self.count}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from layerhub.core.store import get_store
 from layerhub.engine.pull import blob_lock
+from layerhub.images.layer_counts import image_layers_release
 from layerhub.images.leases import blob_in_use, snapshot_in_use
 from layerhub.images.models import Blob, Image, Layer
 from layerhub.images.sizes import DeletePlan
@@ -33,6 +34,7 @@ def images_delete_rows(*, images: Sequence[Image], plan: DeletePlan) -> list[str
         for tag in image.tags.select_related("repository").order_by("pk"):
             lines.append(f"Untagged: {tag.repository}:{tag.name}")
             tag.delete()
+        image_layers_release(image=image)  # its image-layer rows go with it
         image.delete()
         lines.append(f"Deleted: {image.config_digest}")
     for chain_id, _ in plan.snapshots:

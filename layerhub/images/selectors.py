@@ -8,8 +8,9 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Prefetch
+from django.db.models import Prefetch, QuerySet
 
+from layerhub.accounts.models import Team
 from layerhub.engine.reference import Reference
 from layerhub.engine.registry import TLSState, describe_tls
 from layerhub.engine.registry.tls import marked_insecure
@@ -130,12 +131,21 @@ def registry_insecure(registry: str, *, saved: RegistryCredential | None = None)
     return marked_insecure(registry, settings.LAYERHUB_INSECURE_REGISTRIES)
 
 
-def registry_tls_state(registry: str, *, saved: RegistryCredential | None = None) -> TLSState:
-    """How layerhub reaches ``registry`` (``docker.io``, ``127.0.0.1:5000``): trusted (the
-    OS trust store) or a private CA, a client certificate, insecure, and its mirrors; read
-    from the certs directory and the settings, never from the network."""
+def _logins(team: Team | None) -> QuerySet[RegistryCredential]:
+    """``team``'s stored logins; every team's for None (the operator's command line)."""
+    logins = RegistryCredential.objects.all()
+    return logins if team is None else logins.filter(team=team)
+
+
+def registry_tls_state(
+    registry: str, *, saved: RegistryCredential | None = None, team: Team | None = None
+) -> TLSState:
+    """How layerhub reaches ``registry`` (``docker.io``, ``127.0.0.1:5000``) for ``team``
+    (None: any team's login marks it insecure): trusted (the OS trust store) or a private
+    CA, a client certificate, insecure, and its mirrors; read from the certs directory, the
+    settings and the team's login, never from the network."""
     if saved is None:
-        saved = RegistryCredential.objects.filter(host=registry).first()
+        saved = _logins(team).filter(host=registry).first()
     mirrors = settings.LAYERHUB_REGISTRY_MIRRORS.get(registry, ())
     return describe_tls(
         Reference(registry, "x", None, None).api_host,
@@ -152,6 +162,7 @@ class RegistryAccess:
     registry: str
     username: str  # empty: no login stored, or an anonymous one
     tls: TLSState
+    login: RegistryCredential | None = None  # the stored login, for a page's delete button
 
 
 def _certs_dir_hosts() -> list[str]:
@@ -162,10 +173,12 @@ def _certs_dir_hosts() -> list[str]:
         return []
 
 
-def registry_access_list() -> list[RegistryAccess]:
-    """Every registry layerhub knows something about (a stored login, mirrors, an entry in
-    the certs directory, an insecure mark), by name, with its TLS state and mirrors."""
-    saved = {c.host: c for c in RegistryCredential.objects.all()}
+def registry_access_list(team: Team | None = None) -> list[RegistryAccess]:
+    """Every registry layerhub knows something about (a login of ``team``, mirrors, an
+    entry in the certs directory, an insecure mark), by name, with its TLS state and
+    mirrors. ``team`` None lists every team's logins (the operator's command line); a
+    team's page passes the team, so it sees its own logins alone."""
+    saved = {c.host: c for c in _logins(team).order_by("-pk")}
     names = set(saved) | set(settings.LAYERHUB_REGISTRY_MIRRORS) | set(_certs_dir_hosts())
     names |= {entry for entry in settings.LAYERHUB_INSECURE_REGISTRIES if "/" not in entry}
     rows = []
@@ -175,7 +188,8 @@ def registry_access_list() -> list[RegistryAccess]:
             RegistryAccess(
                 registry=name,
                 username=login.username if login is not None else "",
-                tls=registry_tls_state(name, saved=login),
+                tls=registry_tls_state(name, saved=login, team=team),
+                login=login,
             )
         )
     return rows

@@ -152,7 +152,7 @@ def own_blob_bytes_refresh(images: QuerySet[Image]) -> int:
 def logical_bytes(images: QuerySet[Image]) -> int:
     """What ``images`` take as if each were stored alone (the logical total of
     ``store_totals`` over these images only): a team's usage against its quota."""
-    layers = ImageLayer.objects.filter(image__in=images).aggregate(
+    layers = ImageLayer.objects.filter(image_id__in=images.values("pk")).aggregate(
         snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
         blobs=Coalesce(Sum("layer__size"), Value(0)),
     )
@@ -162,11 +162,62 @@ def logical_bytes(images: QuerySet[Image]) -> int:
 
 def team_images(team: Team) -> QuerySet[Image]:
     """The images of ``team``'s catalog: named by one of its repositories, or brought in by
-    it and named by none."""
-    named = Image.repositories.through.objects.filter(
-        image_id=OuterRef("pk"), repository__team=team
+    it and named by none. Uncorrelated subqueries of primary keys: read once, not per
+    image."""
+    through = Image.repositories.through.objects
+    named = through.filter(repository__team=team).values("image_id")
+    unnamed = Q(team=team) & ~Q(pk__in=through.values("image_id"))
+    return Image.objects.filter(Q(pk__in=named) | unnamed)
+
+
+@dataclass(frozen=True)
+class TeamUsage:
+    """A team's images against its quota: their logical bytes (each image as if stored
+    alone, what the quota counts) and the part of those in layers another image (of any
+    team: the figure must be true) uses too, stored once for all of them."""
+
+    logical_bytes: int
+    shared_bytes: int
+    quota_bytes: int | None
+
+    @property
+    def quota_percent(self) -> float:
+        """Usage as a share of the quota, at most 100 (for a bar); 0 without a quota."""
+        if self.quota_bytes is None:
+            return 0.0
+        if self.quota_bytes == 0:
+            return 100.0 if self.logical_bytes else 0.0
+        return min(100.0 * self.logical_bytes / self.quota_bytes, 100.0)
+
+    @property
+    def over_quota(self) -> bool:
+        """Whether the images take more than the quota (it was lowered below them)."""
+        return self.quota_bytes is not None and self.logical_bytes > self.quota_bytes
+
+    @property
+    def shared_percent(self) -> float:
+        """The shared part as a share of the logical total, 0 for no images."""
+        return 100.0 * self.shared_bytes / self.logical_bytes if self.logical_bytes else 0.0
+
+
+def team_usage(team: Team) -> TeamUsage:
+    """``team``'s logical total (``logical_bytes`` of ``team_images``) and how much of it
+    is in shared layers (their unpacked and compressed bytes), in two aggregate queries."""
+    images = team_images(team)
+    # a layer another image also uses is one whose recorded image count is above one
+    shared_layer = Q(layer__image_count__gt=1)
+    layers = ImageLayer.objects.filter(image_id__in=images.values("pk")).aggregate(
+        snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
+        blobs=Coalesce(Sum("layer__size"), Value(0)),
+        shared_snapshots=Coalesce(Sum("layer__unpacked_size", filter=shared_layer), Value(0)),
+        shared_blobs=Coalesce(Sum("layer__size", filter=shared_layer), Value(0)),
     )
-    return Image.objects.filter(Exists(named) | Q(team=team, repositories=None))
+    own = images.aggregate(total=Coalesce(Sum("own_blob_bytes"), Value(0)))["total"]
+    return TeamUsage(
+        logical_bytes=int(layers["snapshots"] + layers["blobs"] + own),
+        shared_bytes=int(layers["shared_snapshots"] + layers["shared_blobs"]),
+        quota_bytes=team.quota_bytes,
+    )
 
 
 def store_totals() -> StoreTotals:

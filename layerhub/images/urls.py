@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from layerhub.images import views
+from layerhub.images import views, views_packages
 
 app_name = "images"
 
 urlpatterns: list[URLPattern] = [
     path("", views.image_list, name="list"),
+    path("packages/", views_packages.package_search_page, name="packages"),
     path("<int:pk>/", views.image_detail, name="detail"),
+    path("<int:pk>/packages/", views_packages.image_packages_section, name="image_packages"),
     path("<int:pk>/pull/", views.image_repull, name="pull"),
     path("<int:pk>/push/", views.image_push_view, name="push"),
     path("<int:pk>/save/", views.image_save_view, name="save"),

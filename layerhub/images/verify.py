@@ -8,7 +8,9 @@ Reported (``Finding``):
   leftover in ``tmp/``), unless a live lease holds it (a running job is about to record it)
   or, in ``tmp/``, a live process holds it (an in-flight download or unpack);
 - ``missing``: a row whose file is gone (a Blob row, an unpacked layer, an image's manifest
-  or config, a container's layer), and a blob an image names that has no size row.
+  or config, a container's layer), and a blob an image names that has no size row;
+- ``count``: a layer whose recorded count of images (what the overview reads) is not the
+  number of images that use it.
 
 Every walk is iterative, never follows a symlink and never enters a mount point (the
 engine's ``tree_usage`` / ``walk_tree``); nothing is changed.
@@ -26,6 +28,7 @@ from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.engine.errors import LayerhubError
 from layerhub.engine.fsutil import tree_usage
+from layerhub.images.layer_counts import layer_image_count_mismatches, layer_image_counts_refresh
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, Layer
 from layerhub.images.sizes import own_blob_bytes_refresh
@@ -41,8 +44,8 @@ MAX_STORED_FINDINGS = 500
 class Finding:
     """One difference between the catalog and the disk."""
 
-    problem: str  # "size", "orphan" or "missing"
-    what: str  # "blob", "snapshot", "container", "tmp"
+    problem: str  # "size", "orphan", "missing" or "count"
+    what: str  # "blob", "snapshot", "container", "tmp", "layer"
     key: str  # a digest, ChainID, container ID or path under the store
     detail: str
 
@@ -104,6 +107,10 @@ class VerifyReport:
             held=list(data.get("held", [])),
             finding_count=data.get("finding_count"),
         )
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def store_verify() -> VerifyReport:
@@ -197,6 +204,10 @@ def store_verify() -> VerifyReport:
         if unpacked and chain not in seen_snapshots:
             found("missing", "snapshot", chain, "recorded as unpacked, but the tree is gone")
 
+    # the catalog itself: each layer's recorded count of images against its image-layer rows
+    for chain, counted, rows in layer_image_count_mismatches():
+        found("count", "layer", chain, f"recorded as used by {_images(counted)}, not {rows}")
+
     # containers/: every writable layer against its container
     ids = set(Container.objects.values_list("container_id", flat=True))
     with os.scandir(store.containers) as entries:
@@ -219,9 +230,10 @@ def store_verify() -> VerifyReport:
 
 def store_verify_fix_sizes(report: VerifyReport) -> list[str]:
     """Record the disk's sizes where ``report`` found them differ (a blob's length, a
-    snapshot's bytes and file count, measured again now) and add the size row of a blob an
-    image names whose file is there; returns a line per change. Orphans and missing files
-    are left for people (and garbage collection) to judge."""
+    snapshot's bytes and file count, measured again now), add the size row of a blob an
+    image names whose file is there, and count again the images of a layer whose count was
+    off; returns a line per change. Orphans and missing files are left for people (and
+    garbage collection) to judge."""
     store = get_store()
     changed: list[str] = []
     for finding in report.findings:
@@ -251,6 +263,12 @@ def store_verify_fix_sizes(report: VerifyReport) -> list[str]:
                 continue
             Blob.objects.get_or_create(digest=finding.key, defaults={"size": size, "kind": kind})
             changed.append(f"blob {finding.key}: recorded {size} bytes ({kind})")
+    miscounted = [f.key for f in report.findings if f.problem == "count" and f.what == "layer"]
+    if miscounted:
+        layers = Layer.objects.filter(chain_id__in=miscounted)
+        layer_image_counts_refresh(layers)
+        for chain, count in layers.order_by("chain_id").values_list("chain_id", "image_count"):
+            changed.append(f"layer {chain}: counted {_images(count)}")
     if any(line.startswith("blob ") for line in changed):
         own_blob_bytes_refresh(Image.objects.all())  # images total their own blobs' sizes
     return changed

@@ -176,6 +176,14 @@ def _delete_plan(request: HttpRequest, image: Image) -> sizes.DeletePlan | None:
         return None
 
 
+def _layers(request: HttpRequest, image: Image) -> list[Any]:
+    """The image's layer rows: the others sharing each named from what the user sees, and
+    counted apart from those they cannot see (none for a user who sees every image)."""
+    repositories = named_by(request.user)
+    visible = None if repositories is None else restrict(Image.objects.all(), request.user)
+    return image_layers(image, visible, repositories)
+
+
 def _detail_context(request: HttpRequest, image: Any) -> dict[str, Any]:
     visible_tags = restrict(image.tags.all(), request.user)
     tags = list(visible_tags.select_related("repository").order_by("repository", "name")[:50])
@@ -203,9 +211,7 @@ def _detail_context(request: HttpRequest, image: Any) -> dict[str, Any]:
         "names": names,
         "reference": reference,
         "manifest_short": image_short_digest(image.manifest_digest),
-        "layers": image_layers(
-            image, restrict(Image.objects.all(), request.user), named_by(request.user)
-        ),
+        "layers": _layers(request, image),
         "history": _history(image),
         "unpack_job": unpack_job,
         "export_job": export_job,

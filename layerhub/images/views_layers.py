@@ -26,7 +26,7 @@ from layerhub.core.store import get_store
 from layerhub.engine.errors import InvalidPath
 from layerhub.engine.reference import Reference
 from layerhub.engine.union import Entry, UnionView, join_path, split_path
-from layerhub.images.models import Image, ImageLayer, Layer, Tag
+from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
 
 # what a page shows of a file: past this it says so and offers the download
 TEXT_CAP = 256 * 1024
@@ -39,11 +39,13 @@ _CHAIN_HEX = re.compile(r"[a-f0-9]{64}")
 # -- shared with the container pages ------------------------------------------------------------
 
 
-def with_tags(queryset: QuerySet[Image], user: Any = None) -> QuerySet[Image]:
-    """``queryset`` with the tags ``display_name`` reads (those ``user`` may read, if given),
-    in one more query for any number."""
+def with_tags(
+    queryset: QuerySet[Image], repositories: QuerySet[Repository] | None = None
+) -> QuerySet[Image]:
+    """``queryset`` with the tags ``display_name`` reads, in one more query for any number:
+    only those of ``repositories`` (the ones the user sees, ``named_by``; None: all), so
+    another team's name of a shared image is never shown."""
     tags = Tag.objects.select_related("repository")
-    repositories = named_by(user) if user is not None else None
     if repositories is not None:
         tags = tags.filter(repository__in=repositories)
     return queryset.prefetch_related(Prefetch("tags", queryset=tags))
@@ -254,13 +256,16 @@ def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
         chain_id=f"sha256:{chain_hex}",
     )
     images_qs = (
-        with_tags(restrict(Image.objects.all(), request.user), request.user)
+        with_tags(restrict(Image.objects.all(), request.user), named_by(request.user))
         .filter(image_layers__layer=layer)
         .distinct()
         .order_by("-added_at", "-pk")
     )
     images_page = Paginator(images_qs, IMAGES_PER_PAGE).get_page(request.GET.get("page"))
     images = [(image, display_name(image)) for image in images_page]
+    # every image using the layer is counted (the figure must be true); only those the
+    # user sees are listed: "used by 5 images: 2 of yours and others"
+    yours = images_page.paginator.count
 
     store = get_store()
     path = clean_path(request.GET.get("path"))
@@ -269,6 +274,8 @@ def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
         "chain_hex": chain_hex,
         "images": images,
         "images_page": images_page,
+        "yours": yours,
+        "others": (getattr(layer, "users", 0) or 0) > yours,
         "path": path,
         "crumbs": breadcrumbs(path),
         "parent": parent_path(path),
@@ -307,7 +314,7 @@ def image_files(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The merged tree of an image (``?path=``): a directory's entries, a text file's contents
     (capped), a symlink's target; ``?download=1`` streams a regular file."""
     image = get_object_or_404(
-        with_tags(restrict(Image.objects.all(), request.user), request.user), pk=pk
+        with_tags(restrict(Image.objects.all(), request.user), named_by(request.user)), pk=pk
     )
     path = clean_path(request.GET.get("path"))
     view = UnionView(image_lowers(image), get_store().whiteouts)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 from django.contrib.auth.models import AbstractBaseUser
-from playwright.sync_api import ConsoleMessage, Error, Page, expect
+from playwright.sync_api import ConsoleMessage, Error, Locator, Page, expect
 from pytest_django import Settings
 from pytest_django.live_server_helper import LiveServer
 
@@ -157,8 +157,9 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def exact_bytes(page: Page, selector: str) -> int:
-    """The exact byte count a size shows in its ``title`` ("1234 bytes")."""
+def exact_bytes(page: Page | Locator, selector: str) -> int:
+    """The exact byte count a size shows in its ``title`` ("1234 bytes"), in the page or in
+    one part of it."""
     title = page.locator(selector).first.get_attribute("title") or ""
     number = title.split(" ", 1)[0]
     assert number.isdigit(), f"{selector}: no byte count in title {title!r}"

@@ -17,6 +17,7 @@ from django.urls import reverse
 from playwright.sync_api import Page, Request, expect
 
 from layerhub.images.models import Image
+from layerhub.images.sizes import store_totals
 from layerhub.jobs.models import Job
 from tests.browser.conftest import JOB_TIMEOUT_MS, exact_bytes, screenshot, wait_until
 from tests.registry.conftest import Seed
@@ -88,8 +89,20 @@ def image_page_sizes(page: Page, pk: int) -> dict[str, int]:
 
 
 def overview(page: Page) -> dict[str, int]:
+    """The signed-in team owner's overview: their team's logical total and its shared part.
+    The store-wide physical total and savings are staff's, so the page has none of them; the
+    test reads those from the records the page would show them from."""
     page.goto(reverse("dashboard:home"))
-    return figures(page, "logical_bytes", "physical_bytes", "savings_bytes")
+    expect(page.locator("[data-figure=savings_bytes]")).to_have_count(0)
+    expect(page.locator("[data-figure=physical_bytes]")).to_have_count(0)
+    team = page.locator("[data-team=default]")
+    totals = store_totals()
+    return {
+        "team_logical_bytes": exact_bytes(team, "[data-figure=team_logical_bytes]"),
+        "team_shared_bytes": exact_bytes(team, "[data-figure=team_shared_bytes]"),
+        "physical_bytes": totals.physical_bytes,
+        "savings_bytes": totals.savings_bytes,
+    }
 
 
 def test_a_pull_from_the_form_shows_its_progress_live_until_done(
@@ -159,6 +172,7 @@ def test_b_a_second_image_on_the_same_base_shares_it_and_the_store_saves(
     assert alone["unique_size"] == alone["size"] > 0
     before = overview(page)
     assert before["savings_bytes"] == 0
+    assert before["team_shared_bytes"] == 0
 
     other = pull_and_wait(page, f"{registry.host}/team/other:other")
     shared = image_page_sizes(page, app.pk)
@@ -176,6 +190,9 @@ def test_b_a_second_image_on_the_same_base_shares_it_and_the_store_saves(
     after = overview(page)
     # the base is stored once: its snapshot and its compressed blob are what sharing saves
     assert after["savings_bytes"] == before["savings_bytes"] + base_unpacked + len(seed.base.data)
+    # and in the team's figures, both images hold it: it is shared, for each of them
+    assert after["team_shared_bytes"] == 2 * (base_unpacked + len(seed.base.data))
+    assert after["team_logical_bytes"] > before["team_logical_bytes"]
     screenshot(page, "overview")
     page.goto(reverse("dashboard:sharing"))
     expect(page.locator("a.block.shared[data-users='2']")).to_have_count(1)

@@ -11,7 +11,17 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import screenshot
 
-NAV = ["dashboard:home", "images:list", "dashboard:sharing", "containers:list", "jobs:list"]
+# the signed-in user owns a team, so the audit log is offered too
+NAV = [
+    "dashboard:home",
+    "images:list",
+    "dashboard:sharing",
+    "containers:list",
+    "jobs:list",
+    "teams:list",
+    "tokens:list",
+    "audit:list",
+]
 WIDTHS = {"desktop": 1280, "phone": 375}
 
 

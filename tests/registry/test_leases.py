@@ -19,6 +19,7 @@ from layerhub.engine.apply import apply_layer as real_apply
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import LayerError
 from layerhub.engine.pipeline import LayerPipeline
+from layerhub.images.layer_counts import layer_image_count_mismatches
 from layerhub.images.models import Image, Layer
 from layerhub.images.services import image_import, image_pull
 from layerhub.images.services import pull as pull_services
@@ -79,6 +80,8 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
     # unleased, its row goes (no image named it then)
     assert (f"Deleted: {base_chain}" in removed) is not leases
     assert job.state == Job.State.SUCCEEDED, job.error
+    # the rmi uncounted a on its layers, the pull counted b on its: each count is its rows'
+    assert layer_image_count_mismatches() == []
     if not leases:
         # the race is real: the image names a base the store lost, and the unpack queued
         # for it fails; the lease is what fixes it

@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.db import OperationalError, connection
+from django.db.models import QuerySet
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -20,8 +24,10 @@ from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
 from layerhub.dashboard.selectors import images_with_most_unique_bytes, most_shared_layers
 from layerhub.engine.store import Store
+from layerhub.images.layer_counts import image_layers_add, layer_image_count_mismatches
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
-from layerhub.images.sizes import store_totals
+from layerhub.images.services.transfer import image_remove
+from layerhub.images.sizes import images_with_sizes, store_totals
 from layerhub.jobs.models import Job
 from tests.support.teams import default_team
 
@@ -61,8 +67,7 @@ def image(name: str, layers: list[Layer], tag: str | None = None) -> Image:
         config_digest=digest(f"config {name}"),
         config={},
     )
-    for position, lay in enumerate(layers):
-        ImageLayer.objects.create(image=img, layer=lay, position=position)
+    image_layers_add(image=img, layers=layers)
     if tag:
         repo, _ = Repository.objects.get_or_create(
             team=default_team(), registry="docker.io", name="library/debian"
@@ -230,3 +235,94 @@ def test_the_overview_lists_count_only_the_images_they_are_given() -> None:
     # a narrowed set (what restrict() gives a user who sees less) counts only its images
     assert most_shared_layers(Image.objects.filter(pk=one.pk)) == []
     assert [n.image.pk for n in images_with_most_unique_bytes(Image.objects.all())] == []
+
+
+# -- the overview's lists against the sizes module ---------------------------------------------
+
+TOP = 8
+
+
+def unique_by_sizes(images: QuerySet[Image]) -> list[tuple[int, int]]:
+    """(pk, UNIQUE SIZE) of the images with the most unique bytes, as ``images_with_sizes``
+    computes them, the newest first among equals."""
+    with_sizes: Any = images_with_sizes(images)  # annotations the type checker cannot see
+    rows = with_sizes.values("pk", "unique_size")
+    sizes = [(row["pk"], row["unique_size"]) for row in rows if row["unique_size"] > 0]
+    return sorted(sizes, key=lambda t: (-t[1], -t[0]))[:TOP]
+
+
+def shared_by_rows(images: QuerySet[Image]) -> list[tuple[int, int]]:
+    """(layer pk, images) of the most shared layers, counted here from the image-layer rows."""
+    users = Counter(ImageLayer.objects.filter(image__in=images).values_list("layer_id", flat=True))
+    return sorted(((pk, n) for pk, n in users.items() if n > 1), key=lambda t: (-t[1], t[0]))[:TOP]
+
+
+def assert_overview_agrees_with_sizes(client: Client, images: QuerySet[Image]) -> None:
+    unique = images_with_most_unique_bytes(images)
+    assert [(n.image.pk, n.image.unique_size) for n in unique] == unique_by_sizes(images)
+    shared = most_shared_layers(images)
+    assert [(s.layer.pk, s.users) for s in shared] == shared_by_rows(images)
+    for item in shared:
+        assert item.saved_bytes == (item.layer.unpacked_size or 0) * (item.users - 1)
+    if images.query.where:
+        return
+    # the page shows the same lists, in the same order, with the same figures
+    html = client.get("/").content.decode()
+    section = html.split('id="unique-title"', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r'data-image="(\d+)">.*?<td title="(\d+) bytes"', section, re.S)
+    assert [(int(pk), int(n)) for pk, n in rows] == unique_by_sizes(images)
+    rows = re.findall(r'<tr data-layer="([^"]+)">.*?data-users>(\d+)<', html, re.S)
+    chains = dict(Layer.objects.values_list("pk", "chain_id"))
+    assert rows == [(chains[pk], str(n)) for pk, n in shared_by_rows(images)]
+
+
+def test_the_overview_lists_equal_the_sizes_modules_figures(admin_client: Client) -> None:
+    # a seeded catalog, and beside it images whose figures sort to the top: ties, a layer
+    # not unpacked yet, a layer of 0 bytes, and a stack two images share above a common base
+    call_command("seed_demo", images=150, seed=5, stdout=StringIO())
+    huge = 10**12
+    base = layer("base", unpacked=huge, size=1)
+    mid = layer("mid", unpacked=3 * huge, size=1, parent=base)
+    pending = layer("pending", unpacked=0, size=1, parent=base)
+    Layer.objects.filter(pk=pending.pk).update(unpacked_size=None, unpacked_at=None)
+    empty = layer("empty", unpacked=0, size=1, parent=base)
+    tie1 = layer("tie1", unpacked=2 * huge, size=1, parent=base)
+    tie2 = layer("tie2", unpacked=2 * huge, size=1, parent=base)
+    top_p = layer("top p", unpacked=huge // 2, size=1, parent=mid)
+    top_q = layer("top q", unpacked=huge // 4, size=1, parent=mid)
+    made = [
+        image("pending", [base, pending]),
+        image("empty", [base, empty]),
+        image("tie one", [base, tie1], tag="tie1"),
+        image("tie two", [base, tie2], tag="tie2"),
+        image("p", [base, mid, top_p], tag="p"),
+        image("q", [base, mid, top_q], tag="q"),
+    ]
+    p, q = made[-2:]
+    everything = Image.objects.all()
+    assert_overview_agrees_with_sizes(admin_client, everything)
+    listed = [n.image.pk for n in images_with_most_unique_bytes(everything)]
+    # equal unique bytes: the newest first; then p and q above every seeded image
+    assert listed[:4] == [made[3].pk, made[2].pk, p.pk, q.pk]
+    assert made[0].pk not in listed  # its only layer of its own is not unpacked: 0 bytes
+    assert made[1].pk not in listed
+    # a narrowed set (what restrict() gives a user who sees less): uniqueness is still the
+    # catalog's, the lists hold only its images
+    narrowed = Image.objects.filter(pk__in=[made[2].pk, p.pk, q.pk])
+    assert_overview_agrees_with_sizes(admin_client, narrowed)
+
+    # rmi p: the stack p and q shared is q's alone now, and the lists follow
+    image_remove(image=p.config_digest.removeprefix("sha256:"))
+    assert layer_image_count_mismatches() == []
+    assert_overview_agrees_with_sizes(admin_client, Image.objects.all())
+    (named,) = [n for n in images_with_most_unique_bytes(Image.objects.all()) if n.image.pk == q.pk]
+    assert named.image.unique_size == 3 * huge + huge // 4
+    # and seeded images removed from families of every size
+    for pk in (
+        Image.objects.exclude(pk__in=[m.pk for m in made])
+        .order_by("?")
+        .values_list("pk", flat=True)[:20]
+    ):
+        image_remove(image=Image.objects.get(pk=pk).config_digest.removeprefix("sha256:"))
+    assert layer_image_count_mismatches() == []
+    assert_overview_agrees_with_sizes(admin_client, Image.objects.all())

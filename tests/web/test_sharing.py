@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from layerhub.core.humanize import human_size
 from layerhub.engine.digest import chain_ids
-from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.layer_counts import image_layers_add
+from layerhub.images.models import Image, Layer, Repository, Tag
 from layerhub.images.sizes import store_totals
 from tests.support.teams import default_team
 
@@ -51,7 +52,8 @@ class Catalog:
             config={},
         )
         parent = None
-        for position, ((name, size), chain) in enumerate(zip(stack, chains, strict=True)):
+        layers = []
+        for (name, size), chain in zip(stack, chains, strict=True):
             layer = self.layers.get(chain)
             if layer is None:
                 layer = Layer.objects.create(
@@ -65,8 +67,9 @@ class Catalog:
                     unpacked_at=None if size is None else timezone.now(),
                 )
                 self.layers[chain] = layer
-            ImageLayer.objects.create(image=image, layer=layer, position=position)
+            layers.append(layer)
             parent = layer
+        image_layers_add(image=image, layers=layers)
         Tag.objects.create(repository=self.repository, name=tag, image=image)
         image.repositories.add(self.repository)
         return image

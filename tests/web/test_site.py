@@ -17,7 +17,16 @@ from tests.support.teams import default_team
 
 pytestmark = pytest.mark.django_db
 
-PAGES = ["dashboard:home", "dashboard:sharing", "images:list", "containers:list", "jobs:list"]
+PAGES = [
+    "dashboard:home",
+    "dashboard:sharing",
+    "images:list",
+    "containers:list",
+    "jobs:list",
+    "teams:list",
+    "tokens:list",
+    "audit:list",
+]
 
 
 @pytest.mark.parametrize("name", PAGES)

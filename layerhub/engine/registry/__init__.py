@@ -31,12 +31,37 @@
 
 from __future__ import annotations
 
-from .client import Credentials, RegistryClient, SourceFn
-from .mirrors import Mirror, parse_mirrors
-from .proxies import ProxyConfig
-from .scopes import merge_scopes, push_scope
-from .tls import TLSConfig, TLSState, describe_tls, is_loopback
-from .upload import ProgressFn, UploadSession
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Credentials, RegistryClient, SourceFn
+    from .mirrors import Mirror, parse_mirrors
+    from .proxies import ProxyConfig
+    from .scopes import merge_scopes, push_scope
+    from .tls import TLSConfig, TLSState, describe_tls, is_loopback
+    from .upload import ProgressFn, UploadSession
+
+# Each name below is loaded on first use from the module that defines it: reading the
+# settings needs mirrors.py and proxies.py alone, not the HTTP client (requests) and TLS
+# (the trust store, cryptography) that talking to a registry needs. Every process reads the
+# settings first; a command such as ``manage.py pull`` never talks to a registry itself.
+_HOME = {
+    "Credentials": "client",
+    "RegistryClient": "client",
+    "SourceFn": "client",
+    "Mirror": "mirrors",
+    "parse_mirrors": "mirrors",
+    "ProxyConfig": "proxies",
+    "merge_scopes": "scopes",
+    "push_scope": "scopes",
+    "TLSConfig": "tls",
+    "TLSState": "tls",
+    "describe_tls": "tls",
+    "is_loopback": "tls",
+    "ProgressFn": "upload",
+    "UploadSession": "upload",
+}
 
 __all__ = [
     "Credentials",
@@ -54,3 +79,12 @@ __all__ = [
     "parse_mirrors",
     "push_scope",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .tls import is_loopback, split_host
+from .hosts import is_loopback, split_host
 
 PROXY_SCHEMES = ("http", "https")
 

@@ -32,6 +32,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..errors import RegistryTLSError
+from .hosts import is_loopback as is_loopback
+from .hosts import split_host as split_host
 
 CA_SUFFIX = ".crt"
 CERT_SUFFIX = ".cert"
@@ -224,16 +226,6 @@ class PeerCertificate:
     not_after: datetime.datetime
 
 
-def split_host(host: str, default_port: int = 443) -> tuple[str, int]:
-    """``("127.0.0.1", 5443)`` from ``127.0.0.1:5443``; ``[::1]:5000`` gives ``("::1", 5000)``."""
-    if host.startswith("["):
-        name, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        name, _, port = host.partition(":")
-    return name, int(port) if port.isdigit() else default_port
-
-
 def peer_certificate(host: str, timeout: float) -> PeerCertificate | None:
     """The certificate ``host`` presents, read without verifying it (only to say why it was
     refused); None if it cannot be had."""
@@ -319,18 +311,6 @@ def client_certificate_error(
 
 
 # -- describing a host's TLS -------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host[:port]`` names this machine by its literal name (``localhost``, a
-    loopback address), which is never sent through a proxy and may fall back to HTTP."""
-    name = split_host(host)[0].lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

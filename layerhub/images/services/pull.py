@@ -1,11 +1,11 @@
 """Pulling images into the catalog: the only code that ties the engine's pull to the database.
 
-``image_pull`` records a job and queues it; the worker's task calls ``image_pull_run``, which
-downloads and unpacks every layer in one pass through the engine and then records the image
-and its snapshots; an unpack job follows only for a layer the pull could not unpack
-(``image_unpack_run``: imports and retries use it too). Rows are written only once what they name is
-in the store: an image row never points at a missing blob, a layer is marked unpacked only
-once its snapshot exists.
+``image_pull`` (enqueue.py) records a job and queues it; the worker's task calls
+``image_pull_run``, which downloads and unpacks every layer in one pass through the engine and
+then records the image and its snapshots; an unpack job follows only for a layer the pull
+could not unpack (``image_unpack_run``: imports and retries use it too). Rows are written only
+once what they name is in the store: an image row never points at a missing blob, a layer is
+marked unpacked only once its snapshot exists.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Sum, Value
 from django.db.models.functions import Coalesce
@@ -27,14 +26,13 @@ from django.utils.dateparse import parse_datetime
 from layerhub.accounts.models import Team
 from layerhub.accounts.services import audit
 from layerhub.core.humanize import human_size
-from layerhub.core.permissions import CHANGE, MANAGE, PULL, require
+from layerhub.core.permissions import MANAGE, require
 from layerhub.core.store import get_store
 from layerhub.engine import pull as engine_pull
 from layerhub.engine.archive import import_archive
 from layerhub.engine.cancel import Cancelled
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import (
-    ArchiveError,
     BlobNotFound,
     ImageNotFound,
     QuotaExceeded,
@@ -45,11 +43,11 @@ from layerhub.engine.manifest import (
     Descriptor,
     ImageConfig,
     ImageManifest,
-    Platform,
     parse_platform,
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
+from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.leases import (
     blob_in_use_by_other,
     job_lease,
@@ -60,13 +58,13 @@ from layerhub.images.leases import (
 from layerhub.images.models import (
     Blob,
     Image,
-    ImageLayer,
     Layer,
     RegistryCredential,
     Repository,
     Tag,
 )
 from layerhub.images.selectors import registry_insecure
+from layerhub.images.services.packages import image_packages_record
 from layerhub.images.sizes import logical_bytes, own_blob_bytes_refresh, team_images
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
@@ -196,33 +194,6 @@ def registry_api_host(registry: str) -> str:
     return Reference(registry, "x", None, None).api_host
 
 
-def image_pull(
-    *,
-    reference: str,
-    team: Team,
-    platform: str | None = None,
-    user: AbstractBaseUser | None = None,
-) -> Job:
-    """Queue a pull of ``reference`` into ``team``'s catalog, with the team's registry login;
-    raises InvalidReference (or InvalidManifest for a bad platform) at once, before any job
-    exists."""
-    ref = parse_reference(reference)
-    if user is not None:
-        require(user, PULL, team)
-    # no platform asked: an index gives linux/amd64, a single-platform image is taken as is
-    plat = str(parse_platform(platform)) if platform else ""
-    with transaction.atomic():
-        job = job_start(
-            kind=Job.Kind.PULL,
-            user=user,
-            team=team,
-            reference=str(ref),
-            params={"platform": plat},
-        )
-        audit(actor=user, action="image.pull", team=team, target=str(ref), job=job.pk)
-    return job
-
-
 def image_pull_run(*, job_id: int) -> None:
     """The pull job: fetch and unpack into the store, record the image and its snapshots
     (and queue an unpack job for a layer that could not be unpacked)."""
@@ -292,38 +263,6 @@ def _queue_unpack(job: Job, image: Image) -> Job:
     return child
 
 
-def image_import(
-    *,
-    path: str,
-    team: Team,
-    platform: str | None = None,
-    user: Any = None,
-    upload: bool = False,
-) -> Job:
-    """Queue the import of a ``docker save`` archive or an OCI layout (directory or tar)
-    that the workers can read at ``path``. With ``upload`` the file is the job's own (an
-    archive uploaded through the browser) and is deleted when the job ends."""
-    if user is not None:
-        require(user, CHANGE, team)
-    target = Path(path).resolve()
-    if not target.exists():
-        raise ArchiveError(f"{path}: no such file or directory")
-    plat = parse_platform(platform) if platform else Platform()
-    params: dict[str, Any] = {"path": str(target), "platform": str(plat)}
-    if upload:
-        params["upload"] = True
-    with transaction.atomic():
-        job = job_start(
-            kind=Job.Kind.IMPORT,
-            user=user,
-            team=team,
-            reference=str(target),
-            params=params,
-        )
-        audit(actor=user, action="image.import", team=team, target=target.name, job=job.pk)
-    return job
-
-
 def image_import_run(*, job_id: int) -> None:
     """The import job: verify every blob into the store, record the images, queue unpacks."""
     job = Job.objects.get(pk=job_id)
@@ -373,9 +312,16 @@ def _created(value: str | None) -> datetime | None:
         parsed = parse_datetime(value)
     except ValueError:
         return None
-    if parsed is not None and timezone.is_naive(parsed):
+    if parsed is None:
+        return None
+    if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed, UTC)
-    return parsed
+    try:
+        # in UTC: PostgreSQL refuses offsets past 15:59, which ISO 8601 (and a config) may
+        # carry; a time UTC cannot hold is no creation time
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
 
 
 class FetchedImage(Protocol):
@@ -431,9 +377,10 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
     )
     if not image.image_layers.exists():
         parent: Layer | None = None
+        stack: list[Layer] = []
         chains = chain_ids(config.diff_ids)
-        for position, (desc, diff_id, chain) in enumerate(
-            zip(resolved.manifest.layers, config.diff_ids, chains, strict=True)
+        for desc, diff_id, chain in zip(
+            resolved.manifest.layers, config.diff_ids, chains, strict=True
         ):
             layer, _ = Layer.objects.get_or_create(
                 chain_id=chain,
@@ -445,8 +392,9 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
                     "size": desc.size,
                 },
             )
-            ImageLayer.objects.create(image=image, layer=layer, position=position)
+            stack.append(layer)
             parent = layer
+        image_layers_add(image=image, layers=stack)
     blob_record(image=image, layers=resolved.manifest.layers)
     for ref in refs:
         if team is None:
@@ -581,5 +529,6 @@ def image_unpack_run(*, job_id: int) -> None:
             # an existing snapshot unrecorded: made by a run whose worker died before recording
             if layer.created or row.unpacked_at is None:
                 layer_mark_unpacked(row)
+        image_packages_record(image=job.image)
 
     job_run(job, work)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -38,7 +39,10 @@ MAX_IMAGES = 1_000_000
 
 
 def _write_layers(plan: CatalogPlan) -> None:
-    """Layer rows, depth by depth, so each parent has its primary key before its children."""
+    """Layer rows, depth by depth, so each parent has its primary key before its children,
+    each with the count of the planned images on it (every planned layer is new: its ChainID
+    is salted)."""
+    users = Counter(id(layer) for image in plan.images for layer in image.layers)
     by_depth: dict[int, list[LayerPlan]] = {}
     for layer in plan.layers:
         by_depth.setdefault(layer.depth, []).append(layer)
@@ -54,6 +58,7 @@ def _write_layers(plan: CatalogPlan) -> None:
                 unpacked_size=layer.unpacked_size,
                 file_count=layer.file_count,
                 unpacked_at=layer.created,
+                image_count=users[id(layer)],
             )
             for layer in by_depth[depth]
         ]

@@ -9,7 +9,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from layerhub.core.permissions import CHANGE
 from layerhub.engine.errors import LayerhubError
-from layerhub.images.services import image_import
+from layerhub.images.services.enqueue import image_import
 from layerhub.jobs.cli import LayerhubCommand
 from layerhub.jobs.follow import follow_to_end
 

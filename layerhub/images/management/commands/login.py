@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from layerhub.core.permissions import MANAGE
+from layerhub.core.permissions import MANAGE, VIEW, is_staff
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.selectors import registry_access_list
 from layerhub.images.services import registry_login
@@ -39,7 +39,7 @@ class Command(LayerhubCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["list"]:
-            self._list()
+            self._list(self._listed_team(options))
             return
         if not options["host"] or not options["username"]:
             raise CommandError("give a registry and -u USERNAME (or --list)")
@@ -73,7 +73,15 @@ class Command(LayerhubCommand):
             raise CommandError(str(exc)) from None
         self.stdout.write("Login Succeeded")
 
-    def _list(self) -> None:
+    def _listed_team(self, options: dict[str, Any]) -> Any:
+        """Whose logins ``--list`` shows: the team of ``--team``, or of a ``--user`` who is
+        not staff (a team sees its own logins alone); every team's for the operator."""
+        user = self.acting_user(options)
+        if options.get("team") or not (user is None or is_staff(user)):
+            return self.acting_team(options, user, VIEW)
+        return None
+
+    def _list(self, team: Any) -> None:
         rows = [
             (
                 row.registry,
@@ -81,7 +89,7 @@ class Command(LayerhubCommand):
                 row.tls.summary,
                 ",".join(row.tls.mirrors) or "-",
             )
-            for row in registry_access_list()
+            for row in registry_access_list(team)
         ]
         if not rows:
             self.stdout.write("No registry logins, mirrors or certificates configured.")

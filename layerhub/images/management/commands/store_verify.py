@@ -21,8 +21,9 @@ class Command(LayerhubCommand):
         parser.add_argument(
             "--fix-sizes",
             action="store_true",
-            help="record the sizes found on disk where they differ (orphans and missing "
-            "files are only reported), then verify again",
+            help="record the sizes found on disk where they differ and count again the "
+            "images of a miscounted layer (orphans and missing files are only reported), "
+            "then verify again",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -1,0 +1,3 @@
+"""The API's viewsets, one module per area."""
+
+from __future__ import annotations
