@@ -13,7 +13,7 @@ from layerhub.core.store import get_store
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.errors import InvalidManifest, InvalidReference
 from layerhub.engine.union import UnionView
-from layerhub.images.models import Image, Layer, RegistryCredential, Tag
+from layerhub.images.models import Image, Layer, PackageScan, RegistryCredential, Tag
 from layerhub.images.services import image_pull
 from layerhub.jobs.models import Job
 from tests.registry.conftest import Seed
@@ -75,6 +75,8 @@ def test_pull_records_image_layers_tag_and_snapshots(registry: Registry, seed: S
     for digest in (seed.base.digest, seed.app.digest, image.config_digest, image.manifest_digest):
         assert store.blobs.has(digest)
     assert statuses(unpack) == {seed.base.digest: "Pull complete", seed.app.digest: "Pull complete"}
+    # what an unpack job does at its end, the one-pass pull does too: the packages scan
+    assert PackageScan.objects.filter(image=image).exists()
     # the union view of the snapshots is the image: the zstd layer's whiteout and opaque dir
     view = view_of(image)
     assert view.read_bytes("/app/run") == b"#!/bin/sh\necho app\n"

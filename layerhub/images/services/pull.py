@@ -239,7 +239,9 @@ def image_pull_run(*, job_id: int) -> None:
             if store.snapshots.exists(row.chain_id):
                 layer_mark_unpacked(row)
         if image.layers.filter(unpacked_at=None).exists():
-            _queue_unpack(job, image)
+            _queue_unpack(job, image)  # which records the packages once it has unpacked
+        else:
+            image_packages_record(image=image)  # what an unpack job would do at its end
 
     job_run(job, work)
 
