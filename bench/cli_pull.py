@@ -2,7 +2,7 @@
 
 What a person waits for when they type ``manage.py pull REF`` for an image the store already
 has, with a worker running: Python and Django start-up, the command's imports, recording and
-queueing the job, the worker's pull and unpack jobs (manifest and config only, every layer
+queueing the job, the worker's pull job (manifest and config only, every layer
 "Already exists"), and following them to the end. The target is under 1 s wall (median).
 
 A registry on loopback (the tests' CNCF registry, seeded with skopeo) serves a small image of

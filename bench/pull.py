@@ -1,26 +1,36 @@
 """Pull benchmark, run on demand: ``.venv/bin/python bench/pull.py [--rounds N]``.
 
-Against the CNCF registry on loopback (started here, seeded with skopeo):
+Needs, from Debian: ``docker-registry`` and ``skopeo`` (the loopback registry and seeding it),
+``podman`` (``apt-get install podman``: the peer), ``umoci`` and GNU tar; run as root so the
+page cache can be dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``) before every timed
+run, whichever tool it is.
 
-1. cold pull (download and verify every blob) of an image of about 300 MB in several layers:
-   layerhub's engine pull into an empty store vs ``skopeo copy docker://... oci:...`` into an
-   empty layout, alternating, caches dropped before each run (when root); medians and ratio;
-2. warm pull: the same pull into a store that has every layer (manifest and config only);
-3. memory: peak RSS of the pulling process for a 100 MB layer and a 1 GB layer: a streaming
-   pull stays flat as layers grow.
+1. cold pull plus unpack of an image like debian:bookworm's (five gzip layers, ~217 MB
+   unpacked, ~12.9k entries, ~90 MB compressed) from a CNCF registry on loopback, side by
+   side, the order rotating every round: layerhub's engine pull (a child process, as a
+   worker runs it: download, verify, unpack every layer, one flush) against ``podman pull``
+   (``--root``/``--runroot`` in a temporary directory, ``--storage-driver overlay``),
+   ``skopeo copy`` + ``umoci unpack``, and the floor: the sum of GNU ``tar -xzf`` over the
+   five blobs already on disk (no download, no verification);
+2. unpack alone of one generated 200 MB layer (20,000 files, gzip): layerhub's
+   ``apply_layer`` against ``tar -xzf``;
+3. warm pull (every layer already in the store);
+4. memory: peak RSS of the pulling process for a 100 MB and a 1 GB layer, and of a real
+   worker (``celery -P solo``) pulling and unpacking them, when Redis answers.
 
-layerhub pulls in a child process (the engine, as a worker runs it) so that its peak RSS can be
-measured with GNU time; its wall time includes Python start-up, so the child's own pull time is
-printed too. Nothing is hard-coded: every verdict is computed from this run's medians.
+Every figure is a median over the rounds of this run, every verdict computed from them.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
+import math
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -55,7 +65,19 @@ ref = parse_reference(sys.argv[1])
 client = RegistryClient(ref.registry)
 image = pull.pull(client, ref, Store(Path(sys.argv[2])))
 t2 = time.perf_counter()
+assert all(layer.present for layer in image.layers), image.layers
 print(json.dumps({"import_s": t1 - t0, "pull_s": t2 - t1, "layers": len(image.manifest.layers)}))
+"""
+
+APPLY_CHILD = """
+import json, sys, time
+from pathlib import Path
+from layerhub.engine.apply import apply_layer
+from layerhub.engine.whiteouts import format_named
+t0 = time.perf_counter()
+with open(sys.argv[1], "rb") as f:
+    apply_layer(f, Path(sys.argv[2]), whiteouts=format_named("oci"))
+print(json.dumps({"apply_s": time.perf_counter() - t0}))
 """
 
 
@@ -99,6 +121,76 @@ def make_layer(work: Path, layout: Path, name: str, size: int, gzip: bool) -> di
         "size": blob_size,
         "diff_id": diff_id,
     }
+
+
+# An image like debian:bookworm's (5 gzip layers, ~217 MB unpacked, ~12.9k entries, ~90 MB
+# compressed): (files, MB of content) per layer, bottom first.
+DEBIAN_LIKE = ((7_200, 120), (3_000, 50), (1_600, 27), (600, 12), (300, 8))
+
+
+def _text_pool(rng: random.Random, size: int) -> bytes:
+    """Compressible bytes, as text and code are: lines from a small vocabulary."""
+    words = [
+        "".join(rng.choice("etaoinshrdlucmfwypvbgkjqxz_") for _ in range(rng.randint(2, 10)))
+        for _ in range(2_000)
+    ]
+    weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf, as words in text are
+    out: list[str] = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choices(words, weights, k=rng.randint(3, 14))) + "\n"
+        out.append(line)
+        total += len(line)
+    return "".join(out).encode()[:size]
+
+
+def _tree_tar(path: Path, rng: random.Random, pool: bytes, files: int, content: int) -> None:
+    """A layer tar of ``files`` files holding about ``content`` bytes in directories of about
+    20 files: most files small (100 B to 32 KiB, as in /usr/share and /etc), the rest of
+    the bytes in a few large ones (as shared libraries are); about one file in eight
+    incompressible (gzip -6 then gives about what Debian's layers give)."""
+    small = [int(math.exp(rng.uniform(math.log(100), math.log(32 * 1024)))) for _ in range(files)]
+    big_count = max(1, files // 100)
+    left = max(content - sum(small[big_count:]), big_count * 4096)
+    sizes = [left // big_count] * big_count + small[big_count:]
+    rng.shuffle(sizes)
+    dirs = [f"usr/d{i // 20:03d}/s{i % 7}" for i in range(0, files, 20)]
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        made: set[str] = set()
+        for i, size in enumerate(sizes):
+            folder = dirs[i // 20]
+            parts = folder.split("/")
+            for depth in range(1, len(parts) + 1):
+                sub = "/".join(parts[:depth])
+                if sub not in made:
+                    made.add(sub)
+                    info = tarfile.TarInfo(sub)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+                    tf.addfile(info)
+            if rng.random() < 0.12:
+                data = rng.randbytes(size)
+            else:
+                start = rng.randrange(max(1, len(pool) - size))
+                data = pool[start : start + size]
+            info = tarfile.TarInfo(f"{folder}/f{i:05d}")
+            info.size, info.mtime = len(data), 1_700_000_000
+            info.mode = 0o755 if i % 10 == 0 else 0o644
+            tf.addfile(info, io.BytesIO(data))
+
+
+def debian_like_layers(work: Path, layout: Path) -> list[dict[str, object]]:
+    """The layers of DEBIAN_LIKE, gzip -6, added to ``layout``."""
+    rng = random.Random(13)
+    pool = _text_pool(rng, 16 * MB)
+    layers = []
+    for n, (files, content_mb) in enumerate(DEBIAN_LIKE):
+        tar = work / f"debian-{n}.tar"
+        _tree_tar(tar, rng, pool, files, content_mb * MB)
+        diff_id = sha256_file(tar)
+        subprocess.run(["gzip", "-6", "-n", str(tar)], check=True)
+        digest, size = add_blob(layout, tar.with_suffix(".tar.gz"))
+        layers.append({"mediaType": LAYER_GZIP, "digest": digest, "size": size, "diff_id": diff_id})
+    return layers
 
 
 def add_image(layout: Path, work: Path, tag: str, layers: list[dict[str, object]]) -> None:
@@ -241,118 +333,210 @@ def print_flat(what: str, big_mb: int, small_kib: int, big_kib: int) -> None:
     )
 
 
+def podman(root: Path, *args: str) -> list[str]:
+    # podman refuses a runroot path longer than 50 characters: a short one of its own
+    runroot = Path("/tmp") / f"lh-podman-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+    return [
+        "podman",
+        "--root",
+        str(root / "root"),
+        "--runroot",
+        str(runroot),
+        "--storage-driver",
+        "overlay",
+        *args,
+    ]
+
+
+def pull_podman(ref: str, dest: Path) -> Run:
+    cmd = podman(dest, "pull", "--quiet", "--tls-verify=false", ref)
+    return run_measured(cmd, dest.with_suffix(".rss"))[0]
+
+
+def podman_clean(dest: Path) -> None:
+    subprocess.run(podman(dest, "system", "reset", "--force"), capture_output=True, check=False)
+    shutil.rmtree(podman(dest)[4], ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+def pull_umoci(ref: str, dest: Path) -> Run:
+    """skopeo copy into an OCI layout, then umoci unpack of it: one timed shell."""
+    script = (
+        f"skopeo copy --quiet --src-tls-verify=false docker://{ref} oci:{dest}/layout:bench"
+        f" && umoci unpack --image {dest}/layout:bench {dest}/bundle"
+    )
+    return run_measured(["sh", "-c", script], dest.with_suffix(".rss"))[0]
+
+
+def tar_floor(blobs: list[Path], dest: Path) -> float:
+    """The sum of ``tar -xzf`` of each blob into its own directory (caches dropped once)."""
+    total = 0.0
+    for n, blob in enumerate(blobs):
+        target = dest / f"layer-{n}"
+        target.mkdir(parents=True)
+        started = time.perf_counter()
+        subprocess.run(["tar", "-xzf", str(blob), "-C", str(target)], check=True)
+        total += time.perf_counter() - started
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--layers", type=int, default=4, help="layers of the cold-pull image")
-    parser.add_argument("--layer-mb", type=int, default=75, help="MB of each of those layers")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--big-mb", type=int, default=1000, help="MB of the memory test layer")
     parser.add_argument("--tmp", default=None, help="where to work (default: system temp)")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out section 4")
     args = parser.parse_args()
-    if not shutil.which("skopeo") or not shutil.which("docker-registry"):
-        sys.exit("bench/pull.py needs skopeo and docker-registry (Debian packages)")
+    for tool in ("skopeo", "docker-registry", "podman", "umoci", "tar"):
+        if not shutil.which(tool):
+            sys.exit(f"bench/pull.py needs {tool} (Debian package; see the docstring)")
 
     print("layerhub pull benchmark")
     print(f"  nproc:   {os.cpu_count()}")
     print(f"  python:  {platform.python_version()}")
-    print(f"  skopeo:  {tool_version(['skopeo', '--version'])}")
-    print(f"  registry: {tool_version(['docker-registry', '--version'])}")
+    for tool in ("podman", "skopeo", "umoci", "tar", "docker-registry"):
+        print(f"  {tool + ':':9} {tool_version([tool, '--version'])}")
     cold = drop_caches()
     print(f"  caches:  {'dropped before every timed run' if cold else 'NOT dropped (not root)'}")
 
     work = Path(tempfile.mkdtemp(prefix="layerhub-pull-bench-", dir=args.tmp))
     try:
         layout = new_layout(work / "layout")
-        layers = [
-            make_layer(work, layout, f"l{i}", args.layer_mb * MB, gzip=True)
-            for i in range(args.layers)
+        layers = debian_like_layers(work, layout)
+        add_image(layout, work, "debian", layers)
+        blobs = [
+            layout / "blobs" / "sha256" / str(layer["digest"]).split(":")[1] for layer in layers
         ]
-        add_image(layout, work, "big-image", layers)
-        small = make_layer(work, layout, "mem-small", 100 * MB, gzip=False)
-        add_image(layout, work, "mem-small", [small])
-        big = make_layer(work, layout, "mem-big", args.big_mb * MB, gzip=False)
-        add_image(layout, work, "mem-big", [big])
         total = sum(int(str(layer["size"])) for layer in layers)
-        print(f"  image:   {args.layers} gzip layers, {total / MB:.0f} MB compressed")
+        print(
+            f"  image:   {len(layers)} gzip layers, {total / MB:.0f} MB compressed, "
+            f"{sum(f for f, _ in DEBIAN_LIKE):,} files, {sum(m for _, m in DEBIAN_LIKE)} MB "
+            "of content"
+        )
+        one = work / "one"
+        one.mkdir()
+        rng = random.Random(200)
+        _tree_tar(one / "layer.tar", rng, _text_pool(rng, 16 * MB), 20_000, 200 * MB)
+        subprocess.run(["gzip", "-6", "-n", str(one / "layer.tar")], check=True)
+        single = one / "layer.tar.gz"
+        print(f"  layer:   20,000 files, 200 MB, {single.stat().st_size / MB:.0f} MB gzip")
+        if not args.skip_memory:
+            small = make_layer(work, layout, "mem-small", 100 * MB, gzip=False)
+            add_image(layout, work, "mem-small", [small])
+            big = make_layer(work, layout, "mem-big", args.big_mb * MB, gzip=False)
+            add_image(layout, work, "mem-big", [big])
 
+        tags = ["debian"] + ([] if args.skip_memory else ["mem-small", "mem-big"])
         with run_registry(work / "registry") as registry:
-            for tag in ("big-image", "mem-small", "mem-big"):
+            for tag in tags:
                 registry.push_layout(layout, tag, f"bench/{tag}")
-            ref = f"{registry.host}/bench/big-image:big-image"
-            layerhub_runs: list[Run] = []
+            ref = f"{registry.host}/bench/debian:debian"
+            runs: dict[str, list[float]] = {}
             child_pull: list[float] = []
-            skopeo_runs: list[Run] = []
-            warm_runs: list[Run] = []
             warm_child: list[float] = []
+            tools = ["layerhub", "podman", "skopeo+umoci", "tar -xzf"]
             for n in range(args.rounds):
-                order = ("layerhub", "skopeo") if n % 2 == 0 else ("skopeo", "layerhub")
+                order = tools[n % len(tools) :] + tools[: n % len(tools)]
                 for tool in order:
-                    dest = work / f"{tool}-{n}"
+                    dest = work / f"run-{n}-{tool.replace(' ', '').replace('+', '-')}"
+                    dest.mkdir()
                     drop_caches()
                     if tool == "layerhub":
-                        run, report = pull_layerhub(ref, dest)
-                        layerhub_runs.append(run)
+                        run, report = pull_layerhub(ref, dest / "store")
+                        wall = run.wall_s
                         child_pull.append(report["pull_s"])
                         drop_caches()
-                        warm, warm_report = pull_layerhub(ref, dest)
-                        warm_runs.append(warm)
-                        warm_child.append(warm_report["pull_s"])
+                        warm_child.append(pull_layerhub(ref, dest / "store")[1]["pull_s"])
+                    elif tool == "podman":
+                        wall = pull_podman(ref, dest).wall_s
+                    elif tool == "skopeo+umoci":
+                        wall = pull_umoci(ref, dest).wall_s
                     else:
-                        skopeo_runs.append(pull_skopeo(ref, dest))
+                        wall = tar_floor(blobs, dest)
+                    runs.setdefault(tool, []).append(wall)
+                    if tool == "podman":
+                        podman_clean(dest)
                     shutil.rmtree(dest, ignore_errors=True)
-                print(f"  round {n + 1}/{args.rounds} done", flush=True)
+                    os.sync()
+                print(
+                    f"  round {n + 1}/{args.rounds}: "
+                    + ", ".join(f"{tool} {runs[tool][-1]:.2f} s" for tool in tools),
+                    flush=True,
+                )
+
+            unpack: dict[str, list[float]] = {}
+            for n in range(args.rounds):
+                for tool in ("layerhub", "GNU tar") if n % 2 == 0 else ("GNU tar", "layerhub"):
+                    dest = work / f"unpack-{n}-{tool.replace(' ', '')}"
+                    dest.mkdir()
+                    drop_caches()
+                    if tool == "layerhub":
+                        env = {**os.environ, "PYTHONPATH": str(REPO)}
+                        cmd = [sys.executable, "-c", APPLY_CHILD, str(single), str(dest)]
+                        wall = run_measured(cmd, dest.with_suffix(".rss"), env)[0].wall_s
+                    else:
+                        cmd = ["tar", "-xzf", str(single), "-C", str(dest)]
+                        wall = run_measured(cmd, dest.with_suffix(".rss"))[0].wall_s
+                    unpack.setdefault(tool, []).append(wall)
+                    shutil.rmtree(dest, ignore_errors=True)
+                    os.sync()
 
             memory: dict[str, Run] = {}
-            for tag in ("mem-small", "mem-big"):
-                dest = work / f"memory-{tag}"
-                drop_caches()
-                memory[tag] = pull_layerhub(f"{registry.host}/bench/{tag}:{tag}", dest)[0]
-                shutil.rmtree(dest, ignore_errors=True)
-            worker_peaks = worker_memory(registry.host, work)
+            worker_peaks = None
+            if not args.skip_memory:
+                for tag in ("mem-small", "mem-big"):
+                    dest = work / f"memory-{tag}"
+                    drop_caches()
+                    memory[tag] = pull_layerhub(f"{registry.host}/bench/{tag}:{tag}", dest)[0]
+                    shutil.rmtree(dest, ignore_errors=True)
+                worker_peaks = worker_memory(registry.host, work)
 
-        def med(runs: list[Run]) -> float:
-            return statistics.median(r.wall_s for r in runs)
-
-        def med_rss(runs: list[Run]) -> int | None:
-            values = [r.maxrss_kib for r in runs if r.maxrss_kib is not None]
-            return int(statistics.median(values)) if values else None
-
-        ratio = med(layerhub_runs) / med(skopeo_runs)
+        med = {tool: statistics.median(values) for tool, values in runs.items()}
         print()
-        print("== cold pull (download and verify), medians of", args.rounds, "rounds")
-        print(f"{'tool':10} {'wall':>9} {'MB/s':>8} {'peak RSS':>10}   in-process pull")
-        for name, runs in (("skopeo", skopeo_runs), ("layerhub", layerhub_runs)):
-            extra = f"   {statistics.median(child_pull):.2f} s" if name == "layerhub" else ""
+        print(f"== cold pull + unpack, medians of {args.rounds} rounds (wall seconds)")
+        for tool in tools:
+            ratio = med["layerhub"] / med[tool]
             print(
-                f"{name:10} {med(runs):8.2f}s {total / MB / med(runs):8.1f} "
-                f"{mib(med_rss(runs)):>10}{extra}"
+                f"{tool:14} {med[tool]:6.2f} s   layerhub/{tool}: {ratio:.2f}x   "
+                f"(min {min(runs[tool]):.2f}, max {max(runs[tool]):.2f})"
             )
-        print(f"ratio layerhub/skopeo: {ratio:.2f}x (wall time, medians)")
+        print(
+            f"layerhub in-process (without Python start-up): {statistics.median(child_pull):.2f} s"
+        )
+        print()
+        umed = {tool: statistics.median(values) for tool, values in unpack.items()}
+        print(f"== unpack alone of one 200 MB layer, medians of {args.rounds}")
+        for tool in ("GNU tar", "layerhub"):
+            print(f"{tool:10} {umed[tool]:6.2f} s (min {min(unpack[tool]):.2f})")
         print()
         print("== warm pull (every layer already in the store)")
-        print(
-            f"layerhub: {med(warm_runs):.2f} s wall with Python start-up, "
-            f"{statistics.median(warm_child):.3f} s in-process"
-        )
+        print(f"layerhub: {statistics.median(warm_child):.3f} s in-process")
+        if memory:
+            print()
+            print("== memory of the pulling process (one uncompressed layer)")
+            for tag, size in (("mem-small", 100), ("mem-big", args.big_mb)):
+                print(f"{size:>6} MB layer: peak RSS {mib(memory[tag].maxrss_kib)}")
         print()
-        print("== memory of the pulling process (one uncompressed layer)")
-        for tag, size in (("mem-small", 100), ("mem-big", args.big_mb)):
-            print(f"{size:>6} MB layer: peak RSS {mib(memory[tag].maxrss_kib)}")
-        print()
-        print(f"cold pull: within 1.2x of skopeo: {'yes' if ratio <= 1.2 else 'no'} ({ratio:.2f}x)")
-        warm_s = statistics.median(warm_child)
+        pod = med["layerhub"] / med["podman"]
         print(
-            f"warm pull: under 0.5 s: {'yes' if warm_s < 0.5 else 'no'} ({warm_s:.3f} s in-process)"
+            f"cold pull+unpack: at most 0.6x podman pull: "
+            f"{'yes' if pod <= 0.6 else 'NO'} ({pod:.2f}x)"
         )
-        small_rss, big_rss = memory["mem-small"].maxrss_kib, memory["mem-big"].maxrss_kib
+        one_ratio = umed["layerhub"] / umed["GNU tar"]
+        print(
+            f"unpack of one 200 MB layer: at most 1.2x GNU tar: "
+            f"{'yes' if one_ratio <= 1.2 else 'NO'} ({one_ratio:.2f}x)"
+        )
+        small_rss = memory["mem-small"].maxrss_kib if memory else None
+        big_rss = memory["mem-big"].maxrss_kib if memory else None
         if small_rss and big_rss:
             print_flat("memory", args.big_mb, small_rss, big_rss)
-        if worker_peaks is None:
+        if not args.skip_memory and worker_peaks is None:
             print("worker: not measured (no Redis at " + WORKER_BROKER + ")")
-        else:
+        elif worker_peaks is not None:
             peaks, warm_cli = worker_peaks
             print()
-            print("== a real worker (celery -P solo: Django, Celery, pull and unpack jobs)")
+            print("== a real worker (celery -P solo: Django, Celery, the pull job)")
             for tag, peak in peaks.items():
                 print(f"after pulling and unpacking {tag}: worker peak RSS {mib(peak)}")
             print_flat("worker memory", args.big_mb, peaks["mem-small"], peaks["mem-big"])

@@ -245,6 +245,35 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class HeldLock:
+    """An exclusive flock held until ``release`` (see ``try_file_lock``)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock (again is harmless)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def try_file_lock(path: Path) -> HeldLock | None:
+    """The exclusive flock on ``path`` if nobody holds it, else None at once (never waits:
+    a pull holding several layers' locks never waits for another's, so two pulls cannot
+    wait for each other in a circle)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return HeldLock(fd)
+
+
 class TempEntry:
     """A file or directory in ``tmp/`` that belongs to this process while it is open.
 

@@ -1,24 +1,24 @@
-"""Pull an image into the store, and unpack its layers into snapshots, as ``docker pull`` does.
+"""Pull an image into the store and unpack its layers into snapshots, as ``docker pull`` does.
 
-Pull fetches the manifest (choosing the platform in an index), the config and every layer blob
-the store does not have yet, several at a time. A layer already in the store is not fetched
-again ("Already exists"), and a blob being fetched by another worker is waited for rather than
-fetched twice (a lock per digest). The manifest is stored last: a manifest in the store means
-every blob it names is there too.
+Pull fetches the manifest (choosing the platform in an index) and the config, then brings
+every layer in through the pipeline (pipeline.py): each missing blob is downloaded and
+unpacked in one pass, layers in parallel, and everything is published after one flush of the
+store. A layer already in the store is not fetched again ("Already exists"), and a blob or
+snapshot another worker is making is waited for rather than made twice. The manifest is
+stored last: a manifest in the store means every blob it names is there too.
 
-Unpack turns each layer into its snapshot, bottom up, skipping the ones that exist (a lock per
-ChainID makes concurrent unpacks of a shared base do the work once).
+Unpack (the unpack job's, for an import or a retry) makes the snapshots of layers whose
+blobs are in the store, through the same pipeline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import io
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
 
 from .cancel import Cancelled, StopFn, never, stop_point
 from .digest import chain_ids, digest_hex
@@ -39,19 +39,24 @@ from .manifest import (
     select_platform,
 )
 from .parallel import run_bounded
+from .pipeline import (
+    DOWNLOADED,
+    DOWNLOADING,
+    EXISTS,
+    WAITING,
+    LayerPipeline,
+)
+from .pipeline import (
+    ProgressFn as ProgressFn,
+)
+from .pipeline import (
+    UnpackedLayer as UnpackedLayer,
+)
 from .reference import Reference
 from .registry import RegistryClient
-from .store import Store
+from .store import ContentStore, Store
+from .store import Descriptor as BlobDescriptor
 
-WAITING = "Waiting"
-DOWNLOADING = "Downloading"
-DOWNLOADED = "Download complete"
-EXISTS = "Already exists"
-EXTRACTING = "Extracting"
-COMPLETE = "Pull complete"
-
-# digest, status, bytes done, bytes in all
-ProgressFn = Callable[[str, str, int, int], None]
 # told which host a layer is being downloaded from (digest, host): a mirror or the registry
 SourceFn = Callable[[str, str], None]
 # records, durably, that the caller will reference these digests and ChainIDs (a lease), so
@@ -77,18 +82,8 @@ class ResolvedImage:
     index_digest: str | None
     config_digest: str
     config: ImageConfig
-
-
-@dataclass(frozen=True)
-class UnpackedLayer:
-    """A layer's snapshot: its ChainID, and what it holds when this call unpacked it (a
-    snapshot found made is not walked again: whoever made it recorded its sizes)."""
-
-    chain_id: str
-    diff_id: str
-    created: bool
-    unpacked_size: int | None
-    file_count: int | None  # entries that are not directories (files, links, devices)
+    # after a pull that unpacked: each layer's snapshot, bottom first
+    layers: tuple[UnpackedLayer, ...] = ()
 
 
 def blob_lock(store: Store, digest: str) -> AbstractContextManager[None]:
@@ -223,66 +218,73 @@ def pull(
     platform: Platform | None = None,
     progress: ProgressFn = _no_progress,
     concurrency: int = 3,
+    unpacks: int | None = None,
     heartbeat: Callable[[], None] | None = None,
     lease: LeaseFn = _no_lease,
     should_stop: StopFn = never,
     source: SourceFn | None = None,
+    unpack: bool = True,
+    durable: bool = True,
 ) -> ResolvedImage:
-    """Fetch an image's manifest, config and missing layers into the store.
+    """Fetch an image's manifest, config and missing layers into the store, and (with
+    ``unpack``) make every layer's snapshot on the way, in one pass over each layer's bytes.
 
     ``lease`` is called with each digest and ChainID the image names before the store is
     asked whether it has them: the config as soon as the manifest names it, then the
-    manifest, the layers and their ChainIDs (the snapshots an unpack will want).
-    ``should_stop`` (see fetch_layers) stops the pull at its next chunk; the manifest is
-    then not stored.
+    manifest, the layers and their ChainIDs. ``should_stop`` is asked at every chunk, from
+    the download threads (so it must be cheap): the pull then stops, keeping what it had
+    verified, and the manifest is not stored. ``concurrency`` downloads and ``unpacks``
+    unpacks (one per core by default) run at once. The result's ``layers`` says, per layer,
+    whether its snapshot was made, found, or could not be made (its blob is kept then: an
+    unpack job retries it and reports why).
     """
     image = resolve(client, ref, store, platform, lease)
     lease([image.manifest_digest, *chain_ids(image.config.diff_ids)])
-    fetch_layers(
-        client,
-        ref.repository,
-        image.manifest.layers,
-        store,
-        progress=progress,
-        concurrency=concurrency,
-        heartbeat=heartbeat,
-        lease=lease,
-        should_stop=should_stop,
-        source=source,
-    )
+    if not unpack:
+        fetch_layers(
+            client,
+            ref.repository,
+            image.manifest.layers,
+            store,
+            progress=progress,
+            concurrency=concurrency,
+            heartbeat=heartbeat,
+            lease=lease,
+            should_stop=should_stop,
+            source=source,
+        )
+        layers: list[UnpackedLayer] = []
+    else:
+        lease([layer.digest for layer in image.manifest.layers])
+
+        def fetch(
+            desc: Descriptor,
+            blobs: ContentStore,
+            done: Callable[[int], None],
+            served: Callable[[str], None] | None,
+        ) -> BlobDescriptor:
+            return client.fetch_blob(
+                ref.repository, desc.digest, desc.size, blobs, done, source=served
+            )
+
+        layers = LayerPipeline(
+            store,
+            image.manifest.layers,
+            image.config.diff_ids,
+            fetch=fetch,
+            progress=progress,
+            should_stop=should_stop,
+            heartbeat=heartbeat,
+            source=source,
+            downloads=concurrency,
+            unpacks=unpacks,
+            durable=durable,
+            keep_going=True,
+        ).run()
     stop_point(should_stop, "pull")
     with blob_lock(store, image.manifest_digest):  # where a delete checks the lease
         store.blobs.put_bytes(image.manifest_bytes, image.manifest_digest)
-    return image
-
-
-class _LazyBlob(io.RawIOBase):
-    """A layer blob opened on the first read (and its "Extracting" line shown then)."""
-
-    def __init__(self, store: Store, layer: Descriptor, progress: ProgressFn) -> None:
-        super().__init__()
-        self._store = store
-        self._layer = layer
-        self._progress = progress
-        self._file: BinaryIO | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._file is None:
-            self._progress(self._layer.digest, EXTRACTING, 0, self._layer.size)
-            self._file = self._store.blobs.open(self._layer.digest)
-        view = memoryview(buffer).cast("B")
-        data = self._file.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        super().close()
+    return dataclasses.replace(image, layers=tuple(layers))
 
 
 def unpack(
@@ -292,26 +294,22 @@ def unpack(
     *,
     progress: ProgressFn = _no_progress,
     should_stop: StopFn = never,
+    heartbeat: Callable[[], None] | None = None,
+    unpacks: int | None = None,
 ) -> list[UnpackedLayer]:
-    """Unpack each layer into its snapshot, bottom up; existing snapshots are kept as they are.
+    """Unpack each layer (its blob in the store) into its snapshot, several at once;
+    existing snapshots are kept as they are.
 
-    ``should_stop`` is asked before each layer: True raises Cancelled there, leaving the
-    snapshots made so far (each complete) and no partial one.
+    ``should_stop`` is asked, from the calling thread, before each layer starts: True
+    raises Cancelled there once the layers already started have ended, keeping those (each
+    complete) and no partial one.
     """
-    out: list[UnpackedLayer] = []
-    for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
-        stop_point(should_stop, "unpack")
-        # "Already there" is decided under the snapshot's lock, where a delete checks leases
-        # too: the blob is opened only when the snapshot is found missing there
-        with _LazyBlob(store, layer, progress) as blob:
-            result = store.snapshots.unpack(chain_id, cast(BinaryIO, blob), diff_id=diff_id)
-        if result.applied is None:  # there already, or another worker unpacked it meanwhile
-            out.append(UnpackedLayer(chain_id, diff_id, False, None, None))
-            progress(layer.digest, EXISTS, layer.size, layer.size)
-            continue
-        applied = result.applied
-        out.append(
-            UnpackedLayer(chain_id, diff_id, True, applied.unpacked_size, applied.file_count)
-        )
-        progress(layer.digest, COMPLETE, layer.size, layer.size)
-    return out
+    return LayerPipeline(
+        store,
+        layers,
+        diff_ids,
+        progress=progress,
+        should_stop=should_stop,
+        heartbeat=heartbeat,
+        unpacks=unpacks,
+    ).run()

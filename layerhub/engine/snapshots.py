@@ -157,9 +157,7 @@ class SnapshotStore:
         With ``diff_id`` given, the uncompressed tar must hash to it, or nothing is kept.
         """
 
-        limits = limits or ApplyLimits()
-        if self.reserve > limits.min_free:
-            limits = dataclasses.replace(limits, min_free=self.reserve)
+        limits = self.limits_for(limits)
 
         def fill(directory: Path) -> ApplyResult:
             result = apply_layer(stream, directory, whiteouts=self.whiteouts, limits=limits)
@@ -168,6 +166,31 @@ class SnapshotStore:
             return result
 
         return self.build(chain_id, fill, durable=durable)
+
+    def stage(self) -> StagedSnapshot:
+        """An empty tree in ``tmp/`` to fill, to be published (or discarded) later: for
+        pulls that unpack many layers and flush the store once before publishing them all."""
+        try:
+            work = fsutil.TempEntry(self.tmp, "unpack-", directory=True)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise StoreFull(self._free(), 0) from exc
+            raise
+        try:
+            os.mkdir(work.path / TREE, 0o700)
+        except BaseException as exc:
+            work.close(remove=True)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise StoreFull(self._free(), 0) from exc
+            raise
+        return StagedSnapshot(self, work)
+
+    def limits_for(self, limits: ApplyLimits | None = None) -> ApplyLimits:
+        """``limits`` (the defaults if None) with the store's free-space reserve."""
+        limits = limits or ApplyLimits()
+        if self.reserve > limits.min_free:
+            limits = dataclasses.replace(limits, min_free=self.reserve)
+        return limits
 
     def remove(self, chain_id: str, *, keep: Callable[[], bool] | None = None) -> bool:
         """Delete a snapshot: renamed out of sight first, so no reader sees it half-deleted.
@@ -187,3 +210,36 @@ class SnapshotStore:
 
 def _is_hex(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+class StagedSnapshot:
+    """A layer's tree being unpacked in ``tmp/``, published as a snapshot once the caller has
+    verified it (its blob's digest and its DiffID) and flushed the store."""
+
+    def __init__(self, snapshots: SnapshotStore, work: fsutil.TempEntry) -> None:
+        self._snapshots = snapshots
+        self._work = work
+        self.tree = work.path / TREE
+
+    def publish(self, chain_id: str) -> bool:
+        """Rename the tree into place as ``chain_id``'s snapshot; False (and the tree
+        discarded) if the snapshot is there already. The caller holds the snapshot's lock,
+        has flushed the file system since the tree was written, and flushes ``snapshots/``
+        afterwards."""
+        outer = self._snapshots.outer(chain_id)
+        if (outer / TREE).is_dir():
+            self.discard()
+            return False
+        try:
+            os.rename(self._work.path, outer)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise StoreFull(self._snapshots._free(), 0) from exc
+            raise
+        self._work.close(remove=False)
+        return True
+
+    def discard(self) -> None:
+        """Remove the tree (nothing of it is kept)."""
+        self._work.close(remove=True)

@@ -95,6 +95,14 @@ class BlobWriter:
         self._file = io.FileIO(self._tmp.fd, "wb", closefd=False)
         self._digester = Digester()
         self.descriptor: Descriptor | None = None
+        self._verified: Descriptor | None = None
+        # told the blob's length after every write (a reader following the download)
+        self.listener: Callable[[int], None] | None = None
+
+    @property
+    def tmp_path(self) -> Path:
+        """The file in ``tmp/`` being written: what a reader following the download opens."""
+        return self._tmp.path
 
     @property
     def size(self) -> int:
@@ -122,6 +130,8 @@ class BlobWriter:
                 raise
             self.abort()
             raise self._store.full() from exc
+        if self.listener is not None:
+            self.listener(self._digester.size)
         return len(data)
 
     def _what(self) -> str:
@@ -129,19 +139,41 @@ class BlobWriter:
 
     def commit(self) -> Descriptor:
         """Verify, make durable and move into place; return the blob's descriptor."""
+        self.verify()
+        return self.publish(durable=True)
+
+    def verify(self) -> Descriptor:
+        """Check the size and digest of what was written; the blob stays in ``tmp/`` (see
+        ``publish``). A mismatch discards it."""
         digest, size = self._digester.digest, self._digester.size
         try:
             if self._expected_size is not None and size != self._expected_size:
                 raise SizeMismatch(self._expected_size, size, self._what())
             if self._expected_digest is not None and digest != self._expected_digest:
                 raise DigestMismatch(self._expected_digest, digest, self._what())
-            final = self._store.path(digest)
+        except BaseException:
+            self._tmp.close(remove=True)
+            raise
+        self._verified = Descriptor(digest, size)
+        return self._verified
+
+    def publish(self, *, durable: bool) -> Descriptor:
+        """Move the verified blob into ``blobs/``. With ``durable`` its bytes and the rename
+        are flushed here; without, the caller has flushed the file system since the last
+        write (one ``syncfs`` for a whole pull) and flushes the directory afterwards."""
+        verified = self._verified
+        if verified is None:
+            raise RuntimeError("publish() before verify()")
+        final = self._store.path(verified.digest)
+        try:
             try:
-                os.fsync(self._tmp.fd)
+                if durable:
+                    os.fsync(self._tmp.fd)
                 # Two writers of one digest hold identical verified bytes: the later rename
                 # wins and readers of the earlier inode keep reading valid content.
                 os.replace(self._tmp.path, final)
-                fsutil.fsync_dir(final.parent)
+                if durable:
+                    fsutil.fsync_dir(final.parent)
             except OSError as exc:
                 if exc.errno in DISK_FULL:
                     raise self._store.full() from exc
@@ -150,8 +182,8 @@ class BlobWriter:
             self._tmp.close(remove=True)
             raise
         self._tmp.close(remove=False)
-        self.descriptor = Descriptor(digest, size)
-        return self.descriptor
+        self.descriptor = verified
+        return verified
 
     def abort(self) -> None:
         """Discard what was written."""

@@ -165,6 +165,14 @@ def follow(
             text = progress_line(entry)
             key = f"{entry['digest']}"
             status_changed = shown.get(key, "").split(" ")[:2] != text.split(" ")[:2]
+            if (
+                entry.get("status") == "Pull complete"
+                and entry.get("downloaded")
+                and status_changed
+                and " Download complete" not in shown.get(key, "")
+            ):
+                # downloaded and unpacked in one pass: docker's two lines, in its order
+                out.write(progress_line({**entry, "status": "Download complete"}) + "\n")
             if text != shown.get(key) and (tty or status_changed):
                 out.write(text + "\n")
                 out.flush()

@@ -346,9 +346,14 @@ class JobProgress:
         """Record one layer's status and bytes done."""
         with self._lock:
             line = {"digest": digest, "status": status, "current": current, "total": total}
-            host = self._lines.get(digest, {}).get("host")
+            before = self._lines.get(digest, {})
+            host = before.get("host")
             if host:
                 line["host"] = host
+            # a layer downloaded and unpacked in one pass ends "Pull complete": remember it
+            # was downloaded, for the "Download complete" line docker prints before that
+            if before.get("downloaded") or status in ("Downloading", "Download complete"):
+                line["downloaded"] = True
             self._lines[digest] = line
             self._dirty = True
 

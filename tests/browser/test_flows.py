@@ -140,7 +140,7 @@ def test_a_pull_from_the_form_shows_its_progress_live_until_done(
     assert swaps[-1]["state"] == "succeeded", swaps[-1]
     assert not swaps[-1]["polling"], swaps[-1]
     bars = page.locator("#job-panel [role=progressbar]")
-    assert bars.count() == 4  # the pull's two layers, then the unpack's two
+    assert bars.count() == 2  # the pull's two layers, downloaded and unpacked in one pass
     for i in range(bars.count()):
         expect(bars.nth(i)).to_have_attribute("aria-valuenow", "100")
     job = Job.objects.get(pk=pk)

@@ -14,8 +14,11 @@ from django.core.management import call_command
 from pytest_django import Settings
 
 from layerhub.core.store import get_store
-from layerhub.engine import pull as engine_pull
+from layerhub.engine import pipeline
+from layerhub.engine.apply import apply_layer as real_apply
 from layerhub.engine.digest import chain_ids
+from layerhub.engine.errors import LayerError
+from layerhub.engine.pipeline import LayerPipeline
 from layerhub.images.layer_counts import layer_image_count_mismatches
 from layerhub.images.models import Image, Layer
 from layerhub.images.services import image_import, image_pull
@@ -38,7 +41,7 @@ def pulled(reference: str) -> Image:
     job = image_pull(team=default_team(), reference=reference)
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
-    assert [c.state for c in job.children.all()] == [Job.State.SUCCEEDED]
+    assert not job.children.exists()  # the pull unpacked every layer itself
     assert job.image is not None
     return job.image
 
@@ -56,15 +59,15 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
     pulled(a)
     store = get_store()
     base_chain, app_chain = chain_ids([seed.base.diff_id, seed.app.diff_id])
-    fetch_layers = engine_pull.fetch_layers
+    plan = LayerPipeline._plan
     removed: list[str] = []
 
-    def then_rmi(*args: Any, **kwargs: Any) -> None:
+    def then_rmi(self: LayerPipeline) -> None:
         # the pull of b has judged the shared base "Already exists": now `rmi a` runs
-        fetch_layers(*args, **kwargs)
+        plan(self)
         removed.extend(image_remove(image=a))
 
-    monkeypatch.setattr(engine_pull, "fetch_layers", then_rmi)
+    monkeypatch.setattr(LayerPipeline, "_plan", then_rmi)
     if not leases:  # the same race with today's behaviour: nothing leased
         monkeypatch.setattr(pull_services, "job_leaser", _no_lease)
         monkeypatch.setattr(pull_services, "job_lease", lambda **kw: None)
@@ -79,11 +82,12 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
     assert job.state == Job.State.SUCCEEDED, job.error
     # the rmi uncounted a on its layers, the pull counted b on its: each count is its rows'
     assert layer_image_count_mismatches() == []
-    unpack = job.children.get()
     if not leases:
-        assert unpack.state == Job.State.FAILED  # the race is real: the lease is what fixes it
+        # the race is real: the image names a base the store lost, and the unpack queued
+        # for it fails; the lease is what fixes it
+        assert job.children.get().state == Job.State.FAILED
         return
-    assert unpack.state == Job.State.SUCCEEDED, unpack.error
+    assert not job.children.exists()  # the pull unpacked what it lacked
     assert job.image_id is not None
     image = Image.objects.get(pk=job.image_id)
     assert [row.layer.chain_id for row in image.image_layers.order_by("position")] == chain_ids(
@@ -105,10 +109,24 @@ def test_rmi_while_a_pull_shares_its_base_leaves_what_the_pull_leased(
 
 
 def test_a_pull_leases_before_it_judges_and_hands_the_unpack_its_leases(
-    registry: Registry, seed: Seed
+    registry: Registry, seed: Seed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    refused: list[str] = []
+
+    def apply_once_refused(stream: Any, dest: Path, **kwargs: Any) -> Any:
+        # the pull cannot unpack the app layer (once): an unpack job is queued for it
+        result = real_apply(stream, dest, **kwargs)
+        if result.diff_id == seed.app.diff_id and not refused:
+            refused.append(result.diff_id)
+            raise LayerError("refused once by the test")
+        return result
+
+    monkeypatch.setattr(pipeline, "apply_layer", apply_once_refused)
+    # unpacked in this process's threads, where the patched apply_layer runs
+    monkeypatch.setattr(LayerPipeline, "_take_unpacker", lambda self: None)
     job = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
     job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
     keys = set(Lease.objects.filter(job=job).values_list("key", flat=True))
     chains = chain_ids([seed.base.diff_id, seed.app.diff_id])
     assert keys == {
@@ -118,8 +136,13 @@ def test_a_pull_leases_before_it_judges_and_hands_the_unpack_its_leases(
         seed.app.digest,
         *chains,
     }
+    assert refused
     unpack = job.children.get()
+    assert unpack.state == Job.State.SUCCEEDED, unpack.error
     assert keys <= set(Lease.objects.filter(job=unpack).values_list("key", flat=True))
+    statuses = {line["digest"]: line["status"] for line in job.progress}
+    assert statuses == {seed.base.digest: "Pull complete", seed.app.digest: "Download complete"}
+    assert Layer.objects.get(chain_id=chains[1]).unpacked_at is not None
 
 
 # -- import of a saved image --------------------------------------------------------------------

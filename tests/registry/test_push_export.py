@@ -61,7 +61,7 @@ def pull_into(store_root: Path, registry: Registry, name: str) -> Pulled:
     store = Store(store_root)
     ref = parse_reference(f"{registry.host}/{name}")
     with client_for(registry) as client:
-        image = pull(client, ref, store)
+        image = pull(client, ref, store, unpack=False)
     return Pulled(store, ExportImage.load(store, image.manifest_digest, [str(ref)]))
 
 

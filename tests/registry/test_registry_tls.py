@@ -482,7 +482,7 @@ def test_a_pull_job_uses_the_settings_and_says_which_host_served_each_layer(
     lines = {line["digest"]: line for line in job.progress}
     assert lines[seed.app.digest]["host"] == mirror_registry.host
     assert progress_line(lines[seed.app.digest]).endswith(
-        f": Download complete (from {mirror_registry.host})"
+        f": Pull complete (from {mirror_registry.host})"
     )
     assert proxy.blob_gets[seed.app.digest] == 0
 

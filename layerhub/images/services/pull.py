@@ -1,10 +1,11 @@
 """Pulling images into the catalog: the only code that ties the engine's pull to the database.
 
 ``image_pull`` (enqueue.py) records a job and queues it; the worker's task calls
-``image_pull_run``, which fetches through the engine and then records the image; an unpack
-job follows and turns each layer into its snapshot (``image_unpack_run``). Rows are written
-only once what they name is in the store: an image row never points at a missing blob, a
-layer is marked unpacked only once its snapshot exists.
+``image_pull_run``, which downloads and unpacks every layer in one pass through the engine and
+then records the image and its snapshots; an unpack job follows only for a layer the pull
+could not unpack (``image_unpack_run``: imports and retries use it too). Rows are written only
+once what they name is in the store: an image row never points at a missing blob, a layer is
+marked unpacked only once its snapshot exists.
 """
 
 from __future__ import annotations
@@ -194,7 +195,8 @@ def registry_api_host(registry: str) -> str:
 
 
 def image_pull_run(*, job_id: int) -> None:
-    """The pull job: fetch into the store, record the image, queue its unpack."""
+    """The pull job: fetch and unpack into the store, record the image and its snapshots
+    (and queue an unpack job for a layer that could not be unpacked)."""
     job = Job.objects.get(pk=job_id)
     if not job.claim():
         return
@@ -228,7 +230,18 @@ def image_pull_run(*, job_id: int) -> None:
         image = image_record(refs=[ref], resolved=resolved, team=job.team)
         job.image = image
         job.save(update_fields=["image"])
-        _queue_unpack(job, image)
+        # the pull unpacked on the way: record what it made; a layer it could not unpack
+        # (its blob is here) goes to an unpack job, which retries it and says why
+        store = get_store()
+        for row in Layer.objects.filter(
+            chain_id__in=[layer.chain_id for layer in resolved.layers], unpacked_at=None
+        ):
+            if store.snapshots.exists(row.chain_id):
+                layer_mark_unpacked(row)
+        if image.layers.filter(unpacked_at=None).exists():
+            _queue_unpack(job, image)  # which records the packages once it has unpacked
+        else:
+            image_packages_record(image=image)  # what an unpack job would do at its end
 
     job_run(job, work)
 
@@ -493,17 +506,16 @@ def image_unpack_run(*, job_id: int) -> None:
         # held already when queued by a pull or import; an unpack queued otherwise leases here
         job_lease(job=job, keys=[*(d.digest for d in descriptors), *chain_ids(diff_ids)])
 
-        def report(digest: str, status: str, current: int, total: int) -> None:
-            progress.update(digest, status, current, total)
-            progress.flush()
-
         store = get_store()
         try:
             unpacked = engine_pull.unpack(
                 store,
                 descriptors,
                 diff_ids,
-                progress=report,
+                # reported from the unpacking threads, saved from this one (the database
+                # is used from this thread only)
+                progress=progress.reporter(),
+                heartbeat=progress.flush,
                 should_stop=watch.should_stop,  # between layers: a fresh look each time
             )
         except Cancelled:

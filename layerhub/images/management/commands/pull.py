@@ -46,6 +46,8 @@ class Command(LayerhubCommand):
         image = job.image
         if image is not None:
             self.stdout.write(f"Digest: {image.manifest_digest}")
-        fetched = any(e.get("status") == "Download complete" for e in job.progress or [])
+        fetched = any(
+            e.get("status") in ("Download complete", "Pull complete") for e in job.progress or []
+        )
         status = "Downloaded newer image" if fetched else "Image is up to date"
         self.stdout.write(f"Status: {status} for {ref}")
