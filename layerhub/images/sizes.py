@@ -276,9 +276,9 @@ class DeletePlan:
         return bool(self.containers)
 
 
-def _ancestors_kept(start: set[int], parent_of: dict[int, int | None]) -> set[int]:
-    """``start`` and every candidate layer below one of them: a layer stays while anything
-    stands on it."""
+def layers_with_ancestors(start: Iterable[int], parent_of: dict[int, int | None]) -> set[int]:
+    """``start`` and every layer of ``parent_of`` below one of them: a layer stays while
+    anything stands on it (what a delete plan and garbage collection keep)."""
     kept: set[int] = set()
     for pk in start:
         current: int | None = pk
@@ -349,8 +349,8 @@ def images_delete_plan(images: QuerySet[Image] | Iterable[Image]) -> DeletePlan:
         .exclude(pk__in=layer_q)
         .values_list("parent_id", flat=True)
     )
-    kept_for_use = _ancestors_kept({pk for pk in used if pk is not None}, parent_of)
-    kept = kept_for_use | _ancestors_kept(
+    kept_for_use = layers_with_ancestors({pk for pk in used if pk is not None}, parent_of)
+    kept = kept_for_use | layers_with_ancestors(
         {pk for pk, chain in chain_of.items() if chain in leased}, parent_of
     )
     freed = [pk for pk in layers if pk not in kept]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from layerhub.engine import fsutil
 from layerhub.images.gc.report import Garbage
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Tag
-from layerhub.images.sizes import DeletePlan, images_delete_plan
+from layerhub.images.sizes import DeletePlan, images_delete_plan, layers_with_ancestors
 from layerhub.images.usage import held_by_a_process
 from layerhub.jobs.models import Job, Lease
 
@@ -145,17 +144,6 @@ class Plan:
         ]
 
 
-def _ancestors(start: Iterable[int], parent_of: dict[int, int | None]) -> set[int]:
-    """``start`` and every layer below one of them: a layer stays while anything stands on it."""
-    kept: set[int] = set()
-    for pk in start:
-        current: int | None = pk
-        while current is not None and current in parent_of and current not in kept:
-            kept.add(current)
-            current = parent_of[current]
-    return kept
-
-
 def _depth(pk: int, parent_of: dict[int, int | None], memo: dict[int, int]) -> int:
     chain: list[int] = []
     current: int | None = pk
@@ -214,7 +202,9 @@ def make_plan(disk: Disk, now: datetime) -> Plan:
         ).iterator(chunk_size=5000)
     }
     parent_of: dict[int, int | None] = {pk: row[2] for pk, row in rows.items()}
-    kept = _ancestors(reachable | {pk for pk, row in rows.items() if row[0] in leased}, parent_of)
+    kept = layers_with_ancestors(
+        reachable | {pk for pk, row in rows.items() if row[0] in leased}, parent_of
+    )
     memo: dict[int, int] = {}
     garbage_layers = sorted(
         (pk for pk in rows if pk not in kept), key=lambda pk: -_depth(pk, parent_of, memo)
