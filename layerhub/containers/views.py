@@ -61,8 +61,9 @@ from layerhub.engine import fsutil
 from layerhub.engine.container import ContainerFS
 from layerhub.engine.errors import ContainerNotFound, ImageNotFound, LayerhubError
 from layerhub.engine.runtime import runtime_unavailable_reason
+from layerhub.images.listing import readable_tags
 from layerhub.images.lookup import image_lookup
-from layerhub.images.models import Image, ImageLayer, Tag
+from layerhub.images.models import Image, ImageLayer
 from layerhub.images.views_layers import (
     browse_context,
     clean_path,
@@ -120,10 +121,7 @@ def _file_url(container: Container, path: str) -> str:
 def container_list(request: HttpRequest) -> HttpResponse:
     """``docker ps -a``: every container, newest first, with its writable layer's size."""
     # the image's names only from repositories the user sees, never another team's
-    tags = Tag.objects.select_related("repository")
-    repositories = named_by(request.user)
-    if repositories is not None:
-        tags = tags.filter(repository__in=repositories)
+    tags = readable_tags(named_by(request.user))
     containers = restrict(
         Container.objects.select_related("image").prefetch_related(
             Prefetch("image__tags", queryset=tags)

@@ -42,7 +42,8 @@ from django_htmx.middleware import HtmxDetails
 from layerhub.core.humanize import human_size
 from layerhub.core.permissions import named_by, restrict
 from layerhub.engine.reference import Reference
-from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.listing import readable_tags
+from layerhub.images.models import Image, ImageLayer, Layer, Repository
 
 ROWS_PER_PAGE = 50
 MIN_ROWS, MAX_ROWS = 10, 200
@@ -235,17 +236,6 @@ def image_label(image: Image) -> str:
     return image.image_id
 
 
-def _named(
-    queryset: QuerySet[Any], lookup: str, repositories: QuerySet[Repository] | None
-) -> QuerySet[Any]:
-    """``queryset`` of names, narrowed to ``repositories`` when given."""
-    if repositories is not None:
-        queryset = queryset.filter(**{lookup: repositories})
-    if queryset.model is Tag:
-        queryset = queryset.select_related("repository")
-    return queryset
-
-
 def page_rows(
     images: QuerySet[Image],
     rows: QuerySet[ImageLayer],
@@ -273,9 +263,10 @@ def page_rows(
         images.filter(pk__in=ordered)
         .only("pk", "config_digest")
         .prefetch_related(
-            Prefetch("tags", queryset=_named(Tag.objects.all(), "repository__in", repositories)),
+            Prefetch("tags", queryset=readable_tags(repositories)),
             Prefetch(
-                "repositories", queryset=_named(Repository.objects.all(), "pk__in", repositories)
+                "repositories",
+                queryset=Repository.objects.all() if repositories is None else repositories,
             ),
         )
     )

@@ -280,6 +280,14 @@ def _users_of_layer() -> Subquery:
     )
 
 
+def readable_tags(repositories: QuerySet[Repository] | None = None) -> QuerySet[Tag]:
+    """Tags with their repositories, only those of ``repositories`` (the ones the user may
+    read, ``named_by``; None: all), for the prefetches that name images: another team's name
+    of a shared image is never shown."""
+    tags = Tag.objects.select_related("repository")
+    return tags if repositories is None else tags.filter(repository__in=repositories)
+
+
 def images_named(
     images: QuerySet[Image], repositories: QuerySet[Repository] | None = None
 ) -> QuerySet[Image]:

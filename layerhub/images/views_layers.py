@@ -26,7 +26,8 @@ from layerhub.core.store import get_store
 from layerhub.engine.errors import InvalidPath
 from layerhub.engine.reference import Reference
 from layerhub.engine.union import Entry, UnionView, join_path, split_path
-from layerhub.images.models import Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.listing import readable_tags
+from layerhub.images.models import Image, ImageLayer, Layer, Repository
 
 # what a page shows of a file: past this it says so and offers the download
 TEXT_CAP = 256 * 1024
@@ -45,10 +46,7 @@ def with_tags(
     """``queryset`` with the tags ``display_name`` reads, in one more query for any number:
     only those of ``repositories`` (the ones the user sees, ``named_by``; None: all), so
     another team's name of a shared image is never shown."""
-    tags = Tag.objects.select_related("repository")
-    if repositories is not None:
-        tags = tags.filter(repository__in=repositories)
-    return queryset.prefetch_related(Prefetch("tags", queryset=tags))
+    return queryset.prefetch_related(Prefetch("tags", queryset=readable_tags(repositories)))
 
 
 def display_name(image: Image) -> str:
