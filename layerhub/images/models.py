@@ -276,3 +276,42 @@ class PackageScan(models.Model):
 
     def __str__(self) -> str:
         return f"packages of {self.image}: {self.count}"
+
+
+class LayerFiles(models.Model):
+    """A layer's file index is recorded: when, and how many entries (a layer without one has
+    not been indexed yet; its FileEntry rows are written in the same transaction)."""
+
+    layer = models.OneToOneField(Layer, on_delete=models.CASCADE, related_name="file_index")
+    indexed_at = models.DateTimeField(default=timezone.now)
+    entry_count = models.PositiveIntegerField(default=0)
+    # regular-file content bytes the index describes (hardlinks counted once)
+    content_bytes = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"file index of {self.layer}: {self.entry_count} entries"
+
+
+class FileEntry(models.Model):
+    """One entry of a layer's own changes (see ``layerhub.engine.file_index``)."""
+
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="file_entries")
+    path = models.TextField()  # relative to the layer's root: "usr/lib/libssl.so.3"
+    name = models.TextField()  # the last component, for "*/libssl.so.3"
+    kind = models.CharField(max_length=1)
+    mode = models.IntegerField(default=0)
+    uid = models.BigIntegerField(default=0)
+    gid = models.BigIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    sha256 = models.BinaryField(max_length=32, null=True, blank=True)
+    link = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["layer", "path"], name="fileentry_layer_path"),
+            models.Index(fields=["name"], name="fileentry_name"),
+            models.Index(fields=["sha256"], name="fileentry_sha256"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.path}"
