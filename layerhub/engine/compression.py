@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
+from isal import igzip, isal_zlib
 
 from .errors import CorruptArchive, UnsupportedCompression
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# ISA-L's own error type for a corrupt deflate stream (not a zlib.error)
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
 _OTHER_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x04\x22\x4d\x18": "lz4"}
 
 
@@ -66,7 +68,7 @@ class _Checked(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         try:
             data = self._inner.read(len(view))
-        except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
+        except (EOFError, OSError, zlib.error, _ISAL_ERROR, zstandard.ZstdError) as exc:
             raise CorruptArchive(f"corrupt {self._fmt} stream: {exc}") from exc
         view[: len(data)] = data
         return len(data)
@@ -117,7 +119,9 @@ def decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
         return stream, fmt
     inner: BinaryIO
     if fmt == "gzip":
-        inner = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+        # ISA-L's inflate, a drop-in for gzip's (same members, CRC and length checks): it
+        # takes 2.5x less CPU on layer blobs here (bench/engine.py's decompression section)
+        inner = igzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment, no-untyped-call]
     else:
         inner = io.BufferedReader(_Zstd(stream), buffer_size=1 << 20)
     return io.BufferedReader(_Checked(inner, fmt), buffer_size=1 << 20), fmt
