@@ -406,3 +406,22 @@ def tree_usage(root: Path, *, seen: set[tuple[int, int]] | None = None) -> tuple
             seen.add(key)
         total += st.st_size
     return total, files
+
+
+def tree_freed_bytes(root: Path) -> int:
+    """What removing ``root`` frees: bytes of its regular files whose every link is inside
+    it (an inode also linked from elsewhere, say by the store's dedup, stays).
+
+    Iterative, never follows a symlink, never enters a mount point.
+    """
+    links: dict[tuple[int, int], list[int]] = {}  # (dev, ino) -> [links seen, nlink, size]
+    total = 0
+    for st in walk_tree(root):
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink == 1:
+            total += st.st_size
+            continue
+        seen = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_size])
+        seen[0] += 1
+    return total + sum(size for count, nlink, size in links.values() if count >= nlink)
