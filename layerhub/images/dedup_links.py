@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Sum, Value
+from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
 from .models import DedupInode, DedupLink
@@ -23,14 +23,19 @@ from .models import DedupInode, DedupLink
 
 def dedup_saved_bytes() -> int:
     """What dedup's hardlinks save in ``snapshots/``: each shared inode's size times its links
-    beyond the first (two aggregate queries)."""
-    linked = DedupLink.objects.filter(layer__unpacked_at__isnull=False).aggregate(
-        total=Coalesce(Sum("inode__size"), Value(0))
-    )["total"]
-    once = DedupInode.objects.filter(
-        Exists(DedupLink.objects.filter(inode=OuterRef("pk"), layer__unpacked_at__isnull=False))
-    ).aggregate(total=Coalesce(Sum("size"), Value(0)))["total"]
-    return int(linked - once)
+    beyond the first (one aggregate query)."""
+    links = (
+        DedupLink.objects.filter(inode=OuterRef("pk"), layer__unpacked_at__isnull=False)
+        .values("inode")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    saved = (
+        DedupInode.objects.annotate(link_count=Subquery(links, output_field=IntegerField()))
+        .filter(link_count__gt=1)
+        .aggregate(total=Coalesce(Sum(F("size") * (F("link_count") - 1)), Value(0)))
+    )
+    return int(saved["total"])
 
 
 def dedup_freed_delta(chain_ids: Sequence[str]) -> dict[str, int]:

@@ -226,7 +226,7 @@ def team_usage(team: Team) -> TeamUsage:
 
 
 def store_totals() -> StoreTotals:
-    """Logical and physical totals of the store, in six aggregate queries."""
+    """Logical and physical totals of the store, in five aggregate queries."""
     logical_layers = ImageLayer.objects.aggregate(
         snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
         blobs=Coalesce(Sum("layer__size"), Value(0)),
