@@ -32,6 +32,8 @@ from layerhub.engine.diff import write_diff_tar
 from layerhub.engine.union import UnionView
 from layerhub.images.dedup import duplicates_report
 from layerhub.images.file_index import layer_files_from_snapshot
+from layerhub.images.gc import store_gc
+from layerhub.images.leases import job_lease
 from layerhub.images.models import DedupLink, Image, Layer
 from layerhub.images.services.dedup import store_dedup_report, store_dedup_start
 from layerhub.images.services.transfer import image_remove, image_save_stream
@@ -284,3 +286,29 @@ def test_never_a_container_layer_nor_files_that_differ_in_attributes(builds: str
     _dedup(dry_run=False)
     assert os.lstat(upper_file).st_nlink == 1  # the writable layer is never linked
     assert all(".layerhub-dedup-" not in str(p) for p in Path(get_store().root).rglob("*"))
+
+
+def test_garbage_collection_frees_exactly_with_hardlinked_files(builds: str) -> None:
+    first, second = _pull_and_index(builds)
+    _dedup(dry_run=False)
+    store = get_store()
+    second_union = _union(second)
+    # rmi while a running job holds the first build's layers: rows and trees stay, then the
+    # job ends and they are garbage, whose files the second build still links in part
+    holder = Job.objects.create(kind=Job.Kind.PULL, state=Job.State.RUNNING)
+    layers = list(first.image_layers.select_related("layer").order_by("position"))
+    job_lease(job=holder, keys=[row.layer.chain_id for row in layers])
+    image_remove(image=first.manifest_digest, force=True)
+    assert all(store.snapshots.exists(row.layer.chain_id) for row in layers)
+    holder.finish()
+    # and a snapshot no row names any more, that shares files with the second build
+    orphan = layers[-1].layer.chain_id
+    Layer.objects.filter(chain_id=orphan).delete()
+    dry = store_gc(dry_run=True)
+    before = disk_bytes()
+    run = store_gc()
+    assert {(i.what, i.key) for i in run.items} == {(i.what, i.key) for i in dry.items}
+    assert before - disk_bytes() == run.freed_bytes == dry.freed_bytes
+    assert store_totals().physical_bytes == disk_bytes()
+    assert store_verify().ok
+    assert _union(second) == second_union
