@@ -27,6 +27,7 @@ from layerhub.containers.services import (
     container_write_file,
     image_lowers,
 )
+from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
 from layerhub.engine.diff import write_diff_tar
 from layerhub.engine.union import UnionView
@@ -212,6 +213,12 @@ def test_the_report_finds_the_twins_and_dedup_frees_exactly_their_copies(
     assert "stored once by dedup" in verify.summary()
     call_command("store_verify")
     assert "stored once by dedup" in capsys.readouterr().out
+    call_command("df", "-v")
+    out = capsys.readouterr().out
+    images_row = out.splitlines()[1].split()
+    assert images_row[0] == "Images"
+    assert images_row[3] == human_size(after.physical_bytes)  # physical: linked files once
+    assert f"stored once (dedup): {human_size(freed)} saved" in out
 
     # every image reads back the same: union view and `save`, byte for byte
     for image in (first, second):
