@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from .errors import InvalidPath
 
 _CHUNK = 1 << 20
 TEMP_PREFIX = ".layerhub-dedup-"
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + "[0-9a-f]{16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,34 @@ def _open_parent(tree: Path, path: str) -> tuple[int, str]:
         os.close(fd)
         raise
     return fd, parts[-1]
+
+
+def remove_leftovers(tree: Path, directory: str, *, indexed: frozenset[str] = frozenset()) -> int:
+    """Remove the temporary links a dedup killed between its link and its rename left in
+    ``directory`` (relative to ``tree``; "" for the root): names of the form dedup gives
+    them, hardlinks of a file, and not in the layer's own index (``indexed``, the paths a
+    layer's tar really had under such a name). The directory's times are kept; returns how
+    many went."""
+    try:
+        fd, _ = _open_parent(tree, f"{directory}/x" if directory else "x")
+    except (OSError, InvalidPath):
+        return 0
+    removed = 0
+    try:
+        times = os.fstat(fd)
+        for name in os.listdir(fd):
+            path = f"{directory}/{name}" if directory else name
+            if not _TEMP_NAME.fullmatch(name) or path in indexed:
+                continue
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                os.unlink(name, dir_fd=fd)
+                removed += 1
+        if removed:
+            os.utime(fd, ns=(times.st_atime_ns, times.st_mtime_ns))
+    finally:
+        os.close(fd)
+    return removed
 
 
 def _xattrs(fd: int) -> tuple[tuple[str, bytes], ...]:

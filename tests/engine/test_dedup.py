@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from layerhub.engine.dedup import Candidate, link_identical
+from layerhub.engine.dedup import TEMP_PREFIX, Candidate, link_identical, remove_leftovers
 
 MTIME = 1_700_000_000
 
@@ -146,3 +146,21 @@ def test_the_inode_most_files_share_is_kept(tmp_path: Path) -> None:
     assert result.freed_bytes == 1000
     assert result.files_linked == 1
     assert _ino(a / "f") == _ino(c / "f") == kept
+
+
+def test_a_temporary_link_a_killed_run_left_is_removed_and_a_layers_own_file_is_not(
+    tmp_path: Path,
+) -> None:
+    a, b = _snapshots(tmp_path, 2, {"usr/f": b"k" * 100})
+    times = _fix_dirs(b)
+    leftover = b / "usr" / f"{TEMP_PREFIX}0123456789abcdef"
+    os.link(a / "usr/f", leftover)  # killed between the link and the rename
+    own = b / "usr" / f"{TEMP_PREFIX}fedcba9876543210"
+    os.link(b / "usr/f", own)  # the layer's own file of that name (its tar had it)
+    os.utime(b / "usr", (MTIME, MTIME))
+    indexed = frozenset({f"usr/{TEMP_PREFIX}fedcba9876543210"})
+    assert remove_leftovers(b, "usr", indexed=indexed) == 1
+    assert not leftover.exists()
+    assert own.exists()
+    assert os.lstat(b / "usr").st_mtime_ns == times[str(b / "usr")]
+    assert remove_leftovers(b, "usr/../..") == 0  # never outside the tree

@@ -28,7 +28,7 @@ from django.db.models import Count
 
 from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
-from layerhub.engine.dedup import Candidate, link_identical
+from layerhub.engine.dedup import TEMP_PREFIX, Candidate, link_identical, remove_leftovers
 from layerhub.engine.file_index import FILE
 from layerhub.images.dedup_links import dedup_links_record
 from layerhub.images.leases import LIVE_STATES, job_lease
@@ -53,6 +53,7 @@ class DedupReport:
     skipped: list[str] = field(default_factory=list)
     skipped_count: int = 0
     stopped: bool = False
+    leftovers: int = 0  # temporary links a killed run left, removed
 
     def summary(self) -> str:
         """One line for people."""
@@ -83,6 +84,7 @@ class DedupReport:
             skipped=list(data.get("skipped", [])),
             skipped_count=int(data.get("skipped_count", 0)),
             stopped=bool(data.get("stopped")),
+            leftovers=int(data.get("leftovers", 0)),
         )
 
 
@@ -123,6 +125,31 @@ def _candidates(min_size: int) -> dict[bytes, list[_File]]:
     return {sha: list(held.values()) for sha, held in groups.items() if len(held) > 1}
 
 
+def _remove_leftovers(groups: dict[bytes, list[_File]], live: dict[int, str]) -> int:
+    """Remove, from the directories this run will link in, the temporary links a run killed
+    between its link and its rename left (``layerhub.engine.dedup.remove_leftovers``)."""
+    store = get_store()
+    directories: dict[int, set[str]] = defaultdict(set)
+    for files in groups.values():
+        for f in files:
+            if f.layer_id in live:
+                directories[f.layer_id].add(f.path.rpartition("/")[0])
+    indexed: dict[int, set[str]] = defaultdict(set)
+    for layer_id, path in FileEntry.objects.filter(
+        layer_id__in=list(directories), name__startswith=TEMP_PREFIX
+    ).values_list("layer_id", "path"):
+        indexed[layer_id].add(path)
+    removed = 0
+    for layer_id, folders in directories.items():
+        tree = store.snapshots.path(live[layer_id])
+        keep = frozenset(indexed[layer_id])
+        for folder in sorted(folders):
+            removed += remove_leftovers(tree, folder, indexed=keep)
+    if removed:
+        logger.warning("dedup removed %d temporary links a killed run left", removed)
+    return removed
+
+
 def store_dedup(
     *,
     dry_run: bool = False,
@@ -148,6 +175,8 @@ def store_dedup(
         )
     )
     store = get_store()
+    if not dry_run:
+        report.leftovers = _remove_leftovers(groups, live)
     total = len(groups)
     for done, (sha, files) in enumerate(sorted(groups.items(), key=lambda g: -g[1][0].size)):
         if asked():
