@@ -151,6 +151,9 @@ def _open(candidate: Candidate) -> _Opened | str:
     except (OSError, InvalidPath) as exc:
         return f"{candidate.key} {candidate.path}: {exc}"
     try:
+        # a device node is never opened (opening one can do things): only a regular file
+        if not stat.S_ISREG(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+            raise OSError(0, "not a regular file")
         fd = os.open(
             name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent_fd
         )

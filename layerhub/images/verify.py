@@ -233,7 +233,7 @@ def store_verify() -> VerifyReport:
             "store",
             "snapshots/",
             f"recorded {recorded_physical} bytes with hardlinked files once, the trees hold "
-            f"{report.snapshot_physical_bytes}",
+            f"{report.snapshot_physical_bytes} (a dedup run records the links it finds)",
         )
 
     # the catalog itself: each layer's recorded count of images against its image-layer rows

@@ -164,3 +164,15 @@ def test_a_temporary_link_a_killed_run_left_is_removed_and_a_layers_own_file_is_
     assert own.exists()
     assert os.lstat(b / "usr").st_mtime_ns == times[str(b / "usr")]
     assert remove_leftovers(b, "usr/../..") == 0  # never outside the tree
+
+
+def test_a_fifo_where_the_index_said_a_file_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    a = _snapshots(tmp_path, 1, {"f": b"d" * 10})[0]
+    b = tmp_path / "b"
+    b.mkdir()
+    os.mkfifo(b / "f")
+    result = link_identical([Candidate("a", a, "f"), Candidate("b", b, "f")])
+    assert result.files_linked == 0
+    assert any("not a regular file" in line for line in result.skipped)
