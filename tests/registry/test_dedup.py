@@ -284,13 +284,19 @@ def test_a_container_copies_up_and_commits_as_before_dedup(builds: str) -> None:
     assert view.read_bytes(f"/{shared}") == original
 
 
-def test_never_a_container_layer_nor_files_that_differ_in_attributes(builds: str) -> None:
+def test_never_a_container_layer_nor_files_that_differ_in_attributes(
+    builds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     first, _ = _pull_and_index(builds)
     container = container_create(image=first.manifest_digest, team=default_team())
     container_write_file(
         container=container, path="/usr/lib/lib5.so", data=_data(DISTRO["usr/lib/lib5.so"])
     )
     upper_file = container_dir(container) / "upper/usr/lib/lib5.so"
+    call_command("dedup", "--dry-run")
+    printed = capsys.readouterr().out
+    # base B's 16 distro files and one twin, both tops' lib0 copies, the second top's app.so
+    assert "would link 20 files of 18 shared contents" in printed
     # a run killed between its link and its rename left a temporary name: the next removes it
     store = get_store()
     trees = [store.snapshots.path(layer.chain_id) for layer in Layer.objects.all()]
@@ -304,6 +310,9 @@ def test_never_a_container_layer_nor_files_that_differ_in_attributes(builds: str
     assert not left.exists()
     assert store_verify().ok
     assert os.lstat(upper_file).st_nlink == 1  # the writable layer is never linked
+    # the command queues the job, follows it and prints what it did
+    call_command("dedup", "--dry-run")
+    assert "would link 0 files" in capsys.readouterr().out  # all linked already
     assert all(".layerhub-dedup-" not in str(p) for p in Path(get_store().root).rglob("*"))
 
 
