@@ -287,6 +287,19 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def env_size(name: str, default: int, *, environ: Mapping[str, str] | None = None) -> int:
+    """A number of bytes: ``4096``, ``4K``, ``1MiB``."""
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    try:
+        return parse_size(raw)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a size: use bytes (4096) or a unit (4K, 1MiB)"
+        ) from None
+
+
 def env_reserve(
     name: str,
     default: StoreReserve = DEFAULT_RESERVE,

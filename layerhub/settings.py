@@ -27,6 +27,7 @@ from layerhub.env import (
     env_reserve,
     env_seconds,
     env_secret_key,
+    env_size,
     env_url,
     parse_size,
 )
@@ -268,6 +269,8 @@ LAYERHUB_STORE_RESERVE = env_reserve("LAYERHUB_STORE_RESERVE")
 # tmp/ leftovers, container layers no container row names and uploads no import job holds are
 # removed only once they are this old (what a live process holds is never removed)
 LAYERHUB_GC_GRACE = env_duration("LAYERHUB_GC_GRACE", timedelta(hours=1))
+# dedup links files of at least this size (smaller ones save less than their inode's worth)
+LAYERHUB_DEDUP_MIN_SIZE = env_size("LAYERHUB_DEDUP_MIN_SIZE", 1)
 # untagged images added longer ago than this are deleted as `rmi` deletes them; off by default:
 # an image pulled by digest is untagged on purpose
 LAYERHUB_GC_KEEP_UNTAGGED = env_duration(

@@ -249,11 +249,11 @@ def test_query_counts_do_not_grow_with_the_catalog() -> None:
     many = (_queries(lambda: list(images_with_sizes())), _queries(store_totals))
     assert few == many
     assert many[0] == 1
-    assert many[1] <= 4
+    assert many[1] <= 5  # the last: what dedup's hardlinks store once
     # a plan costs the same whatever the catalog holds
     first = Image.objects.order_by("pk").first()
     assert first is not None
-    assert _queries(lambda: image_delete_plan(first)) <= 12
+    assert _queries(lambda: image_delete_plan(first)) <= 13  # one: dedup's shared inodes
 
 
 def test_a_plan_over_a_queryset_equals_the_plan_over_its_images() -> None:

@@ -12,6 +12,7 @@ from django.conf import settings
 from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
 from layerhub.images import services as image_services
+from layerhub.images.services import dedup as dedup_services
 from layerhub.images.services import gc as gc_services
 from layerhub.images.services import transfer
 from layerhub.images.services import verify as verify_services
@@ -94,6 +95,12 @@ def store_verify(job_id: int) -> None:
 def store_gc(job_id: int) -> None:
     """Run a garbage collection job (or its dry run)."""
     _run_job(gc_services.store_gc_run, job_id)
+
+
+@app.task(name="layerhub.store_dedup")
+def store_dedup(job_id: int) -> None:
+    """Run a dedup job (or its dry run): hardlink identical files across snapshots."""
+    _run_job(dedup_services.store_dedup_run, job_id)
 
 
 @app.task(name="layerhub.store_gc_scheduled")

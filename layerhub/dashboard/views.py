@@ -63,6 +63,10 @@ def home(request: HttpRequest) -> HttpResponse:
         "unique_images": images_with_most_unique_bytes(images, repositories=named_by(request.user)),
         "active_jobs": active_jobs,
         "recent_jobs": recent_jobs,
+        # a running dedup's progress line, from the active jobs already read
+        "dedup_job": next((j for j in active_jobs if j.kind == Job.Kind.DEDUP), None)
+        if staff
+        else None,
         **_measured_apart(containers, staff=staff),
     }
     return render(request, "dashboard/home.html", context)

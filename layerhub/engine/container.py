@@ -114,16 +114,22 @@ def _copy_xattrs(src: Path, dst: Path) -> None:
 
 
 def _copy_entry(
-    st: os.stat_result, src: Path, dst: Path, links: dict[tuple[int, int], Path] | None = None
+    st: os.stat_result,
+    src: Path,
+    dst: Path,
+    links: dict[tuple[int, int, int], Path] | None = None,
+    layer: int = 0,
 ) -> None:
     """Create ``dst`` as a copy of ``src`` (a directory without its children): content, owner,
-    mode and xattrs, not times. ``links`` keeps hardlinked files linked within one copy."""
+    mode and xattrs, not times. ``links`` keeps hardlinked files linked within one copy, and
+    only within one ``layer``: files of two layers that share an inode were linked by the
+    store's dedup, not by the image, and stay two files."""
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         os.mkdir(dst, 0o700)
     elif stat.S_ISREG(mode):
         if links is not None and st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
+            key = (layer, st.st_dev, st.st_ino)
             if key in links:
                 os.link(links[key], dst, follow_symlinks=False)
                 return
@@ -404,15 +410,15 @@ class ContainerFS:
     def _copy_tree(self, entry: Entry, dst: Path, *, opaque: bool) -> None:
         """Copy the merged tree at ``entry`` to ``dst`` in the upper directory, as ``mv``
         across filesystems does: modes, owners, times, xattrs and hardlinks kept."""
-        links: dict[tuple[int, int], Path] = {}
-        _copy_entry(entry.st, entry.host_path, dst, links)
+        links: dict[tuple[int, int, int], Path] = {}
+        _copy_entry(entry.st, entry.host_path, dst, links, entry.layer)
         copied = [(dst, entry.st)]
         if entry.is_dir:
             if opaque:
                 self.fmt.write_opaque(dst)
             for child in self._view.walk(entry.path):
                 target = dst / child.path[len(entry.path) + 1 :]
-                _copy_entry(child.st, child.host_path, target, links)
+                _copy_entry(child.st, child.host_path, target, links, child.layer)
                 copied.append((target, child.st))
         for path, st in reversed(copied):  # children first: their creation moves dir mtimes
             _set_times(path, st)

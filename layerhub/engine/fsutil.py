@@ -406,3 +406,48 @@ def tree_usage(root: Path, *, seen: set[tuple[int, int]] | None = None) -> tuple
             seen.add(key)
         total += st.st_size
     return total, files
+
+
+def tree_usage_over(root: Path, shared: set[tuple[int, int]]) -> tuple[int, int, int]:
+    """(bytes, files, new bytes) under ``root``: its ``tree_usage``, and the bytes of its
+    regular files whose inode ``shared`` (carried across calls) had not seen yet, so many
+    trees are measured alone and together (the store's physical bytes) in one walk."""
+    seen: set[tuple[int, int]] = set()
+    total = files = new = 0
+    for st in walk_tree(root):
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        files += 1
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            if key not in shared:
+                shared.add(key)
+                new += st.st_size
+        else:
+            new += st.st_size
+        total += st.st_size
+    return total, files, new
+
+
+def tree_freed_bytes(root: Path) -> int:
+    """What removing ``root`` frees: bytes of its regular files whose every link is inside
+    it (an inode also linked from elsewhere, say by the store's dedup, stays).
+
+    Iterative, never follows a symlink, never enters a mount point.
+    """
+    links: dict[tuple[int, int], list[int]] = {}  # (dev, ino) -> [links seen, nlink, size]
+    total = 0
+    for st in walk_tree(root):
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_nlink == 1:
+            total += st.st_size
+            continue
+        seen = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_size])
+        seen[0] += 1
+    return total + sum(size for count, nlink, size in links.values() if count >= nlink)

@@ -315,3 +315,34 @@ class FileEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.path}"
+
+
+class DedupInode(models.Model):
+    """One inode ``dedup`` made several snapshots share (a file's bytes stored once): its size
+    and content. Its links are the DedupLink rows, one per snapshot; a snapshot's own size
+    still counts it (an image's SIZE is logical), the store's physical total counts it once."""
+
+    size = models.BigIntegerField()
+    sha256 = models.BinaryField(max_length=32)
+    linked_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"shared inode of {self.size} bytes"
+
+
+class DedupLink(models.Model):
+    """A path of one layer's snapshot that is a link of a shared inode (``dedup``); goes with
+    its layer row, as the snapshot does."""
+
+    inode = models.ForeignKey(DedupInode, on_delete=models.CASCADE, related_name="links")
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="dedup_links")
+    path = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["layer", "path"], name="deduplink_layer_path"),
+            models.UniqueConstraint(fields=["inode", "layer"], name="deduplink_inode_layer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.layer} {self.path}"

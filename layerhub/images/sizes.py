@@ -11,9 +11,12 @@ Definitions (bytes):
 - the store's logical total counts every image as if stored alone (its blobs: manifest,
   config, index and layers, and its snapshots); its physical total is what ``blobs/`` and
   ``snapshots/`` hold, each once: the sum of the Blob rows (one per file, written when the
-  catalog records an image and removed with the file) and of the recorded snapshot sizes;
+  catalog records an image and removed with the file) and of the recorded snapshot sizes,
+  less what ``dedup``'s hardlinks store once (``layerhub.images.dedup_links``: an inode shared by
+  several snapshots counts once; a snapshot's, and so an image's, size stays logical);
 - what deleting an image, tag or repository frees (``DeletePlan``) is computed from the same
-  rows, and ``image_remove`` deletes exactly what the plan lists.
+  rows, and ``image_remove`` deletes exactly what the plan lists (a file dedup hardlinked
+  into snapshots that stay frees nothing; its bytes go with its last link).
 
 Every figure is one aggregate query (or a few), whatever the number of images: pages call these,
 never loop over rows in Python.
@@ -39,6 +42,7 @@ from django.db.models.functions import Coalesce
 
 from layerhub.accounts.models import Team
 from layerhub.containers.models import Container
+from layerhub.images.dedup_links import dedup_freed_delta, dedup_saved_bytes
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
 from layerhub.jobs.models import Lease
@@ -111,7 +115,8 @@ class StoreTotals:
     blobs: int  # files in blobs/ (Blob rows)
     logical_bytes: int
     physical_blob_bytes: int
-    physical_snapshot_bytes: int
+    physical_snapshot_bytes: int  # hardlinked inodes once
+    dedup_bytes: int = 0  # what dedup's hardlinks save (part of savings_bytes)
 
     @property
     def physical_bytes(self) -> int:
@@ -221,7 +226,7 @@ def team_usage(team: Team) -> TeamUsage:
 
 
 def store_totals() -> StoreTotals:
-    """Logical and physical totals of the store, in four aggregate queries."""
+    """Logical and physical totals of the store, in five aggregate queries."""
     logical_layers = ImageLayer.objects.aggregate(
         snapshots=Coalesce(Sum("layer__unpacked_size"), Value(0)),
         blobs=Coalesce(Sum("layer__size"), Value(0)),
@@ -234,13 +239,15 @@ def store_totals() -> StoreTotals:
         n=Count("pk"), total=Coalesce(Sum("unpacked_size"), Value(0))
     )
     physical_blobs = Blob.objects.aggregate(n=Count("pk"), total=Coalesce(Sum("size"), Value(0)))
+    linked = dedup_saved_bytes()
     return StoreTotals(
         images=per_image["n"],
         layers=physical_snapshots["n"],
         blobs=physical_blobs["n"],
         logical_bytes=logical_layers["snapshots"] + logical_layers["blobs"] + per_image["total"],
         physical_blob_bytes=physical_blobs["total"],
-        physical_snapshot_bytes=physical_snapshots["total"],
+        physical_snapshot_bytes=physical_snapshots["total"] - linked,
+        dedup_bytes=linked,
     )
 
 
@@ -379,9 +386,12 @@ def images_delete_plan(images: QuerySet[Image] | Iterable[Image]) -> DeletePlan:
     ) | dict(Blob.objects.filter(digest__in=list(image_blobs)).values_list("digest", "size"))
     held_layers = sorted(kept - kept_for_use, key=lambda pk: -layers[pk][1])
     freed.sort(key=lambda pk: -layers[pk][1])  # top first
+    linked = dedup_freed_delta([chain_of[pk] for pk in freed])
     return DeletePlan(
         blobs=[(d, sizes.get(d, 0)) for d in doomed],
-        snapshots=[(chain_of[pk], layers[pk][5] or 0) for pk in freed],
+        snapshots=[
+            (chain_of[pk], (layers[pk][5] or 0) + linked.get(chain_of[pk], 0)) for pk in freed
+        ],
         held=[*held_blobs, *(chain_of[pk] for pk in held_layers)],
         held_bytes=sum(sizes.get(d, 0) for d in held_blobs)
         + sum(layers[pk][5] or 0 for pk in held_layers),

@@ -10,7 +10,11 @@ Reported (``Finding``):
 - ``missing``: a row whose file is gone (a Blob row, an unpacked layer, an image's manifest
   or config, a container's layer), and a blob an image names that has no size row;
 - ``count``: a layer whose recorded count of images (what the overview reads) is not the
-  number of images that use it.
+  number of images that use it;
+- ``size`` of ``snapshots/`` as a whole: what the recorded snapshots hold with each
+  hardlinked inode once (a file ``dedup`` linked into several snapshots counts once) is not
+  the store's recorded physical snapshot bytes (``store_totals``), when every snapshot's own
+  size matched.
 
 Every walk is iterative, never follows a symlink and never enters a mount point (the
 engine's ``tree_usage`` / ``walk_tree``); nothing is changed.
@@ -25,13 +29,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from layerhub.containers.models import Container
+from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
 from layerhub.engine.errors import LayerhubError
-from layerhub.engine.fsutil import tree_usage
+from layerhub.engine.fsutil import tree_usage, tree_usage_over
 from layerhub.images.layer_counts import layer_image_count_mismatches, layer_image_counts_refresh
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, Layer
-from layerhub.images.sizes import own_blob_bytes_refresh
+from layerhub.images.sizes import own_blob_bytes_refresh, store_totals
 from layerhub.images.usage import tmp_entries
 from layerhub.jobs.models import Lease
 
@@ -66,6 +71,10 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     finding_count: int | None = None  # set when findings were cut for storage
+    # the recorded snapshots on disk: each alone (logical) and together, a hardlinked inode
+    # once (physical); the part dedup's hardlinks store once is the difference
+    snapshot_bytes: int = 0
+    snapshot_physical_bytes: int = 0
 
     @property
     def problems(self) -> int:
@@ -83,6 +92,12 @@ class VerifyReport:
             f"checked {self.blobs} blobs, {self.snapshots} snapshots, "
             f"{self.containers} containers, {self.tmp} tmp/ entries"
         )
+        if self.snapshot_bytes != self.snapshot_physical_bytes:
+            checked += (
+                f"; snapshots hold {human_size(self.snapshot_physical_bytes)}, "
+                f"{human_size(self.snapshot_bytes - self.snapshot_physical_bytes)} of their "
+                f"{human_size(self.snapshot_bytes)} stored once by dedup"
+            )
         if self.ok:
             return f"{checked}: no problems"
         return f"{checked}: {self.problems} problem(s)"
@@ -106,6 +121,8 @@ class VerifyReport:
             findings=[Finding(**f) for f in data.get("findings", [])],
             held=list(data.get("held", [])),
             finding_count=data.get("finding_count"),
+            snapshot_bytes=int(data.get("snapshot_bytes", 0)),
+            snapshot_physical_bytes=int(data.get("snapshot_physical_bytes", 0)),
         )
 
 
@@ -167,6 +184,8 @@ def store_verify() -> VerifyReport:
         ).iterator(chunk_size=1000)
     }
     seen_snapshots: set[str] = set()
+    shared: set[tuple[int, int]] = set()
+    sizes_match = True
     with os.scandir(store.snapshots.root) as entries:
         for entry in entries:
             chain = f"sha256:{entry.name}"
@@ -191,8 +210,11 @@ def store_verify() -> VerifyReport:
                 why = "no layer row" if row is None else "its layer is not recorded as unpacked"
                 found("orphan", "snapshot", chain, why)
                 continue
-            size, files = tree_usage(tree)
+            size, files, new = tree_usage_over(tree, shared)
+            report.snapshot_bytes += size
+            report.snapshot_physical_bytes += new
             if (size, files) != (row[1], row[2]):
+                sizes_match = False
                 found(
                     "size",
                     "snapshot",
@@ -202,7 +224,17 @@ def store_verify() -> VerifyReport:
                 )
     for chain, (unpacked, _, _) in sorted(layers.items()):
         if unpacked and chain not in seen_snapshots:
+            sizes_match = False
             found("missing", "snapshot", chain, "recorded as unpacked, but the tree is gone")
+    recorded_physical = store_totals().physical_snapshot_bytes
+    if sizes_match and recorded_physical != report.snapshot_physical_bytes:
+        found(
+            "size",
+            "store",
+            "snapshots/",
+            f"recorded {recorded_physical} bytes with hardlinked files once, the trees hold "
+            f"{report.snapshot_physical_bytes} (a dedup run records the links it finds)",
+        )
 
     # the catalog itself: each layer's recorded count of images against its image-layer rows
     for chain, counted, rows in layer_image_count_mismatches():

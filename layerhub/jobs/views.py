@@ -18,6 +18,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from layerhub.core.permissions import CHANGE, VIEW, restrict
 from layerhub.engine.errors import LayerhubError
 from layerhub.images.services import image_import, image_pull
+from layerhub.images.services.dedup import store_dedup_report
 from layerhub.images.services.gc import store_gc_report
 from layerhub.images.services.transfer import image_push
 from layerhub.images.services.verify import store_verify_report
@@ -128,6 +129,7 @@ def _panel_context(job: Job) -> dict[str, Any]:
         "max_attempts": Job.max_attempts(),
         "verify_report": store_verify_report(job) if job.kind == Job.Kind.VERIFY else None,
         "gc_report": store_gc_report(job) if job.kind == Job.Kind.GC else None,
+        "dedup_report": store_dedup_report(job) if job.kind == Job.Kind.DEDUP else None,
     }
 
 

@@ -27,7 +27,12 @@ class StoreTotalsSerializer(serializers.Serializer):  # type: ignore[type-arg]
     logical_bytes = serializers.IntegerField()
     physical_bytes = serializers.IntegerField()
     physical_blob_bytes = serializers.IntegerField()
-    physical_snapshot_bytes = serializers.IntegerField()
+    physical_snapshot_bytes = serializers.IntegerField(
+        help_text="a file dedup hardlinked into several snapshots counted once"
+    )
+    dedup_bytes = serializers.IntegerField(
+        help_text="what dedup's hardlinks save (part of savings_bytes)"
+    )
     savings_bytes = serializers.IntegerField()
     savings_percent = serializers.FloatField()
 

@@ -15,6 +15,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
+from layerhub.images.dedup_links import dedup_freed_delta
 from layerhub.images.gc.report import Garbage
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Tag
@@ -90,6 +91,15 @@ def _measure(path: Path, entry: _Entry | None = None) -> int:
         return entry.size if stat.S_ISREG(entry.mode) else 0
     try:
         return fsutil.tree_usage(path)[0]
+    except FileNotFoundError:
+        return 0
+
+
+def _measure_snapshot(path: Path) -> int:
+    """What removing a snapshot no row records frees: a file dedup hardlinked into another
+    snapshot stays with that one."""
+    try:
+        return fsutil.tree_freed_bytes(path)
     except FileNotFoundError:
         return 0
 
@@ -251,6 +261,15 @@ def make_plan(disk: Disk, now: datetime) -> Plan:
             plan.unmeasured.add(chain)
             why = "no image uses this layer" if row is not None else "no layer row names it"
         plan.snapshots.append(Garbage("snapshot", chain, size, why))
+    # dedup's hardlinks: a shared file's bytes go with its last link, in the order of deletion
+    recorded_size = {row[0]: row[4] for row in rows.values()}
+    linked = dedup_freed_delta([item.key for item in plan.snapshots])
+    plan.snapshots = [
+        replace(item, size=recorded_size.get(item.key, 0) + linked[item.key])
+        if item.key in linked
+        else item
+        for item in plan.snapshots
+    ]
 
     # blobs: every file and every size row no staying row names
     for digest in sorted(set(disk.blobs) | set(recorded)):
@@ -275,7 +294,7 @@ def measure(plan: Plan) -> None:
     barrier's transaction: SQLite's writers wait on it)."""
     store = get_store()
     plan.snapshots = [
-        replace(item, size=_measure(store.snapshots.path(item.key)))
+        replace(item, size=_measure_snapshot(store.snapshots.path(item.key)))
         if item.key in plan.unmeasured
         else item
         for item in plan.snapshots

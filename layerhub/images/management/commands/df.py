@@ -90,6 +90,12 @@ class Command(LayerhubCommand):
                 ],
             ]
         )
+        if totals.dedup_bytes:
+            # SIZE above is physical: a file dedup linked into several layers counts once
+            self.stdout.write(
+                f"\nIdentical files of different layers stored once (dedup): "
+                f"{human_size(totals.dedup_bytes)} saved"
+            )
         if options["detail"]:
             self.images_detail()
             self.containers_detail(containers, layer_bytes)
