@@ -79,6 +79,11 @@ class WastedReport:
         """dive's score, exactly: the share of stored content bytes the final tree shows."""
         return self.kept / self.total if self.total else 1.0
 
+    @property
+    def efficiency_percent(self) -> float:
+        """The score as a percentage, as dive prints it."""
+        return 100.0 * self.efficiency
+
     def by_path(self) -> dict[str, list[WastedCopy]]:
         """The wasted copies by their path, lowest layer first."""
         found: dict[str, list[WastedCopy]] = {}
