@@ -17,11 +17,12 @@ from rest_framework.test import APIClient
 
 from layerhub.accounts.models import Membership, Role, Team
 from layerhub.core.store import get_store
+from layerhub.engine.file_index import FileRecord
 from layerhub.engine.store import Store
 from layerhub.engine.wasted import DELETED, HIDDEN, PARENT_DELETED, PARENT_REPLACED, REPLACED
 from layerhub.images import wasted as wasted_module
 from layerhub.images.duplicates import shared_contents
-from layerhub.images.file_index import layer_files_from_snapshot
+from layerhub.images.file_index import layer_files, layer_files_from_snapshot, layer_files_record
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, ImageLayer, LayerFiles
 from layerhub.images.services import image_import
@@ -374,3 +375,14 @@ def test_cli_report(built: Image) -> None:
     assert lines[-1].endswith("/usr/lib/libfoo.so (2 links)")
     with pytest.raises(CommandError):
         call_command("wasted", "localhost/nothing:1", stdout=StringIO())
+
+
+def test_a_layer_indexed_again_is_stacked_again(built: Image) -> None:
+    assert image_wasted(built).report is not None  # the stack is kept now
+    top = ImageLayer.objects.get(image=built, position=2).layer
+    records = list(layer_files([top.pk])[top.pk])
+    layer_files_record(top, [*records, FileRecord("tmp/late", "f", 0o644, size=11)])
+    report = image_wasted(built).report
+    assert report is not None
+    assert report.tree["tmp/late"].layer == 2
+    assert report.total == 6869 + 11

@@ -13,16 +13,23 @@ from layerhub.engine.file_index import CONTENT_KINDS
 from .models import FileEntry
 
 
-def shared_contents(layer_ids: Iterable[int]) -> set[bytes]:
+def shared_contents(
+    layer_ids: Iterable[int], *, among: Iterable[bytes] | None = None
+) -> set[bytes]:
     """The sha256s (32 raw bytes) of regular files in ``layer_ids`` whose content more than
     one snapshot holds (another image's layer, or another layer of the same image). Empty
-    files are left out: there is nothing to share in them."""
+    files are left out: there is nothing to share in them. ``among``: only these sha256s are
+    asked about (a page of the file tree asks about the files it shows)."""
     ids = list(layer_ids)
     if not ids:
         return set()
-    mine = FileEntry.objects.filter(layer_id__in=ids, kind__in=CONTENT_KINDS, size__gt=0).values(
-        "sha256"
-    )
+    files = FileEntry.objects.filter(layer_id__in=ids, kind__in=CONTENT_KINDS, size__gt=0)
+    if among is not None:
+        wanted = list(set(among))
+        if not wanted:
+            return set()
+        files = files.filter(sha256__in=wanted)
+    mine = files.values("sha256")
     held = (
         FileEntry.objects.filter(sha256__in=mine, kind__in=CONTENT_KINDS)
         .values("sha256")

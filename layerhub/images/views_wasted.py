@@ -48,7 +48,7 @@ def image_file_tree(request: HttpRequest, pk: int) -> HttpResponse:
     only."""
     image = _visible_image(request, pk)
     path = clean_path(request.GET.get("path"))
-    wasted = image_wasted(image)
+    wasted = image_wasted(image, duplicates=False)
     context = {
         "image": image,
         "image_name": display_name(image),

@@ -3,13 +3,22 @@
 ``image_wasted`` stacks the indexes (``layerhub.engine.wasted``) when every layer of the image
 has one, and says which layers are still waiting otherwise: a partial stack would give wrong
 figures (a whiteout in an unindexed layer would leave its files counted as kept), so none is
-shown. Nothing is cached: one image's index is read and stacked per request (see the README's
-"Wasted space" section for the measured cost).
+shown.
+
+Reading and stacking an image of 100,000 index entries takes about a second (``bench/wasted.py``),
+too slow for every directory of the file tree, so each process keeps the last few stacks
+(bounded by their entries, CACHE_ENTRIES). A stack is keyed by its layers' LayerFiles rows (id, time
+and size), which a layer's re-indexing replaces: a stale stack is never read, nothing needs
+invalidating. What
+other snapshots hold (the duplicated marks and bytes) changes with every pull and delete and is
+asked each time, for the files shown.
 """
 
 from __future__ import annotations
 
 import stat
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from layerhub.engine.errors import PathNotFound
@@ -27,11 +36,13 @@ from layerhub.engine.wasted import WastedCopy, WastedReport, wasted_space
 
 from .duplicates import shared_contents
 from .file_index import layer_files
-from .models import Image, ImageLayer
+from .models import Image, ImageLayer, LayerFiles
 
 # the longest directory page of the file tree; a bigger directory gets more pages
 TREE_PAGE = 500
 TOP_WASTED = 20
+# index entries the stacks kept in one process may hold together (about 300 bytes each)
+CACHE_ENTRIES = 1_000_000
 
 KIND_NAMES = {
     FILE: "file",
@@ -123,33 +134,70 @@ def image_layer_refs(image: Image) -> list[LayerRef]:
     return [LayerRef(*row) for row in rows]
 
 
-def _copies(layers: list[list[FileRecord]]) -> list[tuple[int, bytes | None]]:
+def _copies(layers: list[list[FileRecord]]) -> list[tuple[int, bytes]]:
     """(size, sha256) of each copy the layers store, hardlinked names once."""
     found = []
     for records in layers:
         files = {r.path for r in records if r.kind == FILE}
         for r in records:
-            if r.kind == FILE or (r.kind == HARDLINK and r.link not in files):
+            content = r.kind == FILE or (r.kind == HARDLINK and r.link not in files)
+            if content and r.sha256 is not None and r.size > 0:
                 found.append((r.size, r.sha256))
     return found
+
+
+@dataclass(frozen=True)
+class _Stack:
+    report: WastedReport
+    contents: list[tuple[int, bytes]]  # (size, sha256) of every copy
+    entries: int
+
+
+# a stack's key: each layer's (layer id, LayerFiles id, indexed_at, entry count)
+StackKey = tuple[tuple[object, ...], ...]
+_stacks: OrderedDict[StackKey, _Stack] = OrderedDict()
+_stacks_lock = threading.Lock()
+
+
+def _stack(layers: list[LayerRef], index_ids: StackKey) -> _Stack:
+    """The stack of ``layers``, whose LayerFiles rows ``index_ids`` name: kept, or made."""
+    with _stacks_lock:
+        found = _stacks.get(index_ids)
+        if found is not None:
+            _stacks.move_to_end(index_ids)
+            return found
+    records = layer_files(ref.layer_id for ref in layers)
+    stacked = [records[ref.layer_id] for ref in layers]
+    entries = sum(len(r) for r in stacked)
+    made = _Stack(wasted_space(stacked), _copies(stacked), entries)
+    with _stacks_lock:
+        _stacks[index_ids] = made
+        total = sum(s.entries for s in _stacks.values())
+        while len(_stacks) > 1 and total > CACHE_ENTRIES:
+            _, dropped = _stacks.popitem(last=False)
+            total -= dropped.entries
+    return made
 
 
 def image_wasted(image: Image, *, duplicates: bool = True) -> ImageWasted:
     """Stack the image's file indexes: wasted space, efficiency, the final tree, and (with
     ``duplicates``) the bytes of its copies whose content another snapshot holds too."""
     layers = image_layer_refs(image)
-    records = layer_files(ref.layer_id for ref in layers)
-    pending = [ref for ref in layers if ref.layer_id not in records]
+    indexed = {
+        row[0]: row
+        for row in LayerFiles.objects.filter(
+            layer_id__in=[ref.layer_id for ref in layers]
+        ).values_list("layer_id", "pk", "indexed_at", "entry_count")
+    }
+    pending = [ref for ref in layers if ref.layer_id not in indexed]
     result = ImageWasted(layers=layers, pending=pending)
     if pending:
         return result
-    stacked = [records[ref.layer_id] for ref in layers]
-    result.report = wasted_space(stacked)
+    stack = _stack(layers, tuple(indexed[ref.layer_id] for ref in layers))
+    result.report = stack.report
     if duplicates:
         result.shared = shared_contents(ref.layer_id for ref in layers)
-        result.duplicate_bytes = sum(
-            size for size, sha in _copies(stacked) if sha is not None and sha in result.shared
-        )
+        result.duplicate_bytes = sum(size for size, sha in stack.contents if sha in result.shared)
     return result
 
 
@@ -202,6 +250,7 @@ class TreeIndex:
         self.wasted = wasted
         self.report = wasted.report
         self.by_path = self.report.by_path()
+        self.shared: set[bytes] = set()
         self.below: dict[str, int] = {}
         self.removed_children: dict[str, set[str]] = {}
         for copy in self.report.copies:
@@ -214,6 +263,16 @@ class TreeIndex:
                 if path not in self.report.tree:
                     self.removed_children.setdefault(parent, set()).add(path)
                 path = parent
+
+    def ask_shared(self, paths: list[str]) -> None:
+        """Which of these paths' contents another snapshot holds too (one query)."""
+        shas = set()
+        for path in paths:
+            entry = self.report.tree.get(path)
+            if entry is not None and entry.record.sha256 is not None:
+                shas.add(entry.record.sha256)
+        layer_ids = [ref.layer_id for ref in self.wasted.layers]
+        self.shared = shared_contents(layer_ids, among=shas) if shas else set()
 
     def row(self, path: str) -> TreeRow:
         entry = self.report.tree.get(path)
@@ -254,7 +313,7 @@ class TreeIndex:
             opens=r.kind == DIRECTORY,
             superseded=superseded,
             wasted_below=below,
-            duplicated=content and r.sha256 is not None and r.sha256 in self.wasted.shared,
+            duplicated=content and r.sha256 is not None and r.sha256 in self.shared,
             sha256=r.sha256.hex() if r.sha256 else "",
         )
 
@@ -281,12 +340,15 @@ def image_tree_page(wasted: ImageWasted, path: str, *, page: int = 1) -> TreePag
     rel = path.strip("/")
     if not index.exists(rel):
         raise PathNotFound(f"{path}: not in this image")
-    entry = index.row(rel) if rel else None
     if not index.is_dir(rel):
-        return TreePage(path, entry, False, [], 0, 1, 1)
+        index.ask_shared([rel])
+        return TreePage(path, index.row(rel), False, [], 0, 1, 1)
+    entry = index.row(rel) if rel else None
     names = index.children(rel)
     pages = max(1, -(-len(names) // TREE_PAGE))
     page = min(max(1, page), pages)
     start = (page - 1) * TREE_PAGE
-    rows = [index.row(name) for name in names[start : start + TREE_PAGE]]
+    shown = names[start : start + TREE_PAGE]
+    index.ask_shared([rel, *shown])
+    rows = [index.row(name) for name in shown]
     return TreePage(path, entry, True, rows, len(names), page, pages)

@@ -251,7 +251,7 @@ class ImageViewSet(
             page = int(request.query_params.get("page") or 1)
         except ValueError:
             raise serializers.ValidationError({"page": "a whole number"}) from None
-        wasted = image_wasted(image)
+        wasted = image_wasted(image, duplicates=False)
         tree = image_tree_page(wasted, path, page=page) if wasted.ready else None
         return Response(image_tree_body(wasted, path, tree))
 
