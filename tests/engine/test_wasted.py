@@ -210,3 +210,15 @@ def test_biggest_copies_come_first() -> None:
     assert [c.path for c in report.copies] == ["b", "c", "a"]
     assert report.layer_wasted == [321, 0]
     assert report.layer_totals == [321, 0]
+
+
+def test_the_readmes_worked_example() -> None:
+    report = wasted_space(
+        [
+            [d("etc"), f("etc/conf", 100), d("tmp"), f("tmp/big", 5000)],
+            [d("etc"), f("etc/conf", 200), d("tmp"), w("tmp/big")],
+            [d("etc"), f("etc/conf", 300)],
+        ]
+    )
+    assert (report.total, report.wasted, report.kept) == (5600, 5300, 300)
+    assert round(report.efficiency_percent, 1) == 5.4
