@@ -224,6 +224,14 @@ def test_tree_lists_one_directory_with_marks(built: Image, monkeypatch: pytest.M
         ("b", True, 30),
         ("two", True, 60),
     ]
+    # a symlink put where a directory was lists the files it wasted
+    opt = {r.name: r for r in image_tree_page(wasted, "/opt").rows}
+    assert opt["app"].kind == "symlink"
+    assert opt["app"].opens
+    under = image_tree_page(wasted, "/opt/app")
+    assert under.entry is not None
+    assert under.entry.kind == "symlink"
+    assert [(r.name, r.removed, r.wasted_below) for r in under.rows] == [("lib", True, 80)]
     # a file asked for: the entry, no listing
     one = image_tree_page(wasted, "/etc/conf")
     assert not one.is_dir
@@ -349,10 +357,15 @@ def test_api_reads(admin_client: Client, built: Image) -> None:
     assert conf["layer"]["position"] == 2
     assert [c["size"] for c in conf["superseded"]] == [100, 200]
     assert conf["sha256"]
-    one = api.get(f"/api/v1/images/{built.pk}/tree/", {"path": "/opt/app"}).json()
+    one = api.get(f"/api/v1/images/{built.pk}/tree/", {"path": "/etc/conf"}).json()
     assert one["entries"] is None
-    assert one["entry"]["kind"] == "symlink"
-    assert one["entry"]["link"] == "/srv"
+    assert one["entry"]["layer"]["position"] == 2
+    link = api.get(f"/api/v1/images/{built.pk}/tree/", {"path": "/opt/app"}).json()
+    assert link["entry"]["kind"] == "symlink"
+    assert link["entry"]["link"] == "/srv"
+    assert [(e["name"], e["removed"], e["wasted_bytes"]) for e in link["entries"]] == [
+        ("lib", True, 80)
+    ]
     missing = api.get(f"/api/v1/images/{built.pk}/tree/", {"path": "/nope"})
     assert missing.status_code == 404
     assert "not in this image" in str(missing.json())

@@ -310,7 +310,7 @@ class TreeIndex:
             link=("/" + r.link if r.kind == HARDLINK else r.link),
             layer=self.wasted.layers[entry.layer],
             removed=False,
-            opens=r.kind == DIRECTORY,
+            opens=r.kind == DIRECTORY or path in self.removed_children,
             superseded=superseded,
             wasted_below=below,
             duplicated=content and r.sha256 is not None and r.sha256 in self.shared,
@@ -324,7 +324,9 @@ class TreeIndex:
         entry = self.report.tree.get(path)
         if path == "" or (entry is not None and entry.record.kind == DIRECTORY):
             return True
-        return entry is None and path in self.removed_children
+        # a path that held a directory whose files were wasted (now gone, or a symlink or
+        # file put in its place) lists those files
+        return path in self.removed_children
 
     def children(self, path: str) -> list[str]:
         names = set(self.report.children.get(path, ()))
