@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from layerhub.images import views, views_packages
+from layerhub.images import views, views_packages, views_wasted
 
 app_name = "images"
 
@@ -13,6 +13,8 @@ urlpatterns: list[URLPattern] = [
     path("packages/", views_packages.package_search_page, name="packages"),
     path("<int:pk>/", views.image_detail, name="detail"),
     path("<int:pk>/packages/", views_packages.image_packages_section, name="image_packages"),
+    path("<int:pk>/wasted/", views_wasted.image_wasted_section, name="image_wasted"),
+    path("<int:pk>/files/", views_wasted.image_file_tree, name="files"),
     path("<int:pk>/pull/", views.image_repull, name="pull"),
     path("<int:pk>/push/", views.image_push_view, name="push"),
     path("<int:pk>/save/", views.image_save_view, name="save"),

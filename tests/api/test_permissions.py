@@ -84,6 +84,12 @@ CASES = [
     Case("a public image", "GET", lambda w: f"/api/v1/images/{w.public.pk}/"),
     Case("delete plan", "GET", lambda w: f"/api/v1/images/{w.app.pk}/delete-plan/", may=ALPHA),
     Case("image files", "GET", lambda w: f"/api/v1/images/{w.app.pk}/files/?path=/etc", may=ALPHA),
+    Case("wasted space", "GET", lambda w: f"/api/v1/images/{w.app.pk}/wasted/", may=ALPHA),
+    Case(
+        "another team's wasted", "GET", lambda w: f"/api/v1/images/{w.secret.pk}/wasted/", may=BETA
+    ),
+    Case("image tree", "GET", lambda w: f"/api/v1/images/{w.app.pk}/tree/?path=/", may=ALPHA),
+    Case("another team's tree", "GET", lambda w: f"/api/v1/images/{w.secret.pk}/tree/", may=BETA),
     Case(
         "delete an image",
         "DELETE",

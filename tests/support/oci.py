@@ -23,7 +23,8 @@ LAYER_MEDIA = {
 }
 MTIME = 1_700_000_000
 
-# a tree: path -> bytes (file), None (directory), ("symlink", target), or "whiteout"
+# a tree: path -> bytes (file), None (directory), ("symlink", target), ("hardlink", target)
+# (a path in the same layer), or "whiteout"
 Tree = dict[str, "bytes | tuple[str, str] | str | None"]
 
 
@@ -68,6 +69,9 @@ def layer_tar(tree: Tree) -> bytes:
             info.mtime = MTIME
             if value is None:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            elif isinstance(value, tuple) and value[0] == "hardlink":
+                info.type, info.linkname, info.mode = tarfile.LNKTYPE, value[1], 0o644
                 tf.addfile(info)
             elif isinstance(value, tuple):
                 info.type, info.linkname, info.mode = tarfile.SYMTYPE, value[1], 0o777

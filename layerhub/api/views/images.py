@@ -31,6 +31,14 @@ from layerhub.api.serializers.images import (
     image_references,
 )
 from layerhub.api.serializers.jobs import JobSerializer
+from layerhub.api.serializers.wasted import (
+    WASTED_LIMIT,
+    WASTED_LIMIT_MAX,
+    ImageTreeSerializer,
+    ImageWastedSerializer,
+    image_tree_body,
+    image_wasted_body,
+)
 from layerhub.api.views.files import asked_path, path_listing
 from layerhub.containers.models import Container
 from layerhub.containers.services import image_lowers
@@ -48,6 +56,7 @@ from layerhub.images.services.transfer import (
     image_save,
 )
 from layerhub.images.sizes import image_delete_plan, images_with_sizes
+from layerhub.images.wasted import image_tree_page, image_wasted
 from layerhub.jobs.services import acting_user, export_path, job_discard_upload
 from layerhub.jobs.uploads import ArchiveUploadHandler, StoredUpload
 
@@ -204,6 +213,47 @@ class ImageViewSet(
         image = self.get_object()
         view = UnionView(image_lowers(image), get_store().whiteouts)
         return Response(path_listing(view, asked_path(request)))
+
+    @extend_schema(
+        summary="Wasted space: bytes of files a later layer replaced or removed (dive's figure, "
+        "each superseded copy once), efficiency, duplicate bytes, the biggest wasted files",
+        parameters=[
+            OpenApiParameter(
+                "limit", int, description=f"wasted files to list (default {WASTED_LIMIT})"
+            )
+        ],
+        responses=ImageWastedSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def wasted(self, request: Request, pk: str) -> Response:
+        image = self.get_object()
+        try:
+            limit = int(request.query_params.get("limit") or WASTED_LIMIT)
+        except ValueError:
+            raise serializers.ValidationError({"limit": "a whole number"}) from None
+        limit = min(max(0, limit), WASTED_LIMIT_MAX)
+        return Response(image_wasted_body(image_wasted(image), limit))
+
+    @extend_schema(
+        summary="The image's file tree from its file index: a directory's entries (a page) with "
+        "the providing layer, wasted copies and duplicated contents, or one entry",
+        parameters=[
+            PATH_PARAMETER,
+            OpenApiParameter("page", int, description="page of a large directory (default 1)"),
+        ],
+        responses=ImageTreeSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def tree(self, request: Request, pk: str) -> Response:
+        image = self.get_object()
+        path = asked_path(request)
+        try:
+            page = int(request.query_params.get("page") or 1)
+        except ValueError:
+            raise serializers.ValidationError({"page": "a whole number"}) from None
+        wasted = image_wasted(image, duplicates=False)
+        tree = image_tree_page(wasted, path, page=page) if wasted.ready else None
+        return Response(image_tree_body(wasted, path, tree))
 
     @extend_schema(
         summary="docker pull: queue a pull (202 with the job)",
