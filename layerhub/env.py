@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from layerhub.engine.blobstore import LOCAL, BlobsLocation, parse_blobs_url
 from layerhub.engine.errors import InvalidReference
 from layerhub.engine.reference import normalize_registry
 from layerhub.engine.registry.mirrors import Mirror, parse_mirrors
@@ -285,6 +286,19 @@ def parse_size(text: str) -> int:
     if not math.isfinite(value) or value >= 1 << 63:
         raise ValueError(f"{text!r} is too large")
     return int(value)
+
+
+def env_blobs(name: str, *, environ: Mapping[str, str] | None = None) -> BlobsLocation:
+    """Where blobs live: ``local`` (the store's ``blobs/``, the default) or
+    ``s3://bucket/prefix``, whose endpoint, region and keys are the standard ``AWS_*``
+    variables (read when the store is opened)."""
+    raw = _get(name, environ)
+    if raw is None:
+        return LOCAL
+    try:
+        return parse_blobs_url(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
 
 
 def env_reserve(

@@ -38,6 +38,7 @@ from layerhub.images.services.transfer import image_remove
 from layerhub.images.verify import store_verify
 from layerhub.jobs.models import Job, Lease
 from tests.registry.conftest import Seed
+from tests.support.blobs import local_blobs
 from tests.support.oci import Image as OciImage
 from tests.support.oci import layer_tar, make_layer, write_layout
 from tests.support.registry import Registry
@@ -400,7 +401,7 @@ def test_links_are_removed_never_followed(
     precious = outside / "precious"
     precious.write_bytes(b"keep me")
     # a link where a blob would be is not a blob: left alone
-    stray = store.blobs.root / ("ee" * 32)
+    stray = local_blobs(store).root / ("ee" * 32)
     stray.symlink_to(precious)
     # a snapshot no row names holding a link to a directory outside
     chain = "sha256:" + "cd" * 32

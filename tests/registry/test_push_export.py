@@ -32,6 +32,7 @@ from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
 from layerhub.engine.store import Store
+from tests.support.blobs import local_blobs
 from tests.support.peers import require_peer
 from tests.support.registry import SKOPEO_BIN, Registry, free_port
 
@@ -435,7 +436,7 @@ def test_corrupt_blob_in_the_store_is_refused_by_the_registry(
 ) -> None:
     shutil.copytree(app.store.root, tmp_path / "store")
     store = Store(tmp_path / "store")
-    config = store.blobs.path(app.image.config.digest)
+    config = local_blobs(store).path(app.image.config.digest)
     config.chmod(0o644)
     config.write_bytes(bytes(app.image.config.size))  # same size, other bytes
     with client_for(registry) as client, pytest.raises(RegistryError) as caught:

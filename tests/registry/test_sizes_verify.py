@@ -18,6 +18,7 @@ from layerhub.images.services.verify import store_verify_report, store_verify_st
 from layerhub.images.verify import Finding, VerifyReport, store_verify
 from layerhub.jobs.models import Job, Lease
 from tests.registry.conftest import Seed
+from tests.support.blobs import local_blobs
 from tests.support.registry import Registry
 from tests.support.teams import default_team
 
@@ -63,7 +64,7 @@ def test_verify_reports_sizes_orphans_and_missing_files(registry: Registry, seed
     store = get_store()
     base_chain, app_chain = chain_ids([seed.base.diff_id, seed.app.diff_id])
     # a blob grown on disk, a snapshot file changed, a snapshot gone
-    with open(store.blobs.path(image.config_digest), "ab") as f:
+    with open(local_blobs(store).path(image.config_digest), "ab") as f:
         f.write(b"\n")
     (store.snapshots.path(base_chain) / "etc" / "motd").write_bytes(b"longer than before\n")
     os.rename(store.snapshots.outer(app_chain), store.root / "moved-away")
