@@ -150,11 +150,14 @@ class S3Blobs(BlobStore):
 
     def _put(self, digest: str, chunks: Iterator[bytes] | BinaryIO) -> None:
         """Upload create-only; an object already there is kept (same digest, same bytes)."""
+        source = chunks if isinstance(chunks, io.IOBase) else _Source(chunks)
         try:
-            obstore.put(self.client, self.key(digest), chunks, mode="create", chunk_size=PART)
+            obstore.put(self.client, self.key(digest), source, mode="create", chunk_size=PART)
         except (AlreadyExistsError, PreconditionError):
             return
         except (BaseError, OSError) as exc:
+            if isinstance(source, _Source) and source.error is not None:
+                raise source.error from None  # the stream's own failure, not the store's
             raise self._failed(f"upload of {digest}", exc) from exc
 
     def ingest(
@@ -201,6 +204,26 @@ class S3Blobs(BlobStore):
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: stream.read(CHUNK), b"")
+
+
+class _Source:
+    """The chunks of a put, remembering the error reading them raised (which aborted it)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> _Source:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            self.error = exc
+            raise
 
 
 class _ObjectReader(io.RawIOBase):
