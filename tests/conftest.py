@@ -164,9 +164,19 @@ def s3_blobs(
     return S3Bucket(seaweedfs, s3_bucket_name, prefix)
 
 
-@pytest.fixture(params=["local", "s3"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test using ``blob_driver`` runs with each blob store: ``local`` and ``s3``, or only
+    ``local`` when marked ``local_blobs`` (it looks at blob files on disk)."""
+    if "blob_driver" in metafunc.fixturenames:
+        local_only = metafunc.definition.get_closest_marker("local_blobs") is not None
+        drivers = ["local"] if local_only else ["local", "s3"]
+        metafunc.parametrize("blob_driver", drivers, indirect=True)
+
+
+@pytest.fixture
 def blob_driver(request: pytest.FixtureRequest) -> S3Bucket | None:
-    """Run the test once with blobs in the store's blobs/ and once in the object store."""
-    if request.param == "s3":
+    """The blob store this run of the test uses: None for the store's own blobs/, else the
+    object store's bucket (see ``pytest_generate_tests``)."""
+    if getattr(request, "param", "local") == "s3":
         return cast(S3Bucket, request.getfixturevalue("s3_blobs"))
     return None

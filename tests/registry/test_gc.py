@@ -44,7 +44,10 @@ from tests.support.oci import layer_tar, make_layer, write_layout
 from tests.support.registry import Registry
 from tests.support.teams import default_team
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("eager", "blob_driver"),
+]
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -392,6 +395,7 @@ def test_a_crash_while_judging_rows_deletes_nothing(
     assert store_verify().ok  # the layer row and its files are all still there
 
 
+@pytest.mark.local_blobs
 def test_links_are_removed_never_followed(
     registry: Registry, seed: Seed, settings: Settings, tmp_path: Path
 ) -> None:

@@ -22,7 +22,10 @@ from tests.support.blobs import local_blobs
 from tests.support.registry import Registry
 from tests.support.teams import default_team
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("eager", "blob_driver"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +62,7 @@ def test_a_store_pulls_filled_verifies_clean(registry: Registry, seed: Seed) -> 
     assert out.strip().endswith("no problems")
 
 
+@pytest.mark.local_blobs
 def test_verify_reports_sizes_orphans_and_missing_files(registry: Registry, seed: Seed) -> None:
     image = pulled(f"{registry.host}/team/app:v1")
     store = get_store()

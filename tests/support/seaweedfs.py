@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -126,6 +127,26 @@ class SeaweedFS:
         return [str(up.findtext(f"{_S3}Key")) for up in root.iter(f"{_S3}Upload")]
 
 
+# each SeaweedFS server also listens on its port + 10000 (its gRPC port)
+GRPC_OFFSET = 10000
+
+
+def _free_port_pair(taken: set[int]) -> int:
+    """A free loopback port whose gRPC twin (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        twin = port + GRPC_OFFSET
+        if twin > 65535 or port in taken or twin in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", twin))
+            except OSError:
+                continue
+        taken.update((port, twin))
+        return port
+
+
 @contextmanager
 def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
     """Start ``weed server`` (master, volume, filer and S3) under ``root`` on fresh ports;
@@ -139,7 +160,8 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     config.write_text(json.dumps({"identities": [identity]}))
-    master, volume, filer, s3 = (free_port() for _ in range(4))
+    taken: set[int] = set()
+    master, volume, filer, s3 = (_free_port_pair(taken) for _ in range(4))
     before = set(glob.glob("/tmp/seaweedfs-*.sock"))
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen(
