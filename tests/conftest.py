@@ -134,7 +134,7 @@ class S3Bucket:
     bucket: str
     prefix: str
 
-    def keys(self) -> dict[str, int]:
+    def objects(self) -> dict[str, int]:
         """The blob objects under the prefix: name under ``sha256/`` -> size."""
         found = self.server.keys(self.bucket, f"{self.prefix}/sha256/")
         return {key.rsplit("/", 1)[1]: size for key, size in found.items()}
@@ -151,17 +151,23 @@ def s3_bucket_name(seaweedfs: SeaweedFS) -> str:
 
 @pytest.fixture
 def s3_blobs(
-    seaweedfs: SeaweedFS, s3_bucket_name: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> S3Bucket:
+    seaweedfs: SeaweedFS,
+    s3_bucket_name: str,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    layerhub_store: Path,
+) -> Iterator[S3Bucket]:
     """Blobs in the object store, under a prefix of this test's own (LAYERHUB_BLOBS and the
-    AWS_* variables set, in this process and the workers it starts)."""
+    AWS_* variables set, in this process and the workers it starts). Afterwards the store
+    directory must hold no blobs/: every blob went to the object store."""
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     for name, value in seaweedfs.environment().items():
         monkeypatch.setenv(name, value)
     url = f"s3://{s3_bucket_name}/{prefix}"
     monkeypatch.setenv("LAYERHUB_BLOBS", url)
     settings.LAYERHUB_BLOBS = parse_blobs_url(url)
-    return S3Bucket(seaweedfs, s3_bucket_name, prefix)
+    yield S3Bucket(seaweedfs, s3_bucket_name, prefix)
+    assert not (layerhub_store / "blobs").exists(), "blobs were written to the local store"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

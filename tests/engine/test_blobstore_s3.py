@@ -113,6 +113,18 @@ def test_pending_uploads_are_seen(seaweedfs: SeaweedFS, bucket: str, prefix: str
     assert key not in seaweedfs.uploads(bucket)
 
 
+def test_a_blob_copied_from_one_bucket_prefix_to_another(
+    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, tmp_path: Path
+) -> None:
+    """The source of a streamed put may itself read from an object store."""
+    data = data_of(BIG, seed=6)
+    digest = blobs.put_bytes(data).digest
+    other = open_blobs(seaweedfs, bucket, f"t-{uuid.uuid4().hex[:12]}", tmp_path / "other")
+    with blobs.open(digest) as f:
+        assert other.ingest(f, digest, len(data)).size == len(data)
+    assert other.read_bytes(digest) == data
+
+
 def test_wrong_digest_leaves_no_object_and_no_upload(
     blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str
 ) -> None:

