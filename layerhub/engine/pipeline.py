@@ -650,10 +650,16 @@ class LayerPipeline:
             started = time.monotonic()
             fsutil.syncfs(self.store.tmp)
             self.flush_seconds = time.monotonic() - started
-        for blob in blobs:
-            assert blob.staging is not None
-            assert blob.staging.staged is not None
-            blob.staging.staged.publish(durable=False)
+        try:
+            self._publish_blobs(blobs)
+        except BaseException:
+            # a blob that could not be published (an object store that failed): no tree of
+            # this pull is kept either, as a pull stopped before the flush keeps none
+            for layer in trees:
+                assert layer.staged is not None
+                layer.staged.discard()
+                layer.staged, layer.applied = None, None
+            raise
         for layer in trees:
             assert layer.staged is not None
             layer.staged.publish(layer.chain_id)
@@ -662,6 +668,23 @@ class LayerPipeline:
                 self.store.blobs.flush()
             if trees:
                 fsutil.fsync_dir(self.store.snapshots.root)
+
+    def _publish_blobs(self, blobs: list[_Blob]) -> None:
+        """Rename the blobs into ``blobs/``, or upload them to the object store, a few at a
+        time (as many as downloads run)."""
+        writers = []
+        for blob in blobs:
+            assert blob.staging is not None
+            assert blob.staging.staged is not None
+            writers.append(blob.staging.staged)
+        local = blobs and self.store.blobs.local_path(blobs[0].desc.digest) is not None
+        if local or len(writers) < 2:
+            for writer in writers:
+                writer.publish(durable=False)
+            return
+        with ThreadPoolExecutor(self.downloads, "blob-publish") as pool:
+            for future in [pool.submit(w.publish, durable=False) for w in writers]:
+                future.result()
 
     def _verified(self, layer: _Layer) -> bool:
         blob = self.blobs[layer.desc.digest]

@@ -16,7 +16,12 @@ import pytest
 from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url
 from layerhub.engine.blobstore.s3 import S3Blobs
 from layerhub.engine.digest import sha256_bytes
-from layerhub.engine.errors import BlobNotFound, DigestMismatch, SizeMismatch
+from layerhub.engine.errors import (
+    BlobNotFound,
+    BlobStoreUnavailable,
+    DigestMismatch,
+    SizeMismatch,
+)
 from layerhub.engine.store import Store
 from tests.engine.test_pipeline import Registry, big_layer, content, run, tree_files
 from tests.support.seaweedfs import SeaweedFS
@@ -257,3 +262,18 @@ class _Reader(io.BytesIO):
 
     def read(self, n: int | None = -1) -> bytes:
         return super().read(min(n if n is not None and n >= 0 else 1 << 20, 1 << 20))
+
+
+def test_an_object_store_that_refuses_the_upload_keeps_no_tree(
+    seaweedfs: SeaweedFS, bucket: str, prefix: str, tmp_path: Path
+) -> None:
+    """Keys that may read but not write: the layers download and unpack, the upload fails
+    with a typed error naming the store, and neither blob nor tree is kept."""
+    environ = seaweedfs.environment(reader=True)
+    blobs = S3Blobs.from_environment(bucket, prefix, tmp_path / "store" / "tmp", environ=environ)
+    store = Store(tmp_path / "store", blobs=blobs)
+    layers = [big_layer("c", files=5), big_layer("d", files=5)]
+    with pytest.raises(BlobStoreUnavailable, match=f"s3://{bucket}/{prefix}"):
+        run(store, Registry(*layers), layers)
+    assert list(store.snapshots.chain_ids()) == []
+    assert list(store.tmp.iterdir()) == []

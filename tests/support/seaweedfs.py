@@ -33,6 +33,9 @@ from tests.support.registry import free_port
 
 ACCESS_KEY = "layerhub-tests"
 SECRET_KEY = "layerhub-tests-secret"
+# a second login that may read and list, not write
+READER_KEY = "layerhub-tests-reader"
+READER_SECRET = "layerhub-tests-reader-secret"
 REGION = "us-east-1"
 _S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -59,13 +62,13 @@ class SeaweedFS:
     secret_key: str = SECRET_KEY
     region: str = REGION
 
-    def environment(self) -> dict[str, str]:
-        """The standard AWS variables the blob store reads."""
+    def environment(self, *, reader: bool = False) -> dict[str, str]:
+        """The standard AWS variables the blob store reads (``reader``: the read-only login)."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_REGION": self.region,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": READER_KEY if reader else self.access_key,
+            "AWS_SECRET_ACCESS_KEY": READER_SECRET if reader else self.secret_key,
         }
 
     def request(
@@ -168,7 +171,12 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
-    config.write_text(json.dumps({"identities": [identity]}))
+    reader = {
+        "name": "reader",
+        "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+        "actions": ["Read", "List"],
+    }
+    config.write_text(json.dumps({"identities": [identity, reader]}))
     taken: set[int] = set()
     master, volume, filer, s3 = (_free_port_pair(taken) for _ in range(4))
     before = set(glob.glob("/tmp/seaweedfs-*.sock"))
