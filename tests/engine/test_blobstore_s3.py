@@ -11,6 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import obstore
 import pytest
 
 from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url
@@ -116,6 +117,18 @@ def test_pending_uploads_are_seen(seaweedfs: SeaweedFS, bucket: str, prefix: str
     assert key in seaweedfs.uploads(bucket)
     seaweedfs.request("DELETE", f"/{bucket}/{key}", {"uploadId": upload_id}).raise_for_status()
     assert key not in seaweedfs.uploads(bucket)
+
+
+@pytest.mark.parametrize("size", [1000, BIG])
+def test_puts_are_create_only(blobs: S3Blobs, size: int) -> None:
+    """An object already at a blob's name is never replaced, by a single PUT or by a
+    multipart upload (the object here has other bytes, so a replacement would show)."""
+    data = data_of(size, seed=7)
+    digest = sha256_bytes(data)
+    obstore.put(blobs.client, blobs.key(digest), b"already here")
+    blobs.put_bytes(data, digest)  # through tmp/, then one PUT or a multipart upload
+    blobs.ingest(io.BytesIO(data), digest, size)  # streamed: a multipart upload
+    assert blobs.read_bytes(digest) == b"already here"
 
 
 def test_a_blob_copied_from_one_bucket_prefix_to_another(
