@@ -290,3 +290,11 @@ def test_an_object_store_that_refuses_the_upload_keeps_no_tree(
         run(store, Registry(*layers), layers)
     assert list(store.snapshots.chain_ids()) == []
     assert list(store.tmp.iterdir()) == []
+
+
+def test_a_stray_object_is_listed_as_no_blob(blobs: S3Blobs, bucket: str, prefix: str) -> None:
+    obstore.put(blobs.client, "sha256/README", b"not a blob")
+    [entry] = list(blobs.list())
+    assert (entry.name, entry.digest, entry.size) == ("README", None, 10)
+    assert list(blobs.digests()) == []
+    assert blobs.where(entry.name) == f"s3://{bucket}/{prefix}/sha256/README"
