@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
+import signal
 import threading
 import uuid
 from pathlib import Path
@@ -298,3 +300,29 @@ def test_a_stray_object_is_listed_as_no_blob(blobs: S3Blobs, bucket: str, prefix
     assert (entry.name, entry.digest, entry.size) == ("README", None, 10)
     assert list(blobs.digests()) == []
     assert blobs.where(entry.name) == f"s3://{bucket}/{prefix}/sha256/README"
+
+
+def test_a_process_forked_after_using_the_store_is_refused_not_hung(blobs: S3Blobs) -> None:
+    """obstore's runtime does not survive a fork: the child says so instead of waiting."""
+    digest = blobs.put_bytes(b"parent").digest
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        signal.alarm(20)  # a hang fails the test instead of holding the run
+        try:
+            blobs.has(digest)
+            answer = b"no error"
+        except BlobStoreUnavailable as exc:
+            answer = str(exc).encode()
+        except BaseException as exc:
+            answer = repr(exc).encode()
+        os.write(write, answer)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "forked from one that had already used the object store" in said
+    assert blobs.has(digest)  # the parent goes on

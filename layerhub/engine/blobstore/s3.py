@@ -33,6 +33,27 @@ if TYPE_CHECKING:
     from obstore.store import S3Config
 
 _HEX = re.compile(r"[a-f0-9]{64}")
+
+
+class _Runtime:
+    """Whether this process used obstore's runtime, and whether it inherited a used one.
+
+    obstore runs requests on a runtime of threads made at its first use; a process forked
+    after that (a worker pool started from a process that had read a blob) would wait on
+    threads it does not have, forever. Such a child is refused with a clear error instead.
+    The Celery worker's parent and the web server's master only open the store, and their
+    children make the first request themselves.
+    """
+
+    used = False
+    inherited = False
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.inherited = cls.used
+
+
+os.register_at_fork(after_in_child=_Runtime.forked)
 # parts of a multipart upload; S3 wants at least 5 MiB for all but the last
 PART = 8 << 20
 DEFAULT_REGION = "us-east-1"
@@ -108,12 +129,23 @@ class S3Blobs(BlobStore):
         base = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
         return f"{base}sha256/{name}" if name else base.rstrip("/")
 
+    def _use(self) -> None:
+        """Before every request: refuse in a process forked after the runtime started."""
+        if _Runtime.inherited:
+            raise BlobStoreUnavailable(
+                f"object store {self.where()}: this process was forked from one that had "
+                "already used the object store, whose client cannot be used after a fork; "
+                "start the process afresh"
+            )
+        _Runtime.used = True
+
     def _failed(self, what: str, exc: BaseException) -> BlobStoreUnavailable:
         return BlobStoreUnavailable(f"object store {self.where()}: {what} failed: {exc}")
 
     # -- reads -------------------------------------------------------------------------------
 
     def _head(self, digest: str) -> int | None:
+        self._use()
         try:
             return int(obstore.head(self.client, self.key(digest))["size"])
         except FileNotFoundError:
@@ -135,6 +167,7 @@ class S3Blobs(BlobStore):
         return io.BufferedReader(_ObjectReader(self, self.key(digest), size), CHUNK)
 
     def list(self) -> Iterator[BlobEntry]:
+        self._use()
         try:
             for batch in obstore.list(self.client, "sha256/", chunk_size=1000):
                 for meta in batch:
@@ -152,6 +185,7 @@ class S3Blobs(BlobStore):
 
     def _put(self, digest: str, chunks: Iterator[bytes] | BinaryIO) -> None:
         """Upload create-only; an object already there is kept (same digest, same bytes)."""
+        self._use()
         source = chunks if isinstance(chunks, io.IOBase) else _Source(chunks)
         try:
             obstore.put(self.client, self.key(digest), source, mode="create", chunk_size=PART)
@@ -198,6 +232,7 @@ class S3Blobs(BlobStore):
     def delete(self, digest: str) -> bool:
         if not self.has(digest):
             return False
+        self._use()
         try:
             obstore.delete(self.client, self.key(digest))
         except FileNotFoundError:
@@ -321,6 +356,7 @@ class _ObjectReader(io.RawIOBase):
             return 0
         if not self._held:
             if self._stream is None:
+                self._blobs._use()
                 try:
                     result = obstore.get(
                         self._blobs.client,
