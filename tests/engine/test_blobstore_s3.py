@@ -16,7 +16,7 @@ from pathlib import Path
 import obstore
 import pytest
 
-from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url
+from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url, s3
 from layerhub.engine.blobstore.s3 import S3Blobs
 from layerhub.engine.digest import sha256_bytes
 from layerhub.engine.errors import (
@@ -94,7 +94,10 @@ def test_put_read_list_delete(
     assert list(blobs.list()) == []
 
 
-def test_range_reads(blobs: S3Blobs) -> None:
+@pytest.mark.parametrize("window", [s3.WINDOW, (1 << 20) + 7])
+def test_range_reads(blobs: S3Blobs, window: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole reads, ranges and seeks, in one GET or in windows of a few GETs each."""
+    monkeypatch.setattr(s3, "WINDOW", window)
     data = data_of(3 << 20, seed=2)
     digest = blobs.put_bytes(data).digest
     with blobs.open_range(digest, 1_000_000, 12_345) as f:

@@ -56,6 +56,8 @@ class _Runtime:
 os.register_at_fork(after_in_child=_Runtime.forked)
 # parts of a multipart upload; S3 wants at least 5 MiB for all but the last
 PART = 8 << 20
+# the most one ranged GET reads
+WINDOW = 64 << 20
 DEFAULT_REGION = "us-east-1"
 
 
@@ -104,16 +106,20 @@ class S3Blobs(BlobStore):
         ):
             if env.get(name):
                 config[key] = env[name]
-        client = S3Store(
-            bucket,
-            prefix=prefix or None,
-            config=cast("S3Config", config),
-            client_options={
-                "allow_http": endpoint.startswith("http://"),
-                "connect_timeout": "10s",
-                "timeout": "300s",
-            },
-        )
+        try:
+            client = S3Store(
+                bucket,
+                prefix=prefix or None,
+                config=cast("S3Config", config),
+                client_options={
+                    "allow_http": endpoint.startswith("http://"),
+                    "connect_timeout": "10s",
+                    "timeout": "300s",
+                },
+            )
+        except (BaseError, ValueError) as exc:
+            where = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+            raise BlobStoreUnavailable(f"object store {where}: {exc}") from exc
         return cls(client, bucket, prefix, tmp, reserve=reserve)
 
     # -- names -------------------------------------------------------------------------------
@@ -321,8 +327,9 @@ class _Source:
 
 
 class _ObjectReader(io.RawIOBase):
-    """An object read as a seekable file: reads stream one ranged GET from where the last
-    seek left off, and a seek elsewhere starts another."""
+    """An object read as a seekable file: reads stream ranged GETs of at most ``WINDOW`` bytes
+    from where the last seek left off (each GET well inside the client's request timeout,
+    however slow the link), and a seek elsewhere starts another."""
 
     def __init__(self, blobs: S3Blobs, key: str, size: int) -> None:
         self._blobs = blobs
@@ -330,6 +337,7 @@ class _ObjectReader(io.RawIOBase):
         self._size = size
         self._pos = 0
         self._stream: BytesStream | None = None
+        self._window_end = 0
         self._held = memoryview(b"")
 
     def readable(self) -> bool:
@@ -355,13 +363,16 @@ class _ObjectReader(io.RawIOBase):
         if self._pos >= self._size:
             return 0
         if not self._held:
+            if self._stream is not None and self._pos >= self._window_end:
+                self._stream = None  # this window read whole: the next one
             if self._stream is None:
                 self._blobs._use()
+                self._window_end = min(self._size, self._pos + WINDOW)
                 try:
                     result = obstore.get(
                         self._blobs.client,
                         self._key,
-                        options={"range": (self._pos, self._size)},
+                        options={"range": (self._pos, self._window_end)},
                     )
                     self._stream = iter(result.stream(min_chunk_size=CHUNK))
                 except FileNotFoundError:
