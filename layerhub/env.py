@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from layerhub.engine.blobstore import LOCAL, BlobsLocation, parse_blobs_url
 from layerhub.engine.errors import InvalidReference
 from layerhub.engine.reference import normalize_registry
 from layerhub.engine.registry.mirrors import Mirror, parse_mirrors
@@ -298,6 +299,19 @@ def env_size(name: str, default: int, *, environ: Mapping[str, str] | None = Non
         raise ImproperlyConfigured(
             f"{name}={raw!r} is not a size: use bytes (4096) or a unit (4K, 1MiB)"
         ) from None
+
+
+def env_blobs(name: str, *, environ: Mapping[str, str] | None = None) -> BlobsLocation:
+    """Where blobs live: ``local`` (the store's ``blobs/``, the default) or
+    ``s3://bucket/prefix``, whose endpoint, region and keys are the standard ``AWS_*``
+    variables (read when the store is opened)."""
+    raw = _get(name, environ)
+    if raw is None:
+        return LOCAL
+    try:
+        return parse_blobs_url(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
 
 
 def env_reserve(

@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from layerhub.env import (
     REDIS_SCHEMES,
+    env_blobs,
     env_bool,
     env_database,
     env_duration,
@@ -263,6 +264,8 @@ LAYERHUB_PROXIES = env_proxies()
 # this: a size (2GiB, 500M, bytes) or a share of the disk (5%). Default: the larger of 1 GiB
 # and 5% of the file system.
 LAYERHUB_STORE_RESERVE = env_reserve("LAYERHUB_STORE_RESERVE")
+# where blobs live: the store's blobs/ ("local") or an S3 bucket every host shares
+LAYERHUB_BLOBS = env_blobs("LAYERHUB_BLOBS")
 
 # -- Garbage collection (layerhub.images.gc) ------------------------------------------------------
 # Each a duration with its unit (45s, 90m, 12h, 30d); "off" where it says so.

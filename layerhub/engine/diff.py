@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .digest import Digester
-from .store import ContentStore
+from .store import BlobStore
 from .whiteouts import OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, WhiteoutFormat
 
 XATTR_PAX_PREFIX = "SCHILY.xattr."
@@ -182,7 +182,7 @@ def write_diff_tar(
 def diff_to_store(
     upper: Path,
     fmt: WhiteoutFormat,
-    blobs: ContentStore,
+    blobs: BlobStore,
     *,
     clamp_mtime: int | None = None,
     compresslevel: int = DEFAULT_COMPRESSLEVEL,

@@ -196,3 +196,8 @@ class Conflict(LayerhubError):
 
 class QuotaExceeded(LayerhubError):
     """A pull, import or commit would take a team's images past its quota."""
+
+
+class BlobStoreUnavailable(LayerhubError):
+    """The object store holding the blobs (``LAYERHUB_BLOBS``) could not be reached, refused
+    the keys, or failed a request: nothing partial was kept."""

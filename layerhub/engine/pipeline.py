@@ -49,7 +49,7 @@ from .digest import chain_ids, digest_hex
 from .errors import BlobNotFound, DigestMismatch
 from .manifest import Descriptor
 from .snapshots import StagedSnapshot
-from .store import BlobWriter, ContentStore, Store
+from .store import BlobSink, BlobStore, BlobWriter, Store
 from .store import Descriptor as BlobDescriptor
 from .unpacker import Unpacker, UnpackerDied
 
@@ -62,10 +62,10 @@ COMPLETE = "Pull complete"
 
 # digest, status, bytes done, bytes in all
 ProgressFn = Callable[[str, str, int, int], None]
-# downloads one blob into the given content store: (descriptor, store, bytes-so-far callback,
+# downloads one blob into the given blob store: (descriptor, store, bytes-so-far callback,
 # told-the-host callback or None)
 FetchFn = Callable[
-    [Descriptor, ContentStore, Callable[[int], None], Callable[[str], None] | None],
+    [Descriptor, BlobSink, Callable[[int], None], Callable[[str], None] | None],
     BlobDescriptor,
 ]
 SourceFn = Callable[[str, str], None]
@@ -218,19 +218,19 @@ class _StagedWriter(BlobWriter):
         return self.descriptor
 
 
-class _StagingBlobs(ContentStore):
-    """The content store as a download into it is seen: writers that stage, and tell the
+class _StagingBlobs:
+    """The blob store as a download into it is seen: writers that stage, and tell the
     layer's unpacker where the bytes are."""
 
-    def __init__(self, blobs: ContentStore, grown: _Growing) -> None:
-        super().__init__(blobs.root, blobs.tmp, reserve=blobs.reserve, free=blobs._free)
+    def __init__(self, blobs: BlobStore, grown: _Growing) -> None:
+        self._blobs = blobs
         self._grown = grown
         self.staged: _StagedWriter | None = None
 
     def writer(
         self, expected_digest: str | None = None, expected_size: int | None = None
     ) -> BlobWriter:
-        writer = _StagedWriter(self, expected_digest, expected_size)
+        writer = _StagedWriter(self._blobs, expected_digest, expected_size)
         writer.listener = self._grown.advance
         self.staged = writer
         self._grown.start(str(writer.tmp_path))
@@ -258,6 +258,9 @@ class _Blob:
     staging: _StagingBlobs | None = None
     deferred: bool = False
     fetch: bool = False
+    # in an object store: copied into tmp/ for its unpacks (``copy`` is that file)
+    remote: bool = False
+    copy: fsutil.TempEntry | None = None
     unpacks_left: int = 0
     downloaded: bool = False
     users: list[_Layer] = field(default_factory=list)
@@ -331,7 +334,11 @@ class LayerPipeline:
                 continue
             if store.blobs.has(digest):
                 lock.release()  # leased: nothing deletes it while we read it
-                blob.grown = _Growing.finished(str(store.blobs.path(digest)), blob.desc.size)
+                local = store.blobs.local_path(digest)
+                if local is None:  # unpacked from a copy in tmp/, made as it is read
+                    blob.remote, blob.grown = True, _Growing()
+                else:
+                    blob.grown = _Growing.finished(str(local), blob.desc.size)
             elif self.fetch is None:
                 lock.release()
                 raise BlobNotFound(f"blob {digest} is not in the store")
@@ -414,6 +421,29 @@ class LayerPipeline:
             self._say(blob, DOWNLOADED, blob.desc.size)
         else:
             self._say_done(blob)
+
+    def _copy_down(self, blob: _Blob) -> None:
+        """Read a blob of the object store into a file in ``tmp/`` that its unpacks follow
+        as it grows (as they follow a download); the file goes when the pipeline ends."""
+        grown = blob.grown
+        assert grown is not None
+        try:
+            blob.copy = fsutil.TempEntry(self.store.tmp, "blob-copy-", directory=False)
+            out = io.FileIO(blob.copy.fd, "wb", closefd=False)
+            grown.start(str(blob.copy.path))
+            written = 0
+            with self.store.blobs.open(blob.desc.digest) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    if self.stop.is_set():
+                        raise InterruptedError("another layer failed")
+                    out.write(chunk)
+                    written += len(chunk)
+                    grown.advance(written)
+        except BaseException:
+            grown.fail()
+            self.stop.set()
+            raise
+        grown.finish()
 
     def _unpack(self, layer: _Layer) -> None:
         blob = self.blobs[layer.desc.digest]
@@ -563,6 +593,7 @@ class LayerPipeline:
             )
         )
         fetches = [blob for blob in self.blobs.values() if blob.fetch]
+        copies = [blob for blob in self.blobs.values() if blob.remote and blob.unpacks_left]
         if not todo and not fetches:
             return None
         futures: list[Future[None]] = []
@@ -571,6 +602,7 @@ class LayerPipeline:
             ThreadPoolExecutor(self.unpacks, "layer-unpack") as unpacks,
         ):
             futures += [downloads.submit(self._download, blob) for blob in fetches]
+            futures += [downloads.submit(self._copy_down, blob) for blob in copies]
             running: set[Future[None]] = set()
             pending: set[Future[None]] = set(futures)
             while todo or pending:
@@ -618,18 +650,41 @@ class LayerPipeline:
             started = time.monotonic()
             fsutil.syncfs(self.store.tmp)
             self.flush_seconds = time.monotonic() - started
-        for blob in blobs:
-            assert blob.staging is not None
-            assert blob.staging.staged is not None
-            blob.staging.staged.publish(durable=False)
+        try:
+            self._publish_blobs(blobs)
+        except BaseException:
+            # a blob that could not be published (an object store that failed): no tree of
+            # this pull is kept either, as a pull stopped before the flush keeps none
+            for layer in trees:
+                assert layer.staged is not None
+                layer.staged.discard()
+                layer.staged, layer.applied = None, None
+            raise
         for layer in trees:
             assert layer.staged is not None
             layer.staged.publish(layer.chain_id)
         if self.durable:
             if blobs:
-                fsutil.fsync_dir(self.store.blobs.root)
+                self.store.blobs.flush()
             if trees:
                 fsutil.fsync_dir(self.store.snapshots.root)
+
+    def _publish_blobs(self, blobs: list[_Blob]) -> None:
+        """Rename the blobs into ``blobs/``, or upload them to the object store, a few at a
+        time (as many as downloads run)."""
+        writers = []
+        for blob in blobs:
+            assert blob.staging is not None
+            assert blob.staging.staged is not None
+            writers.append(blob.staging.staged)
+        local = blobs and self.store.blobs.local_path(blobs[0].desc.digest) is not None
+        if local or len(writers) < 2:
+            for writer in writers:
+                writer.publish(durable=False)
+            return
+        with ThreadPoolExecutor(self.downloads, "blob-publish") as pool:
+            for future in [pool.submit(w.publish, durable=False) for w in writers]:
+                future.result()
 
     def _verified(self, layer: _Layer) -> bool:
         blob = self.blobs[layer.desc.digest]
@@ -639,6 +694,8 @@ class LayerPipeline:
         for blob in self.blobs.values():
             if blob.staging is not None and blob.staging.staged is not None:
                 blob.staging.staged.abort()  # harmless once published
+            if blob.copy is not None:
+                blob.copy.close(remove=True)
             if blob.lock is not None:
                 blob.lock.release()
         for layer in self.layers:

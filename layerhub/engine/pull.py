@@ -54,7 +54,7 @@ from .pipeline import (
 )
 from .reference import Reference
 from .registry import RegistryClient
-from .store import ContentStore, Store
+from .store import BlobSink, Store
 from .store import Descriptor as BlobDescriptor
 
 # told which host a layer is being downloaded from (digest, host): a mirror or the registry
@@ -259,7 +259,7 @@ def pull(
 
         def fetch(
             desc: Descriptor,
-            blobs: ContentStore,
+            blobs: BlobSink,
             done: Callable[[int], None],
             served: Callable[[str], None] | None,
         ) -> BlobDescriptor:

@@ -11,10 +11,11 @@
 The store holds other people's setuid binaries and device nodes and runs as root: every one of
 its directories is 0700, made so and tightened again whenever the store is opened.
 
-A blob is written into ``tmp/``, hashed while written, checked against the digest and size it was
-announced with, fsynced, and only then renamed into ``blobs/``: a reader never sees a partial
-blob, and a mismatch leaves nothing behind. Writes stop with StoreFull before the file system's
-free space drops below the store's reserve, and on ENOSPC.
+Blobs live behind the blob-store interface (``blobstore/``): in ``blobs/`` here by default, or
+in an S3 bucket shared by several hosts, when this directory keeps only the host's snapshots,
+containers, tmp/ and locks. Either way a blob is written into ``tmp/``, hashed while written,
+checked against the digest and size it was announced with, and only then published: a reader
+never sees a partial blob, and a mismatch leaves nothing behind.
 
 Layout versions: 1 kept a snapshot's tree at ``snapshots/<hex>/`` itself, so a layer's ``./``
 mode opened it to everyone; 2 adds the store-owned ``snapshots/<hex>/`` above ``fs/``. A
@@ -24,22 +25,25 @@ version 1 store is migrated in place when opened by a process that can write it
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
 import stat
 import uuid
-from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO
 
 from . import fsutil
-from .digest import CHUNK, Digester, digest_hex, validate_digest
-from .errors import BlobNotFound, DigestMismatch, SizeMismatch, StoreFull, StoreLayoutError
+
+# the blob store (blobstore/): its interface, its writer and the local driver, by the names
+# the rest of the engine has always imported from here
+from .blobstore import LOCAL, BlobsLocation, open_blob_store
+from .blobstore.base import BlobSink as BlobSink
+from .blobstore.base import BlobStore as BlobStore
+from .blobstore.base import BlobWriter as BlobWriter
+from .blobstore.base import Descriptor as Descriptor
+from .blobstore.local import LocalBlobs as LocalBlobs
+from .errors import StoreLayoutError
 from .reserve import DEFAULT_RESERVE as DEFAULT_RESERVE
 from .reserve import StoreReserve as StoreReserve
 from .whiteouts import WhiteoutFormat, default_format, format_named
@@ -49,17 +53,6 @@ STORE_VERSION = 2
 MIGRATE_COMMAND = "python manage.py store_migrate"
 # every directory of the store, made 0700 and kept so
 PRIVATE_DIRS = ("", "blobs", "blobs/sha256", "snapshots", "containers", "tmp", "locks")
-# how often a blob writer looks at the free space again
-FREE_CHECK_BYTES = 8 << 20
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """A blob's identity: its digest and its size in bytes."""
-
-    digest: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -73,229 +66,14 @@ class StoreUsage:
     container_count: int
 
 
-class BlobWriter:
-    """Writes one blob: ``write()`` chunks, then ``commit()``; closing uncommitted discards it."""
-
-    def __init__(
-        self, store: ContentStore, expected_digest: str | None, expected_size: int | None
-    ) -> None:
-        if expected_digest is not None:
-            validate_digest(expected_digest)
-        self._store = store
-        self._expected_digest = expected_digest
-        self._expected_size = expected_size
-        store.check_free()
-        self._next_check = FREE_CHECK_BYTES
-        try:
-            self._tmp = fsutil.TempEntry(store.tmp, "blob-", directory=False)
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise store.full() from exc
-            raise
-        self._file = io.FileIO(self._tmp.fd, "wb", closefd=False)
-        self._digester = Digester()
-        self.descriptor: Descriptor | None = None
-        self._verified: Descriptor | None = None
-        # told the blob's length after every write (a reader following the download)
-        self.listener: Callable[[int], None] | None = None
-
-    @property
-    def tmp_path(self) -> Path:
-        """The file in ``tmp/`` being written: what a reader following the download opens."""
-        return self._tmp.path
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._digester.size
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append a chunk; fails early once more than the announced size arrives."""
-        self._digester.update(data)
-        if self._expected_size is not None and self._digester.size > self._expected_size:
-            raise SizeMismatch(self._expected_size, self._digester.size, self._what())
-        try:
-            if self._digester.size >= self._next_check:
-                self._next_check = self._digester.size + FREE_CHECK_BYTES
-                self._store.check_free()
-            view = memoryview(data)
-            while view:
-                written = self._file.write(view)
-                view = view[written or 0 :]
-        except StoreFull:
-            self.abort()
-            raise
-        except OSError as exc:
-            if exc.errno not in DISK_FULL:
-                raise
-            self.abort()
-            raise self._store.full() from exc
-        if self.listener is not None:
-            self.listener(self._digester.size)
-        return len(data)
-
-    def _what(self) -> str:
-        return f"blob {self._expected_digest}" if self._expected_digest else "blob"
-
-    def commit(self) -> Descriptor:
-        """Verify, make durable and move into place; return the blob's descriptor."""
-        self.verify()
-        return self.publish(durable=True)
-
-    def verify(self) -> Descriptor:
-        """Check the size and digest of what was written; the blob stays in ``tmp/`` (see
-        ``publish``). A mismatch discards it."""
-        digest, size = self._digester.digest, self._digester.size
-        try:
-            if self._expected_size is not None and size != self._expected_size:
-                raise SizeMismatch(self._expected_size, size, self._what())
-            if self._expected_digest is not None and digest != self._expected_digest:
-                raise DigestMismatch(self._expected_digest, digest, self._what())
-        except BaseException:
-            self._tmp.close(remove=True)
-            raise
-        self._verified = Descriptor(digest, size)
-        return self._verified
-
-    def publish(self, *, durable: bool) -> Descriptor:
-        """Move the verified blob into ``blobs/``. With ``durable`` its bytes and the rename
-        are flushed here; without, the caller has flushed the file system since the last
-        write (one ``syncfs`` for a whole pull) and flushes the directory afterwards."""
-        verified = self._verified
-        if verified is None:
-            raise RuntimeError("publish() before verify()")
-        final = self._store.path(verified.digest)
-        try:
-            try:
-                if durable:
-                    os.fsync(self._tmp.fd)
-                # Two writers of one digest hold identical verified bytes: the later rename
-                # wins and readers of the earlier inode keep reading valid content.
-                os.replace(self._tmp.path, final)
-                if durable:
-                    fsutil.fsync_dir(final.parent)
-            except OSError as exc:
-                if exc.errno in DISK_FULL:
-                    raise self._store.full() from exc
-                raise
-        except BaseException:
-            self._tmp.close(remove=True)
-            raise
-        self._tmp.close(remove=False)
-        self.descriptor = verified
-        return verified
-
-    def abort(self) -> None:
-        """Discard what was written."""
-        self._tmp.close(remove=True)
-
-    def __enter__(self) -> BlobWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.descriptor is None:
-            self.abort()
-
-
-class ContentStore:
-    """Immutable blobs addressed by their sha256 digest."""
-
-    def __init__(
-        self, root: Path, tmp: Path, *, reserve: int = 0, free: Callable[[], int] | None = None
-    ) -> None:
-        self.root = root
-        self.tmp = tmp
-        self.reserve = reserve
-        self._free = free or (lambda: fsutil.free_bytes(root))
-
-    def check_free(self) -> None:
-        """Raise StoreFull if the file system has less free space than the reserve."""
-        if self.reserve > 0:
-            free = self._free()
-            if free < self.reserve:
-                raise StoreFull(free, self.reserve)
-
-    def full(self) -> StoreFull:
-        """The error for a write the file system refused for want of space (ENOSPC)."""
-        return StoreFull(self._free(), 0)
-
-    def path(self, digest: str) -> Path:
-        """Where the blob lives (whether or not it is there)."""
-        return self.root / digest_hex(digest)
-
-    def has(self, digest: str) -> bool:
-        """Whether the store holds the blob."""
-        return self.path(digest).is_file()
-
-    def size(self, digest: str) -> int:
-        """The blob's size in bytes."""
-        try:
-            return self.path(digest).stat().st_size
-        except FileNotFoundError:
-            raise BlobNotFound(f"blob {digest} is not in the store") from None
-
-    def open(self, digest: str) -> BinaryIO:
-        """Open the blob for reading."""
-        try:
-            return open(self.path(digest), "rb")
-        except FileNotFoundError:
-            raise BlobNotFound(f"blob {digest} is not in the store") from None
-
-    def read_bytes(self, digest: str) -> bytes:
-        """The whole blob (for small blobs: configs, manifests)."""
-        with self.open(digest) as f:
-            return f.read()
-
-    def writer(
-        self, expected_digest: str | None = None, expected_size: int | None = None
-    ) -> BlobWriter:
-        """A writer for a new blob; with no expected digest the blob is named by its content."""
-        return BlobWriter(self, expected_digest, expected_size)
-
-    def ingest(
-        self,
-        stream: BinaryIO,
-        expected_digest: str | None = None,
-        expected_size: int | None = None,
-    ) -> Descriptor:
-        """Copy ``stream`` into the store, verified; nothing is left behind on any failure."""
-        with self.writer(expected_digest, expected_size) as w:
-            for chunk in iter(lambda: stream.read(CHUNK), b""):
-                w.write(chunk)
-            return w.commit()
-
-    def put_bytes(self, data: bytes, expected_digest: str | None = None) -> Descriptor:
-        """Store a small blob held in memory."""
-        with self.writer(expected_digest, None) as w:
-            w.write(data)
-            return w.commit()
-
-    def delete(self, digest: str) -> bool:
-        """Remove a blob; return whether it was there."""
-        try:
-            self.path(digest).unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    def digests(self) -> Iterator[str]:
-        """Every blob held."""
-        for entry in self.root.iterdir():
-            yield f"sha256:{entry.name}"
-
-
 class Store:
     """The whole layer store rooted at one directory.
 
     ``reserve`` is the free space writes leave on the store's file system (a StoreReserve, or
     bytes); none by default, where only a full disk stops a write. A store of an older layout
     is migrated when ``migrate`` is true and this process can write it, else refused with
-    StoreLayoutError.
+    StoreLayoutError. ``blobs`` says where blobs live (``blobs/`` here by default; see
+    ``blobstore.parse_blobs_url``), or is a blob store already opened.
     """
 
     def __init__(
@@ -305,6 +83,7 @@ class Store:
         *,
         reserve: StoreReserve | int = 0,
         migrate: bool = True,
+        blobs: BlobsLocation | BlobStore = LOCAL,
     ) -> None:
         from .snapshots import SnapshotStore
 
@@ -312,7 +91,8 @@ class Store:
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         self.containers = self.root / "containers"
-        _make_private_dirs(self.root)
+        local = isinstance(blobs, BlobsLocation) and blobs.driver == "local"
+        _make_private_dirs(self.root, blobs=local)
         self.whiteouts: WhiteoutFormat = self._whiteout_format(whiteouts, migrate=migrate)
         if isinstance(reserve, StoreReserve):
             reserve = reserve.resolve(fsutil.total_bytes(self.root))
@@ -321,9 +101,10 @@ class Store:
         def free() -> int:
             return fsutil.free_bytes(self.root)
 
-        self.blobs = ContentStore(
-            self.root / "blobs" / "sha256", self.tmp, reserve=reserve, free=free
-        )
+        if isinstance(blobs, BlobsLocation):
+            blobs = open_blob_store(blobs, self.root, self.tmp, reserve=reserve)
+        blobs.reserve = reserve
+        self.blobs: BlobStore = blobs
         self.snapshots = SnapshotStore(
             self.root / "snapshots",
             tmp=self.tmp,
@@ -378,9 +159,9 @@ class Store:
         """Count and measure what the store holds (iteratively: trees can be thousands deep;
         a hardlinked inode counts once; symlinks are not followed, mounts not entered)."""
         blob_count = blob_bytes = 0
-        for entry in os.scandir(self.blobs.root):
+        for entry in self.blobs.list():
             blob_count += 1
-            blob_bytes += entry.stat(follow_symlinks=False).st_size
+            blob_bytes += entry.size
         snapshot_count = snapshot_bytes = 0
         seen: set[tuple[int, int]] = set()
         for chain_id in self.snapshots.chain_ids():
@@ -394,10 +175,13 @@ class Store:
         return StoreUsage(blob_count, blob_bytes, snapshot_count, snapshot_bytes, container_count)
 
 
-def _make_private_dirs(root: Path) -> None:
-    """Make the store's directories 0700, and tighten any that are not (when they are ours)."""
+def _make_private_dirs(root: Path, *, blobs: bool = True) -> None:
+    """Make the store's directories 0700, and tighten any that are not (when they are ours);
+    ``blobs/`` only when blobs live here."""
     root.parent.mkdir(parents=True, exist_ok=True)
     for rel in PRIVATE_DIRS:
+        if not blobs and rel.startswith("blobs") and not (root / rel).exists():
+            continue
         path = root / rel if rel else root
         with suppress(FileExistsError):
             os.mkdir(path, 0o700)
@@ -487,5 +271,5 @@ def migrate_store(root: Path) -> int:
         del meta["migration"]
         meta["version"] = STORE_VERSION
         _write_meta(root, meta)
-    _make_private_dirs(root)
+    _make_private_dirs(root, blobs=(root / "blobs").exists())
     return moved

@@ -142,23 +142,21 @@ def store_verify() -> VerifyReport:
     # blobs/: every file against its row
     recorded = dict(Blob.objects.values_list("digest", "size"))
     on_disk: set[str] = set()
-    with os.scandir(store.blobs.root) as entries:
-        for entry in entries:
-            st = entry.stat(follow_symlinks=False)
-            digest = f"sha256:{entry.name}"
-            if not _HEX.fullmatch(entry.name) or not stat.S_ISREG(st.st_mode):
-                found("orphan", "blob", f"blobs/sha256/{entry.name}", "not a blob file")
-                continue
-            report.blobs += 1
-            on_disk.add(digest)
-            size = recorded.get(digest)
-            if size is None:
-                if digest in leased:
-                    report.held.append(digest)
-                else:
-                    found("orphan", "blob", digest, f"{st.st_size} bytes no row records")
-            elif size != st.st_size:
-                found("size", "blob", digest, f"recorded {size} bytes, the file has {st.st_size}")
+    for blob in store.blobs.list():
+        digest = blob.digest
+        if digest is None:
+            found("orphan", "blob", store.blobs.where(blob.name), "not a blob file")
+            continue
+        report.blobs += 1
+        on_disk.add(digest)
+        size = recorded.get(digest)
+        if size is None:
+            if digest in leased:
+                report.held.append(digest)
+            else:
+                found("orphan", "blob", digest, f"{blob.size} bytes no row records")
+        elif size != blob.size:
+            found("size", "blob", digest, f"recorded {size} bytes, the file has {blob.size}")
     for digest in sorted(set(recorded) - on_disk):
         found("missing", "blob", digest, "recorded, but the file is gone")
     named: dict[str, str] = {}

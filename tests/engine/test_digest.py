@@ -30,6 +30,7 @@ from layerhub.engine.digest import (
 )
 from layerhub.engine.errors import InvalidDigest
 from layerhub.engine.store import Store
+from tests.support.blobs import local_blobs
 
 
 def sha(data: bytes) -> str:
@@ -149,7 +150,7 @@ def test_non_strings_are_invalid_digests(bad: object) -> None:
 def test_store_paths_refuse_invalid_digests(tmp_path: Path, bad: str) -> None:
     store = Store(tmp_path / "store", whiteouts="oci")
     for call in (
-        lambda: store.blobs.path(bad),
+        lambda: local_blobs(store).path(bad),
         lambda: store.blobs.has(bad),
         lambda: store.blobs.writer(bad),
         lambda: store.snapshots.path(bad),

@@ -36,6 +36,7 @@ from layerhub.engine.errors import (
     UnsafeEntry,
 )
 from layerhub.engine.union import UnionView
+from tests.support.blobs import local_blobs
 
 if TYPE_CHECKING:
     from layerhub.engine.store import Store
@@ -447,7 +448,7 @@ def assert_untouched(
     assert sorted(os.listdir(store.root)) == STORE_LAYOUT
     assert os.listdir(store.root / "snapshots") == [], "a snapshot was left behind"
     assert os.listdir(store.tmp) == [], "tmp/ was left dirty"
-    assert os.listdir(store.blobs.root) == []
+    assert os.listdir(local_blobs(store).root) == []
     assert os.listdir(store.containers) == []
 
 

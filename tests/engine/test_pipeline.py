@@ -25,7 +25,7 @@ from layerhub.engine.digest import chain_ids, digest_hex
 from layerhub.engine.errors import DigestMismatch, LayerError
 from layerhub.engine.manifest import Descriptor
 from layerhub.engine.pipeline import LayerPipeline
-from layerhub.engine.store import ContentStore, Store
+from layerhub.engine.store import BlobSink, Store
 from layerhub.engine.store import Descriptor as BlobDescriptor
 from layerhub.engine.unpacker import Unpacker
 from tests.support.oci import LayerBlob, Tree, make_layer
@@ -63,7 +63,7 @@ class Registry:
     def fetch(
         self,
         d: Descriptor,
-        blobs: ContentStore,
+        blobs: BlobSink,
         done: Callable[[int], None],
         served: Callable[[str], None] | None,
     ) -> BlobDescriptor:

@@ -25,6 +25,7 @@ from layerhub.engine.digest import chain_id, sha256_bytes
 from layerhub.engine.errors import BlobNotFound, DigestMismatch, SizeMismatch, SnapshotNotFound
 from layerhub.engine.store import Descriptor, Store
 from layerhub.engine.whiteouts import overlay_supported
+from tests.support.blobs import local_blobs
 
 if TYPE_CHECKING:
     from tests.engine.layerkit import Kit
@@ -43,7 +44,7 @@ def oci_store(tmp_path: Path) -> Store:
 
 
 def blob_names(store: Store) -> list[str]:
-    return sorted(p.name for p in store.blobs.root.iterdir())
+    return sorted(p.name for p in local_blobs(store).root.iterdir())
 
 
 def tmp_names(store: Store) -> list[str]:
@@ -92,8 +93,8 @@ def test_blob_is_written_in_tmp_verified_and_renamed(oci_store: Store) -> None:
         desc = w.commit()
     assert desc == Descriptor(digest, len(DATA))
     assert blob_names(oci_store) == [digest.split(":")[1]]
-    assert oci_store.blobs.path(digest) == oci_store.root / "blobs" / "sha256" / digest[7:]
-    assert oci_store.blobs.path(digest).read_bytes() == DATA
+    assert local_blobs(oci_store).path(digest) == oci_store.root / "blobs" / "sha256" / digest[7:]
+    assert local_blobs(oci_store).path(digest).read_bytes() == DATA
     assert oci_store.blobs.has(digest)
     assert oci_store.blobs.size(digest) == len(DATA)
     assert oci_store.blobs.read_bytes(digest) == DATA
@@ -159,7 +160,7 @@ def test_uncommitted_writer_is_discarded(oci_store: Store) -> None:
 def test_a_reader_never_sees_a_partial_blob(oci_store: Store) -> None:
     data = os.urandom(1 << 20)
     digest = sha(data)
-    path = oci_store.blobs.path(digest)
+    path = local_blobs(oci_store).path(digest)
     seen: list[int] = []
     stop = threading.Event()
 

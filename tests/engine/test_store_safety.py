@@ -39,6 +39,7 @@ from layerhub.engine.store import (
     migrate_store,
 )
 from tests.engine.layerkit import Kit
+from tests.support.blobs import local_blobs
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (setpriv, mknod, mount)")
@@ -469,7 +470,7 @@ def test_nothing_is_written_below_the_reserve(tmp_path: Path, kit: Kit) -> None:
         store.snapshots.unpack(cid, io.BytesIO(layer), diff_id=cid)
     assert not store.snapshots.exists(cid)
     assert os.listdir(store.tmp) == []
-    assert os.listdir(store.blobs.root) == []
+    assert os.listdir(local_blobs(store).root) == []
 
 
 class Shrinking(io.RawIOBase):
@@ -502,7 +503,7 @@ def test_a_blob_stops_when_free_space_falls_below_the_reserve(
         store.blobs.ingest(stream)  # type: ignore[arg-type]
     assert stream.left > 40 << 20, "the writer kept writing long after the disk filled"
     assert os.listdir(store.tmp) == []
-    assert os.listdir(store.blobs.root) == []
+    assert os.listdir(local_blobs(store).root) == []
 
 
 def test_unpacks_pass_the_reserve_to_the_layer_reader(
@@ -541,7 +542,7 @@ def test_a_full_disk_is_store_full_and_leaves_nothing(small_fs: Path, kit: Kit) 
     with pytest.raises(StoreFull, match=r"is full: no space left \(\d+ bytes free\)"):
         store.blobs.ingest(io.BytesIO(os.urandom(16 << 20)))
     assert os.listdir(store.tmp) == []
-    assert os.listdir(store.blobs.root) == []
+    assert os.listdir(local_blobs(store).root) == []
     layer = kit.tar([kit.file("small", b"s"), kit.file("big", os.urandom(16 << 20))])
     cid = sha256_bytes(layer)
     with pytest.raises(StoreFull, match="no space left"):

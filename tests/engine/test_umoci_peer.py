@@ -40,6 +40,7 @@ from layerhub.engine.digest import chain_ids, sha256_bytes
 from layerhub.engine.store import Store
 from layerhub.engine.union import UnionView
 from layerhub.engine.whiteouts import overlay_supported
+from tests.support.blobs import local_blobs
 from tests.support.peers import require, require_gnu_tar, require_peer, require_root
 
 
@@ -752,7 +753,7 @@ def test_commit_round_trips_through_umoci(
 
     committed = Layout(tmp_path / "layout")
     shutil.copytree(image.layout.path, committed.path)
-    shutil.copyfile(store.blobs.path(layer.digest), committed.blob(layer.digest))
+    shutil.copyfile(local_blobs(store).path(layer.digest), committed.blob(layer.digest))
     gz = committed.manifest("gzip")["layers"]
     desc = {"mediaType": MT_LAYER["gzip"], "digest": layer.digest, "size": layer.size}
     committed.tag("committed", [*gz, desc], [*image.diff_ids, layer.diff_id])

@@ -50,7 +50,10 @@ from tests.support.oci import LayerBlob, write_layout
 from tests.support.registry import SKOPEO_BIN, Registry
 from tests.support.teams import default_team
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("eager", "blob_driver"),
+]
 BASE = "localhost/base:1"
 
 

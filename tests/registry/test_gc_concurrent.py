@@ -41,7 +41,7 @@ from tests.support.registry import Registry
 from tests.support.teams import default_team
 from workers import app
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("blob_driver")]
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 8

@@ -23,7 +23,10 @@ from tests.registry.conftest import Seed
 from tests.support.registry import SKOPEO_BIN, Registry
 from tests.support.teams import default_team
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("eager", "blob_driver"),
+]
 
 
 @pytest.fixture(autouse=True)

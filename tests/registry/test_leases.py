@@ -29,7 +29,10 @@ from tests.registry.conftest import Seed
 from tests.support.registry import Registry
 from tests.support.teams import default_team
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("eager", "blob_driver"),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -16,12 +16,16 @@ from layerhub.engine.union import UnionView
 from layerhub.images.models import Image, Layer, PackageScan, RegistryCredential, Tag
 from layerhub.images.services import image_pull
 from layerhub.jobs.models import Job
+from tests.conftest import S3Bucket
 from tests.registry.conftest import Seed
 from tests.support.proxy import FaultyProxy
 from tests.support.registry import Registry, run_registry
 from tests.support.teams import default_team
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("eager", "blob_driver"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -231,7 +235,9 @@ def test_download_cut_off_resumes_with_range(proxy: FaultyProxy, seed: Seed) -> 
     assert get_store().blobs.has(seed.base.digest)
 
 
-def test_registry_dying_mid_download_fails_cleanly(proxy: FaultyProxy, seed: Seed) -> None:
+def test_registry_dying_mid_download_fails_cleanly(
+    proxy: FaultyProxy, seed: Seed, blob_driver: S3Bucket | None
+) -> None:
     proxy.cut(seed.base.digest, after=50_000, times=100)
     job = pull(f"{proxy.host}/team/app:v1")
     assert job.state == Job.State.FAILED
@@ -240,6 +246,9 @@ def test_registry_dying_mid_download_fails_cleanly(proxy: FaultyProxy, seed: See
     assert not store.blobs.has(seed.base.digest)
     assert list(store.tmp.iterdir()) == []
     assert not Image.objects.exists()
+    if blob_driver is not None:  # nothing of the layer reached the object store either
+        assert seed.base.digest[7:] not in blob_driver.objects()
+        assert blob_driver.uploads() == []
 
 
 def test_concurrent_pulls_share_one_download_and_one_unpack(proxy: FaultyProxy, seed: Seed) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import tarfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,16 +31,25 @@ from layerhub.engine.push import push_image
 from layerhub.engine.reference import parse_reference
 from layerhub.engine.registry import Credentials, RegistryClient
 from layerhub.engine.store import Store
+from tests.registry.conftest import Seed
+from tests.registry.conftest import _seeded as seeded_registry
+from tests.support.blobs import corrupt_blob
 from tests.support.peers import require_peer
 from tests.support.registry import SKOPEO_BIN, Registry, free_port
+from tests.support.seaweedfs import SeaweedFS, s3_store
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+StoreMaker = Callable[[Path], Store]
 
 
 @dataclass
 class Pulled:
     store: Store
     image: ExportImage
+    # makes another store whose blobs live where this one's do (local, or the object store)
+    new_store: StoreMaker
 
     @property
     def blobs(self) -> list[Descriptor]:
@@ -57,12 +65,12 @@ def client_for(registry: Registry | str, *, login: bool = True) -> RegistryClien
     return RegistryClient(registry.host, credentials=creds, backoff=0.01)
 
 
-def pull_into(store_root: Path, registry: Registry, name: str) -> Pulled:
-    store = Store(store_root)
+def pull_into(store_root: Path, registry: Registry, name: str, new_store: StoreMaker) -> Pulled:
+    store = new_store(store_root)
     ref = parse_reference(f"{registry.host}/{name}")
     with client_for(registry) as client:
         image = pull(client, ref, store, unpack=False)
-    return Pulled(store, ExportImage.load(store, image.manifest_digest, [str(ref)]))
+    return Pulled(store, ExportImage.load(store, image.manifest_digest, [str(ref)]), new_store)
 
 
 Line = tuple[str, str, int, int]
@@ -149,20 +157,41 @@ def layer_digests(pulled: Pulled) -> list[str]:
 # -- fixtures ------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=["local", "s3"])
+def new_store(request: pytest.FixtureRequest) -> StoreMaker:
+    """Stores with blobs in their own blobs/, then in the object store (SeaweedFS)."""
+    if request.param == "local":
+        return Store
+    server: SeaweedFS = request.getfixturevalue("seaweedfs")
+    bucket = server.bucket()
+    return lambda root: s3_store(root, server, bucket)
+
+
 @pytest.fixture(scope="module")
-def app(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Pulled:
+def registry(
+    new_store: StoreMaker, tmp_path_factory: pytest.TempPathFactory, seed: Seed
+) -> Iterator[Registry]:
+    """A registry of each blob store's own (the pushes of one never meet the other's)."""
+    yield from seeded_registry(tmp_path_factory.mktemp("registry"), seed, "none")
+
+
+@pytest.fixture(scope="module")
+def app(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory, new_store: StoreMaker
+) -> Pulled:
     """team/app:v1 (a gzip base layer and a zstd layer) pulled into a store of its own."""
-    return pull_into(tmp_path_factory.mktemp("store-app"), registry, "team/app:v1")
+    return pull_into(tmp_path_factory.mktemp("store-app"), registry, "team/app:v1", new_store)
 
 
 @pytest.fixture(scope="module")
-def two(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pulled, Pulled]:
+def two(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory, new_store: StoreMaker
+) -> tuple[Pulled, Pulled]:
     """team/app:v1 and team/other:other pulled into one store: they share the base layer."""
     root = tmp_path_factory.mktemp("store-two")
-    return (
-        pull_into(root, registry, "team/app:v1"),
-        pull_into(root, registry, "team/other:other"),
-    )
+    first = pull_into(root, registry, "team/app:v1", new_store)
+    # the same store (and blobs) again, as a second pull into it sees them
+    return first, pull_into(root, registry, "team/other:other", lambda _: first.store)
 
 
 class PushFront:
@@ -433,11 +462,13 @@ def test_manifest_the_registry_finds_invalid_is_refused(registry: Registry, app:
 def test_corrupt_blob_in_the_store_is_refused_by_the_registry(
     registry: Registry, app: Pulled, tmp_path: Path
 ) -> None:
-    shutil.copytree(app.store.root, tmp_path / "store")
-    store = Store(tmp_path / "store")
-    config = store.blobs.path(app.image.config.digest)
-    config.chmod(0o644)
-    config.write_bytes(bytes(app.image.config.size))  # same size, other bytes
+    # a store holding the image's blobs, but its config's bytes changed (same size)
+    store = app.new_store(tmp_path / "store")
+    for blob in app.blobs:
+        if blob.digest != app.image.config.digest:
+            with app.store.blobs.open(blob.digest) as f:
+                store.blobs.ingest(f, blob.digest, blob.size)
+    corrupt_blob(store, app.image.config.digest, bytes(app.image.config.size))
     with client_for(registry) as client, pytest.raises(RegistryError) as caught:
         push_image(
             client,
@@ -456,7 +487,7 @@ def test_corrupt_blob_in_the_store_is_refused_by_the_registry(
 def test_push_with_basic_auth(
     basic_registry: Registry, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    pulled = pull_into(tmp_path_factory.mktemp("store-basic"), basic_registry, "team/app:v1")
+    pulled = pull_into(tmp_path_factory.mktemp("store-basic"), basic_registry, "team/app:v1", Store)
     with client_for(basic_registry) as client:
         digest, progress = push(client, pulled, "team/pushed-basic", "1", chunk_size=200_000)
     assert set(progress.final().values()) == {"Pushed"}
@@ -467,7 +498,7 @@ def test_push_with_basic_auth(
 def test_push_with_a_token(
     token_registry: Registry, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    pulled = pull_into(tmp_path_factory.mktemp("store-token"), token_registry, "team/app:v1")
+    pulled = pull_into(tmp_path_factory.mktemp("store-token"), token_registry, "team/app:v1", Store)
     server = token_registry.token_server  # type: ignore[attr-defined]
     with client_for(token_registry) as client:
         before = server.issued
@@ -540,7 +571,7 @@ def test_docker_archive_is_read_by_skopeo_umoci_and_layerhub(app: Pulled, tmp_pa
     skopeo("copy", "--quiet", f"docker-archive:{archive}", f"oci:{layout}:x")
     assert_app_rootfs(umoci_unpack(layout, "x", tmp_path / "bundle"))
 
-    imported = import_archive(archive, Store(tmp_path / "imported"))
+    imported = import_archive(archive, app.new_store(tmp_path / "imported"))
     assert [i.config_digest for i in imported] == [image.config.digest]
     assert chain_ids(imported[0].config.diff_ids) == chain_ids(image.diff_ids)
     assert [str(r) for r in imported[0].references] == [str(ref)]
@@ -571,7 +602,7 @@ def test_oci_archive_is_read_by_skopeo_and_layerhub(app: Pulled, tmp_path: Path)
     assert json.loads((layout / "index.json").read_text())["manifests"][0]["digest"] == (
         image.manifest_digest
     )
-    imported = import_archive(archive, Store(tmp_path / "imported"))
+    imported = import_archive(archive, app.new_store(tmp_path / "imported"))
     assert [i.manifest_digest for i in imported] == [image.manifest_digest]
     assert imported[0].config_digest == image.config.digest
     assert chain_ids(imported[0].config.diff_ids) == chain_ids(image.diff_ids)
@@ -596,7 +627,7 @@ def test_export_is_deterministic_and_shares_layers(
     assert base == other.image.layers[0]
     wanted = base.digest if kind == "oci" else app.image.diff_ids[0]
     assert sum(wanted.split(":")[1] in m.name and m.isfile() for m in members) == 1
-    imported = import_archive(first, Store(tmp_path / "imported"))
+    imported = import_archive(first, app.new_store(tmp_path / "imported"))
     assert [i.config_digest for i in imported] == [
         app.image.config.digest,
         other.image.config.digest,
@@ -611,7 +642,7 @@ def test_export_is_deterministic_and_shares_layers(
 def test_docker_archive_reimported_exports_the_same_bytes(app: Pulled, tmp_path: Path) -> None:
     # after an import, the store holds the layers uncompressed: their digest is their DiffID
     first = export(tmp_path, "first.tar", [app.image], app.store, "docker")
-    store = Store(tmp_path / "imported")
+    store = app.new_store(tmp_path / "imported")
     imported = import_archive(first, store)[0]
     again = ExportImage.load(store, imported.manifest_digest, list(app.image.references))
     assert [layer.digest for layer in again.layers] == list(again.diff_ids)

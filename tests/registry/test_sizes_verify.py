@@ -18,10 +18,14 @@ from layerhub.images.services.verify import store_verify_report, store_verify_st
 from layerhub.images.verify import Finding, VerifyReport, store_verify
 from layerhub.jobs.models import Job, Lease
 from tests.registry.conftest import Seed
+from tests.support.blobs import corrupt_blob
 from tests.support.registry import Registry
 from tests.support.teams import default_team
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("eager", "blob_driver"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +66,10 @@ def test_verify_reports_sizes_orphans_and_missing_files(registry: Registry, seed
     image = pulled(f"{registry.host}/team/app:v1")
     store = get_store()
     base_chain, app_chain = chain_ids([seed.base.diff_id, seed.app.diff_id])
-    # a blob grown on disk, a snapshot file changed, a snapshot gone
-    with open(store.blobs.path(image.config_digest), "ab") as f:
-        f.write(b"\n")
+    # a blob grown where it is kept (a file, or an object), a snapshot file changed, a
+    # snapshot gone
+    grown = store.blobs.read_bytes(image.config_digest) + b"\n"
+    corrupt_blob(store, image.config_digest, grown)
     (store.snapshots.path(base_chain) / "etc" / "motd").write_bytes(b"longer than before\n")
     os.rename(store.snapshots.outer(app_chain), store.root / "moved-away")
     # a blob no row knows, and one a running job has leased (about to record it)

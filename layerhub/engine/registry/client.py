@@ -33,7 +33,7 @@ from ..errors import (
     SizeMismatch,
 )
 from ..manifest import ACCEPT, MAX_MANIFEST_BYTES
-from ..store import ContentStore, Descriptor
+from ..store import BlobSink, Descriptor
 from .limits import (
     READ_ERRORS,
     BodyTooLarge,
@@ -621,7 +621,7 @@ class RegistryClient(BlobUploads):
         repository: str,
         digest: str,
         size: int | None,
-        blobs: ContentStore,
+        blobs: BlobSink,
         progress: ProgressFn | None = None,
         *,
         small: bool = False,
@@ -648,7 +648,7 @@ class RegistryClient(BlobUploads):
         repository: str,
         digest: str,
         size: int | None,
-        blobs: ContentStore,
+        blobs: BlobSink,
         progress: ProgressFn | None = None,
         *,
         small: bool = False,
@@ -676,7 +676,7 @@ class RegistryClient(BlobUploads):
         repository: str,
         digest: str,
         size: int | None,
-        blobs: ContentStore,
+        blobs: BlobSink,
         progress: ProgressFn | None,
     ) -> Descriptor:
         validate_digest(digest)

@@ -15,7 +15,7 @@ import requests
 
 from ..digest import sha256_bytes, validate_digest
 from ..errors import DigestMismatch, RegistryError, SizeMismatch
-from ..store import ContentStore
+from ..store import BlobStore
 from .limits import READ_ERRORS, Deadline
 from .scopes import push_scope
 
@@ -141,7 +141,7 @@ class BlobUploads:
     def push_blob(
         self,
         upload: UploadSession,
-        blobs: ContentStore,
+        blobs: BlobStore,
         digest: str,
         *,
         chunk_size: int | None = None,

@@ -68,14 +68,15 @@ def _is_hex(name: str) -> bool:
 
 
 def on_disk() -> Disk:
-    """List what the store's blobs/, snapshots/, containers/ and tmp/, and the export and
-    upload folders, hold now (no tree is walked)."""
+    """List what the blob store (the store's blobs/, or the object store every host shares),
+    the store's snapshots/, containers/ and tmp/, and the export and upload folders, hold now
+    (no tree is walked)."""
     store = get_store()
     disk = Disk()
-    for name, entry in _entries(store.blobs.root).items():
+    for blob in store.blobs.list():
         # anything else there is not a blob this collection can name: left for people
-        if _is_hex(name) and stat.S_ISREG(entry.mode):
-            disk.blobs[f"sha256:{name}"] = entry.size
+        if blob.digest is not None:
+            disk.blobs[blob.digest] = blob.size
     disk.snapshots = set(store.snapshots.chain_ids())
     disk.containers = _entries(store.containers)
     disk.tmp = _entries(store.tmp)

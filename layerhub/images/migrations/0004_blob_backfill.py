@@ -16,6 +16,7 @@ def backfill(apps: Any, schema_editor: Any) -> None:
     if not Image.objects.exists() and not Layer.objects.exists():
         return  # nothing recorded: leave the store unopened
     from layerhub.core.store import get_store
+    from layerhub.engine.errors import BlobNotFound
 
     store = get_store()
     wanted: dict[str, str] = {}
@@ -31,10 +32,10 @@ def backfill(apps: Any, schema_editor: Any) -> None:
     rows = []
     for digest, kind in wanted.items():
         try:
-            st = os.stat(store.blobs.path(digest), follow_symlinks=False)
-        except FileNotFoundError:
+            size = store.blobs.size(digest)
+        except BlobNotFound:
             continue  # not in the store: no row (store_verify reports the image)
-        rows.append(Blob(digest=digest, size=st.st_size, kind=kind))
+        rows.append(Blob(digest=digest, size=size, kind=kind))
     Blob.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
 
 
