@@ -295,7 +295,8 @@ class Store:
     ``reserve`` is the free space writes leave on the store's file system (a StoreReserve, or
     bytes); none by default, where only a full disk stops a write. A store of an older layout
     is migrated when ``migrate`` is true and this process can write it, else refused with
-    StoreLayoutError.
+    StoreLayoutError. ``snapshots`` puts the snapshots elsewhere than ``<root>/snapshots``
+    (one host's cache beside a store whose blobs several hosts share).
     """
 
     def __init__(
@@ -305,6 +306,7 @@ class Store:
         *,
         reserve: StoreReserve | int = 0,
         migrate: bool = True,
+        snapshots: Path | None = None,
     ) -> None:
         from .snapshots import SnapshotStore
 
@@ -324,8 +326,14 @@ class Store:
         self.blobs = ContentStore(
             self.root / "blobs" / "sha256", self.tmp, reserve=reserve, free=free
         )
+        snapshot_root = self.root / "snapshots" if snapshots is None else Path(snapshots)
+        if snapshot_root != self.root / "snapshots":
+            # a host's own snapshot cache beside a shared store (same file system: snapshots
+            # are renamed in from tmp/), private as every store directory
+            snapshot_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(snapshot_root, 0o700)
         self.snapshots = SnapshotStore(
-            self.root / "snapshots",
+            snapshot_root,
             tmp=self.tmp,
             locks=self.locks,
             whiteouts=self.whiteouts,
