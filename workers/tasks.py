@@ -14,7 +14,9 @@ from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
 from layerhub.hosts import calls as host_calls
 from layerhub.hosts.routing import host_queue
+from layerhub.images import removal
 from layerhub.images import services as image_services
+from layerhub.images.removal import SNAPSHOTS_COLLECT_TASK
 from layerhub.images.services import gc as gc_services
 from layerhub.images.services import transfer
 from layerhub.images.services import verify as verify_services
@@ -47,6 +49,16 @@ def _run_job(run: Callable[..., None], job_id: int) -> None:
 def host_call(call_id: str, op: str, params: dict[str, Any], deadline: float) -> None:
     """Answer a short call sent to this host (a container's file read or write, an exec)."""
     host_calls.host_call_run(call_id, op, params, deadline)
+
+
+@app.task(name=SNAPSHOTS_COLLECT_TASK)
+def host_snapshots_collect(chain_ids: list[str] | None = None) -> int:
+    """Remove this host's snapshots no layer row or lease holds (after an rmi or a garbage
+    collection on another host); return how many went."""
+    removed = removal.host_snapshots_collect(chain_ids)
+    if removed:
+        logger.info("removed %d snapshots no image uses any more from this host", len(removed))
+    return len(removed)
 
 
 @celeryd_after_setup.connect

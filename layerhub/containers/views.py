@@ -59,6 +59,7 @@ from layerhub.core.store import get_store
 from layerhub.engine import fsutil
 from layerhub.engine.errors import ContainerNotFound, ImageNotFound, LayerhubError
 from layerhub.hosts.models import current_host
+from layerhub.hosts.routing import HostUnavailable
 from layerhub.images.listing import readable_tags
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, ImageLayer
@@ -277,6 +278,7 @@ def _detail_context(
     exec_result = request.session.pop(EXEC_SESSION_KEY.format(pk=container.pk), None)
     context: dict[str, Any] = {
         "container": container,
+        "elsewhere": container.host != current_host(),
         "image_name": display_name(
             with_tags(Image.objects.filter(pk=container.image_id), named_by(request.user)).get()
         ),
@@ -308,11 +310,26 @@ def detail(request: HttpRequest, ref: str) -> HttpResponse:
     goes to the file page)."""
     container = _container(request, ref)
     path = clean_path(request.GET.get("path"))
-    fs = container_files(container)
+    try:
+        fs = container_files(container)
+    except HostUnavailable as exc:
+        return _host_unavailable(request, container, exc)
     if not fs.view.lstat(path).is_dir:
         return redirect(_file_url(container, path))
     context = _detail_context(request, container, path, fs)
     return render(request, "containers/detail.html", context)
+
+
+def _host_unavailable(
+    request: HttpRequest, container: Container, exc: HostUnavailable
+) -> HttpResponse:
+    """The container's page while its host is gone: what the catalog knows, and why its
+    files and commands cannot be reached."""
+    image_name = display_name(
+        with_tags(Image.objects.filter(pk=container.image_id), named_by(request.user)).get()
+    )
+    context = {"container": container, "image_name": image_name, "problem": str(exc)}
+    return render(request, "containers/unavailable.html", context, status=503)
 
 
 def _rerender(

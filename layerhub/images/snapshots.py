@@ -6,7 +6,7 @@ snapshot of the same layer is no use to a container here.
 
 from __future__ import annotations
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
 from layerhub.hosts.models import current_host
@@ -14,8 +14,10 @@ from layerhub.images.models import Layer, Snapshot
 
 
 def layers_not_unpacked_here(layers: QuerySet[Layer]) -> QuerySet[Layer]:
-    """``layers`` without a snapshot on this host."""
-    return layers.exclude(snapshots__host=current_host())
+    """``layers`` without a snapshot recorded on this host (or whose size was never
+    recorded)."""
+    here = Snapshot.objects.filter(layer=OuterRef("pk"), host=current_host())
+    return layers.filter(Q(unpacked_at=None) | ~Exists(here))
 
 
 def snapshot_record(*, layer: Layer, size: int, file_count: int | None) -> None:

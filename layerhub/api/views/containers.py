@@ -119,6 +119,7 @@ class ContainerViewSet(
             name=data.get("name") or None,
             user=request.user,
             team=data["team"],
+            host=data.get("host") or None,
         )
         body = ContainerSerializer(container, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED)

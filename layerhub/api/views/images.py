@@ -99,6 +99,7 @@ def visible_plan(image: Image, user: Any) -> dict[str, Any]:
         "allowed": allowed,
         "image_stays": stays,
         "frees_bytes": plan.frees_bytes,
+        "frees_by_host": plan.host_snapshots,
         "held_bytes": plan.held_bytes,
         "blobs": len(plan.blobs),
         "snapshots": len(plan.snapshots),

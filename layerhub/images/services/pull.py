@@ -541,7 +541,7 @@ def image_unpack_run(*, job_id: int) -> None:
         for layer in unpacked:
             row = Layer.objects.get(chain_id=layer.chain_id)
             # an existing snapshot unrecorded: made by a run whose worker died before recording
-            if layer.created or layer.chain_id not in here:
+            if layer.created or layer.chain_id not in here or row.unpacked_at is None:
                 layer_mark_unpacked(row)
         image_packages_record(image=job.image)
 

@@ -9,7 +9,6 @@ from django.db import transaction
 from layerhub.engine.errors import Conflict
 from layerhub.images.listing import image_reference_text
 from layerhub.images.models import Image
-from layerhub.images.snapshots import layers_not_unpacked_here
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import job_start
 
@@ -23,7 +22,7 @@ def image_unpack_retry(*, image: Image, user: Any = None) -> Job:
     with transaction.atomic():
         # the image row, locked: two retries clicked at once queue one job
         locked = Image.objects.select_for_update().get(pk=image.pk)
-        if not layers_not_unpacked_here(locked.layers.all()).exists():
+        if not locked.layers.filter(unpacked_at__isnull=True).exists():
             raise Conflict(f"every layer of image {locked.image_id} is unpacked already")
         busy = Job.objects.filter(
             image=locked,
