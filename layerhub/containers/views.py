@@ -137,7 +137,14 @@ def container_list(request: HttpRequest) -> HttpResponse:
         # one walk per listed container: bounded by the page size, not the catalog; another
         # host's writable layer is not on this disk
         size = fsutil.tree_usage(upper)[0] if container.host == here and upper.is_dir() else None
-        rows.append({"c": container, "image_name": display_name(container.image), "size": size})
+        rows.append(
+            {
+                "c": container,
+                "image_name": display_name(container.image),
+                "size": size,
+                "elsewhere": container.host != here,
+            }
+        )
     context = {
         "page": page,
         "rows": rows,

@@ -28,9 +28,10 @@ from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.engine.errors import LayerhubError
 from layerhub.engine.fsutil import tree_usage
+from layerhub.hosts.models import current_host
 from layerhub.images.layer_counts import layer_image_count_mismatches, layer_image_counts_refresh
 from layerhub.images.leases import LIVE_STATES
-from layerhub.images.models import Blob, Image, Layer
+from layerhub.images.models import Blob, Image, Layer, Snapshot
 from layerhub.images.sizes import own_blob_bytes_refresh
 from layerhub.images.usage import tmp_entries
 from layerhub.jobs.models import Lease
@@ -200,8 +201,13 @@ def store_verify() -> VerifyReport:
                     f"recorded {row[1]} bytes in {row[2]} files, "
                     f"the tree holds {size} bytes in {files}",
                 )
+    # a snapshot is missing where this host's row says it holds one (another host's
+    # snapshots are on that host's disk)
+    here = set(
+        Snapshot.objects.filter(host=current_host()).values_list("layer__chain_id", flat=True)
+    )
     for chain, (unpacked, _, _) in sorted(layers.items()):
-        if unpacked and chain not in seen_snapshots:
+        if unpacked and chain in here and chain not in seen_snapshots:
             found("missing", "snapshot", chain, "recorded as unpacked, but the tree is gone")
 
     # the catalog itself: each layer's recorded count of images against its image-layer rows
@@ -250,6 +256,9 @@ def store_verify_fix_sizes(report: VerifyReport) -> list[str]:
             except FileNotFoundError:
                 continue
             Layer.objects.filter(chain_id=finding.key).update(unpacked_size=size, file_count=files)
+            Snapshot.objects.filter(layer__chain_id=finding.key, host=current_host()).update(
+                size=size, file_count=files
+            )
             changed.append(f"snapshot {finding.key}: recorded {size} bytes in {files} files")
         elif (
             finding.problem == "missing"
