@@ -165,3 +165,31 @@ def test_the_overview_shows_hosts_only_for_a_fleet(admin_client: Client) -> None
     assert 'data-host="web"' in page
     assert 'data-host="beta"' in page
     assert "unavailable" in page
+
+
+def test_following_a_job_for_a_host_with_no_worker_names_the_host(
+    broker: str, settings: Settings
+) -> None:
+    import io
+
+    from django.core.management import CommandError
+
+    from layerhub.jobs.follow import Watchdog
+
+    settings.REDIS_URL = broker  # where presence is looked up: no worker of beta there
+    settings.LAYERHUB_JOB_DEAD_AFTER = 5.0
+    job = Job.objects.create(kind=Job.Kind.COMMIT, host="beta")
+    now = [0.0]
+    err = io.StringIO()
+    watchdog = Watchdog(err, what="commit", clock=lambda: now[0])
+    saved = current_app.conf.task_always_eager
+    current_app.conf.task_always_eager = False
+    try:
+        now[0] = 1.0
+        watchdog.check(job)
+        assert "no worker of host beta is running" in err.getvalue()
+        now[0] = 7.0
+        with pytest.raises(CommandError, match="no worker of host beta took commit job"):
+            watchdog.check(job)
+    finally:
+        current_app.conf.task_always_eager = saved
