@@ -193,3 +193,22 @@ def test_following_a_job_for_a_host_with_no_worker_names_the_host(
             watchdog.check(job)
     finally:
         current_app.conf.task_always_eager = saved
+
+
+def test_df_lists_each_hosts_snapshot_cache_in_a_fleet() -> None:
+    import io
+
+    from django.core.management import call_command
+
+    stamp("web")
+    out = io.StringIO()
+    call_command("df", stdout=out)
+    assert "HOST" not in out.getvalue()  # one host: docker system df as it always was
+
+    stamp("beta", ago=30)
+    out = io.StringIO()
+    call_command("df", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[-3].split() == ["HOST", "SNAPSHOTS", "SIZE", "RECLAIMABLE"]
+    assert lines[-2].startswith("beta (unavailable)")
+    assert lines[-1].split()[:2] == ["web", "2"]
