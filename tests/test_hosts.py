@@ -53,14 +53,11 @@ def test_a_job_for_a_host_goes_to_that_hosts_queue(
     monkeypatch.setattr(
         current_app, "send_task", lambda name, args, queue: sent.append((name, queue))
     )
-    saved = current_app.conf.task_always_eager
-    current_app.conf.task_always_eager = False
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            job_start(kind=Job.Kind.COMMIT, host="beta", params={"container": "x" * 64})
-            job_start(kind=Job.Kind.VERIFY)
-    finally:
-        current_app.conf.task_always_eager = saved
+    # Celery's conf reads the Django setting: set there, it is put back after the test
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    with django_capture_on_commit_callbacks(execute=True):
+        job_start(kind=Job.Kind.COMMIT, host="beta", params={"container": "x" * 64})
+        job_start(kind=Job.Kind.VERIFY)
     assert sent == [
         ("layerhub.container_commit", f"{settings.LAYERHUB_QUEUE}.host.beta"),
         ("layerhub.store_verify", settings.LAYERHUB_QUEUE),
@@ -182,17 +179,13 @@ def test_following_a_job_for_a_host_with_no_worker_names_the_host(
     now = [0.0]
     err = io.StringIO()
     watchdog = Watchdog(err, what="commit", clock=lambda: now[0])
-    saved = current_app.conf.task_always_eager
-    current_app.conf.task_always_eager = False
-    try:
-        now[0] = 1.0
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    now[0] = 1.0
+    watchdog.check(job)
+    assert "no worker of host beta is running" in err.getvalue()
+    now[0] = 7.0
+    with pytest.raises(CommandError, match="no worker of host beta took commit job"):
         watchdog.check(job)
-        assert "no worker of host beta is running" in err.getvalue()
-        now[0] = 7.0
-        with pytest.raises(CommandError, match="no worker of host beta took commit job"):
-            watchdog.check(job)
-    finally:
-        current_app.conf.task_always_eager = saved
 
 
 def test_df_lists_each_hosts_snapshot_cache_in_a_fleet() -> None:
