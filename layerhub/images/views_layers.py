@@ -318,7 +318,7 @@ def image_files(request: HttpRequest, pk: int) -> HttpResponseBase:
         with_tags(restrict(Image.objects.all(), request.user), named_by(request.user)), pk=pk
     )
     path = clean_path(request.GET.get("path"))
-    view = UnionView(image_lowers(image), get_store().whiteouts)
+    view = UnionView(image_lowers(image, build=False), get_store().whiteouts)
     if request.GET.get("download"):
         return download_response(view, path)
     context = browse_context(view, path)

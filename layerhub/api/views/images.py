@@ -203,7 +203,7 @@ class ImageViewSet(
     @action(detail=True, methods=["get"])
     def files(self, request: Request, pk: str) -> Response:
         image = self.get_object()
-        view = UnionView(image_lowers(image), get_store().whiteouts)
+        view = UnionView(image_lowers(image, build=False), get_store().whiteouts)
         return Response(path_listing(view, asked_path(request)))
 
     @extend_schema(
