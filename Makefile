@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Touched after a successful install; reinstalls when a requirements file changes.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: dev test lint bench migrate install
+.PHONY: dev fleet test lint bench migrate install
 
 install: $(INSTALLED)
 
@@ -21,6 +21,11 @@ $(INSTALLED): $(BIN)/python requirements.txt requirements-dev.txt
 
 dev: $(INSTALLED)
 	$(BIN)/python scripts/dev.py
+
+# N workers as N hosts (HOSTS=3 make fleet), the web server, on PostgreSQL (DATABASE_URL)
+# and Redis: see README, "Several machines"
+fleet: $(INSTALLED)
+	$(BIN)/python scripts/fleet.py
 
 test: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -86,6 +87,25 @@ def _deployment_queue(database: dict[str, object], store: Path) -> str:
 # spell DATABASE_URL differently (localhost vs 127.0.0.1) derive different names: set it
 # explicitly where that can happen.
 LAYERHUB_QUEUE = env_name("LAYERHUB_QUEUE", _deployment_queue(_db, LAYERHUB_STORE))
+# -- Several machines (layerhub.hosts) -------------------------------------------------------
+# This process's host: the snapshots it unpacks and the containers it makes are recorded as
+# this host's, and its worker also takes the jobs sent to <LAYERHUB_QUEUE>.host.<LAYERHUB_HOST>
+# (those that need this host's disk: a container's exec, files, diff, commit and removal).
+LAYERHUB_HOST = env_name("LAYERHUB_HOST", socket.gethostname().split(".")[0] or "localhost")
+# where this host keeps its snapshots (the per-host cache of unpacked layers); None:
+# <LAYERHUB_STORE>/snapshots. Same file system as LAYERHUB_STORE (unpacks rename from its tmp/).
+LAYERHUB_SNAPSHOTS = (
+    env_path("LAYERHUB_SNAPSHOTS", VAR_DIR, base=BASE_DIR)
+    if "LAYERHUB_SNAPSHOTS" in os.environ
+    else None
+)
+# a host whose worker has not stamped its heartbeat for this long is unavailable: its
+# containers' pages say so, and jobs queued for it fail with that message
+LAYERHUB_HOST_GONE_AFTER = env_seconds("LAYERHUB_HOST_GONE_AFTER", 60.0, maximum=86400)
+# how long a page or API request waits for a container's host to read or write a file or run
+# a command (a short job on the host's queue); an exec's own timeout is added to it
+LAYERHUB_HOST_CALL_TIMEOUT = env_seconds("LAYERHUB_HOST_CALL_TIMEOUT", 30.0, maximum=3600)
+
 # A worker stamps the row of the job it runs every HEARTBEAT seconds; a running job whose
 # stamp is older than DEAD_AFTER has lost its worker (killed, machine gone) and is re-queued
 # (or failed after Job.max_attempts runs) by whichever worker or CLI notices first.
@@ -95,6 +115,11 @@ if LAYERHUB_JOB_DEAD_AFTER < 2 * LAYERHUB_JOB_HEARTBEAT:
     raise ImproperlyConfigured(
         f"LAYERHUB_JOB_DEAD_AFTER={LAYERHUB_JOB_DEAD_AFTER:g} must be at least twice "
         f"LAYERHUB_JOB_HEARTBEAT={LAYERHUB_JOB_HEARTBEAT:g}, or live jobs look dead"
+    )
+if LAYERHUB_HOST_GONE_AFTER < 2 * LAYERHUB_JOB_HEARTBEAT:
+    raise ImproperlyConfigured(
+        f"LAYERHUB_HOST_GONE_AFTER={LAYERHUB_HOST_GONE_AFTER:g} must be at least twice "
+        f"LAYERHUB_JOB_HEARTBEAT={LAYERHUB_JOB_HEARTBEAT:g}, or live hosts look gone"
     )
 # Archives uploaded through the browser to be imported wait here (outside the store, whose
 # tmp/ is swept when a worker starts) until their import job ends; bigger ones are refused.
@@ -143,6 +168,7 @@ INSTALLED_APPS = [
     "layerhub.images",
     "layerhub.jobs",
     "layerhub.containers",
+    "layerhub.hosts",
     "layerhub.dashboard",
 ]
 

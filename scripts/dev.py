@@ -69,11 +69,16 @@ class Supervisor:
         """Signal handler: leave the main loop, which then stops the children."""
         self.stop_requested = True
 
-    def start(self, name: str, argv: list[str]) -> None:
-        """Start ``argv`` in a new session, so a Ctrl-C reaches us alone and we stop it in order."""
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``argv`` in a new session, so a Ctrl-C reaches us alone and we stop it in order
+        (with ``env``, or the supervisor's environment)."""
         log(f"starting {name}: {shlex.join(argv)}")
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+            argv,
+            cwd=ROOT,
+            env=self.env if env is None else env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.children.append((name, proc))
 

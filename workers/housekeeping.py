@@ -2,8 +2,9 @@
 
 Every LAYERHUB_JOB_HEARTBEAT seconds: record that this worker is alive and which queues it
 takes jobs from (layerhub.jobs.presence, read by the CLI and pages to say whether anyone will
-run a queued job), and re-queue jobs whose worker is gone (``Job.objects.reap_dead``): the
-workers that are alive pick up the work of the ones that died.
+run a queued job), stamp this host's heartbeat (free disk, snapshot cache: layerhub.hosts),
+re-queue jobs whose worker is gone (``Job.objects.reap_dead``): the workers that are alive
+pick up the work of the ones that died; and fail the jobs queued for a host that is gone.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connections
 
+from layerhub.hosts.routing import jobs_stranded_fail
+from layerhub.hosts.services import host_heartbeat, host_leave
 from layerhub.jobs.models import Job
 from layerhub.jobs.presence import presence_client, worker_announce, worker_leave
 
@@ -23,23 +27,40 @@ logger = logging.getLogger(__name__)
 
 
 class Housekeeper:
-    """A daemon thread: presence record and dead-job sweep, until ``stop``."""
+    """Two daemon threads until ``stop``: the presence record (Redis), and the host's
+    heartbeat with the dead-job sweep (the database)."""
 
     def __init__(self, *, name: str, queues: list[str]) -> None:
         self.name = f"{name}:{os.getpid()}"
         self.queues = queues
         self.interval = float(settings.LAYERHUB_JOB_HEARTBEAT)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="layerhub-housekeeping", daemon=True)
+        # presence in Redis on a thread of its own: a database write waiting on a lock (SQLite
+        # under load) must not make a live worker look gone
+        self._presence = threading.Thread(
+            target=self._loop, args=(self.announce,), name="layerhub-presence", daemon=True
+        )
+        self._thread = threading.Thread(
+            target=self._loop, args=(self.tick,), name="layerhub-housekeeping", daemon=True
+        )
 
     def start(self) -> None:
         """Announce this worker at once, then keep doing so in the background."""
+        self._presence.start()
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and withdraw the presence record (the worker is shutting down)."""
+        """Stop the threads, withdraw the presence record and mark the host stopped (the
+        worker is shutting down)."""
         self._stop.set()
+        self._presence.join(timeout=self.interval + 5)
         self._thread.join(timeout=self.interval + 5)
+        try:
+            host_leave()
+        except DatabaseError:
+            pass  # its heartbeat ages out by itself
+        finally:
+            connections.close_all()
         try:
             client = presence_client()
             try:
@@ -49,8 +70,8 @@ class Housekeeper:
         except redis.RedisError:
             pass  # the record expires by itself
 
-    def tick(self) -> None:
-        """One round: presence, then the dead-job sweep. Failures are logged, never raised."""
+    def announce(self) -> None:
+        """Record this worker's presence in Redis. Failures are logged, never raised."""
         try:
             client = presence_client()
             try:
@@ -59,8 +80,19 @@ class Housekeeper:
                 client.close()
         except redis.RedisError as exc:
             logger.warning("could not record this worker's presence in Redis: %s", exc)
+
+    def tick(self) -> None:
+        """One round of the database's part: this host's heartbeat, the dead-job sweep, the
+        jobs of hosts that are gone. Failures are logged, never raised."""
+        try:
+            host_heartbeat()
+        except DatabaseError as exc:
+            logger.warning("could not record this host's heartbeat: %s", exc)
+        except Exception:
+            logger.exception("recording this host's heartbeat failed")
         try:
             Job.objects.reap_dead()
+            jobs_stranded_fail()
         except DatabaseError as exc:
             logger.warning("could not look for jobs whose worker died: %s", exc)
         except Exception:
@@ -69,8 +101,8 @@ class Housekeeper:
             # Not left open in the main process, whose pool children are forked from it.
             connections.close_all()
 
-    def _run(self) -> None:
+    def _loop(self, work: Callable[[], None]) -> None:
         while True:
-            self.tick()
+            work()
             if self._stop.wait(self.interval):
                 return

@@ -6,12 +6,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from django.conf import settings
 
+from layerhub.containers import files as container_files  # noqa: F401 - its host operations
 from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
+from layerhub.hosts import calls as host_calls
+from layerhub.hosts.routing import host_queue
+from layerhub.images import removal
 from layerhub.images import services as image_services
+from layerhub.images.removal import SNAPSHOTS_COLLECT_TASK
 from layerhub.images.services import dedup as dedup_services
 from layerhub.images.services import gc as gc_services
 from layerhub.images.services import transfer
@@ -39,6 +44,30 @@ def _run_job(run: Callable[..., None], job_id: int) -> None:
             job_id,
             settings.LAYERHUB_QUEUE,
         )
+
+
+@app.task(name=host_calls.CALL_TASK)
+def host_call(call_id: str, op: str, params: dict[str, Any], deadline: float) -> None:
+    """Answer a short call sent to this host (a container's file read or write, an exec)."""
+    host_calls.host_call_run(call_id, op, params, deadline)
+
+
+@app.task(name=SNAPSHOTS_COLLECT_TASK)
+def host_snapshots_collect(chain_ids: list[str] | None = None) -> int:
+    """Remove this host's snapshots no layer row or lease holds (after an rmi or a garbage
+    collection on another host); return how many went."""
+    removed = removal.host_snapshots_collect(chain_ids)
+    if removed:
+        logger.info("removed %d snapshots no image uses any more from this host", len(removed))
+    return len(removed)
+
+
+@celeryd_after_setup.connect
+def take_host_queue(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
+    """Every worker also takes the jobs sent to its own host's queue
+    (``<LAYERHUB_QUEUE>.host.<LAYERHUB_HOST>``): those that need this host's disk."""
+    if instance is not None:
+        instance.app.amqp.queues.select_add(host_queue(settings.LAYERHUB_HOST))
 
 
 @app.task(name="layerhub.store_sweep_tmp")

@@ -6,9 +6,11 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from layerhub.hosts.models import current_host
+
 
 class Container(models.Model):
-    """A writable layer (``containers/<container_id>/upper`` in the store) over an image.
+    """A writable layer (``containers/<container_id>/upper`` in its host's store) over an image.
 
     Creating one copies nothing: the image's snapshots are its lower layers, read-only.
     """
@@ -29,6 +31,9 @@ class Container(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # the host whose disk holds its writable layer (LAYERHUB_HOST of the worker that made it):
+    # its exec, files, diff, commit and removal run there
+    host = models.CharField(max_length=100, default=current_host)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -3,6 +3,7 @@ commit it. The only code that ties the engine's container, runtime and commit to
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -11,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from layerhub.accounts.models import Team
@@ -29,6 +31,9 @@ from layerhub.engine.runtime import ExecResult, run_in_container
 from layerhub.engine.runtime.overlay import mounts_under
 from layerhub.engine.runtime.signals import shielded
 from layerhub.engine.union import UnionView
+from layerhub.hosts.calls import host_call, host_operation
+from layerhub.hosts.models import current_host
+from layerhub.hosts.routing import HostUnavailable
 from layerhub.images.leases import job_lease, job_leaser
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer
@@ -36,12 +41,15 @@ from layerhub.images.services import (
     StoredImage,
     image_layer_descriptors,
     image_record,
+    image_snapshots_ensure,
     layer_mark_unpacked,
 )
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import acting_user, cancel_watch, job_run, job_start
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+# a file written into a container on another host travels in one message
+MAX_REMOTE_WRITE = 64 << 20
 
 
 def container_dir(container: Container) -> Path:
@@ -66,25 +74,40 @@ def container_lookup(text: str, *, user: Any = None, action: str = VIEW) -> Cont
     return found
 
 
-def image_lowers(image: Image) -> list[Path]:
-    """The image's snapshots, bottom first; refuses an image whose layers are not unpacked."""
+def image_lowers(image: Image, *, build: bool = True) -> list[Path]:
+    """The image's snapshots on this host, bottom first: those this host lacks are unpacked
+    here from the image's blobs first (``image_snapshots_ensure``). Without ``build`` (a page
+    browsing the image's files must not unpack layers inside a request), an image whose
+    snapshots are not all here is refused."""
+    if build:
+        return image_snapshots_ensure(image=image)
     store = get_store()
     rows = list(image.image_layers.select_related("layer").order_by("position"))
     paths = [store.snapshots.path(c) for c in chain_ids([r.layer.diff_id for r in rows])]
     if not all(p.is_dir() for p in paths):
-        raise ImageNotFound(f"image {image.image_id} is not unpacked yet: wait for its unpack job")
+        raise ImageNotFound(
+            f"image {image.image_id} is not unpacked yet on this host ({current_host()}): "
+            "wait for its unpack job, or open a container from it"
+        )
     return paths
 
 
 def container_create(
-    *, image: str, team: Team, name: str | None = None, user: Any = None
+    *,
+    image: str,
+    team: Team,
+    name: str | None = None,
+    user: Any = None,
+    host: str | None = None,
 ) -> Container:
     """A container of ``team`` over ``image`` (a reference, image ID or digest, which the
-    user must see). Copies nothing. Needs the developer role in the team."""
+    user must see), on ``host`` (this one by default), whose worker unpacks the image's
+    snapshots it lacks and makes the writable layer. Copies nothing. Needs the developer
+    role in the team."""
     if user is not None:
         require(user, CHANGE, team)
     found = image_lookup(image, user=user, team=team)
-    image_lowers(found)
+    host = host or current_host()
     container_id = secrets.token_hex(32)
     if name is None:
         name = f"layerhub_{container_id[:8]}"
@@ -92,9 +115,7 @@ def container_create(
         raise Conflict(f"invalid container name {name!r}: letters, digits, '_', '.', '-'")
     if Container.objects.filter(name=name).exists():
         raise Conflict(f"the container name {name!r} is already in use")
-    root = get_store().containers / container_id
-    (root / "upper").mkdir(parents=True)
-    (root / "work").mkdir()
+    host_call(host, "container.prepare", container=container_id, image=found.pk)
     try:
         with transaction.atomic():
             container = Container.objects.create(
@@ -103,12 +124,35 @@ def container_create(
                 image=found,
                 team=team,
                 created_by=acting_user(user),
+                host=host,
             )
             audit(actor=user, action="container.create", team=team, target=name)
         return container
     except Exception:
-        fsutil.remove_path(root)
+        with contextlib.suppress(LayerhubError):
+            host_call(host, "container.discard", container=container_id)
         raise
+
+
+@host_operation("container.prepare")
+def _container_prepare(*, container: str, image: int) -> None:
+    """On the container's host: the image's snapshots (unpacked here if missing) and the
+    empty writable layer."""
+    found = Image.objects.filter(pk=image).first()
+    if found is None:
+        raise ImageNotFound("the image of this container was deleted meanwhile")
+    image_lowers(found)
+    root = get_store().containers / container
+    (root / "upper").mkdir(parents=True)
+    (root / "work").mkdir()
+
+
+@host_operation("container.discard")
+def _container_discard(*, container: str) -> None:
+    """On the container's host: remove a writable layer no container row names (a create
+    that failed after ``container.prepare``)."""
+    if not Container.objects.filter(container_id=container).exists():
+        fsutil.remove_path(get_store().containers / container)
 
 
 @contextlib.contextmanager
@@ -128,43 +172,142 @@ def container_fs(container: Container) -> ContainerFS:
     )
 
 
+def container_here(container_id: str) -> Container:
+    """A container row by its full ID, for an operation its host runs."""
+    if not re.fullmatch(r"[0-9a-f]{64}", container_id):
+        raise ContainerNotFound(f"no such container: {container_id[:80]!r}")
+    found = Container.objects.select_related("image").filter(container_id=container_id).first()
+    if found is None:
+        raise ContainerNotFound("the container no longer exists")
+    if found.host != current_host():
+        raise HostUnavailable(f"container {found.name} is on host {found.host}, not this one")
+    return found
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
 def container_write_file(
     *, container: Container, path: str, data: bytes | BinaryIO, mode: int = 0o644
 ) -> None:
-    """Create or replace a file in the container."""
-    with container_busy(container):
-        container_fs(container).write_file(path, data, mode=mode)
+    """Create or replace a file in the container (on its host)."""
+    if container.host == current_host():
+        with container_busy(container):
+            container_fs(container).write_file(path, data, mode=mode)
+        return
+    if not isinstance(data, bytes):
+        data = data.read(MAX_REMOTE_WRITE + 1)
+    if len(data) > MAX_REMOTE_WRITE:
+        raise LayerhubError(
+            f"a file written on another host is at most {MAX_REMOTE_WRITE // (1 << 20)} MiB"
+        )
+    host_call(
+        container.host,
+        "container.write_file",
+        container=container.container_id,
+        path=path,
+        data=_b64(data),
+        mode=mode,
+    )
+
+
+@host_operation("container.write_file")
+def _write_file_here(*, container: str, path: str, data: str, mode: int) -> None:
+    container_write_file(
+        container=container_here(container), path=path, data=_unb64(data), mode=mode
+    )
 
 
 def container_mkdir(*, container: Container, path: str, parents: bool = False) -> None:
     """Make a directory in the container."""
-    with container_busy(container):
-        container_fs(container).mkdir(path, parents=parents)
+    if container.host == current_host():
+        with container_busy(container):
+            container_fs(container).mkdir(path, parents=parents)
+        return
+    host_call(
+        container.host,
+        "container.mkdir",
+        container=container.container_id,
+        path=path,
+        parents=parents,
+    )
+
+
+@host_operation("container.mkdir")
+def _mkdir_here(*, container: str, path: str, parents: bool) -> None:
+    container_mkdir(container=container_here(container), path=path, parents=parents)
 
 
 def container_remove_path(*, container: Container, path: str, recursive: bool = False) -> None:
     """Delete a path in the container (a whiteout hides what the image has there)."""
-    with container_busy(container):
-        container_fs(container).remove(path, recursive=recursive)
+    if container.host == current_host():
+        with container_busy(container):
+            container_fs(container).remove(path, recursive=recursive)
+        return
+    host_call(
+        container.host,
+        "container.remove_path",
+        container=container.container_id,
+        path=path,
+        recursive=recursive,
+    )
+
+
+@host_operation("container.remove_path")
+def _remove_path_here(*, container: str, path: str, recursive: bool) -> None:
+    container_remove_path(container=container_here(container), path=path, recursive=recursive)
 
 
 def container_chmod(*, container: Container, path: str, mode: int) -> None:
     """Change a path's mode (copying it up first)."""
-    with container_busy(container):
-        container_fs(container).chmod(path, mode)
+    if container.host == current_host():
+        with container_busy(container):
+            container_fs(container).chmod(path, mode)
+        return
+    host_call(
+        container.host, "container.chmod", container=container.container_id, path=path, mode=mode
+    )
+
+
+@host_operation("container.chmod")
+def _chmod_here(*, container: str, path: str, mode: int) -> None:
+    container_chmod(container=container_here(container), path=path, mode=mode)
 
 
 def container_rename(*, container: Container, src: str, dst: str) -> None:
     """Move a path inside the container."""
-    with container_busy(container):
-        container_fs(container).rename(src, dst)
+    if container.host == current_host():
+        with container_busy(container):
+            container_fs(container).rename(src, dst)
+        return
+    host_call(
+        container.host, "container.rename", container=container.container_id, src=src, dst=dst
+    )
+
+
+@host_operation("container.rename")
+def _rename_here(*, container: str, src: str, dst: str) -> None:
+    container_rename(container=container_here(container), src=src, dst=dst)
 
 
 def container_diff(*, container: Container) -> list[Change]:
     """``docker diff``: added, changed and deleted paths, from the writable layer alone."""
-    store = get_store()
-    lower = UnionView(image_lowers(container.image), store.whiteouts)
-    return container_changes(container_dir(container) / "upper", store.whiteouts, lower)
+    if container.host == current_host():
+        store = get_store()
+        lower = UnionView(image_lowers(container.image), store.whiteouts)
+        return container_changes(container_dir(container) / "upper", store.whiteouts, lower)
+    rows = host_call(container.host, "container.diff", container=container.container_id)
+    return [Change(kind, path) for kind, path in rows]
+
+
+@host_operation("container.diff")
+def _diff_here(*, container: str) -> list[list[str]]:
+    return [[c.kind, c.path] for c in container_diff(container=container_here(container))]
 
 
 def container_exec(
@@ -174,9 +317,26 @@ def container_exec(
     timeout: float = 60.0,
     network: bool = False,
 ) -> ExecResult:
-    """Run a command in the container and wait for it (``docker exec``, non-interactive)."""
+    """Run a command in the container and wait for it (``docker exec``, non-interactive), on
+    the container's host."""
     if not argv:
         raise LayerhubError("exec needs a command")
+    if container.host != current_host():
+        done = host_call(
+            container.host,
+            "container.exec",
+            extra_timeout=timeout,
+            container=container.container_id,
+            argv=list(argv),
+            timeout=timeout,
+            network=network,
+        )
+        return ExecResult(
+            exit_code=int(done["exit_code"]),
+            stdout=_unb64(done["stdout"]),
+            stderr=_unb64(done["stderr"]),
+            duration=float(done["duration"]),
+        )
     store = get_store()
     root = container_dir(container)
     lowers = image_lowers(container.image)
@@ -209,8 +369,31 @@ def container_exec(
     return result
 
 
+@host_operation("container.exec")
+def _exec_here(*, container: str, argv: list[str], timeout: float, network: bool) -> dict[str, Any]:
+    done = container_exec(
+        container=container_here(container), argv=argv, timeout=timeout, network=network
+    )
+    return {
+        "exit_code": done.exit_code,
+        "stdout": _b64(done.stdout),
+        "stderr": _b64(done.stderr),
+        "duration": done.duration,
+    }
+
+
 def container_rm(*, container: Container, user: Any = None) -> None:
-    """Delete the container and its writable layer (the image stays)."""
+    """Delete the container and its writable layer (the image stays), on its host; a
+    container whose host is gone cannot be removed (its files would stay behind)."""
+    if container.host != current_host():
+        actor = acting_user(user)
+        host_call(
+            container.host,
+            "container.rm",
+            container=container.container_id,
+            user=actor.pk if actor is not None else None,
+        )
+        return
     store = get_store()
     root = container_dir(container)
     with container_busy(container), transaction.atomic():
@@ -220,6 +403,12 @@ def container_rm(*, container: Container, user: Any = None) -> None:
             doomed = fsutil.TempEntry(store.tmp, "rm-", directory=True)
             os.rename(root, doomed.path / "container")
             transaction.on_commit(lambda: doomed.close(remove=True))
+
+
+@host_operation("container.rm")
+def _rm_here(*, container: str, user: int | None) -> None:
+    actor = get_user_model().objects.filter(pk=user).first() if user is not None else None
+    container_rm(container=container_here(container), user=actor)
 
 
 # -- commit ------------------------------------------------------------------------------------
@@ -245,6 +434,7 @@ def container_commit(
             kind=Job.Kind.COMMIT,
             user=user,
             team=container.team,
+            host=container.host,  # its writable layer is on that host's disk
             reference=str(ref) if ref else "",
             params={
                 "container": container.container_id,
@@ -278,6 +468,11 @@ def container_commit_run(*, job_id: int) -> None:
         )
         if container is None:
             raise ContainerNotFound("the container to commit no longer exists")
+        if container.host != current_host():
+            # sent to the container's host queue; a job moved by hand lands here
+            raise HostUnavailable(
+                f"container {container.name} is on host {container.host}, not {current_host()}"
+            )
         store = get_store()
         parent = container.image
         # the parent stays while the container stands on it; leased all the same, as every
@@ -330,7 +525,8 @@ def container_commit_run(*, job_id: int) -> None:
         if result.chain_id is not None:
             row = Layer.objects.get(chain_id=result.chain_id)
             # made now, or it existed (the same change committed) without a recorded size
-            if result.unpacked is not None or row.unpacked_at is None:
+            here = row.snapshots.filter(host=current_host()).exists()
+            if result.unpacked is not None or not here:
                 layer_mark_unpacked(row)
         # the parent's layers are unpacked already (the container stands on them)
         job.image = image

@@ -29,6 +29,7 @@ from django.utils.http import urlencode
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
+from layerhub.containers.files import ContainerFiles, container_files
 from layerhub.containers.forms import (
     MAX_EDIT_BYTES,
     MAX_UPLOAD_BYTES,
@@ -46,9 +47,7 @@ from layerhub.containers.services import (
     container_commit,
     container_create,
     container_diff,
-    container_dir,
     container_exec,
-    container_fs,
     container_lookup,
     container_mkdir,
     container_remove_path,
@@ -58,9 +57,9 @@ from layerhub.containers.services import (
 from layerhub.core.permissions import CHANGE, DELETE, named_by, restrict
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
-from layerhub.engine.container import ContainerFS
 from layerhub.engine.errors import ContainerNotFound, ImageNotFound, LayerhubError
-from layerhub.engine.runtime import runtime_unavailable_reason
+from layerhub.hosts.models import current_host
+from layerhub.hosts.routing import HostUnavailable
 from layerhub.images.listing import readable_tags
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, ImageLayer
@@ -131,12 +130,21 @@ def container_list(request: HttpRequest) -> HttpResponse:
     per_page = _page_size(request.GET.get("per_page"))
     page = Paginator(containers, per_page).get_page(request.GET.get("page"))
     root = get_store().containers
+    here = current_host()
     rows = []
     for container in page:
         upper = root / container.container_id / "upper"
-        # one walk per listed container: bounded by the page size, not the catalog
-        size = fsutil.tree_usage(upper)[0] if upper.is_dir() else None
-        rows.append({"c": container, "image_name": display_name(container.image), "size": size})
+        # one walk per listed container: bounded by the page size, not the catalog; another
+        # host's writable layer is not on this disk
+        size = fsutil.tree_usage(upper)[0] if container.host == here and upper.is_dir() else None
+        rows.append(
+            {
+                "c": container,
+                "image_name": display_name(container.image),
+                "size": size,
+                "elsewhere": container.host != here,
+            }
+        )
     context = {
         "page": page,
         "rows": rows,
@@ -260,25 +268,24 @@ def _detail_context(
     request: HttpRequest,
     container: Container,
     path: str,
-    fs: ContainerFS | None = None,
+    fs: ContainerFiles | None = None,
     **forms: Any,
 ) -> dict[str, Any]:
-    store = get_store()
-    upper = container_dir(container) / "upper"
     changes = container_diff(container=container)
     counts = dict.fromkeys("ACD", 0)
     for change in changes:
         counts[change.kind] += 1
-    writable_bytes, writable_files = fsutil.tree_usage(upper) if upper.is_dir() else (0, 0)
     stack = _stack(container, request.user)
     image_bytes = sum(item["size"] or 0 for item in stack)
-    fs = fs or container_fs(container)
+    fs = fs or container_files(container)
+    writable_bytes, writable_files = fs.writable_bytes, fs.writable_files
     # entries the writable layer holds (added or copied up) are marked as the container's own
-    browse = browse_context(fs.view, path, own_layer=len(fs.lowers))
-    reason = runtime_unavailable_reason(store.whiteouts)
+    browse = browse_context(fs.view, path, own_layer=fs.own_layer)
+    reason = fs.runtime_reason
     exec_result = request.session.pop(EXEC_SESSION_KEY.format(pk=container.pk), None)
     context: dict[str, Any] = {
         "container": container,
+        "elsewhere": container.host != current_host(),
         "image_name": display_name(
             with_tags(Image.objects.filter(pk=container.image_id), named_by(request.user)).get()
         ),
@@ -310,11 +317,26 @@ def detail(request: HttpRequest, ref: str) -> HttpResponse:
     goes to the file page)."""
     container = _container(request, ref)
     path = clean_path(request.GET.get("path"))
-    fs = container_fs(container)
+    try:
+        fs = container_files(container)
+    except HostUnavailable as exc:
+        return _host_unavailable(request, container, exc)
     if not fs.view.lstat(path).is_dir:
         return redirect(_file_url(container, path))
     context = _detail_context(request, container, path, fs)
     return render(request, "containers/detail.html", context)
+
+
+def _host_unavailable(
+    request: HttpRequest, container: Container, exc: HostUnavailable
+) -> HttpResponse:
+    """The container's page while its host is gone: what the catalog knows, and why its
+    files and commands cannot be reached."""
+    image_name = display_name(
+        with_tags(Image.objects.filter(pk=container.image_id), named_by(request.user)).get()
+    )
+    context = {"container": container, "image_name": image_name, "problem": str(exc)}
+    return render(request, "containers/unavailable.html", context, status=503)
 
 
 def _rerender(
@@ -332,7 +354,7 @@ def file_page(request: HttpRequest, ref: str) -> HttpResponseBase:
     path = clean_path(request.GET.get("path"))
     if path == "/":
         return redirect(_detail_url(container))
-    view = container_fs(container).view
+    view = container_files(container).view
     if request.GET.get("download"):
         return download_response(view, path)
     browse = browse_context(view, path)
@@ -364,7 +386,7 @@ def _dir_of(path: str, container: Container) -> str:
     that exists (a write into a missing directory fails, and its page would be a 404)."""
     try:
         current = parent_path(clean_path(path)) or "/"
-        view = container_fs(container).view
+        view = container_files(container).view
         while current != "/":
             found = view.lookup(current)
             if found is not None and stat.S_ISDIR(found.st.st_mode):
@@ -386,7 +408,7 @@ def write_file(request: HttpRequest, ref: str) -> HttpResponse:
         )
     path = form.cleaned_data["path"]
     try:
-        current = container_fs(container).view.lookup(clean_path(path))
+        current = container_files(container).view.lookup(clean_path(path))
         mode = (
             stat.S_IMODE(current.st.st_mode)
             if current and stat.S_ISREG(current.st.st_mode)

@@ -32,9 +32,10 @@ STATUS_FOR: tuple[tuple[type[LayerhubError], int], ...] = (
 
 def user_error_status(exc: LayerhubError) -> int:
     """The HTTP status that answers ``exc``."""
+    from layerhub.hosts.routing import HostUnavailable
     from layerhub.jobs.services import BrokerUnavailable
 
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, (BrokerUnavailable, HostUnavailable)):
         return 503
     return next((status for kind, status in STATUS_FOR if isinstance(exc, kind)), 400)
 

@@ -38,9 +38,25 @@ def _store_status() -> str:
     return OK
 
 
+def _hosts() -> list[dict[str, object]]:
+    from layerhub.hosts.selectors import hosts_health
+
+    try:
+        return [host.to_json() for host in hosts_health()]
+    except Exception:  # the database's own check says what is wrong
+        return []
+
+
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
-    """``{"database": "ok", "store": "ok"}``; 503 with the failing part's error otherwise."""
-    checks = {"database": _database_status(), "store": _store_status()}
+    """``{"database": "ok", "store": "ok"}``; 503 with the failing part's error otherwise.
+
+    Once workers have reported, ``hosts`` lists each host (its status, last heartbeat, free
+    disk and snapshot cache): a host that is gone is reported there, and leaves this
+    process's own status (the code) alone."""
+    checks: dict[str, object] = {"database": _database_status(), "store": _store_status()}
     healthy = all(status == OK for status in checks.values())
+    hosts = _hosts() if checks["database"] == OK else []
+    if hosts:
+        checks["hosts"] = hosts
     return JsonResponse(checks, status=200 if healthy else 503)

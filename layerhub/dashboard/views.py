@@ -14,6 +14,7 @@ from layerhub.accounts.models import Team
 from layerhub.containers.models import Container
 from layerhub.core.permissions import is_staff, named_by, restrict
 from layerhub.dashboard.selectors import images_with_most_unique_bytes, most_shared_layers
+from layerhub.hosts.selectors import HostHealth, hosts_health
 from layerhub.images.models import Image
 from layerhub.images.services.gc import store_gc_start
 from layerhub.images.services.verify import store_verify_start
@@ -68,8 +69,17 @@ def home(request: HttpRequest) -> HttpResponse:
         if staff
         else None,
         **_measured_apart(containers, staff=staff),
+        # each host of a fleet (shown once there is more than one, or one is gone)
+        "hosts": _hosts_shown() if staff else [],
+        # the shared object store's line, once blobs live in one
+        "object_store": None,
     }
     return render(request, "dashboard/home.html", context)
+
+
+def _hosts_shown() -> list[HostHealth]:
+    hosts = hosts_health()
+    return hosts if len(hosts) > 1 or any(h.problem for h in hosts) else []
 
 
 TEAMS_SHOWN = 10  # teams of a user on the overview (the teams page has them all)

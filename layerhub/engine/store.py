@@ -73,7 +73,9 @@ class Store:
     bytes); none by default, where only a full disk stops a write. A store of an older layout
     is migrated when ``migrate`` is true and this process can write it, else refused with
     StoreLayoutError. ``blobs`` says where blobs live (``blobs/`` here by default; see
-    ``blobstore.parse_blobs_url``), or is a blob store already opened.
+    ``blobstore.parse_blobs_url``), or is a blob store already opened. ``snapshots`` puts the
+    snapshots elsewhere than ``<root>/snapshots`` (one host's cache beside a store whose blobs
+    several hosts share).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class Store:
         reserve: StoreReserve | int = 0,
         migrate: bool = True,
         blobs: BlobsLocation | BlobStore = LOCAL,
+        snapshots: Path | None = None,
     ) -> None:
         from .snapshots import SnapshotStore
 
@@ -105,8 +108,14 @@ class Store:
             blobs = open_blob_store(blobs, self.root, self.tmp, reserve=reserve)
         blobs.reserve = reserve
         self.blobs: BlobStore = blobs
+        snapshot_root = self.root / "snapshots" if snapshots is None else Path(snapshots)
+        if snapshot_root != self.root / "snapshots":
+            # a host's own snapshot cache beside a shared store (same file system: snapshots
+            # are renamed in from tmp/), private as every store directory
+            snapshot_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(snapshot_root, 0o700)
         self.snapshots = SnapshotStore(
-            self.root / "snapshots",
+            snapshot_root,
             tmp=self.tmp,
             locks=self.locks,
             whiteouts=self.whiteouts,

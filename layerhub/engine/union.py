@@ -17,7 +17,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from .errors import InvalidPath, PathNotFound
 from .whiteouts import WHITEOUT_PREFIX, WhiteoutFormat
@@ -73,6 +73,23 @@ def split_path(path: str) -> list[str]:
 def join_path(parts: Sequence[str]) -> str:
     """The absolute image path of some components."""
     return "/" + "/".join(parts)
+
+
+class FileView(Protocol):
+    """What reading a merged tree needs: a UnionView, or a stand-in answering for a tree on
+    another machine (a container on another host)."""
+
+    def lookup(self, path: str) -> Entry | None:
+        """The entry at ``path``, or None."""
+
+    def lstat(self, path: str) -> Entry:
+        """The entry at ``path``; raises PathNotFound."""
+
+    def listdir(self, path: str = "/") -> Sequence[Entry]:
+        """A directory's entries."""
+
+    def open(self, path: str) -> BinaryIO:
+        """A regular file, for reading."""
 
 
 class UnionView:

@@ -92,7 +92,8 @@ class Layer(models.Model):
     """One layer in its place in a stack: keyed by ChainID, as its snapshot is.
 
     The compressed blob (``digest``) may be shared by layers over different bases; the
-    snapshot belongs to the ChainID. ``unpacked_at`` is set once the snapshot exists.
+    snapshot belongs to the ChainID. ``unpacked_at`` is set once a snapshot was first made on
+    any host (its size is known from then on); which hosts hold one now is its Snapshot rows.
 
     ``image_count`` is how many images use it (its ImageLayer rows), recorded so the overview
     reads the most shared layers and the layers one image alone holds without counting every
@@ -123,6 +124,28 @@ class Layer(models.Model):
 
     def __str__(self) -> str:
         return short_id(self.digest)
+
+
+class Snapshot(models.Model):
+    """A layer unpacked on one host: each host (LAYERHUB_HOST) keeps its own cache of
+    snapshots, made from the shared blobs when a job there needs them. Removing one host's
+    snapshot removes its row alone. ``size`` is measured on that host's disk (regular files'
+    bytes, a hardlinked file once), as ``Layer.unpacked_size``."""
+
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="snapshots")
+    host = models.CharField(max_length=100)
+    size = models.BigIntegerField()
+    file_count = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["layer", "host"], name="unique_snapshot_host")
+        ]
+        indexes = [models.Index(fields=["host", "layer"], name="snapshot_host_layer")]
+
+    def __str__(self) -> str:
+        return f"{self.layer} on {self.host}"
 
 
 class Blob(models.Model):

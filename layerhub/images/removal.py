@@ -10,15 +10,21 @@ that is gone.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from layerhub.core.store import get_store
 from layerhub.engine.pull import blob_lock
+from layerhub.hosts.models import current_host
+from layerhub.hosts.routing import host_queue
 from layerhub.images.layer_counts import image_layers_release
 from layerhub.images.leases import blob_in_use, snapshot_in_use
 from layerhub.images.models import Blob, Image, Layer
 from layerhub.images.sizes import DeletePlan
+from layerhub.images.snapshots import snapshot_forget
+
+logger = logging.getLogger(__name__)
 
 
 def images_delete_rows(*, images: Sequence[Image], plan: DeletePlan) -> list[str]:
@@ -57,9 +63,47 @@ def blob_remove_unused(digest: str) -> bool:
 
 
 def snapshot_remove_unused(chain_id: str) -> bool:
-    """Delete the snapshot unless a live lease or a layer row holds it, deciding under its
-    lock; whether it was there and is now gone."""
-    return get_store().snapshots.remove(chain_id, keep=lambda: snapshot_in_use(chain_id))
+    """Delete this host's snapshot unless a live lease or a layer row holds it, deciding
+    under its lock; whether it was there and is now gone. Other hosts' snapshots of the
+    layer, and their rows, are theirs (``snapshots_collect_elsewhere``)."""
+    removed = get_store().snapshots.remove(chain_id, keep=lambda: snapshot_in_use(chain_id))
+    if removed:
+        snapshot_forget(chain_id=chain_id)
+    return removed
+
+
+SNAPSHOTS_COLLECT_TASK = "layerhub.host_snapshots_collect"
+
+
+def host_snapshots_collect(chain_ids: Sequence[str] | None = None) -> list[str]:
+    """On this host: remove the snapshots (of ``chain_ids``, or every one here) that no layer
+    row and no live lease holds, as an ``rmi`` or a garbage collection run on another host
+    left them; the ChainIDs removed."""
+    store = get_store()
+    wanted = list(store.snapshots.chain_ids()) if chain_ids is None else list(chain_ids)
+    return [chain for chain in wanted if snapshot_remove_unused(chain)]
+
+
+def snapshots_collect_elsewhere(*, hosts: Sequence[str], chain_ids: Sequence[str] | None) -> int:
+    """Ask each of ``hosts`` (other than this one) to remove its snapshots no row holds any
+    more (``host_snapshots_collect``), through its queue: a host that is away does it when it
+    comes back. Returns how many hosts were asked; a broker that is down is logged, not
+    raised (the files stay for that host's next collection)."""
+    from celery import current_app
+
+    if current_app.conf.task_always_eager:
+        return 0  # no other host's worker runs in this process
+    here = current_host()
+    asked = 0
+    args = (None if chain_ids is None else list(chain_ids),)
+    for host in sorted(set(hosts) - {here}):
+        try:
+            current_app.send_task(SNAPSHOTS_COLLECT_TASK, args=args, queue=host_queue(host))
+        except Exception as exc:  # the broker: the delete itself has happened
+            logger.warning("could not ask host %s to remove its snapshots: %s", host, exc)
+            continue
+        asked += 1
+    return asked
 
 
 @dataclass

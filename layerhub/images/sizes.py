@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from django.db.models import (
     Count,
@@ -44,7 +45,7 @@ from layerhub.accounts.models import Team
 from layerhub.containers.models import Container
 from layerhub.images.dedup_links import dedup_freed_delta, dedup_saved_bytes
 from layerhub.images.leases import LIVE_STATES
-from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
+from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Snapshot, Tag
 from layerhub.jobs.models import Lease
 
 
@@ -271,11 +272,35 @@ class DeletePlan:
     images: list[str] = field(default_factory=list)  # image IDs (config digests) deleted
     untagged: list[str] = field(default_factory=list)  # "registry/repository:tag"
     containers: list[str] = field(default_factory=list)  # names of containers in the way
+    # the layer rows that go (their snapshots: ``host_snapshots``)
+    freed_layers: list[int] = field(default_factory=list, compare=False, repr=False)
+
+    @cached_property
+    def host_snapshots(self) -> dict[str, int]:
+        """Each host's bytes of the snapshots that go (its Snapshot rows), by host name: read
+        when asked (one query), and before the rows are deleted."""
+        per_host: dict[str, int] = {}
+        rows = Snapshot.objects.filter(layer_id__in=self.freed_layers).values_list("host", "size")
+        for host, size in rows:
+            per_host[host] = per_host.get(host, 0) + size
+        return dict(sorted(per_host.items()))
 
     @property
     def frees_bytes(self) -> int:
-        """The bytes the delete frees, to the byte."""
+        """The bytes the delete frees, to the byte (the blobs, and the snapshots as one host
+        holds them: the figure of a single machine)."""
         return sum(size for _, size in self.blobs) + sum(size for _, size in self.snapshots)
+
+    @property
+    def blob_bytes(self) -> int:
+        """The bytes of the blobs that go (stored once for every host)."""
+        return sum(size for _, size in self.blobs)
+
+    @property
+    def several_hosts(self) -> bool:
+        """Whether the snapshots that go are on more than one host (then each host's share
+        is shown apart)."""
+        return len(self.host_snapshots) > 1
 
     @property
     def blocked(self) -> bool:
@@ -388,6 +413,7 @@ def images_delete_plan(images: QuerySet[Image] | Iterable[Image]) -> DeletePlan:
     freed.sort(key=lambda pk: -layers[pk][1])  # top first
     linked = dedup_freed_delta([chain_of[pk] for pk in freed])
     return DeletePlan(
+        freed_layers=list(freed),
         blobs=[(d, sizes.get(d, 0)) for d in doomed],
         snapshots=[
             (chain_of[pk], (layers[pk][5] or 0) + linked.get(chain_of[pk], 0)) for pk in freed

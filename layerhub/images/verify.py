@@ -33,9 +33,10 @@ from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
 from layerhub.engine.errors import LayerhubError
 from layerhub.engine.fsutil import tree_usage, tree_usage_over
+from layerhub.hosts.models import current_host
 from layerhub.images.layer_counts import layer_image_count_mismatches, layer_image_counts_refresh
 from layerhub.images.leases import LIVE_STATES
-from layerhub.images.models import Blob, Image, Layer
+from layerhub.images.models import Blob, Image, Layer, Snapshot
 from layerhub.images.sizes import own_blob_bytes_refresh, store_totals
 from layerhub.images.usage import tmp_entries
 from layerhub.jobs.models import Lease
@@ -220,12 +221,20 @@ def store_verify() -> VerifyReport:
                     f"recorded {row[1]} bytes in {row[2]} files, "
                     f"the tree holds {size} bytes in {files}",
                 )
+    # a snapshot is missing where this host's row says it holds one (another host's
+    # snapshots are on that host's disk)
+    here = set(
+        Snapshot.objects.filter(host=current_host()).values_list("layer__chain_id", flat=True)
+    )
     for chain, (unpacked, _, _) in sorted(layers.items()):
-        if unpacked and chain not in seen_snapshots:
+        if unpacked and chain in here and chain not in seen_snapshots:
             sizes_match = False
             found("missing", "snapshot", chain, "recorded as unpacked, but the tree is gone")
     recorded_physical = store_totals().physical_snapshot_bytes
-    if sizes_match and recorded_physical != report.snapshot_physical_bytes:
+    # the recorded total is the catalog's, one copy of each snapshot: it is this host's disk
+    # only while no other host holds snapshots
+    alone = not Snapshot.objects.exclude(host=current_host()).exists()
+    if sizes_match and alone and recorded_physical != report.snapshot_physical_bytes:
         found(
             "size",
             "store",
@@ -280,6 +289,9 @@ def store_verify_fix_sizes(report: VerifyReport) -> list[str]:
             except FileNotFoundError:
                 continue
             Layer.objects.filter(chain_id=finding.key).update(unpacked_size=size, file_count=files)
+            Snapshot.objects.filter(layer__chain_id=finding.key, host=current_host()).update(
+                size=size, file_count=files
+            )
             changed.append(f"snapshot {finding.key}: recorded {size} bytes in {files} files")
         elif (
             finding.problem == "missing"

@@ -25,7 +25,7 @@ from layerhub.core.permissions import named_by, restrict
 from layerhub.core.store import get_store
 from layerhub.engine.errors import InvalidPath
 from layerhub.engine.reference import Reference
-from layerhub.engine.union import Entry, UnionView, join_path, split_path
+from layerhub.engine.union import Entry, FileView, UnionView, join_path, split_path
 from layerhub.images.listing import readable_tags
 from layerhub.images.models import Image, ImageLayer, Layer, Repository
 
@@ -96,7 +96,7 @@ class FileContent:
     truncated: bool
 
 
-def read_file_content(view: UnionView, path: str) -> FileContent:
+def read_file_content(view: FileView, path: str) -> FileContent:
     """The first TEXT_CAP bytes of a regular file, decoded if they are UTF-8 text."""
     entry = view.lstat(path)
     with view.open(path) as f:
@@ -113,7 +113,7 @@ def read_file_content(view: UnionView, path: str) -> FileContent:
     return FileContent(entry.st.st_size, text, truncated)
 
 
-def download_response(view: UnionView, path: str) -> FileResponse:
+def download_response(view: FileView, path: str) -> FileResponse:
     """A regular file of the view, streamed as an attachment."""
     entry = view.lstat(path)
     if not stat.S_ISREG(entry.st.st_mode):
@@ -138,7 +138,10 @@ class Row:
 def entry_row(entry: Entry, mark: str = "") -> Row:
     """A listing row for an entry of a union view."""
     st = entry.st
-    target = os.readlink(entry.host_path) if stat.S_ISLNK(st.st_mode) else ""
+    target = ""
+    if stat.S_ISLNK(st.st_mode):
+        # an entry read on another host (a container's) carries its target with it
+        target = getattr(entry, "link_target", "") or os.readlink(entry.host_path)
     return Row(
         name=entry.path.rsplit("/", 1)[1],
         path=entry.path,
@@ -150,7 +153,7 @@ def entry_row(entry: Entry, mark: str = "") -> Row:
     )
 
 
-def browse_context(view: UnionView, path: str, *, own_layer: int | None = None) -> dict[str, Any]:
+def browse_context(view: FileView, path: str, *, own_layer: int | None = None) -> dict[str, Any]:
     """What a file-browser template needs for ``path`` in ``view``: a directory's rows (capped)
     or a file's content, a symlink's target, or another kind's description. Entries that come
     from layer ``own_layer`` (a container's writable layer) are marked ``W``."""
@@ -315,7 +318,7 @@ def image_files(request: HttpRequest, pk: int) -> HttpResponseBase:
         with_tags(restrict(Image.objects.all(), request.user), named_by(request.user)), pk=pk
     )
     path = clean_path(request.GET.get("path"))
-    view = UnionView(image_lowers(image), get_store().whiteouts)
+    view = UnionView(image_lowers(image, build=False), get_store().whiteouts)
     if request.GET.get("download"):
         return download_response(view, path)
     context = browse_context(view, path)

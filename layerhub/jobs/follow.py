@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.management.base import CommandError
 
 from layerhub.core.humanize import human_size
+from layerhub.hosts.routing import host_queue
 from layerhub.jobs.models import Job
 from layerhub.jobs.presence import queues_served, workers_present
 from layerhub.jobs.services import broker_down_message, one_line
@@ -100,7 +101,8 @@ class Watchdog:
             job.refresh_from_db()
 
     def _check_queued(self, job: Job, now: float) -> None:
-        queue = settings.LAYERHUB_QUEUE
+        # a job for one host waits for that host's worker
+        queue = host_queue(job.host) if job.host else settings.LAYERHUB_QUEUE
         try:
             present = workers_present(queue)
         except redis.RedisError as exc:
@@ -114,15 +116,28 @@ class Watchdog:
         if self.unserved_since is None:
             self.unserved_since = now
         if not self.warned:
-            self._say(self._no_worker_text(queue))
+            self._say(self._no_worker_text(queue) if not job.host else self._no_host_text(job))
             self.warned = True
         waited = now - self.unserved_since
+        if waited >= settings.LAYERHUB_JOB_DEAD_AFTER and job.host:
+            raise CommandError(
+                f"no worker of host {job.host} took {self.what} job {job.pk} in {waited:.0f}s. "
+                f"The job stays queued and runs when that host's worker starts (or fails "
+                f"once the host has been gone for {settings.LAYERHUB_HOST_GONE_AFTER:g}s)"
+            )
         if waited >= settings.LAYERHUB_JOB_DEAD_AFTER:
             raise CommandError(
                 f"no worker took {self.what} job {job.pk} in {waited:.0f}s: none takes jobs "
                 f"from queue {queue}. The job stays queued and runs when one starts "
                 f"(`make dev`, or `celery -A workers worker -Q {queue}`)"
             )
+
+    def _no_host_text(self, job: Job) -> str:
+        return (
+            f"no worker of host {job.host} is running: the {self.what} waits for it (it needs "
+            f"that host's disk; start `celery -A workers worker -Q {settings.LAYERHUB_QUEUE}` "
+            f"there with LAYERHUB_HOST={job.host})"
+        )
 
     def _no_worker_text(self, queue: str) -> str:
         text = (

@@ -134,6 +134,9 @@ class Job(models.Model):
     team = models.ForeignKey(
         "accounts.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
+    # the host whose disk the job needs (a container's commit runs on the container's host),
+    # sent to that host's queue; empty: any worker
+    host = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

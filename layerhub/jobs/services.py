@@ -22,6 +22,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from layerhub.engine.cancel import Cancelled
 from layerhub.engine.errors import Conflict, LayerhubError
+from layerhub.hosts.routing import host_queue
 from layerhub.jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ def job_start(*, kind: str, user: Any = None, team: Any = None, **fields: Any) -
 
 
 def job_enqueue(*, job: Job) -> None:
-    """Send the job to a worker once the transaction that created it has committed.
+    """Send the job to a worker once the transaction that created it has committed: to the
+    deployment's queue, or to its host's queue when ``job.host`` names one.
 
     When Redis does not answer the job is failed with a message saying so, and
     BrokerUnavailable is raised (to whoever commits), so nothing waits on a job that no
@@ -205,6 +207,8 @@ def job_enqueue(*, job: Job) -> None:
     """
     name = TASK_FOR_KIND[Job.Kind(job.kind)]
     pk = job.pk
+    # a job that needs one host's disk goes to that host's queue (layerhub.hosts.routing)
+    queue = host_queue(job.host) if job.host else settings.LAYERHUB_QUEUE
 
     def send() -> None:
         if current_app.conf.task_always_eager:
@@ -214,7 +218,7 @@ def job_enqueue(*, job: Job) -> None:
             current_app.tasks[name].apply_async(args=(pk,))
             return
         try:
-            current_app.send_task(name, args=(pk,), queue=settings.LAYERHUB_QUEUE)
+            current_app.send_task(name, args=(pk,), queue=queue)
         except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
             message = broker_down_message(exc)
             Job.objects.filter(pk=pk, state=Job.State.QUEUED).update(

@@ -281,7 +281,7 @@ def test_exec_disabled_where_commands_cannot_run(
     admin_client: Client, box: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        "layerhub.containers.views.runtime_unavailable_reason", lambda fmt: "no runc here"
+        "layerhub.containers.files.runtime_unavailable_reason", lambda fmt: "no runc here"
     )
     html = admin_client.get(url("detail", box)).content.decode()
     assert "Commands cannot run here: no runc here" in html

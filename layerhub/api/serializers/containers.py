@@ -45,6 +45,7 @@ class ContainerSerializer(serializers.ModelSerializer[Container]):
             "url",
             "image",
             "team",
+            "host",
             "state",
             "last_command",
             "last_exit_code",
@@ -63,6 +64,12 @@ class ContainerCreateSerializer(TeamActSerializer):
     image = VisiblePrimaryKeyField(queryset=Image.objects.all(), help_text="the image's id")
     name = serializers.CharField(
         max_length=128, required=False, allow_blank=True, help_text="default: made up"
+    )
+    host = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$",
+        required=False,
+        allow_blank=True,
+        help_text="the host (LAYERHUB_HOST) whose disk holds it; default: the API server's",
     )
 
 

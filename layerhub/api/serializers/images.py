@@ -156,6 +156,10 @@ class DeletePlanSerializer(serializers.Serializer):  # type: ignore[type-arg]
         help_text="other teams name it too: only your teams' names of it go, freeing nothing"
     )
     frees_bytes = serializers.IntegerField()
+    frees_by_host = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="each host's bytes of the snapshots that go (blobs are shared by all)",
+    )
     held_bytes = serializers.IntegerField(
         help_text="bytes only a running job's lease keeps: garbage collection frees them later"
     )

@@ -35,6 +35,7 @@ from layerhub.api.serializers.containers import (
 from layerhub.api.serializers.jobs import JobSerializer
 from layerhub.api.views.files import asked_path, path_listing
 from layerhub.api.views.images import PATH_PARAMETER
+from layerhub.containers.files import container_files
 from layerhub.containers.forms import MAX_UPLOAD_BYTES
 from layerhub.containers.models import Container
 from layerhub.containers.services import (
@@ -42,7 +43,6 @@ from layerhub.containers.services import (
     container_create,
     container_diff,
     container_exec,
-    container_fs,
     container_remove_path,
     container_rm,
     container_write_file,
@@ -119,6 +119,7 @@ class ContainerViewSet(
             name=data.get("name") or None,
             user=request.user,
             team=data["team"],
+            host=data.get("host") or None,
         )
         body = ContainerSerializer(container, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED)
@@ -136,8 +137,8 @@ class ContainerViewSet(
     )
     @action(detail=True, methods=["get"])
     def files(self, request: Request, name: str) -> Response:
-        fs = container_fs(self.get_object())
-        return Response(path_listing(fs.view, asked_path(request), own_layer=len(fs.lowers)))
+        fs = container_files(self.get_object())
+        return Response(path_listing(fs.view, asked_path(request), own_layer=fs.own_layer))
 
     @extend_schema(
         summary="Create or replace a file",
@@ -178,7 +179,7 @@ class ContainerViewSet(
     @action(detail=True, methods=["get"], url_path="files/content")
     def content(self, request: Request, name: str) -> FileResponse:
         container = self.get_object()
-        return download_response(container_fs(container).view, asked_path(request))
+        return download_response(container_files(container).view, asked_path(request))
 
     @extend_schema(
         summary="Upload a file (multipart/form-data)",
@@ -198,7 +199,7 @@ class ContainerViewSet(
         return self._written(container, path)
 
     def _written(self, container: Container, path: str) -> Response:
-        body = path_listing(container_fs(container).view, clean_path(path))
+        body = path_listing(container_files(container).view, clean_path(path))
         return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(

@@ -8,7 +8,7 @@ from typing import Any
 
 from rest_framework.request import Request
 
-from layerhub.engine.union import UnionView
+from layerhub.engine.union import FileView
 from layerhub.images.views_layers import LIST_CAP, Row, clean_path, entry_row
 
 
@@ -30,7 +30,7 @@ def _row(row: Row) -> dict[str, Any]:
 
 
 def path_listing(
-    view: UnionView,
+    view: FileView,
     path: str,
     *,
     own_layer: int | None = None,

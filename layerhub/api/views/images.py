@@ -108,6 +108,7 @@ def visible_plan(image: Image, user: Any) -> dict[str, Any]:
         "allowed": allowed,
         "image_stays": stays,
         "frees_bytes": plan.frees_bytes,
+        "frees_by_host": plan.host_snapshots,
         "held_bytes": plan.held_bytes,
         "blobs": len(plan.blobs),
         "snapshots": len(plan.snapshots),
@@ -211,7 +212,7 @@ class ImageViewSet(
     @action(detail=True, methods=["get"])
     def files(self, request: Request, pk: str) -> Response:
         image = self.get_object()
-        view = UnionView(image_lowers(image), get_store().whiteouts)
+        view = UnionView(image_lowers(image, build=False), get_store().whiteouts)
         return Response(path_listing(view, asked_path(request)))
 
     @extend_schema(

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from layerhub.hosts.models import Host
 from layerhub.images.gc import GCReport, store_gc
 from layerhub.images.leases import LIVE_STATES
+from layerhub.images.removal import snapshots_collect_elsewhere
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import cancel_watch, job_run, job_start
 
@@ -42,9 +44,15 @@ def store_gc_run(*, job_id: int) -> None:
     watch = cancel_watch(job)
 
     def work() -> None:
-        report = store_gc(dry_run=bool(job.params.get("dry_run")), should_stop=watch.poll)
+        dry_run = bool(job.params.get("dry_run"))
+        report = store_gc(dry_run=dry_run, should_stop=watch.poll)
         job.params = {**job.params, "report": report.to_json()}
         job.save(update_fields=["params"])
+        if not dry_run and not report.stopped:
+            # this run swept this host's snapshots; every other host sweeps its own
+            snapshots_collect_elsewhere(
+                hosts=list(Host.objects.values_list("name", flat=True)), chain_ids=None
+            )
         if report.stopped:
             watch.check(force=True)  # ends the job cancelled, its report kept
 

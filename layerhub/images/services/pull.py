@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum, Value
+from django.db.models import Exists, OuterRef, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -47,6 +47,7 @@ from layerhub.engine.manifest import (
 )
 from layerhub.engine.reference import Reference, normalize_registry, parse_reference
 from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSConfig
+from layerhub.hosts.models import current_host
 from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.leases import (
     blob_in_use_by_other,
@@ -61,11 +62,13 @@ from layerhub.images.models import (
     Layer,
     RegistryCredential,
     Repository,
+    Snapshot,
     Tag,
 )
 from layerhub.images.selectors import registry_insecure
 from layerhub.images.services.packages import image_packages_record
 from layerhub.images.sizes import logical_bytes, own_blob_bytes_refresh, team_images
+from layerhub.images.snapshots import layers_not_unpacked_here, snapshot_record
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
     JobProgress,
@@ -233,12 +236,12 @@ def image_pull_run(*, job_id: int) -> None:
         # the pull unpacked on the way: record what it made; a layer it could not unpack
         # (its blob is here) goes to an unpack job, which retries it and says why
         store = get_store()
-        for row in Layer.objects.filter(
-            chain_id__in=[layer.chain_id for layer in resolved.layers], unpacked_at=None
+        for row in layers_not_unpacked_here(
+            Layer.objects.filter(chain_id__in=[layer.chain_id for layer in resolved.layers])
         ):
             if store.snapshots.exists(row.chain_id):
                 layer_mark_unpacked(row)
-        if image.layers.filter(unpacked_at=None).exists():
+        if layers_not_unpacked_here(image.layers.all()).exists():
             _queue_unpack(job, image)  # which records the packages once it has unpacked
         else:
             image_packages_record(image=image)  # what an unpack job would do at its end
@@ -486,9 +489,11 @@ def layer_mark_unpacked(layer: Layer) -> None:
     of ``st_size`` of its regular files, a hardlinked file once).
     """
     unpacked_size, file_count = tree_usage(get_store().snapshots.path(layer.chain_id))
-    Layer.objects.filter(pk=layer.pk).update(
-        unpacked_size=unpacked_size, file_count=file_count, unpacked_at=timezone.now()
-    )
+    with transaction.atomic():
+        Layer.objects.filter(pk=layer.pk).update(
+            unpacked_size=unpacked_size, file_count=file_count, unpacked_at=timezone.now()
+        )
+        snapshot_record(layer=layer, size=unpacked_size, file_count=file_count)
 
 
 def image_unpack_run(*, job_id: int) -> None:
@@ -520,17 +525,51 @@ def image_unpack_run(*, job_id: int) -> None:
             )
         except Cancelled:
             # the layers made before the stop are whole snapshots: record them as made
-            for row in Layer.objects.filter(chain_id__in=chain_ids(diff_ids), unpacked_at=None):
+            for row in layers_not_unpacked_here(
+                Layer.objects.filter(chain_id__in=chain_ids(diff_ids))
+            ):
                 if store.snapshots.exists(row.chain_id):
                     layer_mark_unpacked(row)
             raise
         finally:
             progress.flush(force=True)
+        here = set(
+            Snapshot.objects.filter(
+                host=current_host(), layer__chain_id__in=[layer.chain_id for layer in unpacked]
+            ).values_list("layer__chain_id", flat=True)
+        )
         for layer in unpacked:
             row = Layer.objects.get(chain_id=layer.chain_id)
             # an existing snapshot unrecorded: made by a run whose worker died before recording
-            if layer.created or row.unpacked_at is None:
+            if layer.created or layer.chain_id not in here or row.unpacked_at is None:
                 layer_mark_unpacked(row)
         image_packages_record(image=job.image)
 
     job_run(job, work)
+
+
+def image_snapshots_ensure(*, image: Image) -> list[Path]:
+    """The image's snapshots on this host, bottom first: those this host lacks (the image was
+    pulled or committed on another host, or this host's cache dropped them) are unpacked here
+    from the image's layer blobs, and recorded as this host's.
+
+    What a job on this host runs before it stands on the image (a container's create, exec,
+    files, diff or commit). One query when every snapshot is here."""
+    here = Snapshot.objects.filter(layer=OuterRef("layer"), host=current_host())
+    rows = list(
+        image.image_layers.select_related("layer").annotate(here=Exists(here)).order_by("position")
+    )
+    store = get_store()
+    chains = [row.layer.chain_id for row in rows]
+    recorded = {row.layer.chain_id for row in rows if row.here}
+    if all(chain in recorded and store.snapshots.exists(chain) for chain in chains):
+        return [store.snapshots.path(chain) for chain in chains]
+    descriptors = [
+        Descriptor(row.layer.media_type, row.layer.digest, row.layer.size) for row in rows
+    ]
+    unpacked = engine_pull.unpack(store, descriptors, [row.layer.diff_id for row in rows])
+    made = {layer.chain_id: layer.created for layer in unpacked}
+    for row in rows:
+        if made.get(row.layer.chain_id) or row.layer.chain_id not in recorded:
+            layer_mark_unpacked(row.layer)
+    return [store.snapshots.path(chain) for chain in chains]

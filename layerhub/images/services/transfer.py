@@ -24,7 +24,11 @@ from layerhub.engine.reference import parse_reference
 from layerhub.images.leases import job_lease, lease_barrier
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Repository, Tag
-from layerhub.images.removal import images_delete_rows, plan_files_delete
+from layerhub.images.removal import (
+    images_delete_rows,
+    plan_files_delete,
+    snapshots_collect_elsewhere,
+)
 from layerhub.images.services.pull import StoredImage, image_record, registry_client_for
 from layerhub.images.sizes import (
     DeletePlan,
@@ -378,6 +382,7 @@ def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[s
     teams: list[Team | None] = [
         repository.team for repository in found.repositories.select_related("team")
     ]
+    hosts = list(plan.host_snapshots)  # read before the rows go
     lines = images_delete_rows(images=[found], plan=plan)
     for team in dict.fromkeys(teams or [None]):
         audit(
@@ -392,5 +397,13 @@ def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[s
     # so either the job sees the file gone, or this sees its lease.
     transaction.on_commit(
         functools.partial(plan_files_delete, blobs=plan.blobs, snapshots=plan.snapshots)
+    )
+    # the other hosts' snapshots of these layers go on those hosts
+    transaction.on_commit(
+        functools.partial(
+            snapshots_collect_elsewhere,
+            hosts=hosts,
+            chain_ids=[chain for chain, _ in plan.snapshots],
+        )
     )
     return lines

@@ -1,4 +1,4 @@
-"""``python manage.py create IMAGE [--name NAME]``: a container over an image."""
+"""``python manage.py create IMAGE [--name NAME] [--host HOST]``: a container over an image."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ class Command(LayerhubCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("image", help="reference, image ID or digest")
         parser.add_argument("--name", help="a name for the container")
+        parser.add_argument(
+            "--host",
+            help="the host (LAYERHUB_HOST) that holds it; default: this one (LAYERHUB_HOST)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -28,6 +32,7 @@ class Command(LayerhubCommand):
                 name=options["name"],
                 user=user,
                 team=self.acting_team(options, user, CHANGE),
+                host=options["host"],
             )
         except LayerhubError as exc:
             raise CommandError(str(exc)) from None

@@ -18,6 +18,7 @@ from django.utils.timesince import timesince
 from layerhub.containers.models import Container
 from layerhub.core.humanize import human_size
 from layerhub.engine.reference import Reference
+from layerhub.hosts.models import Host
 from layerhub.images.models import Image, Tag
 from layerhub.images.selectors import image_display_name
 from layerhub.images.sizes import images_delete_plan, images_with_sizes, store_totals
@@ -96,6 +97,22 @@ class Command(LayerhubCommand):
                 f"\nIdentical files of different layers stored once (dedup): "
                 f"{human_size(totals.dedup_bytes)} saved"
             )
+        hosts = list(Host.objects.order_by("name"))
+        if len(hosts) > 1:
+            # each host's snapshot cache, and what deleting the idle images frees there
+            self.stdout.write("")
+            rows = [["HOST", "SNAPSHOTS", "SIZE", "RECLAIMABLE"]]
+            for host in hosts:
+                reclaimable = idle.host_snapshots.get(host.name, 0)
+                rows.append(
+                    [
+                        host.name + ("" if host.available else " (unavailable)"),
+                        str(host.snapshot_count),
+                        human_size(host.snapshot_bytes),
+                        _percent(reclaimable, host.snapshot_bytes),
+                    ]
+                )
+            self.table(rows)
         if options["detail"]:
             self.images_detail()
             self.containers_detail(containers, layer_bytes)

@@ -62,3 +62,7 @@ class Command(LayerhubCommand):
         if plan.held:
             self.stdout.write(f"held by running jobs: {plan.held_bytes} bytes")
         self.stdout.write(f"would free {plan.frees_bytes} bytes")
+        if plan.several_hosts:
+            self.stdout.write(f"  blobs (every host): {plan.blob_bytes} bytes")
+            for host, size in plan.host_snapshots.items():
+                self.stdout.write(f"  snapshots on {host}: {size} bytes")

@@ -1,0 +1,249 @@
+"""Several hosts on one machine: each keeps its own snapshots, containers live on one host, and
+their work runs there.
+
+The hosts share one store's blobs (one LAYERHUB_STORE; a fleet on several machines shares
+them through the object store) and keep their snapshots apart (LAYERHUB_SNAPSHOTS each). The
+last test runs real Celery workers as hosts ``alpha`` and ``beta`` while this process is a web
+server on a third host (``web``) that holds nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import current_app
+from django.test import Client
+from pytest_django import Settings
+
+from layerhub.containers.files import container_files
+from layerhub.containers.models import Container
+from layerhub.containers.services import (
+    container_commit,
+    container_create,
+    container_diff,
+    container_rm,
+    container_write_file,
+)
+from layerhub.engine.container import Change
+from layerhub.engine.digest import chain_ids, digest_hex
+from layerhub.hosts.models import Host
+from layerhub.hosts.routing import HostUnavailable
+from layerhub.images.models import Image, Layer, Snapshot
+from layerhub.images.removal import host_snapshots_collect
+from layerhub.images.services import image_pull
+from layerhub.images.services.transfer import image_remove
+from layerhub.images.sizes import image_delete_plan
+from layerhub.jobs.models import Job
+from layerhub.jobs.presence import workers_present
+from tests.conftest import delete_queue_keys
+from tests.registry.conftest import Seed
+from tests.support.database import database_url
+from tests.support.processes import stop_group
+from tests.support.registry import Registry
+from tests.support.teams import default_team
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def on_host(settings: Settings, name: str, root: Path) -> Path:
+    """Make this process host ``name``, with its snapshots under ``root/name``."""
+    settings.LAYERHUB_HOST = name
+    settings.LAYERHUB_SNAPSHOTS = root / name
+    return root / name
+
+
+def snapshot_dirs(root: Path) -> set[str]:
+    return {entry.name for entry in root.iterdir()} if root.is_dir() else set()
+
+
+def pulled(registry: Registry) -> Image:
+    job = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.image is not None
+    return job.image
+
+
+@pytest.mark.usefixtures("eager")
+def test_each_host_keeps_and_removes_its_own_snapshots(
+    registry: Registry, seed: Seed, settings: Settings, tmp_path: Path
+) -> None:
+    alpha = on_host(settings, "alpha", tmp_path)
+    image = pulled(registry)
+    chains = chain_ids([seed.base.diff_id, seed.app.diff_id])
+    hexes = {digest_hex(chain) for chain in chains}
+    assert snapshot_dirs(alpha) == hexes
+    assert set(Snapshot.objects.values_list("host", flat=True)) == {"alpha"}
+
+    # beta has none: a container there unpacks them from the blobs on beta itself
+    beta = on_host(settings, "beta", tmp_path)
+    box = container_create(image=image.manifest_digest, team=default_team(), name="box")
+    assert box.host == "beta"
+    assert snapshot_dirs(beta) == hexes
+    sizes = {
+        (row.host, row.layer.chain_id): row.size for row in Snapshot.objects.select_related("layer")
+    }
+    for chain in chains:
+        assert sizes[("alpha", chain)] == sizes[("beta", chain)]
+        assert sizes[("beta", chain)] == Layer.objects.get(chain_id=chain).unpacked_size
+    container_write_file(container=box, path="/app/note", data=b"on beta\n")
+    assert container_diff(container=box) == [Change("C", "/app"), Change("A", "/app/note")]
+
+    container_rm(container=box)
+    plan = image_delete_plan(image)
+    per_host = sum(sizes[("beta", chain)] for chain in chains)
+    assert plan.host_snapshots == {"alpha": per_host, "beta": per_host}
+    assert plan.several_hosts
+    assert plan.frees_bytes == plan.blob_bytes + per_host  # one host's figure, as before
+
+    # rmi on beta removes beta's snapshots; alpha's files are alpha's to remove
+    image_remove(image=image.manifest_digest, force=True)
+    assert snapshot_dirs(beta) == set()
+    assert snapshot_dirs(alpha) == hexes
+    assert not Snapshot.objects.exists()
+    on_host(settings, "alpha", tmp_path)
+    assert sorted(host_snapshots_collect()) == sorted(chains)
+    assert snapshot_dirs(alpha) == set()
+
+
+# -- real workers as hosts -----------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def fleet(
+    broker: str, settings: Settings, tmp_path: Path
+) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """Start a worker as host ``name`` (its own snapshot directory, the shared blobs and
+    queue); all are stopped at the end, and this run's keys of the broker deleted."""
+    settings.REDIS_URL = str(current_app.conf.broker_url)  # where host calls are answered
+    base = {
+        **os.environ,
+        "REDIS_URL": settings.REDIS_URL,
+        "LAYERHUB_QUEUE": settings.LAYERHUB_QUEUE,
+        "DATABASE_URL": database_url(),
+        "LAYERHUB_STORE": str(settings.LAYERHUB_STORE),
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "DJANGO_SETTINGS_MODULE": "layerhub.settings",
+        "LAYERHUB_JOB_HEARTBEAT": "0.5",
+        "LAYERHUB_JOB_DEAD_AFTER": "5",
+        "LAYERHUB_HOST_GONE_AFTER": "2",
+    }
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        env = {**base, "LAYERHUB_HOST": name, "LAYERHUB_SNAPSHOTS": str(tmp_path / name)}
+        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-c", "1"]
+        argv += ["-l", "warning", "-n", f"{name}@%h"]
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
+        started.append(proc)
+        queue = f"{settings.LAYERHUB_QUEUE}.host.{name}"
+        wait_until(lambda: bool(workers_present(queue)), 90, f"the worker of host {name}")
+        return proc
+
+    yield start
+    for proc in started:
+        stop_group(proc)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    delete_queue_keys(client, settings.LAYERHUB_QUEUE)
+    client.close()
+
+
+def test_workers_as_hosts_run_a_containers_work_on_its_host(
+    registry: Registry,
+    seed: Seed,
+    settings: Settings,
+    tmp_path: Path,
+    fleet: Callable[[str], subprocess.Popen[bytes]],
+    admin_client: Client,
+) -> None:
+    settings.LAYERHUB_HOST = "web"  # this process: a web server holding no snapshots
+    settings.LAYERHUB_SNAPSHOTS = tmp_path / "web"
+    settings.LAYERHUB_HOST_GONE_AFTER = 2.0
+    settings.LAYERHUB_HOST_CALL_TIMEOUT = 60.0
+    fleet("alpha")  # alone at first: the pull runs on alpha
+
+    pull = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
+
+    def ended(job: Job) -> Callable[[], bool]:
+        def check() -> bool:
+            job.refresh_from_db()
+            return job.done
+
+        return check
+
+    wait_until(ended(pull), 120, "the pull")
+    assert pull.state == Job.State.SUCCEEDED, pull.error
+    assert pull.image is not None
+    chains = chain_ids([seed.base.diff_id, seed.app.diff_id])
+    assert set(Snapshot.objects.values_list("host", flat=True)) == {"alpha"}
+
+    # a container on beta: beta's worker makes it, and the snapshots beta lacks from the blobs
+    beta_worker = fleet("beta")
+    box = container_create(
+        image=pull.image.manifest_digest, team=default_team(), name="box", host="beta"
+    )
+    assert box.host == "beta"
+    assert (tmp_path / "beta" / digest_hex(chains[-1]) / "fs" / "app" / "run").is_file()
+    assert not (tmp_path / "web").exists() or snapshot_dirs(tmp_path / "web") == set()
+    assert set(
+        Snapshot.objects.filter(host="beta").values_list("layer__chain_id", flat=True)
+    ) == set(chains)
+
+    # files and changes go through beta, and read back through it
+    container_write_file(container=box, path="/app/note", data=b"written from web\n")
+    assert container_diff(container=box) == [Change("C", "/app"), Change("A", "/app/note")]
+    files = container_files(box)
+    assert files.view.lstat("/app/note").st.st_size == len(b"written from web\n")
+    with files.view.open("/app/note") as f:
+        assert f.read() == b"written from web\n"
+    assert [entry.path for entry in files.view.listdir("/app")] == ["/app/note", "/app/run"]
+    page = admin_client.get(f"/containers/{box.name}/?path=/app")
+    assert page.status_code == 200
+    assert "note" in page.content.decode()
+    download = admin_client.get(f"/containers/{box.name}/file/?path=/app/note&download=1")
+    assert b"".join(download.streaming_content) == b"written from web\n"  # type: ignore[attr-defined]
+
+    # the commit job goes to beta's queue; its new layer's snapshot is beta's
+    commit = container_commit(container=box, repository="localhost/committed:1")
+    assert commit.host == "beta"
+    wait_until(ended(commit), 120, "the commit")
+    assert commit.state == Job.State.SUCCEEDED, commit.error
+    assert commit.image is not None
+    top = commit.image.image_layers.order_by("-position").first()
+    assert top is not None
+    assert list(Snapshot.objects.filter(layer=top.layer).values_list("host", flat=True)) == ["beta"]
+
+    # beta goes away: its container says so, and a job queued for it fails after the timeout
+    os.killpg(beta_worker.pid, signal.SIGKILL)
+    beta_worker.wait()
+    wait_until(lambda: not Host.objects.get(name="beta").available, 30, "beta to be gone")
+    with pytest.raises(HostUnavailable, match="host beta is unavailable: no heartbeat"):
+        container_diff(container=box)
+    page = admin_client.get(f"/containers/{box.name}/")
+    assert page.status_code == 503
+    assert "host unavailable" in page.content.decode()
+    stranded = container_commit(container=box, repository="localhost/never:1")
+    wait_until(ended(stranded), 60, "the job queued for beta to fail")
+    assert stranded.state == Job.State.FAILED
+    assert stranded.error.startswith("host beta is unavailable: no heartbeat from its worker")
+    health = admin_client.get("/healthz").json()
+    status = {host["name"]: host["status"] for host in health["hosts"]}
+    assert status["alpha"] == "ok"
+    assert status["beta"].startswith("unavailable")
+    assert Container.objects.filter(name="box", host="beta").exists()

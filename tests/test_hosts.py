@@ -1,0 +1,207 @@
+"""Hosts without workers: host queues, jobs of a host that is gone, calls to a host that does
+not answer, and what /healthz says of each host."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from celery import current_app
+from django.test import Client
+from django.utils import timezone
+from pytest_django import Settings
+
+from layerhub.hosts import calls
+from layerhub.hosts.calls import host_call, host_operation
+from layerhub.hosts.models import Host
+from layerhub.hosts.routing import HostUnavailable, host_queue, jobs_stranded_fail
+from layerhub.jobs.models import Job
+from layerhub.jobs.services import job_start
+from tests.conftest import delete_queue_keys
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def quick_hosts(settings: Settings) -> None:
+    settings.LAYERHUB_HOST = "web"
+    settings.LAYERHUB_HOST_GONE_AFTER = 2.0
+    settings.LAYERHUB_HOST_CALL_TIMEOUT = 1.0
+
+
+def stamp(name: str, *, ago: float = 0.0, stopped: bool = False) -> Host:
+    now = timezone.now()
+    host, _ = Host.objects.update_or_create(
+        name=name,
+        defaults={
+            "heartbeat_at": now - timedelta(seconds=ago),
+            "free_bytes": 10_000,
+            "snapshot_count": 2,
+            "snapshot_bytes": 1234,
+            "stopped_at": now if stopped else None,
+        },
+    )
+    return host
+
+
+def test_a_job_for_a_host_goes_to_that_hosts_queue(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        current_app, "send_task", lambda name, args, queue: sent.append((name, queue))
+    )
+    # Celery's conf reads the Django setting: set there, it is put back after the test
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    with django_capture_on_commit_callbacks(execute=True):
+        job_start(kind=Job.Kind.COMMIT, host="beta", params={"container": "x" * 64})
+        job_start(kind=Job.Kind.VERIFY)
+    assert sent == [
+        ("layerhub.container_commit", f"{settings.LAYERHUB_QUEUE}.host.beta"),
+        ("layerhub.store_verify", settings.LAYERHUB_QUEUE),
+    ]
+    assert host_queue("beta") == f"{settings.LAYERHUB_QUEUE}.host.beta"
+
+
+def test_jobs_queued_for_a_gone_host_fail_with_its_reason_after_the_timeout() -> None:
+    stamp("gone", ago=30)
+    stamp("alive")
+    old = timezone.now() - timedelta(seconds=10)
+    stranded = Job.objects.create(kind=Job.Kind.COMMIT, host="gone", created_at=old)
+    waiting = Job.objects.create(kind=Job.Kind.COMMIT, host="alive", created_at=old)
+    fresh = Job.objects.create(kind=Job.Kind.COMMIT, host="gone")  # may still come back
+    anywhere = Job.objects.create(kind=Job.Kind.VERIFY, created_at=old)
+    never = Job.objects.create(kind=Job.Kind.COMMIT, host="unknown", created_at=old)
+
+    assert jobs_stranded_fail() == 2
+
+    for job in (stranded, waiting, fresh, anywhere, never):
+        job.refresh_from_db()
+    assert stranded.state == Job.State.FAILED
+    assert stranded.error.startswith("host gone is unavailable: no heartbeat from its worker for")
+    assert never.state == Job.State.FAILED
+    assert "no worker of that host has ever reported" in never.error
+    assert [waiting.state, fresh.state, anywhere.state] == [Job.State.QUEUED] * 3
+
+
+def test_a_stopped_host_is_unavailable_at_once() -> None:
+    stamp("beta", stopped=True)
+    with pytest.raises(HostUnavailable, match="host beta is unavailable: its worker stopped"):
+        host_call("beta", "container.diff", container="0" * 64)
+
+
+def test_a_call_runs_in_process_on_this_host_through_the_same_encoding() -> None:
+    seen: list[Any] = []
+
+    @host_operation("test.echo")
+    def echo(*, value: Any) -> Any:
+        seen.append(value)
+        return {"got": value}
+
+    try:
+        # a tuple goes in as JSON does: a list, on this host as on any other
+        assert host_call("web", "test.echo", value=(1, "a")) == {"got": [1, "a"]}
+        assert seen == [[1, "a"]]
+    finally:
+        del calls.OPERATIONS["test.echo"]
+
+
+def test_errors_come_back_as_their_own_class() -> None:
+    from layerhub.engine.errors import Conflict
+
+    @host_operation("test.refuse")
+    def refuse() -> None:
+        raise Conflict("that name is taken")
+
+    try:
+        with pytest.raises(Conflict, match="that name is taken"):
+            host_call("web", "test.refuse")
+    finally:
+        del calls.OPERATIONS["test.refuse"]
+
+
+def test_a_host_that_does_not_answer_fails_the_call_after_the_timeout(
+    broker: str, settings: Settings
+) -> None:
+    # the broker this process' Celery app sends to, where the answer would come back
+    settings.REDIS_URL = str(current_app.conf.broker_url)
+    stamp("silent")  # its heartbeat is fresh, but no worker takes its queue
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        with pytest.raises(HostUnavailable, match="host silent did not answer within 1s"):
+            host_call("silent", "container.diff", container="0" * 64)
+    finally:
+        delete_queue_keys(client, settings.LAYERHUB_QUEUE)
+        client.close()
+
+
+def test_healthz_lists_each_host(client: Client) -> None:
+    assert "hosts" not in client.get("/healthz").json()  # no worker has reported yet
+
+    stamp("alpha")
+    stamp("beta", ago=30)
+    body = client.get("/healthz").json()
+
+    assert body["database"] == body["store"] == "ok"
+    hosts = {host["name"]: host for host in body["hosts"]}
+    assert hosts["alpha"]["status"] == "ok"
+    assert hosts["alpha"]["free_bytes"] == 10_000
+    assert (hosts["alpha"]["snapshot_count"], hosts["alpha"]["snapshot_bytes"]) == (2, 1234)
+    assert hosts["beta"]["status"].startswith("unavailable: no heartbeat from its worker for")
+
+
+def test_the_overview_shows_hosts_only_for_a_fleet(admin_client: Client) -> None:
+    stamp("web")
+    page = admin_client.get("/").content.decode()
+    assert 'data-table="hosts"' not in page  # one host: the page as it always was
+
+    stamp("beta", ago=30)
+    page = admin_client.get("/").content.decode()
+    assert 'data-host="web"' in page
+    assert 'data-host="beta"' in page
+    assert "unavailable" in page
+
+
+def test_following_a_job_for_a_host_with_no_worker_names_the_host(
+    broker: str, settings: Settings
+) -> None:
+    import io
+
+    from django.core.management import CommandError
+
+    from layerhub.jobs.follow import Watchdog
+
+    settings.REDIS_URL = broker  # where presence is looked up: no worker of beta there
+    settings.LAYERHUB_JOB_DEAD_AFTER = 5.0
+    job = Job.objects.create(kind=Job.Kind.COMMIT, host="beta")
+    now = [0.0]
+    err = io.StringIO()
+    watchdog = Watchdog(err, what="commit", clock=lambda: now[0])
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    now[0] = 1.0
+    watchdog.check(job)
+    assert "no worker of host beta is running" in err.getvalue()
+    now[0] = 7.0
+    with pytest.raises(CommandError, match="no worker of host beta took commit job"):
+        watchdog.check(job)
+
+
+def test_df_lists_each_hosts_snapshot_cache_in_a_fleet() -> None:
+    import io
+
+    from django.core.management import call_command
+
+    stamp("web")
+    out = io.StringIO()
+    call_command("df", stdout=out)
+    assert "HOST" not in out.getvalue()  # one host: docker system df as it always was
+
+    stamp("beta", ago=30)
+    out = io.StringIO()
+    call_command("df", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[-3].split() == ["HOST", "SNAPSHOTS", "SIZE", "RECLAIMABLE"]
+    assert lines[-2].startswith("beta (unavailable)")
+    assert lines[-1].split()[:2] == ["web", "2"]
