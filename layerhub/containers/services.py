@@ -38,6 +38,7 @@ from layerhub.images.services import (
     image_record,
     layer_mark_unpacked,
 )
+from layerhub.images.services.file_index import layer_index_record
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import acting_user, cancel_watch, job_run, job_start
 
@@ -332,6 +333,8 @@ def container_commit_run(*, job_id: int) -> None:
             # made now, or it existed (the same change committed) without a recorded size
             if result.unpacked is not None or row.unpacked_at is None:
                 layer_mark_unpacked(row)
+            if result.unpacked is not None and result.unpacked.files is not None:
+                layer_index_record(layer=row, records=result.unpacked.files)
         # the parent's layers are unpacked already (the container stands on them)
         job.image = image
         job.save(update_fields=["image"])

@@ -103,6 +103,7 @@ class Job(models.Model):
         EXPORT = "export", "export"
         VERIFY = "verify", "verify"
         GC = "gc", "gc"
+        INDEX = "index", "index"
 
     class State(models.TextChoices):
         QUEUED = "queued", "queued"

@@ -56,6 +56,7 @@ TASK_FOR_KIND = {
     Job.Kind.EXPORT: "layerhub.image_save",
     Job.Kind.VERIFY: "layerhub.store_verify",
     Job.Kind.GC: "layerhub.store_gc",
+    Job.Kind.INDEX: "layerhub.index_files",
 }
 
 
