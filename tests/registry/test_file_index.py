@@ -18,7 +18,8 @@ from layerhub.containers.services import container_commit, container_create, con
 from layerhub.core.store import get_store
 from layerhub.engine.file_index import FILE, HARDLINK, OPAQUE, WHITEOUT, walk_snapshot
 from layerhub.images.file_index import indexed_layer_ids, layer_files
-from layerhub.images.models import FileEntry, Image, Layer, LayerFiles
+from layerhub.images.gc import store_gc
+from layerhub.images.models import FileEntry, Image, Layer, LayerFiles, Tag
 from layerhub.images.services import image_import, image_pull
 from layerhub.images.services.file_index import index_files_start
 from layerhub.images.services.transfer import image_remove
@@ -198,6 +199,20 @@ def test_removing_an_image_removes_its_layers_index(registry: Registry, seed: Se
     layers = layers_of(job.image)
     assert FileEntry.objects.filter(layer__in=layers).exists()
     image_remove(image=f"{registry.host}/team/other:other")
+    assert not Layer.objects.filter(pk__in=[layer.pk for layer in layers]).exists()
+    assert not FileEntry.objects.filter(layer_id__in=[layer.pk for layer in layers]).exists()
+    assert not LayerFiles.objects.exists()
+
+
+def test_garbage_collection_removes_the_index_of_the_layers_it_deletes(
+    registry: Registry, seed: Seed
+) -> None:
+    job = done(image_pull(team=default_team(), reference=f"{registry.host}/team/other:other"))
+    layers = layers_of(job.image)
+    assert job.image is not None
+    Tag.objects.filter(image=job.image).delete()
+    Image.objects.filter(pk=job.image.pk).delete()  # the layers are referenced by nothing now
+    store_gc(dry_run=False)
     assert not Layer.objects.filter(pk__in=[layer.pk for layer in layers]).exists()
     assert not FileEntry.objects.filter(layer_id__in=[layer.pk for layer in layers]).exists()
     assert not LayerFiles.objects.exists()
