@@ -269,6 +269,8 @@ class IndexTree:
                     links[id(node)] = links.get(id(node), 0) + 1
         whiteout_target = self.fmt.whiteout_target
         is_marker = self.fmt.is_marker
+        # a whiteout format asks an entry's type, mode and device only: one stat per kind
+        stats: dict[tuple[int, int, int], os.stat_result] = {}
         stack = [""]
         while stack:
             rel = stack.pop()
@@ -279,7 +281,11 @@ class IndexTree:
             for name in sorted(children):
                 node = children[name]
                 path = f"{rel}/{name}" if rel else name
-                target = whiteout_target(name, node.stat())
+                key = (node.fmt, node.mode, node.rdev)
+                st = stats.get(key)
+                if st is None:
+                    st = stats[key] = node.stat()
+                target = whiteout_target(name, st)
                 if target is not None:
                     append(FileRecord(f"{rel}/{target}" if rel else target, WHITEOUT))
                     continue
