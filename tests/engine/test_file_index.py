@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from layerhub.engine.file_index import (
     walk_snapshot,
     write_records,
 )
-from layerhub.engine.whiteouts import WhiteoutFormat
+from layerhub.engine.whiteouts import OciWhiteouts, WhiteoutFormat
 from tests.engine.layerkit import Kit, Spec
 
 
@@ -178,3 +179,75 @@ def test_records_file_round_trip(tmp_path: Path) -> None:
     ]
     write_records(tmp_path / "index", records)
     assert read_records(tmp_path / "index") == records
+
+
+def test_an_unprivileged_unpack_records_the_owner_on_disk(tmp_path: Path, kit: Kit) -> None:
+    fmt = OciWhiteouts()
+    dest = tmp_path / "fs"
+    dest.mkdir()
+    data = kit.tar(
+        [
+            kit.dir("d", uid=5, gid=6),
+            kit.file("d/f", b"f", uid=12, gid=34),
+            kit.symlink("d/l", "f", uid=12, gid=34),
+        ]
+    )
+    result = apply_layer(io.BytesIO(data), dest, whiteouts=fmt, privileged=False)
+    assert result.files is not None
+    assert list(result.files) == list(walk_snapshot(dest, fmt))
+    owner = (os.geteuid(), os.getegid())
+    assert {(r.uid, r.gid) for r in result.files} == {owner}
+
+
+def random_layer(kit: Kit, rng: random.Random) -> list[Spec]:
+    """Entries over a small namespace, so that later ones replace, delete, link to and write
+    under earlier ones in every order (the directories a, b and c are mostly directories, so
+    that most layers apply)."""
+    tops = ["a", "b", "c"]
+    leaves = ["a/x", "a/y", "b/x", "c/z", "a/x/q", "d", "e"]
+    entries: list[Spec] = []
+    files: list[str] = []
+    for _ in range(rng.randint(3, 25)):
+        if rng.random() < 0.2:
+            name = rng.choice(tops)
+            pick = rng.random()
+            if pick < 0.5:
+                entries.append(kit.dir(name, mode=rng.choice([0o755, 0o700, 0o2775])))
+            elif pick < 0.75:
+                entries.append(kit.opaque(name))
+            elif pick < 0.9:
+                entries.append(kit.whiteout(name))
+            else:
+                entries.append(kit.symlink(name, rng.choice(tops)))
+            continue
+        name = rng.choice(leaves)
+        pick = rng.random()
+        if pick < 0.4:
+            entries.append(kit.file(name, rng.randbytes(rng.randint(0, 3000)), mode=0o640))
+            files.append(name)
+        elif pick < 0.5:
+            entries.append(kit.dir(name))
+        elif pick < 0.6:
+            entries.append(kit.symlink(name, rng.choice(["../b", "x", "nowhere"])))
+        elif pick < 0.75 and files:
+            entries.append(kit.hardlink(name, rng.choice(files)))
+        elif pick < 0.92:
+            entries.append(kit.whiteout(name))
+        else:
+            entries.append(kit.fifo(name))
+    return entries
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_layers_index_as_walked(
+    tmp_path: Path, kit: Kit, fmt: WhiteoutFormat, seed: int
+) -> None:
+    entries = random_layer(kit, random.Random(seed))
+    dest = tmp_path / "fs"
+    dest.mkdir()
+    try:
+        result = apply_layer(io.BytesIO(kit.tar(entries)), dest, whiteouts=fmt)
+    except LayerError:
+        return  # refused (a hardlink to nothing, a path through a file): nothing to index
+    assert result.files is not None
+    assert list(result.files) == list(walk_snapshot(dest, fmt)), [(e.kind, e.name) for e in entries]
