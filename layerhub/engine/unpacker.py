@@ -229,7 +229,7 @@ class Unpacker:
                 on_read(int(message["read"]))
             elif "done" in message:
                 result = ApplyResult(**message["done"])
-                if self._index is not None:
+                if self._index is not None and self._index.exists():
                     files = tuple(read_records(self._index))
                     self._index.unlink()
                     result = dataclasses.replace(result, files=files)
