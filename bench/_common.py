@@ -37,6 +37,8 @@ class Run:
     wall_s: float
     maxrss_kib: int | None  # None without GNU time
     apply_s: float | None = None  # layerhub: inside the child, without start-up and imports
+    write_s: float | None = None  # layerhub with the file index: writing its records out
+    records: int = 0  # layerhub with the file index: how many records it gave
 
 
 # ru_maxrss straight from wait4() on our own child is useless here: at execve() Linux folds the

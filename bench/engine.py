@@ -8,6 +8,10 @@
    peer, ``tar -C upper -c | gzip`` (what Docker's overlay2 differ does), caches dropped the
    same way, alternating. The diff never reads the base: that its time does not depend on the
    base's size is a property of the design, printed as such, not a measured verdict.
+3. index: ``apply_layer`` with the file index (each regular file's sha256 taken as it is
+   written, every entry recorded) vs ``apply_layer`` without, on the same layer, plain and
+   gzip, caches dropped the same way, alternating which goes first; the ratio of medians must
+   stay within 1.15. ``--index-only`` runs this part alone.
 
 Everything is generated under a temporary directory that is removed at the end. Nothing here is
 asserted or hard-coded: the verdict lines are computed from the medians measured in this run.
@@ -16,6 +20,7 @@ asserted or hard-coded: the verdict lines are computed from the medians measured
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -60,12 +65,20 @@ from pathlib import Path
 from layerhub.engine.apply import apply_layer
 from layerhub.engine.whiteouts import format_named
 t1 = time.perf_counter()
+index = len(sys.argv) > 4 and sys.argv[4] == "index"
 with open(sys.argv[1], "rb") as f:
-    r = apply_layer(f, Path(sys.argv[2]), whiteouts=format_named(sys.argv[3]))
+    r = apply_layer(f, Path(sys.argv[2]), whiteouts=format_named(sys.argv[3]), index=index)
 t2 = time.perf_counter()
+write_s = 0.0
+if r.files is not None:  # what an unpacker process does next: hand the index to its parent
+    from layerhub.engine.file_index import write_records
+    write_records(Path(sys.argv[2] + ".index"), r.files)
+    write_s = time.perf_counter() - t2
 print(json.dumps({"import_s": t1 - t0, "apply_s": t2 - t1, "entries": r.entry_count,
-                  "tar_size": r.tar_size, "compression": r.compression}))
+                  "tar_size": r.tar_size, "compression": r.compression,
+                  "records": len(r.files or ()), "write_s": write_s}))
 """
+INDEX_LIMIT = 1.15  # the file index may add at most 15% to a layer's unpack time
 
 
 # -- the machine -------------------------------------------------------------------------------
@@ -154,12 +167,16 @@ def run_tar(archive: Path, dest: Path) -> Run:
     return run_measured(cmd, dest.with_suffix(".rss"))[0]
 
 
-def run_layerhub(archive: Path, dest: Path, form: str) -> Run:
+def run_layerhub(archive: Path, dest: Path, form: str, index: bool = True) -> Run:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-c", APPLY_CHILD, str(archive), str(dest), form]
+    if index:
+        cmd.append("index")
     run, out = run_measured(cmd, dest.with_suffix(".rss"), env)
     report = json.loads(out)
     run.apply_s = report["apply_s"]
+    run.write_s = report["write_s"]
+    run.records = report["records"]
     return run
 
 
@@ -239,6 +256,68 @@ def report_apply(layer: Layer, runs: dict[tuple[str, str], list[Run]], rounds: i
         f"median ru_maxrss of the command and its children, via {GNU_TIME} -f %M"
         + ("" if os.access(GNU_TIME, os.X_OK) else " (not installed: n/a)")
         + "."
+    )
+    return worst
+
+
+# -- index -------------------------------------------------------------------------------------
+
+
+def bench_index(
+    layer: Layer, work: Path, rounds: int, form: str, cold: bool
+) -> dict[tuple[str, str], list[Run]]:
+    """apply_layer with and without the file index, alternating, each in a fresh directory."""
+    runs: dict[tuple[str, str], list[Run]] = {}
+    modes = {"unpack": False, "+index": True}
+    serial = 0
+    for rnd in range(rounds):
+        order = list(modes) if rnd % 2 == 0 else list(reversed(modes))
+        for kind, archive in {"tar": layer.tar, "tar.gz": layer.tgz}.items():
+            for mode in order:
+                serial += 1
+                dest = work / f"index-{serial:03d}"
+                dest.mkdir()
+                if cold:
+                    drop_caches()
+                else:
+                    os.sync()
+                run = run_layerhub(archive, dest, form, index=modes[mode])
+                runs.setdefault((kind, mode), []).append(run)
+                if modes[mode] and run.records < layer.entries - 1:
+                    raise RuntimeError(f"the index has {run.records} records, not {layer.entries}")
+                shutil.rmtree(dest)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{dest}.index")
+                os.sync()
+        print(f"  round {rnd + 1}/{rounds} done", flush=True)
+    return runs
+
+
+def report_index(runs: dict[tuple[str, str], list[Run]], rounds: int) -> float:
+    """Print the table; return the worst with/without ratio (in-process apply time)."""
+    print()
+    head = (
+        f"{'archive':<8} {'mode':<8} {'apply median':>13} {'wall median':>12} {'write index':>12}"
+    )
+    print(head)
+    print("-" * len(head))
+    worst = 0.0
+    for kind in ("tar", "tar.gz"):
+        medians = {}
+        for mode in ("unpack", "+index"):
+            rs = runs[(kind, mode)]
+            medians[mode] = statistics.median(r.apply_s or 0.0 for r in rs)
+            wall = statistics.median(r.wall_s for r in rs)
+            write = statistics.median(r.write_s or 0.0 for r in rs)
+            print(f"{kind:<8} {mode:<8} {medians[mode]:>11.3f} s {wall:>10.3f} s {write:>10.3f} s")
+        ratio = medians["+index"] / medians["unpack"]
+        worst = max(worst, ratio)
+        print(ratio_line(f"{kind:<8} +index/unpack", medians["+index"], medians["unpack"]))
+        print()
+    print(
+        f"apply = apply_layer in the process (imports left out), medians of {rounds} rounds; "
+        "write index = writing the records to a file beside the tree, as an unpacker process "
+        "does for its parent (after apply, not in the ratio)."
     )
     return worst
 
@@ -368,6 +447,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=20_000, help="files in the layer")
     parser.add_argument("--dirs", type=int, default=400, help="directories in the layer")
     parser.add_argument("--tmp", type=Path, default=None, help="where to work (default: $TMPDIR)")
+    parser.add_argument(
+        "--index-only", action="store_true", help="only unpack with vs without the file index"
+    )
     args = parser.parse_args()
 
     cold = os.geteuid() == 0 and drop_caches()
@@ -399,6 +481,19 @@ def main() -> None:
         )
         # the tree was needed only to make the tar
         shutil.rmtree(layer.src)
+
+        print()
+        print(f"== index: apply_layer with vs without the file index ({fmt.name} whiteouts)")
+        index_worst = report_index(
+            bench_index(layer, work, args.rounds, fmt.name, cold), args.rounds
+        )
+        verdict = "yes" if index_worst <= INDEX_LIMIT else "NO"
+        print(
+            f"index: adds at most {INDEX_LIMIT - 1:.0%} to unpack time: {verdict} "
+            f"(worst ratio {index_worst:.2f}x)"
+        )
+        if args.index_only:
+            return
 
         print()
         print(f"== apply: GNU tar -xf / -xzf vs layerhub apply_layer ({fmt.name} whiteouts)")

@@ -18,6 +18,7 @@ from layerhub.images import removal
 from layerhub.images import services as image_services
 from layerhub.images.removal import SNAPSHOTS_COLLECT_TASK
 from layerhub.images.services import dedup as dedup_services
+from layerhub.images.services import file_index as index_services
 from layerhub.images.services import gc as gc_services
 from layerhub.images.services import transfer
 from layerhub.images.services import verify as verify_services
@@ -118,6 +119,12 @@ def image_save(job_id: int) -> None:
 def store_verify(job_id: int) -> None:
     """Run a verify job: compare the store on disk with the catalog's recorded sizes."""
     _run_job(verify_services.store_verify_run, job_id)
+
+
+@app.task(name="layerhub.index_files")
+def index_files(job_id: int) -> None:
+    """Run an index job: record the file index of snapshots made before indexing."""
+    _run_job(index_services.index_files_run, job_id)
 
 
 @app.task(name="layerhub.store_gc")

@@ -44,6 +44,7 @@ from layerhub.images.services import (
     image_snapshots_ensure,
     layer_mark_unpacked,
 )
+from layerhub.images.services.file_index import layer_index_record
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import acting_user, cancel_watch, job_run, job_start
 
@@ -528,6 +529,8 @@ def container_commit_run(*, job_id: int) -> None:
             here = row.snapshots.filter(host=current_host()).exists()
             if result.unpacked is not None or not here:
                 layer_mark_unpacked(row)
+            if result.unpacked is not None and result.unpacked.files is not None:
+                layer_index_record(layer=row, records=result.unpacked.files)
         # the parent's layers are unpacked already (the container stands on them)
         job.image = image
         job.save(update_fields=["image"])

@@ -46,6 +46,7 @@ from .errors import (
     SymlinkEscape,
     UnsafeEntry,
 )
+from .file_index import FileRecord, IndexTree, TreeNode
 from .fsutil import remove_path
 from .tarstream import CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, Header, TarReader
 from .whiteouts import OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, WhiteoutFormat
@@ -107,6 +108,9 @@ class ApplyResult:
     entry_count: int  # entries other than whiteouts
     file_count: int  # of those, the ones that are not directories
     compression: str  # gzip, zstd or none, as detected
+    # the layer's file index (see file_index.py), in walk_snapshot's order; None when the
+    # unpack was asked not to index
+    files: tuple[FileRecord, ...] | None = None
 
 
 class _Feeder(io.RawIOBase):
@@ -215,6 +219,7 @@ class _Applier:
         whiteouts: WhiteoutFormat,
         limits: ApplyLimits,
         privileged: bool,
+        index: bool = True,
     ) -> None:
         self.dest = dest
         self.tar = tar
@@ -240,6 +245,8 @@ class _Applier:
         self.owner = (os.geteuid(), os.getegid())
         self.umask = os.umask(0o022)
         os.umask(self.umask)
+        # the file index, kept as the tree is written (None: not asked for)
+        self.tree = IndexTree(whiteouts, self.owner) if index else None
 
     def host(self, rel: str) -> str:
         return f"{self.dest}/{rel}" if rel else self.dest
@@ -291,6 +298,8 @@ class _Applier:
                     ) from None
                 os.mkdir(path, 0o755)
                 self.made_dir(rel)
+                if self.tree is not None:
+                    self.tree.mkdir(rel, 0o755 & ~self.umask, *self.owner)
                 real.append(comp)
                 continue
             if stat.S_ISDIR(st.st_mode):
@@ -312,6 +321,10 @@ class _Applier:
                 os.mkdir(path, 0o755)
                 self.made_dir(rel)
                 self.fmt.write_opaque(path)
+                if self.tree is not None:
+                    self.tree.remove(rel)
+                    self.tree.mkdir(rel, 0o755 & ~self.umask, *self.owner)
+                    self.tree.mark_opaque(rel)
                 real.append(comp)
             else:
                 raise LayerError(f"tar entry {entry!r}: {rel} is not a directory")
@@ -334,6 +347,8 @@ class _Applier:
         except FileNotFoundError:
             return False
         rel = path[len(self.dest) + 1 :]
+        if self.tree is not None:
+            self.tree.remove(rel)
         if stat.S_ISDIR(st.st_mode):
             self.forget(rel, directory=True)
             remove_path(path)
@@ -417,7 +432,7 @@ class _Applier:
         parent_rel = self.resolve_dir(parts[:-1], m.name, create=True)
         parent = self.host(parent_rel)
         if base.startswith(WHITEOUT_PREFIX):
-            self.whiteout(m, parent, base)
+            self.whiteout(m, parent, parent_rel, base)
             return
         path = f"{parent}/{base}"
         if kind == REGULAR:
@@ -433,15 +448,22 @@ class _Applier:
             os.symlink(m.linkname, path)
             self.set_owner(path, m)
             os.utime(path, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+            if self.tree is not None:
+                self.tree.add(
+                    path[len(self.dest) + 1 :],
+                    TreeNode(stat.S_IFLNK, 0o777, *self.owned(m), link=m.linkname),
+                )
         else:
             self.special(m, path)
         if m.pax:
             self.set_xattrs(path, m)
 
-    def whiteout(self, m: Header, parent: str, base: str) -> None:
+    def whiteout(self, m: Header, parent: str, parent_rel: str, base: str) -> None:
         self.entries -= 1
         if base == OPAQUE_MARKER:
             self.fmt.write_opaque(parent)
+            if self.tree is not None:
+                self.tree.mark_opaque(parent_rel)
             return
         target = base[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", ".."):
@@ -454,6 +476,8 @@ class _Applier:
         else:
             self.forget(doomed[len(self.dest) + 1 :], directory=stat.S_ISDIR(st.st_mode))
         self.fmt.write_whiteout(parent, target)
+        if self.tree is not None:
+            self.tree.whiteout(parent_rel, target)
 
     def directory(self, m: Header, path: str, rel: str) -> None:
         try:
@@ -471,8 +495,12 @@ class _Applier:
             )
             os.mkdir(path, 0o700)
             self.made_dir(rel)
+            if self.tree is not None:
+                self.tree.mkdir(rel, 0o700, *self.owner)  # mode and owner: finish_dirs'
             if hides:
                 self.fmt.write_opaque(path)
+                if self.tree is not None:
+                    self.tree.mark_opaque(rel)
         self.dir_meta[rel] = _DirMeta(path, m.mode, m.uid, m.gid, m.mtime_ns)
         if m.pax:
             self.set_xattrs(path, m)
@@ -489,7 +517,14 @@ class _Applier:
             self.clear(path)
             fd = os.open(path, flags, mode & 0o777)
         try:
-            self.copy(m, fd)
+            if self.tree is None:
+                self.copy(m, fd)
+            else:
+                digest = self.copy_hashed(m, fd)
+                self.tree.add(
+                    path[len(self.dest) + 1 :],
+                    TreeNode(stat.S_IFREG, mode, *self.owned(m), size=m.size, sha256=digest),
+                )
             # skip the calls that would change nothing: most files are root's, mode 644/755;
             # open() already gave the mode, unless umask cut bits or it has setuid/sticky
             chowned = self.privileged and (m.uid, m.gid) != self.owner
@@ -512,6 +547,27 @@ class _Applier:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
+
+    def copy_hashed(self, m: Header, fd: int) -> bytes:
+        """``copy``, hashing the content on the way: its sha256, for the file index."""
+        read = self.tar.read_data
+        digest = hashlib.sha256()
+        update = digest.update
+        left = m.size
+        while left:
+            chunk = read(min(CHUNK, left))
+            if not chunk:
+                raise CorruptArchive(f"tar ends inside {m.name!r}: the layer is truncated")
+            left -= len(chunk)
+            update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        return digest.digest()
+
+    def owned(self, m: Header) -> tuple[int, int]:
+        """The owner an entry gets on disk: the tar's when privileged, else this process'."""
+        return (m.uid, m.gid) if self.privileged else self.owner
 
     def hardlink(self, m: Header, path: str) -> None:
         try:
@@ -539,6 +595,8 @@ class _Applier:
             raise HardlinkEscape(m.name, "hardlink to itself")
         self.clear(path)
         os.link(target, path, follow_symlinks=False)
+        if self.tree is not None:
+            self.tree.hardlink(path[len(self.dest) + 1 :], target[len(self.dest) + 1 :])
 
     def special(self, m: Header, path: str) -> None:
         self.clear(path)
@@ -552,6 +610,13 @@ class _Applier:
         self.set_owner(path, m)
         os.chmod(path, stat.S_IMODE(m.mode))
         os.utime(path, ns=(m.mtime_ns, m.mtime_ns))
+        if self.tree is not None:
+            fmt = {FIFO: stat.S_IFIFO, CHAR: stat.S_IFCHR}.get(m.type, stat.S_IFBLK)
+            rdev = 0 if m.type == FIFO else os.makedev(m.devmajor, m.devminor)
+            self.tree.add(
+                path[len(self.dest) + 1 :],
+                TreeNode(fmt, stat.S_IMODE(m.mode), *self.owned(m), rdev=rdev),
+            )
 
     def set_owner(self, path: str, m: Header) -> None:
         if self.privileged:
@@ -584,6 +649,19 @@ class _Applier:
             os.chmod(meta.path, stat.S_IMODE(meta.mode))
             os.utime(meta.path, ns=(meta.mtime_ns, meta.mtime_ns))
 
+    def records(self) -> tuple[FileRecord, ...] | None:
+        """The file index of the finished tree (None when not asked for)."""
+        if self.tree is None:
+            return None
+        modes = {
+            rel: (
+                stat.S_IMODE(meta.mode),
+                *((meta.uid, meta.gid) if self.privileged else self.owner),
+            )
+            for rel, meta in self.dir_meta.items()
+        }
+        return tuple(self.tree.records(modes))
+
 
 def apply_layer(
     stream: BinaryIO,
@@ -592,12 +670,14 @@ def apply_layer(
     whiteouts: WhiteoutFormat,
     limits: ApplyLimits | None = None,
     privileged: bool | None = None,
+    index: bool = True,
 ) -> ApplyResult:
     """Unpack the layer tar in ``stream`` (tar, gzip or zstd) into the empty directory ``dest``.
 
-    Returns the layer's DiffID and sizes. Raises a LayerError subclass for anything unsafe or
-    malformed; ``dest`` is then in an undefined state and the caller discards it (snapshots
-    are unpacked in ``tmp/`` for exactly this reason).
+    Returns the layer's DiffID, sizes and, with ``index``, its file index: each entry's
+    record, each regular file's sha256 computed as its bytes are written. Raises a LayerError
+    subclass for anything unsafe or malformed; ``dest`` is then in an undefined state and the
+    caller discards it (snapshots are unpacked in ``tmp/`` for exactly this reason).
     """
     limits = limits or ApplyLimits()
     if privileged is None:
@@ -606,7 +686,7 @@ def apply_layer(
     feeder = _Feeder(plain, limits.max_bytes)
     try:
         reader = io.BufferedReader(feeder, buffer_size=CHUNK)
-        applier = _Applier(os.fspath(dest), TarReader(reader), whiteouts, limits, privileged)
+        applier = _Applier(os.fspath(dest), TarReader(reader), whiteouts, limits, privileged, index)
         applier.apply()
         # the DiffID covers the whole stream, the zero blocks after the last entry included
         while reader.read(CHUNK):
@@ -620,4 +700,5 @@ def apply_layer(
         entry_count=applier.entries,
         file_count=applier.entries - len(applier.dir_meta),
         compression=compression,
+        files=applier.records(),
     )

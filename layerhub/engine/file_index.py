@@ -15,13 +15,14 @@ every name. An opaque directory gives two records: the directory (``d``) and the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .whiteouts import WhiteoutFormat
+from .whiteouts import OPAQUE_MARKER, WhiteoutFormat
 
 FILE = "f"
 DIRECTORY = "d"
@@ -125,3 +126,229 @@ def walk_snapshot(tree: Path, whiteouts: WhiteoutFormat) -> Iterator[FileRecord]
             elif stat.S_ISFIFO(st.st_mode):
                 yield FileRecord(path, FIFO, mode, uid, gid)
         stack.extend(reversed(below))
+
+
+# -- the index built while a layer is applied ----------------------------------------------------
+
+
+class TreeNode:
+    """One directory entry of a snapshot being unpacked, as the unpack wrote it. A hardlinked
+    name shares the node of the name it links to (the node is the inode)."""
+
+    __slots__ = ("fmt", "gid", "kind", "link", "mode", "rdev", "sha256", "size", "uid")
+
+    def __init__(
+        self,
+        fmt: int,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        size: int = 0,
+        sha256: bytes | None = None,
+        link: str = "",
+        rdev: int = 0,
+    ) -> None:
+        self.fmt = fmt  # stat.S_IFMT
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.sha256 = sha256
+        self.link = link
+        self.rdev = rdev
+
+    def stat(self) -> os.stat_result:
+        """What ``lstat`` would say about the entry, as far as a whiteout format asks."""
+        return os.stat_result(
+            (self.fmt | self.mode, 0, 0, 1, self.uid, self.gid, self.size, 0, 0, 0),
+            {"st_rdev": self.rdev},
+        )
+
+
+_KIND_OF_FORMAT = {
+    stat.S_IFDIR: DIRECTORY,
+    stat.S_IFREG: FILE,
+    stat.S_IFLNK: SYMLINK,
+    stat.S_IFCHR: CHAR,
+    stat.S_IFBLK: BLOCK,
+    stat.S_IFIFO: FIFO,
+}
+
+
+class IndexTree:
+    """The snapshot's tree as an unpack writes it, kept in memory beside the real one.
+
+    ``apply_layer`` tells it every change it makes on disk (what it creates, replaces or
+    removes, whiteouts and opaque markers in the store's form) and the sha256 of each regular
+    file's content as the bytes pass through; ``records`` then gives what ``walk_snapshot``
+    would give for the finished snapshot, without a second walk: a path replaced later in the
+    tar appears once, in its final state, and a path removed not at all.
+    """
+
+    def __init__(self, whiteouts: WhiteoutFormat, owner: tuple[int, int]) -> None:
+        self.fmt = whiteouts
+        self.owner = owner
+        # directory (relative path, "" for the root) -> its entries by on-disk name
+        self.dirs: dict[str, dict[str, TreeNode]] = {"": {}}
+        self.opaque: set[str] = set()  # directories given the overlay opaque xattr
+        self._markers = whiteouts.is_marker(OPAQUE_MARKER)  # opaque is a file in the dir
+
+    @staticmethod
+    def _split(rel: str) -> tuple[str, str]:
+        parent, _, name = rel.rpartition("/")
+        return parent, name
+
+    def add(self, rel: str, node: TreeNode) -> None:
+        """``rel`` now holds ``node`` (what was there was removed first, with ``remove``)."""
+        parent, name = self._split(rel)
+        self.dirs[parent][name] = node
+        if node.fmt == stat.S_IFDIR:
+            self.dirs[rel] = {}
+
+    def mkdir(self, rel: str, mode: int, uid: int, gid: int) -> None:
+        """A directory was created at ``rel``."""
+        self.add(rel, TreeNode(stat.S_IFDIR, mode, uid, gid))
+
+    def remove(self, rel: str) -> None:
+        """Whatever is at ``rel`` (a directory with everything below it) was removed."""
+        parent, name = self._split(rel)
+        siblings = self.dirs.get(parent)
+        if siblings is None or siblings.pop(name, None) is None:
+            return
+        doomed = [rel]
+        while doomed:
+            gone = doomed.pop()
+            self.opaque.discard(gone)
+            children = self.dirs.pop(gone, None)
+            if children:
+                doomed.extend(
+                    f"{gone}/{n}" for n, child in children.items() if child.fmt == stat.S_IFDIR
+                )
+
+    def node(self, rel: str) -> TreeNode | None:
+        """What is at ``rel``, if anything."""
+        parent, name = self._split(rel)
+        siblings = self.dirs.get(parent)
+        return None if siblings is None else siblings.get(name)
+
+    def hardlink(self, rel: str, target: str) -> None:
+        """``rel`` was made a hardlink to the entry at ``target`` (its node is shared)."""
+        node = self.node(target)
+        if node is not None:
+            self.add(rel, node)
+
+    def mark_opaque(self, rel: str) -> None:
+        """The store's opaque marker was written for the directory ``rel``."""
+        if self._markers:
+            self.add(f"{rel}/{OPAQUE_MARKER}" if rel else OPAQUE_MARKER, self._marker())
+        else:
+            self.opaque.add(rel)
+
+    def whiteout(self, parent: str, name: str) -> None:
+        """``parent/name`` was deleted with a whiteout in the store's form."""
+        self.remove(f"{parent}/{name}" if parent else name)
+        disk = self.fmt.whiteout_entry(name)
+        rel = f"{parent}/{disk}" if parent else disk
+        if self.node(rel) is None:
+            self.add(rel, self._marker() if self._markers else TreeNode(stat.S_IFCHR, 0o600, 0, 0))
+
+    def _marker(self) -> TreeNode:
+        return TreeNode(stat.S_IFREG, 0o644, *self.owner)
+
+    def records(self, dir_modes: dict[str, tuple[int, int, int]]) -> list[FileRecord]:
+        """The snapshot's records in ``walk_snapshot``'s order. ``dir_modes`` gives the final
+        mode and owner of the directories the layer names (set once the unpack ends)."""
+        out: list[FileRecord] = []
+        append = out.append
+        seen: dict[int, tuple[str, TreeNode]] = {}
+        links: dict[int, int] = {}
+        for children in self.dirs.values():
+            for node in children.values():
+                if node.fmt == stat.S_IFREG:
+                    links[id(node)] = links.get(id(node), 0) + 1
+        whiteout_target = self.fmt.whiteout_target
+        is_marker = self.fmt.is_marker
+        # a whiteout format asks an entry's type, mode and device only: one stat per kind
+        stats: dict[tuple[int, int, int], os.stat_result] = {}
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            children = self.dirs[rel]
+            if rel and (rel in self.opaque or (self._markers and OPAQUE_MARKER in children)):
+                append(FileRecord(rel, OPAQUE))
+            below: list[str] = []
+            for name in sorted(children):
+                node = children[name]
+                path = f"{rel}/{name}" if rel else name
+                key = (node.fmt, node.mode, node.rdev)
+                st = stats.get(key)
+                if st is None:
+                    st = stats[key] = node.stat()
+                target = whiteout_target(name, st)
+                if target is not None:
+                    append(FileRecord(f"{rel}/{target}" if rel else target, WHITEOUT))
+                    continue
+                if is_marker(name):
+                    continue
+                fmt = node.fmt
+                if fmt == stat.S_IFDIR:
+                    mode, uid, gid = dir_modes.get(path, (node.mode, node.uid, node.gid))
+                    append(FileRecord(path, DIRECTORY, mode, uid, gid))
+                    below.append(path)
+                elif fmt == stat.S_IFREG:
+                    first = seen.get(id(node))
+                    if first is not None:
+                        append(
+                            FileRecord(
+                                path,
+                                HARDLINK,
+                                node.mode,
+                                node.uid,
+                                node.gid,
+                                node.size,
+                                node.sha256,
+                                first[0],
+                            )
+                        )
+                        continue
+                    if links[id(node)] > 1:
+                        seen[id(node)] = (path, node)
+                    append(
+                        FileRecord(
+                            path, FILE, node.mode, node.uid, node.gid, node.size, node.sha256
+                        )
+                    )
+                else:
+                    kind = _KIND_OF_FORMAT[fmt]
+                    append(FileRecord(path, kind, node.mode, node.uid, node.gid, link=node.link))
+            stack.extend(reversed(below))
+        return out
+
+
+# -- records on the way from an unpacker process to the catalog ---------------------------------
+
+
+def write_records(path: Path, records: Iterable[FileRecord]) -> None:
+    """Write records to ``path``: one JSON array per line (paths kept byte for byte)."""
+    with open(path, "w", encoding="utf-8") as f:
+        dumps = json.dumps
+        f.writelines(
+            dumps(
+                [r.path, r.kind, r.mode, r.uid, r.gid, r.size, r.sha256 and r.sha256.hex(), r.link]
+            )
+            + "\n"
+            for r in records
+        )
+
+
+def read_records(path: Path) -> list[FileRecord]:
+    """The records ``write_records`` wrote."""
+    out: list[FileRecord] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            p, kind, mode, uid, gid, size, sha, link = json.loads(line)
+            out.append(
+                FileRecord(p, kind, mode, uid, gid, size, bytes.fromhex(sha) if sha else None, link)
+            )
+    return out

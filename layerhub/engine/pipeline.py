@@ -47,6 +47,7 @@ from .apply import ApplyResult, apply_layer
 from .cancel import Cancelled, StopFn, never, stop_point
 from .digest import chain_ids, digest_hex
 from .errors import BlobNotFound, DigestMismatch
+from .file_index import FileRecord
 from .manifest import Descriptor
 from .snapshots import StagedSnapshot
 from .store import BlobSink, BlobStore, BlobWriter, Store
@@ -91,6 +92,8 @@ class UnpackedLayer:
     unpacked_size: int | None
     file_count: int | None  # entries that are not directories (files, links, devices)
     error: Exception | None = None
+    # the layer's file index when this call unpacked it (see file_index.py)
+    files: tuple[FileRecord, ...] | None = None
 
     @property
     def present(self) -> bool:
@@ -525,6 +528,8 @@ class LayerPipeline:
             whiteouts=self.store.whiteouts.name,
             limits=self.store.snapshots.limits_for(),
             privileged=self.privileged,
+            # beside the tree, in tmp/: read and removed before the tree is published
+            index=staged.tree.parent / "files.index",
         )
         forwarder = threading.Thread(target=forward, name="layer-forward", daemon=True)
         forwarder.start()
@@ -579,6 +584,7 @@ class LayerPipeline:
                 None if layer.applied is None else layer.applied.unpacked_size,
                 None if layer.applied is None else layer.applied.file_count,
                 layer.error,
+                None if layer.applied is None else layer.applied.files,
             )
             for layer in self.layers
         ]

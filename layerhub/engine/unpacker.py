@@ -11,7 +11,9 @@ would, on the blob's file in ``tmp/`` as the download writes it:
   the download has not written, nor takes the end of the file for the end of the blob;
 - the child answers with how far it has read (``{"read": n}``, for the progress line), then
   the result (``{"done": ...}``) or the error (``{"error": ...}``), rebuilt as the same typed
-  error in the parent.
+  error in the parent. The layer's file index (thousands of records) does not go down the
+  pipe: the child writes it to the file the parent named (``index``, beside the staged tree
+  in ``tmp/``), and the parent reads it back and removes it once the child is done.
 
 One JSON object per line each way. A child whose layer failed, or whose download started
 over or stopped, is killed and replaced; what it wrote is in ``tmp/``, discarded by the
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 from .apply import ApplyLimits, ApplyResult, apply_layer
+from .file_index import read_records, write_records
 
 READ_REPORT_BYTES = 4 << 20  # how often the child says how far it has read
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -138,6 +141,7 @@ def child_main() -> None:
     while line := control.readline():
         job = json.loads(line)["layer"]
         source = _Followed(job["path"], control, lambda n: send({"read": n}))
+        index = job.get("index")
         try:
             result = apply_layer(
                 cast(BinaryIO, source),
@@ -145,13 +149,18 @@ def child_main() -> None:
                 whiteouts=_whiteouts(job["whiteouts"]),
                 limits=ApplyLimits(**job["limits"]),
                 privileged=job["privileged"],
+                index=bool(index),
             )
+            if index and result.files is not None:
+                write_records(Path(index), result.files)
         except Exception as exc:
             send({"error": error_record(exc)})
             return  # the rest of this layer's messages would follow: this child is done
         finally:
             source.close()
-        send({"done": dataclasses.asdict(result)})
+        done = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+        done["files"] = None  # in the index file
+        send({"done": done})
 
 
 def _whiteouts(name: str) -> Any:
@@ -174,6 +183,7 @@ class Unpacker:
             close_fds=True,
         )
         self._send_lock = threading.Lock()
+        self._index: Path | None = None
         self.alive = True
 
     def send(self, message: dict[str, Any]) -> None:
@@ -184,9 +194,18 @@ class Unpacker:
             self._proc.stdin.flush()
 
     def start(
-        self, path: str, dest: Path, *, whiteouts: str, limits: ApplyLimits, privileged: bool
+        self,
+        path: str,
+        dest: Path,
+        *,
+        whiteouts: str,
+        limits: ApplyLimits,
+        privileged: bool,
+        index: Path | None = None,
     ) -> None:
-        """Give the child its next layer: ``path`` (fed by ``send``), unpacked into ``dest``."""
+        """Give the child its next layer: ``path`` (fed by ``send``), unpacked into ``dest``;
+        with ``index``, the layer's file index is written there (and read by ``result``)."""
+        self._index = index
         self.send(
             {
                 "layer": {
@@ -195,6 +214,7 @@ class Unpacker:
                     "whiteouts": whiteouts,
                     "limits": dataclasses.asdict(limits),
                     "privileged": privileged,
+                    "index": None if index is None else str(index),
                 }
             }
         )
@@ -208,7 +228,12 @@ class Unpacker:
             if "read" in message:
                 on_read(int(message["read"]))
             elif "done" in message:
-                return ApplyResult(**message["done"])
+                result = ApplyResult(**message["done"])
+                if self._index is not None and self._index.exists():
+                    files = tuple(read_records(self._index))
+                    self._index.unlink()
+                    result = dataclasses.replace(result, files=files)
+                return result
             elif "error" in message:
                 self.close()
                 raise rebuild_error(message["error"])

@@ -43,6 +43,10 @@ class WhiteoutFormat:
         """Whether ``name`` is bookkeeping to skip when listing (never a real entry)."""
         raise NotImplementedError
 
+    def whiteout_entry(self, name: str) -> str:
+        """The name of the directory entry ``write_whiteout`` makes for ``name``."""
+        raise NotImplementedError
+
     def is_opaque(self, directory: StrPath) -> bool:
         """Whether ``directory`` hides the children of the same directory in lower layers."""
         raise NotImplementedError
@@ -68,6 +72,9 @@ class OciWhiteouts(WhiteoutFormat):
 
     def is_marker(self, name: str) -> bool:
         return name.startswith(WHITEOUT_PREFIX)
+
+    def whiteout_entry(self, name: str) -> str:
+        return WHITEOUT_PREFIX + name
 
     def is_opaque(self, directory: StrPath) -> bool:
         return os.path.lexists(os.path.join(directory, OPAQUE_MARKER))
@@ -103,6 +110,9 @@ class OverlayWhiteouts(WhiteoutFormat):
 
     def is_marker(self, name: str) -> bool:
         return False
+
+    def whiteout_entry(self, name: str) -> str:
+        return name
 
     def is_opaque(self, directory: StrPath) -> bool:
         try:

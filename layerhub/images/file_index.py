@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from layerhub.engine.file_index import CONTENT_KINDS, FILE, FileRecord, walk_snapshot
 from layerhub.engine.whiteouts import WhiteoutFormat
@@ -18,6 +18,7 @@ from layerhub.engine.whiteouts import WhiteoutFormat
 from .models import FileEntry, Layer, LayerFiles
 
 BATCH = 5000
+_Row = tuple[int | str | bytes | None, ...]  # a FileEntry row, as _insert writes it
 
 
 def layer_files_record(layer: Layer, records: Iterable[FileRecord]) -> LayerFiles:
@@ -27,31 +28,54 @@ def layer_files_record(layer: Layer, records: Iterable[FileRecord]) -> LayerFile
         LayerFiles.objects.filter(layer=layer).delete()
         count = 0
         content = 0
-        batch: list[FileEntry] = []
+        batch: list[_Row] = []
         for record in records:
             count += 1
             if record.kind == FILE:
                 content += record.size
             batch.append(
-                FileEntry(
-                    layer=layer,
-                    path=record.path,
-                    name=record.name,
-                    kind=record.kind,
-                    mode=record.mode,
-                    uid=record.uid,
-                    gid=record.gid,
-                    size=record.size,
-                    sha256=record.sha256,
-                    link=record.link,
+                (
+                    layer.pk,
+                    record.path,
+                    record.name,
+                    record.kind,
+                    record.mode,
+                    record.uid,
+                    record.gid,
+                    record.size,
+                    record.sha256,
+                    record.link,
                 )
             )
             if len(batch) >= BATCH:
-                FileEntry.objects.bulk_create(batch)
+                _insert(batch)
                 batch = []
         if batch:
-            FileEntry.objects.bulk_create(batch)
+            _insert(batch)
         return LayerFiles.objects.create(layer=layer, entry_count=count, content_bytes=content)
+
+
+# the columns _insert writes, in the order of its rows
+_COLUMNS = ("layer_id", "path", "name", "kind", "mode", "uid", "gid", "size", "sha256", "link")
+
+
+def _insert(rows: list[_Row]) -> None:
+    """Insert FileEntry rows as plain tuples: COPY on PostgreSQL, one executemany elsewhere.
+
+    A layer has thousands of entries and a pull records them while it runs: measured for
+    13,000 rows on PostgreSQL, bulk_create takes seconds where COPY takes a tenth of that
+    (see the README's File index section), and building no model instances helps SQLite too.
+    """
+    table = connection.ops.quote_name(FileEntry._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join(["%s"] * len(_COLUMNS))
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
 
 def layer_files_from_snapshot(layer: Layer, tree: Path, whiteouts: WhiteoutFormat) -> LayerFiles:

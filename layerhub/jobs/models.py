@@ -104,6 +104,7 @@ class Job(models.Model):
         VERIFY = "verify", "verify"
         GC = "gc", "gc"
         DEDUP = "dedup", "dedup"
+        INDEX = "index", "index"
 
     class State(models.TextChoices):
         QUEUED = "queued", "queued"

@@ -58,6 +58,7 @@ TASK_FOR_KIND = {
     Job.Kind.VERIFY: "layerhub.store_verify",
     Job.Kind.GC: "layerhub.store_gc",
     Job.Kind.DEDUP: "layerhub.store_dedup",
+    Job.Kind.INDEX: "layerhub.index_files",
 }
 
 

@@ -23,6 +23,7 @@ import pytest
 from layerhub.engine import fsutil, pipeline
 from layerhub.engine.digest import chain_ids, digest_hex
 from layerhub.engine.errors import DigestMismatch, LayerError
+from layerhub.engine.file_index import walk_snapshot
 from layerhub.engine.manifest import Descriptor
 from layerhub.engine.pipeline import LayerPipeline
 from layerhub.engine.store import BlobSink, Store
@@ -424,3 +425,25 @@ def test_an_unpacker_that_dies_leaves_its_layer_to_an_unpack_job(
     with pytest.raises(LayerError) as raised:
         run(store, None, [hostile]) if store.blobs.put_bytes(hostile.data) else None
     assert getattr(raised.value, "name", None) == "../escape"
+
+
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_each_made_layer_comes_with_its_file_index(tmp_path: Path, processes: bool) -> None:
+    store = Store(tmp_path / "store")
+    layers = [big_layer(name, files=6, size=5_000) for name in "ab"]
+    results = run(store, Registry(*layers), layers, unpacks=2, processes=processes)
+    for result in results:
+        assert result.created
+        assert result.files is not None
+        tree = store.snapshots.get(result.chain_id)
+        assert list(result.files) == list(walk_snapshot(tree, store.whiteouts))
+        name = result.files[0].path
+        assert (
+            result.files[1].sha256
+            == hashlib.sha256((tree / result.files[1].path).read_bytes()).digest()
+        ), name
+    # the index files went back to the parent: nothing of them in the snapshots or tmp/
+    assert list(store.tmp.iterdir()) == []
+    assert not list(store.snapshots.root.glob("*/files.index"))
+    again = run(store, Registry(*layers), layers)
+    assert [r.files for r in again] == [None, None]  # found made: not walked again

@@ -66,6 +66,7 @@ from layerhub.images.models import (
     Tag,
 )
 from layerhub.images.selectors import registry_insecure
+from layerhub.images.services.file_index import layers_index_record
 from layerhub.images.services.packages import image_packages_record
 from layerhub.images.sizes import logical_bytes, own_blob_bytes_refresh, team_images
 from layerhub.images.snapshots import layers_not_unpacked_here, snapshot_record
@@ -241,6 +242,7 @@ def image_pull_run(*, job_id: int) -> None:
         ):
             if store.snapshots.exists(row.chain_id):
                 layer_mark_unpacked(row)
+        layers_index_record(resolved.layers)  # the file index of each layer it made
         if layers_not_unpacked_here(image.layers.all()).exists():
             _queue_unpack(job, image)  # which records the packages once it has unpacked
         else:
@@ -543,6 +545,7 @@ def image_unpack_run(*, job_id: int) -> None:
             # an existing snapshot unrecorded: made by a run whose worker died before recording
             if layer.created or layer.chain_id not in here or row.unpacked_at is None:
                 layer_mark_unpacked(row)
+        layers_index_record(unpacked)
         image_packages_record(image=job.image)
 
     job_run(job, work)
