@@ -7,10 +7,11 @@ whichever host holds the snapshot. Writers go through ``layer_files_record``; re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from layerhub.engine.file_index import CONTENT_KINDS, FILE, FileRecord, walk_snapshot
 from layerhub.engine.whiteouts import WhiteoutFormat
@@ -25,33 +26,74 @@ def layer_files_record(layer: Layer, records: Iterable[FileRecord]) -> LayerFile
     with transaction.atomic():
         FileEntry.objects.filter(layer=layer).delete()
         LayerFiles.objects.filter(layer=layer).delete()
-        count = 0
-        content = 0
-        batch: list[FileEntry] = []
-        for record in records:
-            count += 1
-            if record.kind == FILE:
-                content += record.size
-            batch.append(
-                FileEntry(
-                    layer=layer,
-                    path=record.path,
-                    name=record.name,
-                    kind=record.kind,
-                    mode=record.mode,
-                    uid=record.uid,
-                    gid=record.gid,
-                    size=record.size,
-                    sha256=record.sha256,
-                    link=record.link,
-                )
-            )
-            if len(batch) >= BATCH:
-                FileEntry.objects.bulk_create(batch)
-                batch = []
-        if batch:
-            FileEntry.objects.bulk_create(batch)
+        if connection.vendor == "postgresql":
+            count, content = _copy_entries(layer.pk, records)
+        else:
+            count, content = _insert_entries(layer, records)
         return LayerFiles.objects.create(layer=layer, entry_count=count, content_bytes=content)
+
+
+def _insert_entries(layer: Layer, records: Iterable[FileRecord]) -> tuple[int, int]:
+    """Bulk inserts of BATCH rows: the entry count and regular-file content bytes."""
+    count = 0
+    content = 0
+    batch: list[FileEntry] = []
+    for record in records:
+        count += 1
+        if record.kind == FILE:
+            content += record.size
+        batch.append(
+            FileEntry(
+                layer=layer,
+                path=record.path,
+                name=record.name,
+                kind=record.kind,
+                mode=record.mode,
+                uid=record.uid,
+                gid=record.gid,
+                size=record.size,
+                sha256=record.sha256,
+                link=record.link,
+            )
+        )
+        if len(batch) >= BATCH:
+            FileEntry.objects.bulk_create(batch)
+            batch = []
+    if batch:
+        FileEntry.objects.bulk_create(batch)
+    return count, content
+
+
+# the columns COPY writes, and their types (so psycopg dumps each value without guessing)
+COPY_COLUMNS = ("layer_id", "path", "name", "kind", "mode", "uid", "gid", "size", "sha256", "link")
+COPY_TYPES = ("int8", "text", "text", "varchar", "int4", "int8", "int8", "int8", "bytea", "text")
+
+
+def copy_rows(rows: Iterable[tuple[object, ...]]) -> None:
+    """Write FileEntry rows (values in COPY_COLUMNS order) with PostgreSQL's COPY, in the
+    current transaction: several times faster than INSERTs for a layer of 10,000 files."""
+    table = connection.ops.quote_name(FileEntry._meta.db_table)
+    columns = ", ".join(COPY_COLUMNS)
+    with connection.cursor() as cursor:
+        raw: Any = cursor.cursor  # psycopg's own cursor, under Django's wrapper
+        with raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            copy.set_types(COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+
+
+def _copy_entries(layer_id: int, records: Iterable[FileRecord]) -> tuple[int, int]:
+    totals = [0, 0]
+
+    def rows() -> Iterator[tuple[object, ...]]:
+        for r in records:
+            totals[0] += 1
+            if r.kind == FILE:
+                totals[1] += r.size
+            yield (layer_id, r.path, r.name, r.kind, r.mode, r.uid, r.gid, r.size, r.sha256, r.link)
+
+    copy_rows(rows())
+    return totals[0], totals[1]
 
 
 def layer_files_from_snapshot(layer: Layer, tree: Path, whiteouts: WhiteoutFormat) -> LayerFiles:

@@ -307,10 +307,23 @@ class FileEntry(models.Model):
     link = models.TextField(blank=True)
 
     class Meta:
+        # What the searches need (``layerhub.images.file_search``), and no more: the index's
+        # bytes are part of what it costs. On PostgreSQL the path and name indexes use the
+        # pattern operator class, so one index serves both ``=`` and ``LIKE 'prefix%'``
+        # whatever the database's collation (other databases ignore ``opclasses``).
         indexes = [
+            # one layer's entries, and "what do the layers above say about this path"
             models.Index(fields=["layer", "path"], name="fileentry_layer_path"),
-            models.Index(fields=["name"], name="fileentry_name"),
-            models.Index(fields=["sha256"], name="fileentry_sha256"),
+            # a path exactly, or under a prefix, in any layer
+            models.Index(fields=["path"], name="fileentry_path", opclasses=["text_pattern_ops"]),
+            # "*/libssl.so.3": a name exactly, or starting with a prefix
+            models.Index(fields=["name"], name="fileentry_name", opclasses=["text_pattern_ops"]),
+            # only content has a hash: directories, links and whiteouts stay out of it
+            models.Index(
+                fields=["sha256"],
+                name="fileentry_sha256",
+                condition=models.Q(sha256__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

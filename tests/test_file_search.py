@@ -1,0 +1,319 @@
+"""Which images contain a file: the final view of images built here (added then deleted, a
+directory removed, an opaque directory, a replaced file, a parent replaced by a symlink,
+hardlinks, symlinks not followed), globs, prefixes and hashes, teams kept apart, the API,
+the page and ``manage.py files``.
+
+The images are built as layer tars, imported through the real services and unpacked into a
+real store; each layer is then indexed from its snapshot (``layer_files_from_snapshot``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from layerhub.accounts.models import Team
+from layerhub.core.store import get_store
+from layerhub.images.file_index import layer_files_from_snapshot
+from layerhub.images.file_search import (
+    MAX_PATTERN,
+    InvalidFileQuery,
+    file_query,
+    file_search,
+)
+from layerhub.images.lookup import image_lookup
+from layerhub.images.models import Image, ImageLayer
+from layerhub.images.services import image_import
+from layerhub.jobs.models import Job
+from tests.support.oci import LAYER_MEDIA, MTIME, LayerBlob, sha, write_layout
+from tests.support.oci import Image as OciImage
+from tests.support.teams import default_team
+from workers.celery import app
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("eager")]
+
+LIB = "usr/lib/x86_64-linux-gnu"
+# an entry: (path, value) with value bytes (a file), None (a directory), ("symlink", target),
+# ("hardlink", path), "whiteout" or "opaque" (the directory's .wh..wh..opq marker)
+Entry = tuple[str, "bytes | tuple[str, str] | str | None"]
+
+BASE: list[Entry] = [
+    ("etc", None),
+    ("etc/os-release", b"PRETTY_NAME=Debian\n"),
+    ("usr", None),
+    ("usr/lib", None),
+    (LIB, None),
+    (f"{LIB}/libssl.so.3", b"ssl 3.0.14"),
+    (f"{LIB}/libcrypto.so.3", b"crypto 3.0.14"),
+    ("sbin", ("symlink", LIB)),
+    ("opt", None),
+    ("opt/app", None),
+    ("opt/app/old.conf", b"old"),
+    ("srv", None),
+    ("srv/data", None),
+    ("srv/data/keep", b"keep"),
+    ("var", None),
+    ("var/cache", None),
+    ("var/cache/x", b"cached"),
+    ("tmp", None),
+    ("tmp/added", b"temporary"),
+    ("bin", None),
+    ("bin/tool", b"the tool"),
+    ("bin/tool-alias", ("hardlink", "bin/tool")),
+]
+CHANGES: list[Entry] = [
+    ("tmp", None),
+    ("tmp/added", "whiteout"),  # added by the layer below, deleted here
+    ("srv", None),
+    ("srv/data", "whiteout"),  # a directory removed with what it held
+    ("opt", None),
+    ("opt/app", None),
+    ("opt/app", "opaque"),  # rm -rf opt/app && mkdir opt/app in one RUN
+    ("opt/app/new.conf", b"new"),
+    ("usr", None),
+    ("usr/lib", None),
+    (LIB, None),
+    (f"{LIB}/libssl.so.3", b"ssl 3.0.15"),  # replaced by an upgrade
+    ("var", None),
+    ("var/cache", ("symlink", "/tmp")),  # a directory replaced by a symlink
+]
+TOUCH: list[Entry] = [
+    ("etc", None),
+    ("etc/os-release", b"PRETTY_NAME=Debian\n"),  # the same bytes again
+]
+
+
+def layer_blob(entries: list[Entry]) -> LayerBlob:
+    """A gzip layer of ``entries``, in their order (OCI whiteout files for deletions)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for path, value in entries:
+            name = path
+            if value in ("whiteout", "opaque"):
+                parent, _, base = path.rpartition("/")
+                if value == "opaque":
+                    name = f"{path}/.wh..wh..opq"
+                else:
+                    name = f"{parent}/.wh.{base}" if parent else f".wh.{base}"
+                value = b""
+            info = tarfile.TarInfo(name)
+            info.mtime = MTIME
+            if value is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            elif isinstance(value, tuple):
+                kind, target = value
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname, info.mode = target, 0o777 if kind == "symlink" else 0o755
+                tf.addfile(info)
+            else:
+                assert isinstance(value, bytes)
+                info.size, info.mode = len(value), 0o644
+                tf.addfile(info, io.BytesIO(value))
+    raw = buf.getvalue()
+    return LayerBlob(LAYER_MEDIA["gzip"], gzip.compress(raw, mtime=0), sha(raw))
+
+
+@pytest.fixture
+def eager() -> Iterator[None]:
+    """Run queued jobs in place (the import queues the unpacks)."""
+    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
+
+
+def index_image(image: Image) -> None:
+    store = get_store()
+    for row in ImageLayer.objects.filter(image=image).select_related("layer"):
+        tree = store.snapshots.path(row.layer.chain_id)
+        layer_files_from_snapshot(row.layer, tree, store.whiteouts)
+
+
+def import_images(
+    tmp_path: Path, tagged: dict[str, list[list[Entry]]], team: Team | None = None
+) -> dict[str, Image]:
+    layout = write_layout(
+        tmp_path / f"layout-{len(list(tmp_path.iterdir()))}",
+        {ref: OciImage([layer_blob(e) for e in layers]) for ref, layers in tagged.items()},
+    )
+    job = image_import(team=team or default_team(), path=str(layout))
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    images = {ref: image_lookup(ref) for ref in tagged}
+    for image in images.values():
+        index_image(image)
+    return images
+
+
+@pytest.fixture
+def images(tmp_path: Path, layerhub_store: Path) -> dict[str, Image]:
+    return import_images(
+        tmp_path,
+        {
+            "localhost/fs:base": [BASE],
+            "localhost/fs:final": [BASE, CHANGES, TOUCH],
+        },
+    )
+
+
+@pytest.fixture
+def admin() -> User:
+    return User.objects.create_superuser("root", "root@example.com", "pw")
+
+
+def found(user: object, pattern: str = "", sha256: str = "") -> set[tuple[str, str, int]]:
+    """(image tag, path, position of the providing layer) of every row."""
+    result = file_search(user=user, query=file_query(pattern=pattern, sha256=sha256))
+    return {(result.names[m.image_id][0], m.path, m.layer_position) for m in result.matches}
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+BASE_TAG, FINAL_TAG = "localhost/fs:base", "localhost/fs:final"
+
+
+def test_final_view_deletions(images: dict[str, Image], admin: User) -> None:
+    # added, then deleted by a whiteout in a later layer
+    assert found(admin, "/tmp/added") == {(BASE_TAG, "/tmp/added", 0)}
+    # a directory removed: what it held is gone too
+    assert found(admin, "/srv/data/keep") == {(BASE_TAG, "/srv/data/keep", 0)}
+    assert found(admin, "/srv/") == {(BASE_TAG, "/srv/data", 0), (BASE_TAG, "/srv/data/keep", 0)}
+    # an opaque directory hides the lower layers' children, not its own layer's
+    assert found(admin, "/opt/app/old.conf") == {(BASE_TAG, "/opt/app/old.conf", 0)}
+    assert found(admin, "/opt/") == {
+        (BASE_TAG, "/opt/app", 0),
+        (BASE_TAG, "/opt/app/old.conf", 0),
+        (FINAL_TAG, "/opt/app", 1),
+        (FINAL_TAG, "/opt/app/new.conf", 1),
+    }
+    # a parent directory replaced by a symlink: the files under it are gone
+    assert found(admin, "/var/cache/x") == {(BASE_TAG, "/var/cache/x", 0)}
+    assert found(admin, "var/cache") == {(BASE_TAG, "/var/cache", 0), (FINAL_TAG, "/var/cache", 1)}
+
+
+def test_replaced_files_are_provided_by_the_later_layer(
+    images: dict[str, Image], admin: User
+) -> None:
+    assert found(admin, "/etc/os-release") == {
+        (BASE_TAG, "/etc/os-release", 0),
+        (FINAL_TAG, "/etc/os-release", 2),
+    }
+    # the same content again: the later copy matches, and provides it
+    assert found(admin, sha256=digest(b"PRETTY_NAME=Debian\n")) == {
+        (BASE_TAG, "/etc/os-release", 0),
+        (FINAL_TAG, "/etc/os-release", 2),
+    }
+    # upgraded: the old content is no more in the final image, the new one is, from layer 1
+    old = hashlib.sha256(b"ssl 3.0.14").hexdigest()
+    assert found(admin, sha256=old) == {(BASE_TAG, f"/{LIB}/libssl.so.3", 0)}
+    assert found(admin, sha256=digest(b"ssl 3.0.15").upper().replace("SHA256:", "sha256:")) == {
+        (FINAL_TAG, f"/{LIB}/libssl.so.3", 1)
+    }
+    result = file_search(user=admin, query=file_query(sha256=digest(b"ssl 3.0.15")))
+    (match,) = result.matches
+    assert (match.kind, match.size, match.sha256) == ("f", 10, digest(b"ssl 3.0.15"))
+    assert result.layer_digests[match.layer_id].startswith("sha256:")
+
+
+def test_hardlinks_and_symlinks(images: dict[str, Image], admin: User) -> None:
+    # both names of a hardlinked file have its content
+    assert found(admin, sha256=digest(b"the tool")) == {
+        (tag, path, 0) for tag in (BASE_TAG, FINAL_TAG) for path in ("/bin/tool", "/bin/tool-alias")
+    }
+    # a symlink is an entry of its own; what it points to is not searched through it
+    assert found(admin, "/sbin") == {(BASE_TAG, "/sbin", 0), (FINAL_TAG, "/sbin", 0)}
+    assert found(admin, "/sbin/libssl.so.3") == set()
+    assert {path for _, path, _ in found(admin, "*/libssl.so.3")} == {f"/{LIB}/libssl.so.3"}
+
+
+def test_globs_and_prefixes(images: dict[str, Image], admin: User) -> None:
+    libssl = {(BASE_TAG, f"/{LIB}/libssl.so.3", 0), (FINAL_TAG, f"/{LIB}/libssl.so.3", 1)}
+    assert found(admin, "*/libssl.so.3") == libssl
+    assert found(admin, "libssl.so.?") == libssl  # no "/": the name, as find -name
+    assert found(admin, "libssl.so.[0-9]") == libssl
+    assert found(admin, "libssl.so.[!3]") == set()
+    assert found(admin, "/usr/lib/*/libcrypto*") == {
+        (BASE_TAG, f"/{LIB}/libcrypto.so.3", 0),
+        (FINAL_TAG, f"/{LIB}/libcrypto.so.3", 0),
+    }
+    # the last component is one name: "*" does not reach into directories there
+    assert found(admin, "/e*") == {(BASE_TAG, "/etc", 0), (FINAL_TAG, "/etc", 2)}
+    assert {p for _, p, _ in found(admin, "/usr/lib/*")} == {f"/{LIB}"}
+    assert {p for _, p, _ in found(admin, "usr/lib/*/*")} == {
+        f"/{LIB}/libssl.so.3",
+        f"/{LIB}/libcrypto.so.3",
+    }
+    assert {p for _, p, _ in found(admin, "usr/*/*.so.3")} == {
+        f"/{LIB}/libssl.so.3",
+        f"/{LIB}/libcrypto.so.3",
+    }
+    # case matters, as in the file system; a dot is a dot
+    assert found(admin, "*/LIBSSL.so.3") == set()
+    assert found(admin, "*/libssl.so3") == set()
+    assert found(admin, "/usr/lib/x86_64-linux-gnu/libssl.so.3") == libssl
+    assert found(admin, "/USR/") == set()
+    assert {p for _, p, _ in found(admin, "/usr/lib/")} == {
+        f"/{LIB}",
+        f"/{LIB}/libssl.so.3",
+        f"/{LIB}/libcrypto.so.3",
+    }
+
+
+def test_results_are_newest_first_and_limited(images: dict[str, Image], admin: User) -> None:
+    Image.objects.filter(pk=images[BASE_TAG].pk).update(added_at=images[FINAL_TAG].added_at)
+    newest, older = sorted(images.values(), key=lambda i: i.pk, reverse=True)
+    result = file_search(user=admin, query=file_query(pattern="/bin/tool*"))
+    assert [m.image_id for m in result.matches] == [newest.pk] * 2 + [older.pk] * 2
+    assert [m.path for m in result.matches][:2] == ["/bin/tool", "/bin/tool-alias"]
+    assert not result.truncated
+    limited = file_search(user=admin, query=file_query(pattern="/bin/tool*"), limit=3)
+    assert len(limited.matches) == 3
+    assert limited.truncated
+
+
+def test_broad_searches_walk_images(
+    images: dict[str, Image], admin: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the candidate cap, the images are walked newest first, a page of paths at a
+    time: the same rows."""
+    from layerhub.images import file_search as module
+
+    patterns = ["/opt/", "/etc/os-release", "*/libssl.so.3", "/usr/lib/", "/srv/", "t*", "/*/*"]
+    expected = {p: found(admin, p) for p in patterns}
+    monkeypatch.setattr(module, "CANDIDATE_CAP", 1)
+    monkeypatch.setattr(module, "PATH_PAGE", 1)
+    for pattern in patterns:
+        assert found(admin, pattern) == expected[pattern], pattern
+    assert expected["/opt/"]
+
+
+def test_bad_queries_are_refused() -> None:
+    for pattern, message in [
+        ("", "give a path"),
+        ("   ", "give a path"),
+        ("/", "every file"),
+        ("x" * (MAX_PATTERN + 1), f"at most {MAX_PATTERN} characters"),
+        ("usr/\x00lib", "NUL"),
+        ("*", "more than"),
+        ("usr//lib", "empty component"),
+        ("lib[a\\b]", "bracket"),
+    ]:
+        with pytest.raises(InvalidFileQuery, match=message):
+            file_query(pattern=pattern)
+    for bad in ("abc", "sha256:" + "g" * 64, "sha512:" + "a" * 64, "a" * 63):
+        with pytest.raises(InvalidFileQuery, match="not a sha256"):
+            file_query(sha256=bad)
+    with pytest.raises(InvalidFileQuery, match="not both"):
+        file_query(pattern="/etc", sha256="a" * 64)
+    assert file_query(sha256="SHA256:" + "A" * 64).digest == b"\xaa" * 32
