@@ -14,12 +14,16 @@ import hashlib
 import io
 import tarfile
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
+from django.test import Client
+from rest_framework.test import APIClient
 
-from layerhub.accounts.models import Team
+from layerhub.accounts.models import Membership, Role, Team
 from layerhub.core.store import get_store
 from layerhub.images.file_index import layer_files_from_snapshot
 from layerhub.images.file_search import (
@@ -317,3 +321,120 @@ def test_bad_queries_are_refused() -> None:
     with pytest.raises(InvalidFileQuery, match="not both"):
         file_query(pattern="/etc", sha256="a" * 64)
     assert file_query(sha256="SHA256:" + "A" * 64).digest == b"\xaa" * 32
+
+
+def test_teams_see_only_their_images(images: dict[str, Image], tmp_path: Path) -> None:
+    other = Team.objects.create(name="other")
+    outsider = User.objects.create_user("outsider", password="pw")
+    Membership.objects.create(team=other, user=outsider, role=Role.VIEWER)
+    member = User.objects.create_user("member", password="pw")
+    Membership.objects.create(team=default_team(), user=member, role=Role.VIEWER)
+    assert found(outsider, "*/libssl.so.3") == set()
+    assert found(outsider, sha256=digest(b"ssl 3.0.15")) == set()
+    private = import_images(
+        tmp_path,
+        {"localhost/other/app:1": [BASE, [("etc", None), ("etc/team", b"other")]]},
+        team=other,
+    )
+    mine = private["localhost/other/app:1"]
+    # the same layer as the default team's base: each team sees its own image through it
+    result = file_search(user=outsider, query=file_query(pattern="*/libssl.so.3"))
+    assert {m.image_id for m in result.matches} == {mine.pk}
+    assert result.names == {mine.pk: ["localhost/other/app:1"]}
+    theirs = file_search(user=member, query=file_query(pattern="*/libssl.so.3"))
+    assert mine.pk not in {m.image_id for m in theirs.matches}
+    assert {m.image_id for m in theirs.matches} == {i.pk for i in images.values()}
+    assert all("other" not in n for names in theirs.names.values() for n in names)
+    # no user at all (signed out): nothing
+    from django.contrib.auth.models import AnonymousUser
+
+    assert file_search(user=AnonymousUser(), query=file_query(pattern="/etc/")).matches == []
+
+
+def test_api_searches_visible_images(images: dict[str, Image]) -> None:
+    client = APIClient()
+    member = User.objects.create_user("member", password="pw")
+    Membership.objects.create(team=default_team(), user=member, role=Role.VIEWER)
+    client.force_authenticate(member)
+    answer = client.get("/api/v1/files/", {"pattern": "*/libssl.so.3", "limit": "1"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["count"] == 2
+    (row,) = body["results"]
+    assert row["image"] == images[FINAL_TAG].pk  # newest first
+    assert row["image_names"] == [FINAL_TAG]
+    assert row["path"] == f"/{LIB}/libssl.so.3"
+    assert (row["type"], row["mode"], row["size"]) == ("file", "0644", 10)
+    assert row["sha256"] == digest(b"ssl 3.0.15")
+    assert row["layer_position"] == 1
+    layer = ImageLayer.objects.get(image=images[FINAL_TAG], position=1).layer
+    assert row["layer"] == layer.digest
+    by_hash = client.get("/api/v1/files/", {"sha256": digest(b"the tool")}).json()
+    assert {r["type"] for r in by_hash["results"]} == {"file", "hardlink"}
+    for params, message in [
+        ({}, "give a path"),
+        ({"sha256": "nope"}, "not a sha256"),
+        ({"pattern": "x" * (MAX_PATTERN + 1)}, "at most"),
+    ]:
+        bad = client.get("/api/v1/files/", params)
+        assert bad.status_code == 400, params
+        assert bad.json()["error"]["message"].find(message) >= 0
+    outsider = User.objects.create_user("outsider", password="pw")
+    client.force_authenticate(outsider)
+    assert client.get("/api/v1/files/", {"pattern": "*/libssl.so.3"}).json()["count"] == 0
+    client.force_authenticate(None)
+    assert client.get("/api/v1/files/", {"pattern": "*/libssl.so.3"}).status_code in (401, 403)
+
+
+def test_search_page(images: dict[str, Image]) -> None:
+    member = User.objects.create_user("member", password="pw")
+    Membership.objects.create(team=default_team(), user=member, role=Role.VIEWER)
+    client = Client()
+    client.force_login(member)
+    home = client.get("/").content.decode()
+    assert 'href="/images/search/"' in home
+    page = client.get("/images/search/", {"q": "/tmp/added"})
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert BASE_TAG in html
+    assert FINAL_TAG not in html
+    assert "1 match" in html
+    by_hash = client.get("/images/search/", {"by": "sha256", "q": digest(b"ssl 3.0.15")})
+    html = by_hash.content.decode()
+    assert FINAL_TAG in html
+    assert f"/{LIB}/libssl.so.3" in html
+    bad = client.get("/images/search/", {"by": "sha256", "q": "123"})
+    assert bad.status_code == 200
+    assert "not a sha256" in bad.content.decode()
+    # the packages tab is the same page
+    packages = client.get("/images/search/", {"mode": "packages"}).content.decode()
+    assert 'id="package-search"' in packages
+    assert 'href="/images/search/"' in packages
+
+    outsider = User.objects.create_user("outsider", password="pw")
+    client.force_login(outsider)
+    assert "localhost/fs" not in client.get("/images/search/", {"q": "/etc/"}).content.decode()
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("files", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_command_prints_a_table(images: dict[str, Image]) -> None:
+    out, _ = run("*/libssl.so.3")
+    lines = out.splitlines()
+    assert lines[0].split() == ["IMAGE", "PATH", "TYPE", "SIZE", "LAYER"]
+    assert lines[1].split()[:4] == [FINAL_TAG, f"/{LIB}/libssl.so.3", "file", "10B"]
+    assert lines[1].endswith("(2)")
+    assert lines[2].split()[0] == BASE_TAG
+    out, _ = run("--sha256", digest(b"the tool"), "--limit", "1")
+    assert len(out.splitlines()) == 2
+    out, err = run("/nothing/here")
+    assert len(out.splitlines()) == 1
+    assert "no image you can see has /nothing/here" in err
+    with pytest.raises(CommandError, match="not a sha256"):
+        run("--sha256", "xyz")
+    with pytest.raises(CommandError, match="give a path"):
+        run()

@@ -243,8 +243,9 @@ class FileSearchResult:
     truncated: bool = False
     # image id -> the names the user may read ("debian:bookworm"), filled by image_names
     names: dict[int, list[str]] = field(default_factory=dict)
-    # layer id -> its digest, for the rows' LAYER column
+    # layer id -> its digest, for the rows' LAYER column, and its ChainID (its page)
     layer_digests: dict[int, str] = field(default_factory=dict)
+    layer_chains: dict[int, str] = field(default_factory=dict)
 
 
 Row = tuple[int, str, str, int, int, int, int, Any, str]

@@ -295,7 +295,10 @@ class LayerFiles(models.Model):
 class FileEntry(models.Model):
     """One entry of a layer's own changes (see ``layerhub.engine.file_index``)."""
 
-    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="file_entries")
+    # no index of its own: (layer, path) below serves every lookup by layer
+    layer = models.ForeignKey(
+        Layer, on_delete=models.CASCADE, related_name="file_entries", db_index=False
+    )
     path = models.TextField()  # relative to the layer's root: "usr/lib/libssl.so.3"
     name = models.TextField()  # the last component, for "*/libssl.so.3"
     kind = models.CharField(max_length=1)
