@@ -228,8 +228,11 @@ def bench_postgres(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="layerhub-bench-") as tmp:
             return _run_child(url, Path(tmp) / "store", args.layers, args.files, args.runs)
     finally:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if args.keep:
+            print(f"kept: {urlunsplit(server._replace(path=f'/{name}'))} (drop it when done)")
+        else:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> int:
@@ -242,6 +245,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9, help="timed rounds a search (9)")
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server URL")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the PostgreSQL database (to EXPLAIN)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

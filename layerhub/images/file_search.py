@@ -38,7 +38,7 @@ from django.db.models import Q, QuerySet
 
 from layerhub.core.permissions import named_by, restrict
 from layerhub.engine.errors import LayerhubError
-from layerhub.engine.file_index import CONTENT_KINDS, DIRECTORY, OPAQUE, WHITEOUT
+from layerhub.engine.file_index import CONTENT_KINDS, DIRECTORY, KINDS, OPAQUE, WHITEOUT
 from layerhub.images.listing import familiar_repository, readable_tags
 from layerhub.images.models import FileEntry, Image, ImageLayer, Layer
 
@@ -57,6 +57,9 @@ PATH_PAGE = 2000
 PATH, PREFIX, GLOB, SHA256 = "path", "prefix", "glob", "sha256"
 _HEX = re.compile(r"[0-9a-f]{64}")
 _GLOB_CHARS = "*?["
+# what a layer may have at a parent directory's path that hides the layers below it (an
+# IN list, not "<> 'd'", so the (path, kind) index finds only these rows)
+HIDING_KINDS = sorted(KINDS - {DIRECTORY})
 _ENTRY_COLUMNS = ("layer_id", "path", "kind", "mode", "uid", "gid", "size", "sha256", "link")
 
 
@@ -187,12 +190,13 @@ def _literal_prefix(glob: str) -> str:
     return glob[:cut]
 
 
-def _condition(query: FileQuery) -> Q:
+def _condition(query: FileQuery, *, markers: bool = False) -> Q:
     """The SQL filter of the candidate entries: what the indexes can find, and for a glob
-    its regular expression (a candidate is checked again here, in ``_matches``)."""
+    its regular expression (a candidate is checked again here, in ``_matches``). With
+    ``markers``, a path search also takes the whiteouts and opaque markers at the paths."""
     if query.mode == SHA256:
         return Q(sha256=query.digest, kind__in=sorted(CONTENT_KINDS))
-    live = ~Q(kind__in=[WHITEOUT, OPAQUE])
+    live = Q() if markers else ~Q(kind__in=[WHITEOUT, OPAQUE])
     if query.mode == PATH:
         return Q(path=query.text) & live
     if query.mode == PREFIX:
@@ -286,28 +290,33 @@ def _stacks(image_ids: list[int]) -> dict[int, list[int]]:
 
 
 def _final_matches(
-    query: FileQuery, stacks: dict[int, list[int]], paths: dict[int, set[str]]
+    query: FileQuery,
+    stacks: dict[int, list[int]],
+    paths: dict[int, set[str]],
+    at_path: dict[tuple[int, str], Row] | None = None,
 ) -> list[FileMatch]:
     """For each image (``stacks``, in the order wanted) and each of its candidate ``paths``,
-    the entry its final view shows, if that entry matches: two queries for the whole batch
-    (the entries at the paths, and deletions at their parent directories)."""
+    the entry its final view shows, if that entry matches: a query for the deletions at
+    their parent directories, and one for the entries at the paths unless ``at_path`` has
+    them all already (for every layer of the batch)."""
     layer_ids = sorted({lid for image_id in paths for lid in stacks[image_id]})
     all_paths = sorted({p for image_paths in paths.values() for p in image_paths})
     if not layer_ids or not all_paths:
         return []
     parents = sorted({a for p in all_paths for a in _ancestors(p)})
-    at_path: dict[tuple[int, str], Row] = {}
     hidden: set[tuple[int, str]] = set()
-    for chunk in _chunks(all_paths, 1000):
-        entries = FileEntry.objects.filter(layer_id__in=layer_ids, path__in=chunk).exclude(
-            kind=OPAQUE
-        )
-        for row in entries.values_list(*_ENTRY_COLUMNS):
-            at_path[(row[0], row[1])] = row
+    if at_path is None:
+        at_path = {}
+        for chunk in _chunks(all_paths, 1000):
+            entries = FileEntry.objects.filter(layer_id__in=layer_ids, path__in=chunk).exclude(
+                kind=OPAQUE
+            )
+            for row in entries.values_list(*_ENTRY_COLUMNS):
+                at_path[(row[0], row[1])] = row
     for chunk in _chunks(parents, 1000):
         # a parent that a layer deletes, makes opaque or replaces with a non-directory
-        deleting = FileEntry.objects.filter(layer_id__in=layer_ids, path__in=chunk).exclude(
-            kind=DIRECTORY
+        deleting = FileEntry.objects.filter(
+            layer_id__in=layer_ids, path__in=chunk, kind__in=HIDING_KINDS
         )
         hidden.update(deleting.values_list("layer_id", "path"))
     found: list[FileMatch] = []
@@ -360,28 +369,34 @@ def file_search(*, user: Any, query: FileQuery, limit: int = SEARCH_LIMIT) -> Fi
     says there were more). ``user`` None is the machine's operator (the CLI with no
     superuser yet): every image. Layers without a file index are not searched."""
     result = FileSearchResult(query)
-    condition = _condition(query)
-    candidates = list(
-        FileEntry.objects.filter(condition).values_list("layer_id", "path")[: CANDIDATE_CAP + 1]
+    # a path search takes every entry at the matching paths, whiteouts included: the rows
+    # the final view is decided on come with the candidates
+    condition = _condition(query, markers=query.mode != SHA256)
+    rows: list[Row] = list(
+        FileEntry.objects.filter(condition).values_list(*_ENTRY_COLUMNS)[: CANDIDATE_CAP + 1]
     )
-    if len(candidates) <= CANDIDATE_CAP:
-        _narrow(result, candidates, user, limit)
+    if len(rows) <= CANDIDATE_CAP:
+        _narrow(result, rows, user, limit)
     else:
         _broad(result, condition, user, limit)
     _describe(result, user)
     return result
 
 
-def _narrow(
-    result: FileSearchResult, candidates: list[tuple[int, str]], user: Any, limit: int
-) -> None:
+def _narrow(result: FileSearchResult, rows: list[Row], user: Any, limit: int) -> None:
     """Every candidate entry is known: decide the images that hold their layers, newest
     first, a batch at a time, until ``limit`` rows."""
+    query = result.query
     by_layer: dict[int, set[str]] = defaultdict(set)
-    for layer_id, path in candidates:
-        by_layer[layer_id].add(path)
+    for row in rows:
+        if _matches(query, row):
+            by_layer[row[0]].add(row[1])
     if not by_layer:
         return
+    # a path search has every entry at its paths; a hash search reads them per batch
+    at_path = None
+    if query.mode != SHA256:
+        at_path = {(row[0], row[1]): row for row in rows if row[2] != OPAQUE}
     holders = ImageLayer.objects.filter(layer_id__in=list(by_layer)).values("image_id")
     image_ids = list(
         _visible(user)
@@ -395,7 +410,7 @@ def _narrow(
             image_id: {p for lid in stack for p in by_layer.get(lid, ())}
             for image_id, stack in stacks.items()
         }
-        if _add(result, _final_matches(result.query, stacks, paths), limit):
+        if _add(result, _final_matches(query, stacks, paths, at_path), limit):
             return
 
 

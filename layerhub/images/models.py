@@ -315,10 +315,20 @@ class FileEntry(models.Model):
         # pattern operator class, so one index serves both ``=`` and ``LIKE 'prefix%'``
         # whatever the database's collation (other databases ignore ``opclasses``).
         indexes = [
-            # one layer's entries, and "what do the layers above say about this path"
-            models.Index(fields=["layer", "path"], name="fileentry_layer_path"),
-            # a path exactly, or under a prefix, in any layer
-            models.Index(fields=["path"], name="fileentry_path", opclasses=["text_pattern_ops"]),
+            # one layer's entries, and "what do the layers above say about this path" (also
+            # a prefix in a few layers: the broad searches walk an image at a time)
+            models.Index(
+                fields=["layer", "path"],
+                name="fileentry_layer_path",
+                opclasses=["int8_ops", "text_pattern_ops"],
+            ),
+            # a path exactly, or under a prefix, in any layer; with the kind, so "which layers
+            # delete or replace this parent directory" skips the many that only have it
+            models.Index(
+                fields=["path", "kind"],
+                name="fileentry_path",
+                opclasses=["text_pattern_ops", "varchar_pattern_ops"],
+            ),
             # "*/libssl.so.3": a name exactly, or starting with a prefix
             models.Index(fields=["name"], name="fileentry_name", opclasses=["text_pattern_ops"]),
             # only content has a hash: directories, links and whiteouts stay out of it
