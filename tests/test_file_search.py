@@ -438,3 +438,57 @@ def test_command_prints_a_table(images: dict[str, Image]) -> None:
         run("--sha256", "xyz")
     with pytest.raises(CommandError, match="give a path"):
         run()
+
+
+def test_recorded_index_reads_back_exactly(layerhub_store: Path) -> None:
+    """What ``layer_files_record`` writes (COPY on PostgreSQL, inserts elsewhere) reads back
+    the same, hostile names included."""
+    from layerhub.engine.file_index import FileRecord
+    from layerhub.images.file_index import layer_files, layer_files_record
+    from layerhub.images.models import Layer
+
+    layer = Layer.objects.create(
+        chain_id="sha256:" + "c" * 64,
+        digest="sha256:" + "d" * 64,
+        diff_id="sha256:" + "e" * 64,
+        media_type=LAYER_MEDIA["gzip"],
+        size=1,
+    )
+    records = [
+        FileRecord("etc", "d", 0o755),
+        FileRecord("etc/a\tb\\n\nc", "f", 0o4755, 1000, 1000, 3, b"\x00\\\n" * 10 + b"xy", ""),
+        FileRecord("etc/ünïcödé \\N", "l", 0o777, link="../\\N\t"),
+        FileRecord("etc/hard", "h", 0o644, size=3, sha256=b"\xff" * 32, link="etc/a\tb\\n\nc"),
+        FileRecord("etc/gone", "w"),
+        FileRecord("etc", "o"),
+    ]
+    summary = layer_files_record(layer, records)
+    assert (summary.entry_count, summary.content_bytes) == (6, 3)
+    assert layer_files([layer.pk]) == {layer.pk: records}
+    # recording again replaces, all of it
+    layer_files_record(layer, records[:1])
+    assert layer_files([layer.pk]) == {layer.pk: records[:1]}
+
+
+def test_seed_demo_indexes_layers(admin: User) -> None:
+    from layerhub.images.models import FileEntry, LayerFiles
+
+    out = StringIO()
+    call_command("seed_demo", "--images", "60", "--file-layers", "12", "--files", "400", stdout=out)
+    assert "indexed 12 layers" in out.getvalue()
+    counts = list(LayerFiles.objects.values_list("entry_count", flat=True))
+    assert len(counts) == 12
+    assert all(300 <= n <= 400 for n in counts), counts
+    assert FileEntry.objects.count() == sum(counts)
+    # paths repeat across a family's layers, contents across near-twins
+    from django.db.models import Count
+
+    shared_paths = FileEntry.objects.values("path").annotate(n=Count("id")).filter(n__gt=1)
+    assert shared_paths.count() > 100
+    shared = FileEntry.objects.filter(kind="f").values("sha256").annotate(n=Count("id"))
+    assert shared.filter(n__gt=1).count() > 50
+    # the landmarks are there to be found, in the images on those layers
+    result = file_search(user=admin, query=file_query(pattern="*/libssl.so.3"))
+    assert result.matches
+    with pytest.raises(CommandError, match="--files must be between"):
+        call_command("seed_demo", "--force", "--files", "0", stdout=StringIO())

@@ -179,14 +179,14 @@ def _layer_rows(
     content = 0
     room = entries - len(whiteouts)
     for path, version in sorted(files):
-        if len(rows) >= room:
-            break
         parent = path.rpartition("/")[0]
         missing = []
         while parent and parent not in seen:
             missing.append(parent)
-            seen.add(parent)
             parent = parent.rpartition("/")[0]
+        if len(rows) + len(missing) + 1 > room:
+            break
+        seen.update(missing)
         for directory in reversed(missing):
             name = directory.rpartition("/")[2]
             rows.append((layer_id, directory, name, DIRECTORY, 0o755, 0, 0, 0, None, ""))
