@@ -131,6 +131,7 @@ def child(layers: int, files: int, runs: int) -> int:
         ("file: suffix glob */libssl.so.3", file_query(pattern="*/libssl.so.3")),
         ("file: prefix /usr/share/doc/", file_query(pattern="/usr/share/doc/")),
         ("file: glob usr/lib/*/libcrypto*", file_query(pattern="usr/lib/*/libcrypto*")),
+        ("file: name glob *.so.3", file_query(pattern="*.so.3")),
         ("file: sha256", file_query(sha256=sha)),
         ("package: openssl < 3.0.15", package_query(name="openssl", op="<", version="3.0.15")),
     ]

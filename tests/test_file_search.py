@@ -247,6 +247,12 @@ def test_globs_and_prefixes(images: dict[str, Image], admin: User) -> None:
     assert found(admin, "libssl.so.?") == libssl  # no "/": the name, as find -name
     assert found(admin, "libssl.so.[0-9]") == libssl
     assert found(admin, "libssl.so.[!3]") == set()
+    # a name by its end (PostgreSQL: through the index of reversed names)
+    assert {p for _, p, _ in found(admin, "*.so.3")} == {
+        f"/{LIB}/libssl.so.3",
+        f"/{LIB}/libcrypto.so.3",
+    }
+    assert found(admin, "*.SO.3") == set()
     assert found(admin, "/usr/lib/*/libcrypto*") == {
         (BASE_TAG, f"/{LIB}/libcrypto.so.3", 0),
         (FINAL_TAG, f"/{LIB}/libcrypto.so.3", 0),

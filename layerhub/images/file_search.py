@@ -35,6 +35,8 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Reverse
+from django.db.models.lookups import StartsWith
 
 from layerhub.core.permissions import named_by, restrict
 from layerhub.engine.errors import LayerhubError
@@ -185,6 +187,14 @@ def _starts_with(column: str, prefix: str) -> Q:
     return Q(**{f"{column}__gte": prefix, f"{column}__lt": upper})
 
 
+def _literal_suffix(glob: str) -> str:
+    """What a glob ends with after its last wildcard."""
+    end = len(glob)
+    while end > 0 and glob[end - 1] not in "*?[]":
+        end -= 1
+    return glob[end:]
+
+
 def _literal_prefix(glob: str) -> str:
     cut = min((i for i in (glob.find(c) for c in _GLOB_CHARS) if i >= 0), default=len(glob))
     return glob[:cut]
@@ -204,10 +214,14 @@ def _condition(query: FileQuery, *, markers: bool = False) -> Q:
     glob = query.text
     name = glob.rpartition("/")[2]
     name_literal = _literal_prefix(name)
+    name_suffix = _literal_suffix(name)
     if name_literal == name:
         condition = Q(name=name)
     elif name_literal:
         condition = _starts_with("name", name_literal)
+    elif name_suffix and connection.vendor == "postgresql":
+        # "*.so.3": the name's end, through the index of reversed names (migration 0013)
+        condition = Q(StartsWith(Reverse("name"), name_suffix[::-1]))
     else:
         condition = Q()
     if query.on_name:
@@ -359,6 +373,16 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
+def _growing_chunks(items: list[Any]) -> Iterator[list[Any]]:
+    """``items`` in batches of 25, 50, 100, then IMAGE_BATCH: a search that fills its limit
+    with the newest images decides no more of them than it must."""
+    start, size = 0, 25
+    while start < len(items):
+        yield items[start : start + size]
+        start += size
+        size = min(size * 2, IMAGE_BATCH)
+
+
 def _visible(user: Any) -> QuerySet[Image]:
     return Image.objects.all() if user is None else restrict(Image.objects.all(), user)
 
@@ -372,10 +396,14 @@ def file_search(*, user: Any, query: FileQuery, limit: int = SEARCH_LIMIT) -> Fi
     # a path search takes every entry at the matching paths, whiteouts included: the rows
     # the final view is decided on come with the candidates
     condition = _condition(query, markers=query.mode != SHA256)
-    rows: list[Row] = list(
-        FileEntry.objects.filter(condition).values_list(*_ENTRY_COLUMNS)[: CANDIDATE_CAP + 1]
-    )
-    if len(rows) <= CANDIDATE_CAP:
+    entries = FileEntry.objects.filter(condition)
+    rows: list[Row] = []
+    # a path search asks its index alone whether there are too many, before reading rows
+    broad = query.mode != SHA256 and entries.values("path")[CANDIDATE_CAP:].exists()
+    if not broad:
+        rows = list(entries.values_list(*_ENTRY_COLUMNS)[: CANDIDATE_CAP + 1])
+        broad = len(rows) > CANDIDATE_CAP
+    if not broad:
         _narrow(result, rows, user, limit)
     else:
         _broad(result, condition, user, limit)
@@ -404,7 +432,7 @@ def _narrow(result: FileSearchResult, rows: list[Row], user: Any, limit: int) ->
         .order_by("-added_at", "-pk")
         .values_list("pk", flat=True)
     )
-    for batch in _chunks(image_ids, IMAGE_BATCH):
+    for batch in _growing_chunks(image_ids):
         stacks = _stacks(batch)
         paths = {
             image_id: {p for lid in stack for p in by_layer.get(lid, ())}

@@ -3,6 +3,21 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+# "*.so.3": names by their end, on PostgreSQL (other databases scan the names instead)
+REVERSED_NAME = (
+    "CREATE INDEX fileentry_name_reversed ON images_fileentry (reverse(name) text_pattern_ops)"
+)
+
+
+def reversed_name_index(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(REVERSED_NAME)
+
+
+def drop_reversed_name_index(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("DROP INDEX IF EXISTS fileentry_name_reversed")
+
 
 class Migration(migrations.Migration):
 
@@ -44,4 +59,5 @@ class Migration(migrations.Migration):
             model_name='fileentry',
             index=models.Index(condition=models.Q(('sha256__isnull', False)), fields=['sha256'], name='fileentry_sha256'),
         ),
+        migrations.RunPython(reversed_name_index, drop_reversed_name_index),
     ]
