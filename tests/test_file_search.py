@@ -318,6 +318,7 @@ def test_bad_queries_are_refused() -> None:
         ("*", "more than"),
         ("usr//lib", "empty component"),
         ("lib[a\\b]", "bracket"),
+        ("a?" * 33, "at most 32 wildcards"),
     ]:
         with pytest.raises(InvalidFileQuery, match=message):
             file_query(pattern=pattern)
@@ -498,3 +499,21 @@ def test_seed_demo_indexes_layers(admin: User) -> None:
     assert result.matches
     with pytest.raises(CommandError, match="--files must be between"):
         call_command("seed_demo", "--force", "--files", "0", stdout=StringIO())
+
+
+def test_hostile_names_do_not_stall_a_glob(images: dict[str, Image], admin: User) -> None:
+    """A layer may hold a 4,000-character name; a glob with many stars against it is a
+    bounded match (no backtracking regular expression runs over it here)."""
+    from layerhub.engine.file_index import FileRecord
+    from layerhub.images.file_index import layer_files_record
+
+    top = ImageLayer.objects.filter(image=images[FINAL_TAG]).order_by("-position").first()
+    assert top is not None
+    long_name = "a" * 4000
+    layer_files_record(
+        top.layer,
+        [FileRecord("etc", "d", 0o755), FileRecord(f"etc/{long_name}", "f", 0o644, size=1)],
+    )
+    pattern = "etc/" + "*a" * 15 + "*b"
+    assert found(admin, pattern) == set()
+    assert found(admin, "etc/" + "*a" * 15 + "*") == {(FINAL_TAG, f"/etc/{long_name}", 2)}

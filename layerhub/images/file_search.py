@@ -27,6 +27,7 @@ newest images first, at most ``limit``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,9 @@ from layerhub.images.models import FileEntry, Image, ImageLayer, Layer
 SEARCH_LIMIT = 1000
 # the longest pattern taken (Linux's PATH_MAX)
 MAX_PATTERN = 4096
+# wildcards in one glob (*, ? and [): enough for any real search, few enough for the server's
+# regular expression engine
+MAX_WILDCARDS = 32
 # more candidate entries than this in the whole catalog (a broad prefix or glob): the images
 # are walked newest first instead, each image's layers read a page of paths at a time
 CANDIDATE_CAP = 20_000
@@ -162,6 +166,9 @@ def file_query(*, pattern: str | None = None, sha256: str | None = None) -> File
     if "\x00" in pattern:
         raise InvalidFileQuery("a pattern cannot hold a NUL byte")
     if any(c in pattern for c in _GLOB_CHARS):
+        wildcards = sum(pattern.count(c) for c in _GLOB_CHARS)
+        if wildcards > MAX_WILDCARDS:
+            raise InvalidFileQuery(f"a glob has at most {MAX_WILDCARDS} wildcards, not {wildcards}")
         glob = pattern.lstrip("/")
         on_name = "/" not in pattern  # "libssl.so.*" is a name; "/e*" a path from the root
         if glob.endswith("/"):
@@ -224,14 +231,19 @@ def _condition(query: FileQuery, *, markers: bool = False) -> Q:
         condition = Q(StartsWith(Reverse("name"), name_suffix[::-1]))
     else:
         condition = Q()
+    # PostgreSQL's regular expressions never backtrack without bound; SQLite's REGEXP is
+    # Python's, which may on a hostile name: there the candidates are matched here only
+    server_regex = connection.vendor == "postgresql"
     if query.on_name:
-        if name_literal != name:
+        if name_literal != name and server_regex:
             condition &= Q(name__regex=query.regex)
         return condition & live
     literal = _literal_prefix(glob)
     if literal:
         condition &= _starts_with("path", literal)
-    return condition & Q(path__regex=query.regex) & live
+    if server_regex:
+        condition &= Q(path__regex=query.regex)
+    return condition & live
 
 
 @dataclass(frozen=True)
@@ -281,8 +293,89 @@ def _matches(query: FileQuery, row: Row) -> bool:
         return path == query.text
     if query.mode == PREFIX:
         return path.startswith(query.text)
-    target = path.rpartition("/")[2] if query.on_name else path
-    return re.match(query.regex, target) is not None
+    directories, slash, name = path.rpartition("/")
+    glob_directories, glob_slash, glob_name = query.text.rpartition("/")
+    if not _wildcard_match(_glob_tokens(glob_name), name):
+        return False
+    if query.on_name:
+        return True
+    if not glob_slash:
+        return not slash  # "/e*": a name at the root
+    return bool(slash) and _wildcard_match(_glob_tokens(glob_directories), directories)
+
+
+Token = tuple[str, str, bool]  # ("*" | "?" | "[" | "=", characters, negated)
+
+
+@functools.cache
+def _glob_tokens(glob: str) -> tuple[Token, ...]:
+    """A glob (checked by ``_glob_regex`` already) as tokens for ``_wildcard_match``."""
+    tokens: list[Token] = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        i += 1
+        if c == "*":
+            if not tokens or tokens[-1][0] != "*":
+                tokens.append(("*", "", False))
+        elif c == "?":
+            tokens.append(("?", "", False))
+        elif c == "[":
+            end = glob.find("]", i + 1 if glob[i : i + 1] in ("!", "]") else i)
+            if end < 0:
+                tokens.append(("=", c, False))
+                continue
+            body = glob[i:end]
+            i = end + 1
+            negate = body.startswith("!")
+            tokens.append(("[", body[1:] if negate else body, negate))
+        else:
+            tokens.append(("=", c, False))
+    return tuple(tokens)
+
+
+def _one(token: Token, char: str) -> bool:
+    kind, chars, negate = token
+    if kind == "=":
+        return char == chars
+    if char == "/":
+        return False  # "?" and "[...]" stay inside a name
+    if kind == "?":
+        return True
+    inside = False
+    i = 0
+    while i < len(chars):
+        if i + 2 < len(chars) and chars[i + 1] == "-":
+            inside |= chars[i] <= char <= chars[i + 2]
+            i += 3
+        else:
+            inside |= chars[i] == char
+            i += 1
+    return inside != negate
+
+
+def _wildcard_match(tokens: tuple[Token, ...], text: str) -> bool:
+    """Whether ``text`` matches the glob ``tokens`` (``*`` any characters): the classic
+    two-pointer match, back to the last ``*`` only, in at most len(tokens) x len(text)
+    steps whatever the input (a regular expression can backtrack without bound)."""
+    t = s = 0
+    star = -1
+    mark = 0
+    while s < len(text):
+        if t < len(tokens) and tokens[t][0] == "*":
+            star, mark = t, s
+            t += 1
+        elif t < len(tokens) and _one(tokens[t], text[s]):
+            t += 1
+            s += 1
+        elif star >= 0:
+            mark += 1
+            s, t = mark, star + 1
+        else:
+            return False
+    while t < len(tokens) and tokens[t][0] == "*":
+        t += 1
+    return t == len(tokens)
 
 
 def _ancestors(path: str) -> list[str]:
