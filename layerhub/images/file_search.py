@@ -288,7 +288,11 @@ def _matches(query: FileQuery, row: Row) -> bool:
         return kind in CONTENT_KINDS and row[7] is not None and bytes(row[7]) == query.digest
     if kind in (WHITEOUT, OPAQUE):
         return False
-    path = row[1]
+    return _path_matches(query, row[1])
+
+
+def _path_matches(query: FileQuery, path: str) -> bool:
+    """Whether ``path`` matches a path, prefix or glob search."""
     if query.mode == PATH:
         return path == query.text
     if query.mode == PREFIX:
@@ -549,7 +553,11 @@ def _broad(result: FileSearchResult, condition: Q, user: Any, limit: int) -> Non
             page = sorted(set(rows.order_by("path").values_list("path", flat=True)[:PATH_PAGE]))
             if not page:
                 break
-            if _add(result, _final_matches(result.query, stack, {image_id: set(page)}), limit):
+            # SQLite's SQL leaves a glob's expression out: its paths are matched here first
+            wanted = {
+                p for p in page if result.query.mode == SHA256 or _path_matches(result.query, p)
+            }
+            if _add(result, _final_matches(result.query, stack, {image_id: wanted}), limit):
                 return
             after = page[-1]
 
