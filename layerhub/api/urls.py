@@ -28,6 +28,7 @@ from layerhub.api.views.accounts import (
 )
 from layerhub.api.views.catalog import RepositoryViewSet, TagViewSet
 from layerhub.api.views.containers import ContainerViewSet
+from layerhub.api.views.file_search import FileViewSet
 from layerhub.api.views.images import ImageViewSet
 from layerhub.api.views.jobs import JobViewSet
 from layerhub.api.views.layers import LayerViewSet
@@ -53,6 +54,7 @@ router.include_format_suffixes = False
 router.register("images", ImageViewSet, basename="image")
 router.register("layers", LayerViewSet, basename="layer")
 router.register("packages", PackageViewSet, basename="package")
+router.register("files", FileViewSet, basename="file")
 router.register("repositories", RepositoryViewSet, basename="repository")
 router.register("tags", TagViewSet, basename="tag")
 router.register("containers", ContainerViewSet, basename="container")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from django.db import connection, transaction
 
@@ -55,8 +56,23 @@ def layer_files_record(layer: Layer, records: Iterable[FileRecord]) -> LayerFile
         return LayerFiles.objects.create(layer=layer, entry_count=count, content_bytes=content)
 
 
-# the columns _insert writes, in the order of its rows
-_COLUMNS = ("layer_id", "path", "name", "kind", "mode", "uid", "gid", "size", "sha256", "link")
+# the columns COPY and the INSERTs write, and their types (so psycopg dumps each value without
+# guessing)
+COPY_COLUMNS = ("layer_id", "path", "name", "kind", "mode", "uid", "gid", "size", "sha256", "link")
+COPY_TYPES = ("int8", "text", "text", "varchar", "int4", "int8", "int8", "int8", "bytea", "text")
+
+
+def copy_rows(rows: Iterable[tuple[object, ...]]) -> None:
+    """Write FileEntry rows (values in COPY_COLUMNS order) with PostgreSQL's COPY, in the
+    current transaction: several times faster than INSERTs for a layer of 10,000 files."""
+    table = connection.ops.quote_name(FileEntry._meta.db_table)
+    columns = ", ".join(COPY_COLUMNS)
+    with connection.cursor() as cursor:
+        raw: Any = cursor.cursor  # psycopg's own cursor, under Django's wrapper
+        with raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            copy.set_types(COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
 
 
 def _insert(rows: list[_Row]) -> None:
@@ -66,16 +82,14 @@ def _insert(rows: list[_Row]) -> None:
     13,000 rows on PostgreSQL, bulk_create takes seconds where COPY takes a tenth of that
     (see the README's File index section), and building no model instances helps SQLite too.
     """
+    if connection.vendor == "postgresql":
+        copy_rows(rows)
+        return
     table = connection.ops.quote_name(FileEntry._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+    columns = ", ".join(connection.ops.quote_name(c) for c in COPY_COLUMNS)
+    marks = ", ".join(["%s"] * len(COPY_COLUMNS))
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            marks = ", ".join(["%s"] * len(_COLUMNS))
-            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
 
 def layer_files_from_snapshot(layer: Layer, tree: Path, whiteouts: WhiteoutFormat) -> LayerFiles:

@@ -318,7 +318,10 @@ class LayerFiles(models.Model):
 class FileEntry(models.Model):
     """One entry of a layer's own changes (see ``layerhub.engine.file_index``)."""
 
-    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="file_entries")
+    # no index of its own: (layer, path) below serves every lookup by layer
+    layer = models.ForeignKey(
+        Layer, on_delete=models.CASCADE, related_name="file_entries", db_index=False
+    )
     path = models.TextField()  # relative to the layer's root: "usr/lib/libssl.so.3"
     name = models.TextField()  # the last component, for "*/libssl.so.3"
     kind = models.CharField(max_length=1)
@@ -330,10 +333,33 @@ class FileEntry(models.Model):
     link = models.TextField(blank=True)
 
     class Meta:
+        # What the searches need (``layerhub.images.file_search``), and no more: the index's
+        # bytes are part of what it costs. On PostgreSQL the path and name indexes use the
+        # pattern operator class, so one index serves both ``=`` and ``LIKE 'prefix%'``
+        # whatever the database's collation (other databases ignore ``opclasses``).
         indexes = [
-            models.Index(fields=["layer", "path"], name="fileentry_layer_path"),
-            models.Index(fields=["name"], name="fileentry_name"),
-            models.Index(fields=["sha256"], name="fileentry_sha256"),
+            # one layer's entries, and "what do the layers above say about this path" (also
+            # a prefix in a few layers: the broad searches walk an image at a time)
+            models.Index(
+                fields=["layer", "path"],
+                name="fileentry_layer_path",
+                opclasses=["int8_ops", "text_pattern_ops"],
+            ),
+            # a path exactly, or under a prefix, in any layer; with the kind, so "which layers
+            # delete or replace this parent directory" skips the many that only have it
+            models.Index(
+                fields=["path", "kind"],
+                name="fileentry_path",
+                opclasses=["text_pattern_ops", "varchar_pattern_ops"],
+            ),
+            # "*/libssl.so.3": a name exactly, or starting with a prefix
+            models.Index(fields=["name"], name="fileentry_name", opclasses=["text_pattern_ops"]),
+            # only content has a hash: directories, links and whiteouts stay out of it
+            models.Index(
+                fields=["sha256"],
+                name="fileentry_sha256",
+                condition=models.Q(sha256__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from layerhub.images import views, views_packages, views_wasted
+from layerhub.images import views, views_packages, views_search, views_wasted
 
 app_name = "images"
 
 urlpatterns: list[URLPattern] = [
     path("", views.image_list, name="list"),
+    path("search/", views_search.search_page, name="search"),
     path("packages/", views_packages.package_search_page, name="packages"),
     path("<int:pk>/", views.image_detail, name="detail"),
     path("<int:pk>/packages/", views_packages.image_packages_section, name="image_packages"),

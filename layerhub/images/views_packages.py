@@ -51,6 +51,7 @@ def package_search_page(request: HttpRequest) -> HttpResponse:
         request,
         "images/packages.html",
         {
+            "mode": "packages",
             "form": form,
             "ecosystems": Package.Ecosystem.choices,
             "operators": OPERATORS,

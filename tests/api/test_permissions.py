@@ -143,6 +143,7 @@ CASES = [
     Case("layer files", "GET", lambda w: f"/api/v1/layers/{_chain(w.top)}/files/", may=ALPHA),
     Case("packages", "GET", lambda w: "/api/v1/packages/?name=openssl&op=%3C&version=3.0.15"),
     Case("a package", "GET", lambda w: f"/api/v1/packages/{_package(w.app)}/", may=ALPHA),
+    Case("files", "GET", lambda w: "/api/v1/files/?pattern=*/libssl.so.3"),
     Case(
         "another team's package",
         "GET",

@@ -15,6 +15,7 @@ from tests.browser.conftest import screenshot
 NAV = [
     "dashboard:home",
     "images:list",
+    "images:search",
     "dashboard:sharing",
     "containers:list",
     "jobs:list",

@@ -33,9 +33,13 @@ from layerhub.dashboard.demo import (
     history_entries,
     plan_catalog,
 )
+from layerhub.dashboard.demo_files import FileIndexSeed, family_of, seed_layer_files
 from layerhub.images.models import Blob, Image, ImageLayer, Layer, Repository, Tag
 
 MAX_IMAGES = 1_000_000
+MAX_FILES = 1_000_000
+# a layer this deep (0: a base) is an application's
+APP_DEPTH = 4
 
 
 def _write_layers(plan: CatalogPlan) -> None:
@@ -179,13 +183,33 @@ def seed_demo(images: int, *, seed: int = 0, now: datetime | None = None) -> Cat
     return plan
 
 
-def _positive(text: str) -> int:
+def seed_file_indexes(
+    plan: CatalogPlan, layers: int, files: int, *, seed: int = 0
+) -> FileIndexSeed:
+    """File indexes of about ``files`` entries for the first ``layers`` layers of ``plan``
+    (bases first, as planned), each with its distribution from its base layer."""
+    chosen = plan.layers[:layers]
+    families: dict[int, str] = {}
+    app_layers: set[int] = set()
+    for layer in chosen:
+        bottom = layer
+        while bottom.parent is not None:
+            bottom = bottom.parent
+        assert layer.row is not None
+        families[layer.row.pk] = family_of(bottom.created_by)
+        if layer.depth >= APP_DEPTH:
+            app_layers.add(layer.row.pk)
+    rows = [layer.row for layer in chosen if layer.row is not None]
+    return seed_layer_files(rows, files, families=families, app_layers=app_layers, seed=seed)
+
+
+def _positive(text: str, option: str = "--images", most: int = MAX_IMAGES, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise CommandError(f"--images must be a whole number, not {text!r}") from None
-    if not 1 <= value <= MAX_IMAGES:
-        raise CommandError(f"--images must be between 1 and {MAX_IMAGES}, not {value}")
+        raise CommandError(f"{option} must be a whole number, not {text!r}") from None
+    if not least <= value <= most:
+        raise CommandError(f"{option} must be between {least} and {most}, not {value}")
     return value
 
 
@@ -197,7 +221,10 @@ class Command(BaseCommand):
         "snapshot is written to the store (store_verify will report the seeded layers as "
         "missing), so seed a database of its own. Refuses to run when the catalog already has "
         "images, unless --force, which adds the demo beside them (new digests every run; a demo "
-        "tag that exists already moves to the new image)."
+        "tag that exists already moves to the new image). --file-layers N --files M gives N "
+        "layers a file index of about M entries each (distribution-like paths shared across "
+        "a family, log-normal sizes, near-twin layers sharing content), straight into the "
+        "database."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -208,6 +235,18 @@ class Command(BaseCommand):
             "--seed", type=int, default=0, help="random seed: the same seed plans the same catalog"
         )
         parser.add_argument(
+            "--file-layers",
+            type=str,
+            default="20",
+            help="how many of the seeded layers get a file index (default 20; 0: none)",
+        )
+        parser.add_argument(
+            "--files",
+            type=str,
+            default="300",
+            help="entries in each of those file indexes (default 300; the benchmark: 10000)",
+        )
+        parser.add_argument(
             "--force",
             action="store_true",
             help="seed even though the catalog already has images",
@@ -215,6 +254,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         count = _positive(str(options["images"]))
+        file_layers = _positive(str(options["file_layers"]), "--file-layers", MAX_IMAGES, 0)
+        files = _positive(str(options["files"]), "--files", MAX_FILES)
         existing = Image.objects.count()
         if existing and not options["force"]:
             raise CommandError(
@@ -223,6 +264,7 @@ class Command(BaseCommand):
             )
         start = time.perf_counter()
         plan = seed_demo(count, seed=options["seed"])
+        indexed = seed_file_indexes(plan, file_layers, files, seed=options["seed"])
         elapsed = time.perf_counter() - start
         repositories = len({(i.registry, i.repository) for i in plan.images})
         bases = len({id(i.layers[0]) for i in plan.images})
@@ -231,3 +273,8 @@ class Command(BaseCommand):
             f"base layer{'s' if bases != 1 else ''}, {len(plan.layers)} layers, "
             f"in {elapsed:.1f} s"
         )
+        if indexed.layers:
+            self.stdout.write(
+                f"indexed {indexed.layers} layers: {indexed.entries} file entries describing "
+                f"{indexed.content_bytes} bytes of files"
+            )
