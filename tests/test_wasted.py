@@ -24,7 +24,7 @@ from layerhub.images import wasted as wasted_module
 from layerhub.images.duplicates import shared_contents
 from layerhub.images.file_index import layer_files, layer_files_from_snapshot, layer_files_record
 from layerhub.images.lookup import image_lookup
-from layerhub.images.models import Image, ImageLayer, LayerFiles
+from layerhub.images.models import FileEntry, Image, ImageLayer, LayerFiles
 from layerhub.images.services import image_import
 from layerhub.images.wasted import image_tree_page, image_wasted
 from layerhub.jobs.models import Job
@@ -113,7 +113,8 @@ def store_form(request: pytest.FixtureRequest, layerhub_store: Path) -> str:
 def import_image(
     tmp_path: Path, ref: str, layers: list[Tree], *, team: Team | None = None, index: bool = True
 ) -> Image:
-    """Import ``layers`` tagged ``ref`` (unpacked eagerly) and index each layer's snapshot."""
+    """Import ``layers`` tagged ``ref`` (unpacked eagerly, which records each layer's file
+    index); ``index=False`` drops those indexes, as for snapshots made before indexing."""
     layout = write_layout(
         tmp_path / re.sub(r"\W", "_", ref), {ref: OciImage([make_layer(t) for t in layers])}
     )
@@ -125,6 +126,9 @@ def import_image(
     assert unpack is None or unpack.state == Job.State.SUCCEEDED, unpack.error
     if index:
         index_layers(image)
+    else:
+        LayerFiles.objects.filter(layer__image_layers__image=image).delete()
+        FileEntry.objects.filter(layer__image_layers__image=image).delete()
     return image
 
 
