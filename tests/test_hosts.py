@@ -205,3 +205,40 @@ def test_df_lists_each_hosts_snapshot_cache_in_a_fleet() -> None:
     assert lines[-3].split() == ["HOST", "SNAPSHOTS", "SIZE", "RECLAIMABLE"]
     assert lines[-2].startswith("beta (unavailable)")
     assert lines[-1].split()[:2] == ["web", "2"]
+
+
+def _snapshot_on(host: str, n: int) -> None:
+    from layerhub.images.models import Layer, Snapshot
+
+    digest = "sha256:" + f"{n:x}" * 64
+    layer, _ = Layer.objects.get_or_create(
+        chain_id=digest[:71],
+        defaults={"digest": digest[:71], "diff_id": digest[:71], "media_type": "x", "size": 1},
+    )
+    Snapshot.objects.create(layer=layer, host=host, size=10)
+
+
+def test_dedup_runs_on_the_one_host_holding_snapshots_and_is_refused_for_several(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from layerhub.images.services.dedup import DedupRefused, store_dedup, store_dedup_start
+
+    sent: list[str] = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, args, queue: sent.append(queue))
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    _snapshot_on("alpha", 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = store_dedup_start(dry_run=True)
+    assert job.host == "alpha"
+    assert sent == [host_queue("alpha")]  # where the snapshots are, not this web host
+    # run elsewhere, it would link nothing and record links as if: refused
+    with pytest.raises(DedupRefused, match="the snapshots are on host alpha, and this is host web"):
+        store_dedup(dry_run=True)
+
+    _snapshot_on("beta", 1)
+    with pytest.raises(DedupRefused, match=r"2 hosts hold snapshots \(alpha, beta\)"):
+        store_dedup_start()
+    settings.LAYERHUB_HOST = "alpha"
+    with pytest.raises(DedupRefused, match="runs only while a single host holds snapshots"):
+        store_dedup(dry_run=True)
+    assert sent == [host_queue("alpha")]
