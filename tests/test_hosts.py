@@ -3,7 +3,10 @@ not answer, and what /healthz says of each host."""
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,8 @@ from layerhub.hosts.models import Host
 from layerhub.hosts.routing import HostUnavailable, host_queue, jobs_stranded_fail
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import job_start
-from tests.conftest import delete_queue_keys
+from tests.conftest import S3Bucket, delete_queue_keys
+from tests.support.registry import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -242,3 +246,47 @@ def test_dedup_runs_on_the_one_host_holding_snapshots_and_is_refused_for_several
     with pytest.raises(DedupRefused, match="runs only while a single host holds snapshots"):
         store_dedup(dry_run=True)
     assert sent == [host_queue("alpha")]
+
+
+def test_healthz_and_the_overview_give_the_object_stores_line_without_its_keys(
+    s3_blobs: S3Bucket,
+    client: Client,
+    admin_client: Client,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    key = os.environ["AWS_ACCESS_KEY_ID"]
+    body = client.get("/healthz").json()
+    shared = body["object_store"]
+    assert shared == {
+        "driver": "s3",
+        "location": f"s3://{s3_blobs.bucket}/{s3_blobs.prefix}",
+        "endpoint": s3_blobs.server.endpoint,
+        "status": "ok",
+        "blob_count": 0,
+        "blob_bytes": 0,
+    }
+    page = admin_client.get("/").content.decode()
+    assert f"s3://{s3_blobs.bucket}/{s3_blobs.prefix}" in page
+    assert 'data-field="object-store"' in page
+    for text in (json.dumps(body), page):
+        assert secret not in text
+        assert key not in text
+
+    # an object store that does not answer: 503, and why (a store of its own: the store is
+    # opened once per settings)
+    settings.LAYERHUB_STORE = tmp_path / "elsewhere"
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{key}:{secret}@127.0.0.1:{port}")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    shared = response.json()["object_store"]
+    assert shared["status"].startswith("unreachable: object store s3://")
+    assert shared["endpoint"] == f"http://***@127.0.0.1:{port}"
+    page = admin_client.get("/").content.decode()
+    assert 'data-field="object-store-error"' in page
+    for text in (response.content.decode(), page):
+        assert secret not in text
+        assert key not in text
