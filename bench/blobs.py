@@ -36,8 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import drop_caches, ratio_line, run_measured, tool_version  # noqa: E402
 from bench.pull import DEBIAN_LIKE, MB, add_image, debian_like_layers, new_layout  # noqa: E402
+from scripts.seaweedfs import weed_binary  # noqa: E402
 from tests.support.registry import run_registry  # noqa: E402
-from tests.support.seaweedfs import run_seaweedfs, weed_binary  # noqa: E402
+from tests.support.seaweedfs import run_seaweedfs  # noqa: E402
 
 PULL_CHILD = """
 import json, os, sys, time
