@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +23,16 @@ from pathlib import Path
 import pytest
 import redis
 from celery import current_app
+from django.db import connections
 from pytest_django import Settings
 
 from layerhub.containers.models import Container
 from layerhub.containers.services import container_commit, container_create, container_write_file
+from layerhub.core.store import get_store
 from layerhub.engine.digest import chain_ids, digest_hex
+from layerhub.images.leases import job_lease
 from layerhub.images.models import Blob, Image, Snapshot
+from layerhub.images.removal import blob_remove_unused
 from layerhub.images.services import image_pull
 from layerhub.images.services.gc import store_gc_start
 from layerhub.images.services.transfer import image_push, image_remove, image_save
@@ -262,3 +267,55 @@ def test_three_hosts_share_blobs_only_through_the_object_store(
     assert objects == rows, f"objects without a Blob row: {objects - rows}"
     assert s3_blobs.uploads() == []
     assert_nothing_referenced_lost(s3_blobs)
+
+
+def test_a_lease_another_host_writes_during_a_blob_delete_waits_for_it(
+    s3_blobs: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blob locks are each host's own files: with blobs in the object store, a host's delete
+    (gc, rmi) and another host's job leasing the blob and judging it "already there" are
+    ordered by the database instead. The job's lease waits for the delete; it then finds
+    the blob gone (and fetches it again) rather than counting on an object being deleted."""
+    store = get_store()
+    blob = store.blobs.put_bytes(b"a layer two hosts want\n")
+    Blob.objects.create(digest=blob.digest, size=blob.size, kind=Blob.Kind.LAYER)
+    other_hosts_job = Job.objects.create(kind=Job.Kind.PULL, state=Job.State.RUNNING)
+    deleting, release = threading.Event(), threading.Event()
+    real_delete = store.blobs.delete
+
+    def slow_delete(digest: str) -> bool:
+        deleting.set()
+        assert release.wait(30)
+        return real_delete(digest)
+
+    monkeypatch.setattr(store.blobs, "delete", slow_delete)
+    removed: list[bool] = []
+    seen: list[bool] = []
+
+    def collect() -> None:
+        try:
+            removed.append(blob_remove_unused(blob.digest))
+        finally:
+            connections.close_all()
+
+    def other_host() -> None:
+        try:
+            job_lease(job=other_hosts_job, keys=[blob.digest])
+            seen.append(store.blobs.has(blob.digest))  # "already there?"
+        finally:
+            connections.close_all()
+
+    gc = threading.Thread(target=collect)
+    gc.start()
+    assert deleting.wait(30)
+    job = threading.Thread(target=other_host)
+    job.start()
+    job.join(1.0)
+    waited = job.is_alive()
+    release.set()
+    gc.join(30)
+    job.join(30)
+    assert removed == [True]
+    assert waited, "the lease was written while the blob was being deleted"
+    assert seen == [False]
+    assert blob.digest not in {f"sha256:{name}" for name in s3_blobs.objects()}

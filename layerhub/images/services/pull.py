@@ -50,6 +50,7 @@ from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSCon
 from layerhub.hosts.models import current_host
 from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.leases import (
+    blob_delete_guard,
     blob_in_use_by_other,
     job_lease,
     job_lease_copy,
@@ -283,6 +284,7 @@ def image_import_run(*, job_id: int) -> None:
             known_layer=_known_layer,
             lease=job_leaser(job),
             in_use=blob_in_use_by_other(job),
+            delete_guard=blob_delete_guard,
             should_stop=watch.poll,  # this thread only: a query at most once a second
         )
         watch.check(force=True)  # cancelled at the last moment: no images recorded
