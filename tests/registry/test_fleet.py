@@ -36,6 +36,7 @@ from layerhub.images.removal import blob_remove_unused
 from layerhub.images.services import image_pull
 from layerhub.images.services.gc import store_gc_start
 from layerhub.images.services.transfer import image_push, image_remove, image_save
+from layerhub.images.services.verify import store_verify_report, store_verify_start
 from layerhub.jobs.models import Job
 from tests.conftest import S3Bucket, delete_queue_keys
 from tests.registry.conftest import Seed
@@ -215,7 +216,13 @@ def test_three_hosts_share_blobs_only_through_the_object_store(
     with on_host(settings, "C"):
         other = succeeded(image_pull(team=team, reference=f"{registry.host}/team/other:other"))
     assert other.image is not None
+    on_c = fleet.store("C") / "snapshots"
+    other_top = on_c / digest_hex(chain_ids([seed.base.diff_id, seed.other.diff_id])[-1])
+    assert other_top.is_dir()
+    # rmi from this web server: the rows go here, C is asked to remove its snapshots
     image_remove(image=other.image.manifest_digest, force=True)
+    wait_until(lambda: not other_top.exists(), 60, "host C to remove the snapshot rmi left")
+    assert (on_c / digest_hex(chains[0])).is_dir()  # the base: app:v1 still uses it
 
     # gc on A while B commits and C pulls and commits
     side = container_create(image=image.manifest_digest, team=team, name="side", host="C")
@@ -239,6 +246,16 @@ def test_three_hosts_share_blobs_only_through_the_object_store(
             path = str(tmp_path / f"{image_row.pk}.tar")
             succeeded(image_save(images=[image_row.manifest_digest], path=path))
         skopeo("inspect", f"docker-archive:{path}")
+
+    # verify on each host: the objects against the Blob rows, and the host's own snapshots and
+    # containers against its rows (another host's are on that host's disk)
+    for name in HOSTS:
+        with on_host(settings, name):
+            verify = succeeded(store_verify_start())
+        report = store_verify_report(verify)
+        assert report is not None
+        assert report.blobs == Blob.objects.count()
+        assert report.containers == Container.objects.filter(host=name).count()
 
     # B killed during a commit: the job fails saying why; nothing of it stays in the bucket
     for i in range(3):

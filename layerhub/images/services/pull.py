@@ -382,6 +382,13 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
             "team": team,
         },
     )
+    if resolved.index_digest and not image.index_digest:
+        # known by its manifest alone until now, pulled through an index this time: the
+        # index blob just stored is the image's (recorded below, and kept by gc)
+        Image.objects.filter(pk=image.pk, index_digest="").update(
+            index_digest=resolved.index_digest
+        )
+        image.index_digest = resolved.index_digest
     if not image.image_layers.exists():
         parent: Layer | None = None
         stack: list[Layer] = []
