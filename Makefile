@@ -22,7 +22,7 @@ $(INSTALLED): $(BIN)/python requirements.txt requirements-dev.txt
 dev: $(INSTALLED)
 	$(BIN)/python scripts/dev.py
 
-# N workers as N hosts (HOSTS=3 make fleet), the web server, on PostgreSQL (DATABASE_URL)
+# N workers as N hosts (HOSTS=3 make fleet), the web server, SeaweedFS (BLOBS), on PostgreSQL (DATABASE_URL)
 # and Redis: see README, "Several machines"
 fleet: $(INSTALLED)
 	$(BIN)/python scripts/fleet.py

@@ -63,15 +63,25 @@ class Supervisor:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stop_timeouts: dict[str, float] = {}  # a child's own wait before SIGKILL
         self.stop_requested = False
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: leave the main loop, which then stops the children."""
         self.stop_requested = True
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
         """Start ``argv`` in a new session, so a Ctrl-C reaches us alone and we stop it in order
-        (with ``env``, or the supervisor's environment)."""
+        (with ``env``, or the supervisor's environment); when stopped, it gets
+        ``stop_timeout`` seconds after SIGTERM before SIGKILL."""
+        self.stop_timeouts[name] = stop_timeout
         log(f"starting {name}: {shlex.join(argv)}")
         proc = subprocess.Popen(
             argv,
@@ -115,13 +125,14 @@ class Supervisor:
     def _stop(self, name: str, proc: subprocess.Popen[bytes]) -> None:
         # The whole group: runserver's autoreloader and celery's pool are grandchildren.
         pgid = proc.pid
+        timeout = self.stop_timeouts.get(name, STOP_TIMEOUT)
         if proc.poll() is None:
             log(f"stopping {name}")
             _signal_group(pgid, signal.SIGTERM)
             try:
-                proc.wait(timeout=STOP_TIMEOUT)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                log(f"{name} ignored SIGTERM for {STOP_TIMEOUT:.0f}s; killing it")
+                log(f"{name} did not stop within {timeout:.0f}s of SIGTERM; killing it")
                 _signal_group(pgid, signal.SIGKILL)
                 proc.wait()
         deadline = time.monotonic() + 2.0

@@ -16,8 +16,9 @@ from pytest_django import Settings
 
 from layerhub.engine.blobstore import parse_blobs_url
 from layerhub.jobs.presence import presence_key
+from scripts.seaweedfs import weed_binary
 from tests.support.peers import skip_or_fail
-from tests.support.seaweedfs import SeaweedFS, run_seaweedfs, weed_binary
+from tests.support.seaweedfs import SeaweedFS, run_seaweedfs
 from workers import app
 
 

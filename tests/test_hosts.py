@@ -3,7 +3,10 @@ not answer, and what /healthz says of each host."""
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,8 @@ from layerhub.hosts.models import Host
 from layerhub.hosts.routing import HostUnavailable, host_queue, jobs_stranded_fail
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import job_start
-from tests.conftest import delete_queue_keys
+from tests.conftest import S3Bucket, delete_queue_keys
+from tests.support.registry import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -205,3 +209,84 @@ def test_df_lists_each_hosts_snapshot_cache_in_a_fleet() -> None:
     assert lines[-3].split() == ["HOST", "SNAPSHOTS", "SIZE", "RECLAIMABLE"]
     assert lines[-2].startswith("beta (unavailable)")
     assert lines[-1].split()[:2] == ["web", "2"]
+
+
+def _snapshot_on(host: str, n: int) -> None:
+    from layerhub.images.models import Layer, Snapshot
+
+    digest = "sha256:" + f"{n:x}" * 64
+    layer, _ = Layer.objects.get_or_create(
+        chain_id=digest[:71],
+        defaults={"digest": digest[:71], "diff_id": digest[:71], "media_type": "x", "size": 1},
+    )
+    Snapshot.objects.create(layer=layer, host=host, size=10)
+
+
+def test_dedup_runs_on_the_one_host_holding_snapshots_and_is_refused_for_several(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from layerhub.images.services.dedup import DedupRefused, store_dedup, store_dedup_start
+
+    sent: list[str] = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, args, queue: sent.append(queue))
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    _snapshot_on("alpha", 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = store_dedup_start(dry_run=True)
+    assert job.host == "alpha"
+    assert sent == [host_queue("alpha")]  # where the snapshots are, not this web host
+    # run elsewhere, it would link nothing and record links as if: refused
+    with pytest.raises(DedupRefused, match="the snapshots are on host alpha, and this is host web"):
+        store_dedup(dry_run=True)
+
+    _snapshot_on("beta", 1)
+    with pytest.raises(DedupRefused, match=r"2 hosts hold snapshots \(alpha, beta\)"):
+        store_dedup_start()
+    settings.LAYERHUB_HOST = "alpha"
+    with pytest.raises(DedupRefused, match="runs only while a single host holds snapshots"):
+        store_dedup(dry_run=True)
+    assert sent == [host_queue("alpha")]
+
+
+def test_healthz_and_the_overview_give_the_object_stores_line_without_its_keys(
+    s3_blobs: S3Bucket,
+    client: Client,
+    admin_client: Client,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    key = os.environ["AWS_ACCESS_KEY_ID"]
+    body = client.get("/healthz").json()
+    shared = body["object_store"]
+    assert shared == {
+        "driver": "s3",
+        "location": f"s3://{s3_blobs.bucket}/{s3_blobs.prefix}",
+        "endpoint": s3_blobs.server.endpoint,
+        "status": "ok",
+        "blob_count": 0,
+        "blob_bytes": 0,
+    }
+    page = admin_client.get("/").content.decode()
+    assert f"s3://{s3_blobs.bucket}/{s3_blobs.prefix}" in page
+    assert 'data-field="object-store"' in page
+    for text in (json.dumps(body), page):
+        assert secret not in text
+        assert key not in text
+
+    # an object store that does not answer: 503, and why (a store of its own: the store is
+    # opened once per settings)
+    settings.LAYERHUB_STORE = tmp_path / "elsewhere"
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{key}:{secret}@127.0.0.1:{port}")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    shared = response.json()["object_store"]
+    assert shared["status"].startswith("unreachable: object store s3://")
+    assert shared["endpoint"] == f"http://***@127.0.0.1:{port}"
+    page = admin_client.get("/").content.decode()
+    assert 'data-field="object-store-error"' in page
+    for text in (response.content.decode(), page):
+        assert secret not in text
+        assert key not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection
@@ -11,6 +12,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
 from layerhub.core.store import get_store
+
+if TYPE_CHECKING:
+    from layerhub.hosts.selectors import ObjectStoreHealth
 
 OK = "ok"
 
@@ -47,16 +51,29 @@ def _hosts() -> list[dict[str, object]]:
         return []
 
 
+def _object_store() -> ObjectStoreHealth | None:
+    from layerhub.hosts.selectors import object_store_health
+
+    return object_store_health()
+
+
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """``{"database": "ok", "store": "ok"}``; 503 with the failing part's error otherwise.
 
     Once workers have reported, ``hosts`` lists each host (its status, last heartbeat, free
     disk and snapshot cache): a host that is gone is reported there, and leaves this
-    process's own status (the code) alone."""
+    process's own status (the code) alone. With blobs in an object store, ``object_store``
+    says where (never its keys), whether it answers (503 when not: no pull or push would
+    work) and the blobs the catalog records there."""
     checks: dict[str, object] = {"database": _database_status(), "store": _store_status()}
     healthy = all(status == OK for status in checks.values())
     hosts = _hosts() if checks["database"] == OK else []
     if hosts:
         checks["hosts"] = hosts
+    if checks["store"] == OK:
+        shared = _object_store()
+        if shared is not None:
+            checks["object_store"] = shared.to_json()
+            healthy = healthy and shared.problem is None  # no pull or push works without it
     return JsonResponse(checks, status=200 if healthy else 503)

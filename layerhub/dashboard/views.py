@@ -14,7 +14,7 @@ from layerhub.accounts.models import Team
 from layerhub.containers.models import Container
 from layerhub.core.permissions import is_staff, named_by, restrict
 from layerhub.dashboard.selectors import images_with_most_unique_bytes, most_shared_layers
-from layerhub.hosts.selectors import HostHealth, hosts_health
+from layerhub.hosts.selectors import HostHealth, hosts_health, object_store_health
 from layerhub.images.models import Image
 from layerhub.images.services.gc import store_gc_start
 from layerhub.images.services.verify import store_verify_start
@@ -72,7 +72,7 @@ def home(request: HttpRequest) -> HttpResponse:
         # each host of a fleet (shown once there is more than one, or one is gone)
         "hosts": _hosts_shown() if staff else [],
         # the shared object store's line, once blobs live in one
-        "object_store": None,
+        "object_store": object_store_health() if staff else None,
     }
     return render(request, "dashboard/home.html", context)
 

@@ -19,7 +19,7 @@ import posixpath
 import stat
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -268,10 +268,15 @@ class _Intake:
         with blob_lock(self.store, candidate.digest):
             return self.store.blobs.has(candidate.digest)
 
-    def take_back(self, in_use: Callable[[str], bool]) -> None:
-        """Delete the blobs this import added, but what another job now holds."""
+    def take_back(
+        self,
+        in_use: Callable[[str], bool],
+        guard: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
+        """Delete the blobs this import added, but what another job now holds (each judged
+        and deleted under its lock and ``guard``)."""
         for digest in reversed(self.added):
-            with blob_lock(self.store, digest):
+            with blob_lock(self.store, digest), guard():
                 if not in_use(digest):
                     self.store.blobs.delete(digest)
 
@@ -409,6 +414,7 @@ def import_archive(
     known_layer: KnownLayerFn | None = None,
     lease: LeaseFn = _no_lease,
     in_use: Callable[[str], bool] | None = None,
+    delete_guard: Callable[[], AbstractContextManager[None]] = nullcontext,
     should_stop: StopFn = never,
 ) -> list[ImportedImage]:
     """Import every image of a ``docker save`` archive or an OCI layout (directory or tar).
@@ -417,8 +423,10 @@ def import_archive(
     compressed one): a ``docker save`` layer with that DiffID is then not stored again.
     ``lease`` is called with each digest and ChainID before the store is asked whether it
     holds it (see pull.py). When the import fails, the blobs it added are deleted again,
-    except those ``in_use`` says another job now holds. ``should_stop`` is asked at every
-    chunk: True raises Cancelled, and the import is taken back as for a failure.
+    except those ``in_use`` says another job now holds, each judged and deleted under
+    ``delete_guard`` (blobs shared by several hosts: see layerhub.images.leases).
+    ``should_stop`` is asked at every chunk: True raises Cancelled, and the import is taken
+    back as for a failure.
     """
     path = Path(path)
     if not path.exists():
@@ -435,7 +443,7 @@ def import_archive(
             "nor an OCI image layout (oci-layout, index.json)"
         )
     except BaseException as exc:
-        intake.take_back(in_use or (lambda digest: False))
+        intake.take_back(in_use or (lambda digest: False), delete_guard)
         if isinstance(exc, (tarfile.TarError, OSError)) and not isinstance(exc, LayerhubError):
             raise ArchiveError(f"{path.name}: cannot read the archive: {exc}") from None
         raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,3 +62,78 @@ def hosts_health() -> list[HostHealth]:
             )
         )
     return out
+
+
+_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+def _without_credentials(text: str) -> str:
+    """``text`` with the AWS keys of this process and any URL's user:password@ masked."""
+    for name in _SECRETS:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return re.sub(r"(//)[^/@\s]+@", r"\1***@", text)
+
+
+@dataclass(frozen=True)
+class ObjectStoreHealth:
+    """The shared object store the blobs live in, as this process reaches it: where (never
+    its keys), whether it answers, and the blobs the catalog records there (its Blob rows:
+    counted once for the fleet, without listing the bucket)."""
+
+    location: str  # s3://bucket/prefix
+    endpoint: str  # AWS_ENDPOINT_URL without credentials; empty: AWS
+    problem: str | None  # why it does not answer; None when it does
+    blob_count: int | None  # None when the database did not answer
+    blob_bytes: int | None
+    driver: str = "s3"
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.problem is None else f"unreachable: {self.problem}"
+
+    def to_json(self) -> dict[str, object]:
+        """What /healthz says of it."""
+        return {
+            "driver": self.driver,
+            "location": self.location,
+            "endpoint": self.endpoint or "aws",
+            "status": self.status,
+            "blob_count": self.blob_count,
+            "blob_bytes": self.blob_bytes,
+        }
+
+
+def object_store_health() -> ObjectStoreHealth | None:
+    """The object store's health, or None when the blobs are the store's own directory
+    (whose health is the store's)."""
+    from django.db import DatabaseError
+    from django.db.models import Count, Sum
+
+    from layerhub.core.store import get_store
+    from layerhub.engine.blobstore.s3 import S3Blobs
+    from layerhub.images.models import Blob
+
+    blobs = get_store().blobs
+    if not isinstance(blobs, S3Blobs):
+        return None
+    problem = None
+    try:
+        blobs.ping()
+    except Exception as exc:  # a health check reports every failure rather than raising
+        problem = _without_credentials(str(exc) or type(exc).__name__)
+    count: int | None = None
+    size: int | None = None
+    try:
+        totals = Blob.objects.aggregate(count=Count("pk"), size=Sum("size"))
+        count, size = int(totals["count"]), int(totals["size"] or 0)
+    except DatabaseError:
+        pass  # the database's own check says what is wrong
+    return ObjectStoreHealth(
+        location=blobs.where(),
+        endpoint=_without_credentials(blobs.endpoint),
+        problem=problem,
+        blob_count=count,
+        blob_bytes=size,
+    )

@@ -13,15 +13,23 @@ Rows with no file lock of their own (a layer row no image uses, which garbage co
 deletes) are judged under ``lease_barrier``: leases are written under its shared side and
 garbage collection marks and deletes under its exclusive side, as containerd's metadata store
 takes its write lock shared for writes and exclusive for a collection.
+
+Blobs in an object store that several hosts share have no lock of theirs that every host
+sees (a blob's lock is a file of the host's store): deleting one is judged and done under the
+exclusive side of ``lease_barrier`` as well (``blob_delete_guard``), so a lease another host
+writes meanwhile waits for the delete, and its job then finds the blob missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from django.db import connection, transaction
 from django.db.models import Q
 
+from layerhub.core.store import get_store
+from layerhub.engine.store import LocalBlobs
 from layerhub.images.models import Image, Layer
 from layerhub.jobs.models import Job, Lease
 
@@ -47,6 +55,22 @@ def lease_barrier(*, exclusive: bool) -> None:
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT {function}(%s)", [BARRIER_KEY])
+
+
+@contextmanager
+def blob_delete_guard() -> Iterator[None]:
+    """Hold while judging whether a blob is in use and deleting it. With blobs in an object
+    store (shared by the hosts, whose blob locks are each host's own): a transaction under
+    the exclusive side of ``lease_barrier``, which a lease written on any host waits for; with
+    the store's own ``blobs/`` nothing (the blob's lock, on this one machine, does it).
+
+    Not inside another transaction that has locked rows (see ``lease_barrier``)."""
+    if isinstance(get_store().blobs, LocalBlobs):
+        yield
+        return
+    with transaction.atomic():
+        lease_barrier(exclusive=True)
+        yield
 
 
 def job_lease(*, job: Job, keys: Iterable[str]) -> None:

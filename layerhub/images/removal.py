@@ -19,7 +19,7 @@ from layerhub.engine.pull import blob_lock
 from layerhub.hosts.models import current_host
 from layerhub.hosts.routing import host_queue
 from layerhub.images.layer_counts import image_layers_release
-from layerhub.images.leases import blob_in_use, snapshot_in_use
+from layerhub.images.leases import blob_delete_guard, blob_in_use, snapshot_in_use
 from layerhub.images.models import Blob, Image, Layer
 from layerhub.images.sizes import DeletePlan
 from layerhub.images.snapshots import snapshot_forget
@@ -53,7 +53,8 @@ def blob_remove_unused(digest: str) -> bool:
     """Delete the blob's file and size row unless a live lease or a row holds it, deciding
     under its lock; whether there was a file or a row to delete."""
     store = get_store()
-    with blob_lock(store, digest):
+    # the lock: this host's jobs; the guard: every host's, with blobs in an object store
+    with blob_lock(store, digest), blob_delete_guard():
         if blob_in_use(digest):
             return False
         # the size row goes with the file, under its lock: a job that writes the blob again

@@ -182,6 +182,10 @@ def store_verify() -> VerifyReport:
             "chain_id", "unpacked_at", "unpacked_size", "file_count"
         ).iterator(chunk_size=1000)
     }
+    # the snapshots this host's rows say it holds (other hosts' are on their disks)
+    here = set(
+        Snapshot.objects.filter(host=current_host()).values_list("layer__chain_id", flat=True)
+    )
     seen_snapshots: set[str] = set()
     shared: set[tuple[int, int]] = set()
     sizes_match = True
@@ -202,11 +206,16 @@ def store_verify() -> VerifyReport:
             report.snapshots += 1
             seen_snapshots.add(chain)
             row = layers.get(chain)
-            if row is None or not row[0]:
+            if row is None or not row[0] or chain not in here:
                 if chain in leased:
                     report.held.append(chain)
                     continue
-                why = "no layer row" if row is None else "its layer is not recorded as unpacked"
+                if row is None:
+                    why = "no layer row"
+                elif not row[0]:
+                    why = "its layer is not recorded as unpacked"
+                else:
+                    why = f"no row records it on this host ({current_host()})"
                 found("orphan", "snapshot", chain, why)
                 continue
             size, files, new = tree_usage_over(tree, shared)
@@ -223,9 +232,6 @@ def store_verify() -> VerifyReport:
                 )
     # a snapshot is missing where this host's row says it holds one (another host's
     # snapshots are on that host's disk)
-    here = set(
-        Snapshot.objects.filter(host=current_host()).values_list("layer__chain_id", flat=True)
-    )
     for chain, (unpacked, _, _) in sorted(layers.items()):
         if unpacked and chain in here and chain not in seen_snapshots:
             sizes_match = False
@@ -247,8 +253,9 @@ def store_verify() -> VerifyReport:
     for chain, counted, rows in layer_image_count_mismatches():
         found("count", "layer", chain, f"recorded as used by {_images(counted)}, not {rows}")
 
-    # containers/: every writable layer against its container
-    ids = set(Container.objects.values_list("container_id", flat=True))
+    # containers/: every writable layer against its container (this host's: another host's
+    # containers are on that host's disk)
+    ids = set(Container.objects.filter(host=current_host()).values_list("container_id", flat=True))
     with os.scandir(store.containers) as entries:
         names = {e.name for e in entries}
     report.containers = len(names)

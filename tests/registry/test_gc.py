@@ -549,7 +549,7 @@ def test_a_failed_import_keeps_a_blob_it_added_that_an_image_recorded_meanwhile(
     real_take_back = archive_module._Intake.take_back
     kept: list[str] = []
 
-    def recorded_meanwhile(self: Any, in_use: Callable[[str], bool]) -> None:
+    def recorded_meanwhile(self: Any, in_use: Callable[[str], bool], *guard: Any) -> None:
         # another job judged the first blob this import added present, recorded it, ended
         kept.append(self.added[0])
         Layer.objects.create(
@@ -559,7 +559,7 @@ def test_a_failed_import_keeps_a_blob_it_added_that_an_image_recorded_meanwhile(
             media_type="application/vnd.oci.image.layer.v1.tar",
             size=1,
         )
-        real_take_back(self, in_use)
+        real_take_back(self, in_use, *guard)
 
     monkeypatch.setattr(archive_module._Intake, "take_back", recorded_meanwhile)
     job = image_import(team=default_team(), path=str(broken))

