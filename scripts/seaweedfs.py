@@ -117,7 +117,9 @@ def server_argv(weed: str, data: Path, ports: Ports, config: Path) -> list[str]:
         "-s3.port.lance=0",
         "-master.telemetry=false",
         "-master.electionTimeout=1s",
-        "-volume.max=20",
+        # each bucket is a collection, which grows by several volumes at once: room for a
+        # few dozen buckets (volumes are sparse files, nothing is allocated up front)
+        "-volume.max=200",
         "-volume.preStopSeconds=0",
     ]
 
