@@ -390,22 +390,8 @@ def tree_usage(root: Path, *, seen: set[tuple[int, int]] | None = None) -> tuple
     ``seen`` carries hardlinked inodes across calls, to count one inode once over many trees.
     Iterative, never follows a symlink, never enters a mount point.
     """
-    seen = set() if seen is None else seen
-    total = 0
-    files = 0
-    for st in walk_tree(root):
-        if stat.S_ISDIR(st.st_mode):
-            continue
-        files += 1
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-        total += st.st_size
-    return total, files
+    _, files, new = tree_usage_over(root, set() if seen is None else seen)
+    return new, files
 
 
 def tree_usage_over(root: Path, shared: set[tuple[int, int]]) -> tuple[int, int, int]:
