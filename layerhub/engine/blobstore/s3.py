@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
@@ -109,29 +109,24 @@ class S3Blobs(BlobStore):
         ):
             if env.get(name):
                 config[key] = env[name]
+
+        def open_client(connect_timeout: str, timeout: str, **options: Any) -> S3Store:
+            return S3Store(
+                bucket,
+                prefix=prefix or None,
+                config=cast("S3Config", config),
+                client_options={
+                    "allow_http": endpoint.startswith("http://"),
+                    "connect_timeout": connect_timeout,
+                    "timeout": timeout,
+                },
+                **options,
+            )
+
         try:
-            client = S3Store(
-                bucket,
-                prefix=prefix or None,
-                config=cast("S3Config", config),
-                client_options={
-                    "allow_http": endpoint.startswith("http://"),
-                    "connect_timeout": "10s",
-                    "timeout": "300s",
-                },
-            )
+            client = open_client("10s", "300s")
             # for a health check: one try, a few seconds at most
-            probe = S3Store(
-                bucket,
-                prefix=prefix or None,
-                config=cast("S3Config", config),
-                client_options={
-                    "allow_http": endpoint.startswith("http://"),
-                    "connect_timeout": "2s",
-                    "timeout": "5s",
-                },
-                retry_config={"max_retries": 0},
-            )
+            probe = open_client("2s", "5s", retry_config={"max_retries": 0})
         except (BaseError, ValueError) as exc:
             where = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
             raise BlobStoreUnavailable(f"object store {where}: {exc}") from exc
