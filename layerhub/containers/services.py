@@ -8,7 +8,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -193,6 +193,19 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def _files_change(
+    container: Container, op: str, change: Callable[[ContainerFS], None], **params: Any
+) -> None:
+    """Apply ``change`` to the container's files under its lock when the container lives on
+    this host; else ask its host to run ``op`` (registered with ``host_operation``, which comes
+    back here on that host) with ``params``."""
+    if container.host == current_host():
+        with container_busy(container):
+            change(container_fs(container))
+        return
+    host_call(container.host, op, container=container.container_id, **params)
+
+
 def container_write_file(
     *, container: Container, path: str, data: bytes | BinaryIO, mode: int = 0o644
 ) -> None:
@@ -226,14 +239,10 @@ def _write_file_here(*, container: str, path: str, data: str, mode: int) -> None
 
 def container_mkdir(*, container: Container, path: str, parents: bool = False) -> None:
     """Make a directory in the container."""
-    if container.host == current_host():
-        with container_busy(container):
-            container_fs(container).mkdir(path, parents=parents)
-        return
-    host_call(
-        container.host,
+    _files_change(
+        container,
         "container.mkdir",
-        container=container.container_id,
+        lambda fs: fs.mkdir(path, parents=parents),
         path=path,
         parents=parents,
     )
@@ -246,14 +255,10 @@ def _mkdir_here(*, container: str, path: str, parents: bool) -> None:
 
 def container_remove_path(*, container: Container, path: str, recursive: bool = False) -> None:
     """Delete a path in the container (a whiteout hides what the image has there)."""
-    if container.host == current_host():
-        with container_busy(container):
-            container_fs(container).remove(path, recursive=recursive)
-        return
-    host_call(
-        container.host,
+    _files_change(
+        container,
         "container.remove_path",
-        container=container.container_id,
+        lambda fs: fs.remove(path, recursive=recursive),
         path=path,
         recursive=recursive,
     )
@@ -266,12 +271,8 @@ def _remove_path_here(*, container: str, path: str, recursive: bool) -> None:
 
 def container_chmod(*, container: Container, path: str, mode: int) -> None:
     """Change a path's mode (copying it up first)."""
-    if container.host == current_host():
-        with container_busy(container):
-            container_fs(container).chmod(path, mode)
-        return
-    host_call(
-        container.host, "container.chmod", container=container.container_id, path=path, mode=mode
+    _files_change(
+        container, "container.chmod", lambda fs: fs.chmod(path, mode), path=path, mode=mode
     )
 
 
@@ -282,13 +283,7 @@ def _chmod_here(*, container: str, path: str, mode: int) -> None:
 
 def container_rename(*, container: Container, src: str, dst: str) -> None:
     """Move a path inside the container."""
-    if container.host == current_host():
-        with container_busy(container):
-            container_fs(container).rename(src, dst)
-        return
-    host_call(
-        container.host, "container.rename", container=container.container_id, src=src, dst=dst
-    )
+    _files_change(container, "container.rename", lambda fs: fs.rename(src, dst), src=src, dst=dst)
 
 
 @host_operation("container.rename")
