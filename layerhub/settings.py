@@ -105,6 +105,22 @@ LAYERHUB_HOST_GONE_AFTER = env_seconds("LAYERHUB_HOST_GONE_AFTER", 60.0, maximum
 # how long a page or API request waits for a container's host to read or write a file or run
 # a command (a short job on the host's queue); an exec's own timeout is added to it
 LAYERHUB_HOST_CALL_TIMEOUT = env_seconds("LAYERHUB_HOST_CALL_TIMEOUT", 30.0, maximum=3600)
+# this host's snapshot cache is kept under this many bytes (50G, 500GiB; 0: no limit): past
+# it, the snapshots used least recently that can be unpacked again from their blobs are
+# evicted (layerhub.images.snapshot_cache); what a container here, a running job or a use in
+# the last LAYERHUB_SNAPSHOT_CACHE_IDLE holds stays
+LAYERHUB_SNAPSHOT_CACHE_MAX = env_size("LAYERHUB_SNAPSHOT_CACHE_MAX", 0)
+if 0 < LAYERHUB_SNAPSHOT_CACHE_MAX < 1 << 20:
+    raise ImproperlyConfigured(
+        f"LAYERHUB_SNAPSHOT_CACHE_MAX={os.environ.get('LAYERHUB_SNAPSHOT_CACHE_MAX')!r} is "
+        f"{LAYERHUB_SNAPSHOT_CACHE_MAX} bytes, less than a layer: give a unit (50G, 500GiB), "
+        "or 0 for no limit"
+    )
+# a snapshot used more recently than this is never evicted (a container being created, a page
+# or a scan reading it); a duration with its unit (45s, 10m, 2h)
+LAYERHUB_SNAPSHOT_CACHE_IDLE = env_duration(
+    "LAYERHUB_SNAPSHOT_CACHE_IDLE", timedelta(minutes=10), maximum=timedelta(days=30)
+)
 
 # A worker stamps the row of the job it runs every HEARTBEAT seconds; a running job whose
 # stamp is older than DEAD_AFTER has lost its worker (killed, machine gone) and is re-queued

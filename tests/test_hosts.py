@@ -206,7 +206,7 @@ def test_df_lists_each_hosts_snapshot_cache_in_a_fleet() -> None:
     out = io.StringIO()
     call_command("df", stdout=out)
     lines = out.getvalue().splitlines()
-    assert lines[-3].split() == ["HOST", "SNAPSHOTS", "SIZE", "RECLAIMABLE"]
+    assert lines[-3].split() == ["HOST", "SNAPSHOTS", "SIZE", "LIMIT", "RECLAIMABLE"]
     assert lines[-2].startswith("beta (unavailable)")
     assert lines[-1].split()[:2] == ["web", "2"]
 

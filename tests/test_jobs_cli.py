@@ -42,7 +42,12 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("DEBUG", "maybe"), ("DATABASE_URL", "mysql://db/x"), ("LAYERHUB_JOB_HEARTBEAT", "inf")],
+    [
+        ("DEBUG", "maybe"),
+        ("DATABASE_URL", "mysql://db/x"),
+        ("LAYERHUB_JOB_HEARTBEAT", "inf"),
+        ("LAYERHUB_SNAPSHOT_CACHE_MAX", "50 gigs"),
+    ],
 )
 def test_bad_settings_stop_manage_py_with_one_line(name: str, value: str) -> None:
     line = one_line_error(manage("images", env={name: value}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]
         "DATABASE_URL", "REDIS_URL", "LAYERHUB_STORE", "SECRET_KEY", "DEBUG", "STATIC_ROOT",
         "LAYERHUB_QUEUE", "LAYERHUB_JOB_HEARTBEAT", "LAYERHUB_JOB_DEAD_AFTER",
         "LAYERHUB_BROKER_TIMEOUT", "LAYERHUB_BROKER_VISIBILITY_TIMEOUT", "LAYERHUB_BLOBS",
+        "LAYERHUB_SNAPSHOT_CACHE_MAX", "LAYERHUB_SNAPSHOT_CACHE_IDLE",
     ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("ALLOWED_HOSTS", raising=False)
@@ -308,3 +310,39 @@ def test_blobs_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("/srv/blobs", "s3://Layers", "gs://layers/x", "s3://k:s@layers/x"):
         with pytest.raises(ImproperlyConfigured, match=r"^LAYERHUB_BLOBS: "):
             load_settings(monkeypatch, LAYERHUB_BLOBS=bad)
+
+
+def test_snapshot_cache_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_settings(monkeypatch)
+    assert loaded["LAYERHUB_SNAPSHOT_CACHE_MAX"] == 0  # no limit, as before
+    assert loaded["LAYERHUB_SNAPSHOT_CACHE_IDLE"] == timedelta(minutes=10)
+    for raw, expected in [("50G", 50 * 10**9), ("500GiB", 500 << 30), (" 2TB ", 2 * 10**12)]:
+        loaded = load_settings(monkeypatch, LAYERHUB_SNAPSHOT_CACHE_MAX=raw)
+        assert loaded["LAYERHUB_SNAPSHOT_CACHE_MAX"] == expected
+    loaded = load_settings(monkeypatch, LAYERHUB_SNAPSHOT_CACHE_IDLE="90s")
+    assert loaded["LAYERHUB_SNAPSHOT_CACHE_IDLE"] == timedelta(seconds=90)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("lots", "LAYERHUB_SNAPSHOT_CACHE_MAX='lots' is not a size"),
+        ("-5G", "LAYERHUB_SNAPSHOT_CACHE_MAX='-5G' is not a size"),
+        ("5%", "LAYERHUB_SNAPSHOT_CACHE_MAX='5%' is not a size"),
+        ("1e9", "LAYERHUB_SNAPSHOT_CACHE_MAX='1e9' is not a size"),
+        ("50", "LAYERHUB_SNAPSHOT_CACHE_MAX='50' is 50 bytes, less than a layer: give a unit"),
+        ("10k", "LAYERHUB_SNAPSHOT_CACHE_MAX='10k' is 10000 bytes"),
+    ],
+)
+def test_snapshot_cache_max_refuses_nonsense(
+    monkeypatch: pytest.MonkeyPatch, raw: str, message: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured) as info:
+        load_settings(monkeypatch, LAYERHUB_SNAPSHOT_CACHE_MAX=raw)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("raw", ["10", "soon", "off", "-1m", "60d"])
+def test_snapshot_cache_idle_refuses_nonsense(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=f"LAYERHUB_SNAPSHOT_CACHE_IDLE={raw!r}"):
+        load_settings(monkeypatch, LAYERHUB_SNAPSHOT_CACHE_IDLE=raw)

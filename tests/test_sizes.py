@@ -1,5 +1,6 @@
 """Sizes from the database (no store on disk): per image, store totals, delete plans, and
-bounded query counts. Rows are made here as a pull would record them."""
+bounded query counts. Rows are made here as a pull would record them (this host's snapshot
+of each layer included)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from django.utils import timezone
 
 from layerhub.containers.models import Container
 from layerhub.engine.digest import chain_ids
+from layerhub.hosts.models import current_host
 from layerhub.images.layer_counts import image_layers_add
-from layerhub.images.models import Blob, Image, Layer, Repository, Tag
+from layerhub.images.models import Blob, Image, Layer, Repository, Snapshot, Tag
 from layerhub.images.sizes import (
     DeletePlan,
     image_delete_plan,
@@ -82,6 +84,10 @@ def image(
                 "unpacked_size": unpacked,
                 "unpacked_at": timezone.now(),
             },
+        )
+        # this host's snapshot of it, as the pull that unpacked it records
+        Snapshot.objects.get_or_create(
+            layer=layer, host=current_host(), defaults={"size": unpacked}
         )
         stack.append(layer)
         parent = layer

@@ -5,6 +5,9 @@ takes jobs from (layerhub.jobs.presence, read by the CLI and pages to say whethe
 run a queued job), stamp this host's heartbeat (free disk, snapshot cache: layerhub.hosts),
 re-queue jobs whose worker is gone (``Job.objects.reap_dead``): the workers that are alive
 pick up the work of the ones that died; and fail the jobs queued for a host that is gone.
+With LAYERHUB_SNAPSHOT_CACHE_MAX set, as often, keep this host's snapshot cache under it
+(layerhub.images.snapshot_cache), on a thread of its own: deleting trees takes the time it
+takes, and the heartbeat must not wait for it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from django.db import DatabaseError, connections
 
 from layerhub.hosts.routing import jobs_stranded_fail
 from layerhub.hosts.services import host_heartbeat, host_leave
+from layerhub.images.snapshot_cache import snapshot_cache_trim
 from layerhub.jobs.models import Job
 from layerhub.jobs.presence import presence_client, worker_announce, worker_leave
 
@@ -27,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 class Housekeeper:
-    """Two daemon threads until ``stop``: the presence record (Redis), and the host's
-    heartbeat with the dead-job sweep (the database)."""
+    """Daemon threads until ``stop``: the presence record (Redis), the host's heartbeat with
+    the dead-job sweep (the database), and with a snapshot cache limit, its eviction."""
 
     def __init__(self, *, name: str, queues: list[str]) -> None:
         self.name = f"{name}:{os.getpid()}"
@@ -43,18 +47,25 @@ class Housekeeper:
         self._thread = threading.Thread(
             target=self._loop, args=(self.tick,), name="layerhub-housekeeping", daemon=True
         )
+        self._threads = [self._presence, self._thread]
+        if settings.LAYERHUB_SNAPSHOT_CACHE_MAX:
+            self._threads.append(
+                threading.Thread(
+                    target=self._loop, args=(self.trim,), name="layerhub-cache", daemon=True
+                )
+            )
 
     def start(self) -> None:
         """Announce this worker at once, then keep doing so in the background."""
-        self._presence.start()
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         """Stop the threads, withdraw the presence record and mark the host stopped (the
         worker is shutting down)."""
         self._stop.set()
-        self._presence.join(timeout=self.interval + 5)
-        self._thread.join(timeout=self.interval + 5)
+        for thread in self._threads:
+            thread.join(timeout=self.interval + 5)
         try:
             host_leave()
         except DatabaseError:
@@ -99,6 +110,14 @@ class Housekeeper:
             logger.exception("looking for jobs whose worker died failed")
         finally:
             # Not left open in the main process, whose pool children are forked from it.
+            connections.close_all()
+
+    def trim(self) -> None:
+        """Evict from this host's snapshot cache while it is past its limit (failures are
+        logged by the eviction itself)."""
+        try:
+            snapshot_cache_trim()
+        finally:
             connections.close_all()
 
     def _loop(self, work: Callable[[], None]) -> None:

@@ -21,9 +21,9 @@ def gone_before(now: datetime | None = None) -> datetime:
 
 class Host(models.Model):
     """One host's health, stamped by its worker every LAYERHUB_JOB_HEARTBEAT seconds: the
-    free space of its LAYERHUB_STORE file system and the bytes of its snapshot cache (the sum
-    of its Snapshot rows). A row is kept when the worker stops, so a host that went away is
-    shown as unavailable rather than forgotten."""
+    free space of its LAYERHUB_STORE file system, the bytes of its snapshot cache (the sum
+    of its Snapshot rows) and the limit it keeps that cache under. A row is kept when the
+    worker stops, so a host that went away is shown as unavailable rather than forgotten."""
 
     name = models.CharField(max_length=100, unique=True)
     heartbeat_at = models.DateTimeField()
@@ -31,6 +31,8 @@ class Host(models.Model):
     free_bytes = models.BigIntegerField(null=True, blank=True)
     snapshot_count = models.BigIntegerField(default=0)
     snapshot_bytes = models.BigIntegerField(default=0)
+    # its LAYERHUB_SNAPSHOT_CACHE_MAX: the bytes its snapshot cache is kept under (0: no limit)
+    snapshot_cache_max = models.BigIntegerField(default=0)
     # the worker said it stopped (a clean shutdown): gone at once, not after the timeout
     stopped_at = models.DateTimeField(null=True, blank=True)
 

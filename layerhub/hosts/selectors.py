@@ -22,6 +22,7 @@ class HostHealth:
     free_bytes: int | None
     snapshot_count: int
     snapshot_bytes: int
+    snapshot_cache_max: int  # 0: no limit
     problem: str | None  # why it is unavailable; None when it is there
     this_host: bool
 
@@ -39,6 +40,7 @@ class HostHealth:
             "free_bytes": self.free_bytes,
             "snapshot_count": self.snapshot_count,
             "snapshot_bytes": self.snapshot_bytes,
+            "snapshot_cache_max": self.snapshot_cache_max or None,
         }
 
 
@@ -57,6 +59,7 @@ def hosts_health() -> list[HostHealth]:
                 free_bytes=host.free_bytes,
                 snapshot_count=host.snapshot_count,
                 snapshot_bytes=host.snapshot_bytes,
+                snapshot_cache_max=host.snapshot_cache_max,
                 problem=message,
                 this_host=host.name == current_host(),
             )

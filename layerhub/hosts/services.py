@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.utils import timezone
 
 from layerhub.core.store import get_store
@@ -10,8 +11,9 @@ from layerhub.images.snapshots import host_snapshot_usage
 
 
 def host_heartbeat() -> Host:
-    """Stamp this host's row: now, the free space of its store's file system and the size
-    of its snapshot cache (its Snapshot rows, measured when each was made)."""
+    """Stamp this host's row: now, the free space of its store's file system, the size of
+    its snapshot cache (its Snapshot rows, measured when each was made) and that cache's
+    limit (LAYERHUB_SNAPSHOT_CACHE_MAX)."""
     count, total = host_snapshot_usage()
     try:
         free: int | None = get_store().free_bytes()
@@ -24,6 +26,7 @@ def host_heartbeat() -> Host:
             "free_bytes": free,
             "snapshot_count": count,
             "snapshot_bytes": total,
+            "snapshot_cache_max": settings.LAYERHUB_SNAPSHOT_CACHE_MAX,
             "stopped_at": None,
         },
     )

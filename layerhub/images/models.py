@@ -130,19 +130,28 @@ class Snapshot(models.Model):
     """A layer unpacked on one host: each host (LAYERHUB_HOST) keeps its own cache of
     snapshots, made from the shared blobs when a job there needs them. Removing one host's
     snapshot removes its row alone. ``size`` is measured on that host's disk (regular files'
-    bytes, a hardlinked file once), as ``Layer.unpacked_size``."""
+    bytes, a hardlinked file once), as ``Layer.unpacked_size``.
+
+    ``used_at`` is when something on that host last stood on it (a container, a command, a
+    page, a scan), recorded at most about once a minute (``snapshots_use``): the cache evicts
+    the snapshots used least recently first (``layerhub.images.snapshot_cache``)."""
 
     layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="snapshots")
     host = models.CharField(max_length=100)
     size = models.BigIntegerField()
     file_count = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    used_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["layer", "host"], name="unique_snapshot_host")
         ]
-        indexes = [models.Index(fields=["host", "layer"], name="snapshot_host_layer")]
+        indexes = [
+            models.Index(fields=["host", "layer"], name="snapshot_host_layer"),
+            # a host's cache, least recently used first
+            models.Index(fields=["host", "used_at"], name="snapshot_host_used"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.layer} on {self.host}"

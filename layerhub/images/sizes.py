@@ -16,7 +16,8 @@ Definitions (bytes):
   several snapshots counts once; a snapshot's, and so an image's, size stays logical);
 - what deleting an image, tag or repository frees (``DeletePlan``) is computed from the same
   rows, and ``image_remove`` deletes exactly what the plan lists (a file dedup hardlinked
-  into snapshots that stay frees nothing; its bytes go with its last link).
+  into snapshots that stay frees nothing; its bytes go with its last link; a snapshot no
+  host holds, its layer evicted from every host's cache, frees nothing).
 
 Every figure is one aggregate query (or a few), whatever the number of images: pages call these,
 never loop over rows in Python.
@@ -29,8 +30,10 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from django.db.models import (
+    Case,
     Count,
     Exists,
+    F,
     IntegerField,
     OuterRef,
     Q,
@@ -38,6 +41,7 @@ from django.db.models import (
     Subquery,
     Sum,
     Value,
+    When,
 )
 from django.db.models.functions import Coalesce
 
@@ -346,13 +350,24 @@ def images_delete_plan(images: QuerySet[Image] | Iterable[Image]) -> DeletePlan:
     )
     layer_q = ImageLayer.objects.filter(image_id__in=chosen_q).values("layer_id")
     rows = list(
-        ImageLayer.objects.filter(image_id__in=chosen_q).values_list(
+        ImageLayer.objects.filter(image_id__in=chosen_q)
+        # a snapshot no host holds (never unpacked, or evicted everywhere) frees nothing
+        .annotate(
+            snapshot_bytes=Case(
+                When(
+                    Exists(Snapshot.objects.filter(layer_id=OuterRef("layer_id"))),
+                    then=F("layer__unpacked_size"),
+                ),
+                default=0,
+            )
+        )
+        .values_list(
             "layer_id",
             "position",
             "layer__chain_id",
             "layer__digest",
             "layer__parent_id",
-            "layer__unpacked_size",
+            "snapshot_bytes",
         )
     )
     layers = {r[0]: r for r in rows}  # one entry per layer, whatever image it came from

@@ -13,8 +13,8 @@ Reported (``Finding``):
   number of images that use it;
 - ``size`` of ``snapshots/`` as a whole: what the recorded snapshots hold with each
   hardlinked inode once (a file ``dedup`` linked into several snapshots counts once) is not
-  the store's recorded physical snapshot bytes (``store_totals``), when every snapshot's own
-  size matched.
+  what this host's Snapshot rows record less what dedup's links save, when every snapshot's
+  own size matched and no other host holds snapshots.
 
 Every walk is iterative, never follows a symlink and never enters a mount point (the
 engine's ``tree_usage`` / ``walk_tree``); nothing is changed.
@@ -34,10 +34,12 @@ from layerhub.core.store import get_store
 from layerhub.engine.errors import LayerhubError
 from layerhub.engine.fsutil import tree_usage, tree_usage_over
 from layerhub.hosts.models import current_host
+from layerhub.images.dedup_links import dedup_saved_bytes
 from layerhub.images.layer_counts import layer_image_count_mismatches, layer_image_counts_refresh
 from layerhub.images.leases import LIVE_STATES
 from layerhub.images.models import Blob, Image, Layer, Snapshot
-from layerhub.images.sizes import own_blob_bytes_refresh, store_totals
+from layerhub.images.sizes import own_blob_bytes_refresh
+from layerhub.images.snapshots import host_snapshot_usage
 from layerhub.images.usage import tmp_entries
 from layerhub.jobs.models import Lease
 
@@ -236,9 +238,10 @@ def store_verify() -> VerifyReport:
         if unpacked and chain in here and chain not in seen_snapshots:
             sizes_match = False
             found("missing", "snapshot", chain, "recorded as unpacked, but the tree is gone")
-    recorded_physical = store_totals().physical_snapshot_bytes
-    # the recorded total is the catalog's, one copy of each snapshot: it is this host's disk
-    # only while no other host holds snapshots
+    # this host's rows (its cache may have evicted layers the catalog still knows unpacked)
+    # less dedup's links, which are recorded for the whole store: this host's disk only
+    # while no other host holds snapshots
+    recorded_physical = host_snapshot_usage()[1] - dedup_saved_bytes()
     alone = not Snapshot.objects.exclude(host=current_host()).exists()
     if sizes_match and alone and recorded_physical != report.snapshot_physical_bytes:
         found(

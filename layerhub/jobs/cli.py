@@ -9,6 +9,7 @@ the command quietly; a job it was following goes on in the worker.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -98,3 +99,11 @@ class LayerhubCommand(BaseCommand):
                     "run the command again with --traceback to see where"
                 )
             ) from None
+
+    def table(self, rows: Sequence[Sequence[str]]) -> None:
+        """Print ``rows`` (the header first) in columns, as ``docker`` prints its tables."""
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            self.stdout.write(
+                "   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+            )

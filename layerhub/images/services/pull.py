@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Sum, Value
+from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -70,7 +70,8 @@ from layerhub.images.selectors import registry_insecure
 from layerhub.images.services.file_index import layers_index_record
 from layerhub.images.services.packages import image_packages_record
 from layerhub.images.sizes import logical_bytes, own_blob_bytes_refresh, team_images
-from layerhub.images.snapshots import layers_not_unpacked_here, snapshot_record
+from layerhub.images.snapshot_cache import snapshot_cache_trim
+from layerhub.images.snapshots import layers_not_unpacked_here, snapshot_record, snapshots_use
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import (
     JobProgress,
@@ -248,6 +249,8 @@ def image_pull_run(*, job_id: int) -> None:
             _queue_unpack(job, image)  # which records the packages once it has unpacked
         else:
             image_packages_record(image=image)  # what an unpack job would do at its end
+        # while the job's leases keep what it made: the cache's least used go instead
+        snapshot_cache_trim()
 
     job_run(job, work)
 
@@ -556,6 +559,7 @@ def image_unpack_run(*, job_id: int) -> None:
                 layer_mark_unpacked(row)
         layers_index_record(unpacked)
         image_packages_record(image=job.image)
+        snapshot_cache_trim()  # while the job's leases keep what it made
 
     job_run(job, work)
 
@@ -566,14 +570,26 @@ def image_snapshots_ensure(*, image: Image) -> list[Path]:
     from the image's layer blobs, and recorded as this host's.
 
     What a job on this host runs before it stands on the image (a container's create, exec,
-    files, diff or commit). One query when every snapshot is here."""
+    files, diff or commit). Records the use (for the cache's eviction order) before it looks
+    at the trees. One query when every snapshot is here and was used lately."""
     here = Snapshot.objects.filter(layer=OuterRef("layer"), host=current_host())
     rows = list(
-        image.image_layers.select_related("layer").annotate(here=Exists(here)).order_by("position")
+        image.image_layers.select_related("layer")
+        .annotate(
+            here_pk=Subquery(here.values("pk")[:1]), here_used=Subquery(here.values("used_at")[:1])
+        )
+        .order_by("position")
     )
     store = get_store()
     chains = [row.layer.chain_id for row in rows]
-    recorded = {row.layer.chain_id for row in rows if row.here}
+    recorded = {row.layer.chain_id for row in rows if row.here_pk is not None}
+    if not snapshots_use((row.here_pk, row.here_used) for row in rows if row.here_pk is not None):
+        # the cache evicted one since: what is recorded now, and unpack what went
+        recorded = set(
+            Snapshot.objects.filter(host=current_host(), layer__chain_id__in=chains).values_list(
+                "layer__chain_id", flat=True
+            )
+        )
     if all(chain in recorded and store.snapshots.exists(chain) for chain in chains):
         return [store.snapshots.path(chain) for chain in chains]
     descriptors = [

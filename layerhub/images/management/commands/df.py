@@ -6,7 +6,6 @@ containers' writable layers and ``tmp/`` are measured now (they change with ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from django.core.management.base import CommandParser
@@ -46,13 +45,6 @@ class Command(LayerhubCommand):
         parser.add_argument(
             "-v", "--verbose", action="store_true", dest="detail", help="per image and container"
         )
-
-    def table(self, rows: Sequence[Sequence[str]]) -> None:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            self.stdout.write(
-                "   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-            )
 
     def handle(self, *args: Any, **options: Any) -> None:
         totals = store_totals()
@@ -101,7 +93,7 @@ class Command(LayerhubCommand):
         if len(hosts) > 1:
             # each host's snapshot cache, and what deleting the idle images frees there
             self.stdout.write("")
-            rows = [["HOST", "SNAPSHOTS", "SIZE", "RECLAIMABLE"]]
+            rows = [["HOST", "SNAPSHOTS", "SIZE", "LIMIT", "RECLAIMABLE"]]
             for host in hosts:
                 reclaimable = idle.host_snapshots.get(host.name, 0)
                 rows.append(
@@ -109,6 +101,7 @@ class Command(LayerhubCommand):
                         host.name + ("" if host.available else " (unavailable)"),
                         str(host.snapshot_count),
                         human_size(host.snapshot_bytes),
+                        human_size(host.snapshot_cache_max) if host.snapshot_cache_max else "none",
                         _percent(reclaimable, host.snapshot_bytes),
                     ]
                 )
