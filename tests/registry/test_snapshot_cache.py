@@ -67,7 +67,7 @@ def layers(seed: Seed) -> tuple[str, str, str]:
 
 
 def used(chain: str, days_ago: float) -> None:
-    Snapshot.objects.filter(layer__chain_id=chain).update(
+    Snapshot.objects.filter(layer__chain_id=chain, host="web").update(
         used_at=timezone.now() - timedelta(days=days_ago)
     )
 
@@ -81,7 +81,7 @@ def here() -> set[str]:
 
 
 def size_of(chain: str) -> int:
-    return int(Snapshot.objects.get(layer__chain_id=chain).size)
+    return int(Snapshot.objects.get(layer__chain_id=chain, host="web").size)
 
 
 def test_the_least_recently_used_go_first_and_only_down_to_the_limit(
@@ -97,6 +97,13 @@ def test_the_least_recently_used_go_first_and_only_down_to_the_limit(
     inode = DedupInode.objects.create(size=1, sha256=b"\0" * 32)
     DedupLink.objects.create(inode=inode, layer=Layer.objects.get(chain_id=app), path="/app/run")
     total = sum(size_of(c) for c in (base, app, other))
+    # another host's snapshot of the same layer, older still: that host's cache, not this one's
+    beta = Snapshot.objects.create(
+        layer=Layer.objects.get(chain_id=app),
+        host="beta",
+        size=1,
+        used_at=timezone.now() - timedelta(days=9),
+    )
 
     # one byte over: the oldest alone goes
     report = snapshot_cache_evict(limit=total - 1)
@@ -105,6 +112,7 @@ def test_the_least_recently_used_go_first_and_only_down_to_the_limit(
     assert here() == {base, other}
     assert not get_store().snapshots.exists(app)
     assert not DedupLink.objects.exists()
+    assert Snapshot.objects.filter(pk=beta.pk).exists()
     # the layer's size stays known: the image's SIZE does not change
     assert Layer.objects.get(chain_id=app).unpacked_size == report.evicted[0].size
 
