@@ -235,12 +235,24 @@ def walk_tree(root: str | os.PathLike[str]) -> Iterator[os.stat_result]:
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on ``path`` (created if needed) for the block.
 
-    Locks die with the process, so a killed worker never leaves a stale lock behind.
+    Locks die with the process, so a killed worker never leaves a stale lock behind; and
+    with the block, even in a process forked meanwhile (see ``_unlock``).
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        _unlock(fd)
+
+
+def _unlock(fd: int) -> None:
+    """Let go of a flock and close its descriptor. Unlocked explicitly, not by the close
+    alone: a process forked while the lock was held (a worker's pool child forked while a
+    thread of the main process evicts a snapshot) holds a copy of the descriptor, and a
+    flock lasts until every copy is closed or one unlocks it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
@@ -254,8 +266,8 @@ class HeldLock:
     def release(self) -> None:
         """Let go of the lock (again is harmless)."""
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            _unlock(fd)
 
 
 def try_file_lock(path: Path) -> HeldLock | None:
