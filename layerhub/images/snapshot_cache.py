@@ -43,6 +43,7 @@ from django.utils.timesince import timesince
 
 from layerhub.core.humanize import human_size
 from layerhub.core.store import get_store
+from layerhub.engine.store import LocalBlobs
 from layerhub.hosts.models import current_host
 from layerhub.images.dedup_links import dedup_freed_delta
 from layerhub.images.leases import LIVE_STATES, lease_held
@@ -204,7 +205,7 @@ def _evict(item: CachedSnapshot, *, used_before: datetime) -> bool:
             or ImageLayer.objects.filter(
                 layer_id=item.layer_id, image__containers__host=current_host()
             ).exists()
-            or not store.blobs.has(item.digest)
+            or not _blob_present(item.digest)
         )
 
     def keep() -> bool:  # under the snapshot's lock: True leaves the tree
@@ -225,6 +226,18 @@ def _evict(item: CachedSnapshot, *, used_before: datetime) -> bool:
     # a row naming a tree that was gone already: it goes, as the tree did
     gone, _ = Snapshot.objects.filter(pk=item.pk, used_at__lt=used_before).delete()
     return gone > 0
+
+
+def _blob_present(digest: str) -> bool:
+    """Whether the layer's blob is there to unpack the snapshot from again: its Blob row (the
+    catalog's record of it, which garbage collection keeps while a layer row names the
+    blob), and in the store's own blobs/ its file. An object store is not asked: the worker's
+    main process evicts too, and a request from there would start the object store client's
+    threads in the process its pool children are forked from, which they cannot use."""
+    if not Blob.objects.filter(digest=digest).exists():
+        return False
+    blobs = get_store().blobs
+    return blobs.has(digest) if isinstance(blobs, LocalBlobs) else True
 
 
 def snapshot_cache_trim() -> EvictionReport | None:
