@@ -319,8 +319,8 @@ class TempEntry:
             if remove:
                 remove_path(self.path)
         finally:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            _unlock(fd)  # a child forked meanwhile must not keep a leftover looking live
 
 
 @dataclass
