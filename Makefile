@@ -17,6 +17,7 @@ $(BIN)/python:
 
 $(INSTALLED): $(BIN)/python requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install -r requirements-dev.txt
+	$(BIN)/python -m compileall -q layerhub workers
 	touch $@
 
 dev: $(INSTALLED)

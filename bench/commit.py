@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import drop_caches, ratio_line, tar_gzip_blob, tool_version  # noqa: E402
+from bench._common import compile_project, drop_caches, ratio_line, tar_gzip_blob, tool_version  # noqa: E402
 from layerhub.engine.commit import commit_container  # noqa: E402
 from layerhub.engine.diff import diff_to_store  # noqa: E402
 from layerhub.engine.digest import sha256_bytes  # noqa: E402
@@ -165,6 +165,7 @@ def main() -> None:
     print("layerhub commit benchmark")
     umoci = tool_version(["umoci", "--version"])
     print(f"  nproc: {os.cpu_count()}, python {platform.python_version()}, {umoci}")
+    compile_project()
     cold = drop_caches()
     print(f"  caches: {'dropped before every timed run' if cold else 'NOT dropped (not root)'}")
     work = Path(tempfile.mkdtemp(prefix="layerhub-commit-bench-", dir=args.tmp))

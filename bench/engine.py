@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from bench._common import (  # noqa: E402
     GNU_TIME,
     Run,
+    compile_project,
     drop_caches,
     ratio_line,
     run_measured,
@@ -452,6 +453,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    compile_project()
     cold = os.geteuid() == 0 and drop_caches()
     print("layerhub engine benchmark")
     print(f"  nproc:   {len(os.sched_getaffinity(0))}")

@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import Run, drop_caches, run_measured, tool_version  # noqa: E402
+from bench._common import Run, compile_project, drop_caches, run_measured, tool_version  # noqa: E402
 from tests.support.registry import run_registry  # noqa: E402
 
 MB = 1_000_000
@@ -417,6 +417,7 @@ def main() -> None:
     print(f"  python:  {platform.python_version()}")
     for tool in ("podman", "skopeo", "umoci", "tar", "docker-registry"):
         print(f"  {tool + ':':9} {tool_version([tool, '--version'])}")
+    compile_project()
     cold = drop_caches()
     print(f"  caches:  {'dropped before every timed run' if cold else 'NOT dropped (not root)'}")
 

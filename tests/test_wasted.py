@@ -21,6 +21,7 @@ from layerhub.engine.file_index import FileRecord
 from layerhub.engine.store import Store
 from layerhub.engine.wasted import DELETED, HIDDEN, PARENT_DELETED, PARENT_REPLACED, REPLACED
 from layerhub.images import wasted as wasted_module
+from layerhub.images.dedup import duplicates_report
 from layerhub.images.duplicates import shared_contents
 from layerhub.images.file_index import layer_files, layer_files_from_snapshot, layer_files_record
 from layerhub.images.lookup import image_lookup
@@ -254,7 +255,9 @@ def test_tree_lists_one_directory_with_marks(built: Image, monkeypatch: pytest.M
 
 
 def test_duplicates_across_images(tmp_path: Path, layerhub_store: Path) -> None:
-    first = import_image(tmp_path, "localhost/one:1", [{"lib": None, "lib/a.so": K * 2}])
+    first = import_image(
+        tmp_path, "localhost/one:1", [{"lib": None, "lib/a.so": K * 2, "lib/empty": b""}]
+    )
     second = import_image(
         tmp_path,
         "localhost/two:1",
@@ -268,8 +271,11 @@ def test_duplicates_across_images(tmp_path: Path, layerhub_store: Path) -> None:
     rows = {r.name: r for r in image_tree_page(wasted, "/usr").rows}
     assert rows["b.so"].duplicated
     assert not rows["own"].duplicated
-    assert not rows["empty"].duplicated
+    assert not rows["empty"].duplicated  # both images hold an empty file: nothing to share
     assert image_wasted(first).duplicate_bytes == 2000
+    # the store-wide report says the same: one duplicated content, stored twice
+    report = duplicates_report()
+    assert (report.contents, report.duplicate_bytes, report.copy_bytes) == (1, 4000, 2000)
 
 
 # -- pages, API and CLI ------------------------------------------------------------------------

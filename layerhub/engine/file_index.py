@@ -15,7 +15,7 @@ every name. An opaque directory gives two records: the directory (``d``) and the
 from __future__ import annotations
 
 import hashlib
-import json
+import marshal
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -330,25 +330,16 @@ class IndexTree:
 
 
 def write_records(path: Path, records: Iterable[FileRecord]) -> None:
-    """Write records to ``path``: one JSON array per line (paths kept byte for byte)."""
-    with open(path, "w", encoding="utf-8") as f:
-        dumps = json.dumps
-        f.writelines(
-            dumps(
-                [r.path, r.kind, r.mode, r.uid, r.gid, r.size, r.sha256 and r.sha256.hex(), r.link]
-            )
-            + "\n"
-            for r in records
-        )
+    """Write records to ``path``, for ``read_records`` in another process of this same
+    interpreter (an unpacker's answer to its parent): marshal's form of plain tuples, which
+    both ends turn out and back many times faster than JSON."""
+    rows = [(r.path, r.kind, r.mode, r.uid, r.gid, r.size, r.sha256, r.link) for r in records]
+    with open(path, "wb") as f:
+        marshal.dump(rows, f)
 
 
 def read_records(path: Path) -> list[FileRecord]:
     """The records ``write_records`` wrote."""
-    out: list[FileRecord] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            p, kind, mode, uid, gid, size, sha, link = json.loads(line)
-            out.append(
-                FileRecord(p, kind, mode, uid, gid, size, bytes.fromhex(sha) if sha else None, link)
-            )
-    return out
+    with open(path, "rb") as f:
+        rows = marshal.load(f)
+    return [FileRecord(*row) for row in rows]

@@ -323,6 +323,9 @@ class LayerPipeline:
         self.stop = threading.Event()  # the pull failed or was cancelled: everyone stops
         self.flush_seconds = 0.0  # time spent in the one flush (for benchmarks)
         self._lock = threading.Lock()
+        # what the downloads and unpacks write goes to disk while they run: the one flush
+        # before publishing then has little left to wait for
+        self._writeback: fsutil.EarlyWriteback | None = None
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -566,9 +569,13 @@ class LayerPipeline:
         try:
             self._plan()
             self._first_lines()
+            if self.durable:
+                self._writeback = fsutil.EarlyWriteback(self.store.tmp)
             error = self._run_parallel()
             self._publish()
         finally:
+            if self._writeback is not None:
+                self._writeback.close()
             self._release()
             for unpacker in self._idle:
                 unpacker.close()
@@ -653,6 +660,8 @@ class LayerPipeline:
         if not blobs and not trees:
             return
         if self.durable:
+            if self._writeback is not None:
+                self._writeback.close()
             started = time.monotonic()
             fsutil.syncfs(self.store.tmp)
             self.flush_seconds = time.monotonic() - started

@@ -1,9 +1,10 @@
 """Files stored twice: the report, and how hardlinks made by ``dedup`` count in sizes.
 
 Definitions (bytes, from the file index and the DedupInode/DedupLink rows):
-- a *duplicate* is a regular file (index kind ``f``) whose content (sha256) a file of another
-  snapshot also holds; two paths of one snapshot with one content are not duplicates of each
-  other (dedup never links them: see ``layerhub.engine.dedup``);
+- a *duplicate* is a regular file (index kind ``f``; a hardlink's name is not counted again)
+  whose content another snapshot also holds (``duplicates.duplicated_contents``: empty files
+  are never duplicates); two paths of one snapshot with one content are not duplicates of
+  each other (dedup never links them: see ``layerhub.engine.dedup``);
 - the store's *stored twice* bytes are, over every content held by more than one snapshot,
   its size times (the snapshots holding it - 1), minus what dedup's hardlinks already store
   once (``dedup_saved_bytes``): what linking every copy would still free, at most;
@@ -31,6 +32,7 @@ from layerhub.core.humanize import human_size
 from layerhub.engine.file_index import FILE
 
 from .dedup_links import dedup_saved_bytes
+from .duplicates import duplicated_contents
 from .listing import display_name, images_named
 from .models import FileEntry, Image, ImageLayer, Repository
 
@@ -109,12 +111,7 @@ def duplicates_report(
     """The duplicates report for the store, with ``images`` (default: every image; pass only
     those the user may see, and the ``repositories`` they may see, which name them) each
     described and paired."""
-    dup_contents = (
-        FileEntry.objects.filter(kind=FILE, sha256__isnull=False)
-        .values("sha256")
-        .annotate(snapshots=Count("layer", distinct=True))
-        .filter(snapshots__gt=1)
-    )
+    dup_contents = duplicated_contents()
     report = DuplicatesReport(saved_bytes=dedup_saved_bytes())
     # (sha256 -> size, {layer: files}) of every content more than one snapshot holds
     size_of: dict[bytes, int] = {}

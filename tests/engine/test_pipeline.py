@@ -303,6 +303,56 @@ def test_the_store_is_flushed_once_and_before_anything_is_published(
     assert events[:first].count("fsync") == 0
 
 
+def test_early_writeback_passes_until_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes: list[Path] = []
+    monkeypatch.setattr(fsutil, "write_back", passes.append)
+    early = fsutil.EarlyWriteback(tmp_path, interval=0.01)
+    deadline = time.monotonic() + 10
+    while len(passes) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    early.close()
+    early._thread.join(5)
+    assert not early._thread.is_alive()
+    assert len(passes) >= 3
+    assert set(passes) == {tmp_path}
+    made = len(passes)
+    time.sleep(0.05)
+    assert len(passes) == made  # none after close
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_pull_writes_back_early_and_leaves_no_writeback_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    store = Store(tmp_path / "store")
+    layers = [big_layer(name, files=4) for name in "ab"]
+    made: list[fsutil.EarlyWriteback] = []
+    real = fsutil.EarlyWriteback
+
+    def early(path: Path) -> fsutil.EarlyWriteback:
+        made.append(real(path, interval=0.001))
+        return made[-1]
+
+    monkeypatch.setattr(fsutil, "EarlyWriteback", early)
+    passes: list[Path] = []
+    monkeypatch.setattr(fsutil, "write_back", passes.append)
+    registry = Registry(*layers)
+    if fail:
+        registry.corrupt.add(layers[1].digest)
+        with pytest.raises(DigestMismatch):
+            run(store, registry, layers)
+    else:
+        run(store, registry, layers)
+    assert len(made) == 1
+    assert made[0]._path == store.tmp
+    made[0]._thread.join(5)
+    assert not made[0]._thread.is_alive()
+    if not fail:
+        assert passes, "no early pass during a pull of two layers"
+
+
 CRASH_CHILD = """
 import os, signal, sys
 from pathlib import Path

@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Literal
 
 import truststore
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from ..errors import RegistryTLSError
 from .hosts import is_loopback as is_loopback
@@ -229,6 +227,11 @@ class PeerCertificate:
 def peer_certificate(host: str, timeout: float) -> PeerCertificate | None:
     """The certificate ``host`` presents, read without verifying it (only to say why it was
     refused); None if it cannot be had."""
+    # only on this error path: cryptography's x509 takes longer to import than a pull of a
+    # small image takes to start
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     name, port = split_host(host)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
