@@ -160,6 +160,22 @@ def env_seconds(
     return value
 
 
+_COUNT = re.compile(r"[0-9]+", re.ASCII)
+
+
+def env_count(
+    name: str, default: int, *, maximum: int, environ: Mapping[str, str] | None = None
+) -> int:
+    """A count: a plain whole number of ASCII digits ("4"), from 1 to ``maximum``."""
+    raw = _get(name, environ)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not _COUNT.fullmatch(text) or not 1 <= int(text) <= maximum:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be a whole number from 1 to {maximum}")
+    return int(text)
+
+
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])", re.ASCII)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 OFF_WORDS = frozenset({"off", "never"})

@@ -18,6 +18,7 @@ from layerhub.env import (
     REDIS_SCHEMES,
     env_blobs,
     env_bool,
+    env_count,
     env_database,
     env_duration,
     env_list,
@@ -90,7 +91,8 @@ LAYERHUB_QUEUE = env_name("LAYERHUB_QUEUE", _deployment_queue(_db, LAYERHUB_STOR
 # -- Several machines (layerhub.hosts) -------------------------------------------------------
 # This process's host: the snapshots it unpacks and the containers it makes are recorded as
 # this host's, and its worker also takes the jobs sent to <LAYERHUB_QUEUE>.host.<LAYERHUB_HOST>
-# (those that need this host's disk: a container's exec, files, diff, commit and removal).
+# (jobs that need this host's disk: a container's commit, say) and answers the calls to this host
+# (a container's exec, files, diff, creation and removal).
 LAYERHUB_HOST = env_name("LAYERHUB_HOST", socket.gethostname().split(".")[0] or "localhost")
 # where this host keeps its snapshots (the per-host cache of unpacked layers); None:
 # <LAYERHUB_STORE>/snapshots. Same file system as LAYERHUB_STORE (unpacks rename from its tmp/).
@@ -103,7 +105,7 @@ LAYERHUB_SNAPSHOTS = (
 # containers' pages say so, and jobs queued for it fail with that message
 LAYERHUB_HOST_GONE_AFTER = env_seconds("LAYERHUB_HOST_GONE_AFTER", 60.0, maximum=86400)
 # how long a page or API request waits for a container's host to read or write a file or run
-# a command (a short job on the host's queue); an exec's own timeout is added to it
+# a command (a short call: layerhub.hosts.calls); an exec's own timeout is added to it
 LAYERHUB_HOST_CALL_TIMEOUT = env_seconds("LAYERHUB_HOST_CALL_TIMEOUT", 30.0, maximum=3600)
 # this host's snapshot cache is kept under this many bytes (50G, 500GiB; 0: no limit): past
 # it, the snapshots used least recently that can be unpacked again from their blobs are
@@ -121,6 +123,9 @@ if 0 < LAYERHUB_SNAPSHOT_CACHE_MAX < 1 << 20:
 LAYERHUB_SNAPSHOT_CACHE_IDLE = env_duration(
     "LAYERHUB_SNAPSHOT_CACHE_IDLE", timedelta(minutes=10), maximum=timedelta(days=30)
 )
+# how many calls each worker answers at once, beside its job slots (its Celery concurrency), so
+# a host busy with pulls, commits or a garbage collection still answers a page at once
+LAYERHUB_HOST_CALL_THREADS = env_count("LAYERHUB_HOST_CALL_THREADS", 4, maximum=64)
 
 # A worker stamps the row of the job it runs every HEARTBEAT seconds; a running job whose
 # stamp is older than DEAD_AFTER has lost its worker (killed, machine gone) and is re-queued

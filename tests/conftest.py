@@ -15,6 +15,7 @@ import redis
 from pytest_django import Settings
 
 from layerhub.engine.blobstore import parse_blobs_url
+from layerhub.hosts.calls import CALLS_PREFIX
 from layerhub.jobs.presence import presence_key
 from scripts.seaweedfs import weed_binary
 from tests.support.peers import skip_or_fail
@@ -53,13 +54,19 @@ def test_queue(settings: Settings) -> Iterator[str]:
 
 def delete_queue_keys(client: redis.Redis, queue: str) -> int:
     """Delete what kombu and the workers keep in Redis for ``queue`` alone: the queue's lists,
-    its binding, its workers' presence, and its messages in the shared ``unacked`` hash."""
+    its binding, its workers' presence, its hosts' call lists, and its messages in the shared
+    ``unacked`` hash."""
     keys: set[bytes | str] = set()
-    # the lists (and priority lists), the bindings, the presence of queue and any queue
-    # named after it (a test's "other deployment")
-    for pattern in (queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"):
+    # the lists (and priority lists), the bindings, the presence, the call lists of queue and
+    # any queue named after it (a test's "other deployment")
+    for pattern in (
+        queue,
+        f"_kombu.binding.{queue}",
+        f"_kombu.binding_permanent.{queue}",
+        presence_key(queue),
+        f"{CALLS_PREFIX}{queue}",
+    ):
         keys.update(client.scan_iter(match=f"{pattern}*"))
-    keys.update(client.scan_iter(match=f"{presence_key(queue)}*"))
     removed = int(client.delete(*keys)) if keys else 0
     for tag, raw in client.hscan_iter("unacked"):
         try:

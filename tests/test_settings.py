@@ -16,6 +16,7 @@ from layerhub.env import (
     DEV_SECRET_KEY,
     REDIS_SCHEMES,
     env_bool,
+    env_count,
     env_database,
     env_list,
     env_name,
@@ -234,6 +235,18 @@ def test_env_seconds_default_when_unset() -> None:
 def test_env_seconds_refuses_anything_else(raw: str) -> None:
     with pytest.raises(ImproperlyConfigured, match="T="):
         env_seconds("T", 1.0, maximum=600, environ={"T": raw})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("4", 4), (" 1 ", 1), ("64", 64)])
+def test_env_count_accepts_whole_numbers(raw: str, expected: int) -> None:
+    assert env_count("N", 2, maximum=64, environ={"N": raw}) == expected
+    assert env_count("N", 2, maximum=64, environ={}) == 2
+
+
+@pytest.mark.parametrize("raw", ["", "0", "-1", "1.5", "1e1", "\u0664", "four", "65"])
+def test_env_count_refuses_anything_else(raw: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"N=.* must be a whole number from 1 to 64"):
+        env_count("N", 2, maximum=64, environ={"N": raw})
 
 
 @pytest.mark.parametrize("raw", ["layerhub-prod", "team.ci:42", "Q_1"])

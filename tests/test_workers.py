@@ -99,11 +99,13 @@ def test_the_tests_delete_only_their_own_queues_keys(broker: str) -> None:
             client.lpush(queue, b"message")
             client.sadd(f"_kombu.binding.{queue}", b"binding")
             client.zadd(f"layerhub:workers:{queue}", {"worker": 1.0})
+            client.rpush(f"layerhub:calls:{queue}.host.beta", b"call")
             client.hset("unacked", f"tag-{queue}", json.dumps([{}, queue, queue]))
         delete_queue_keys(client, ours)
-        assert not client.exists(ours, f"_kombu.binding.{ours}", f"layerhub:workers:{ours}")
+        per_queue = ("_kombu.binding.{}", "layerhub:workers:{}", "layerhub:calls:{}.host.beta")
+        assert not client.exists(ours, *(key.format(ours) for key in per_queue))
         assert not client.hexists("unacked", f"tag-{ours}")
-        assert client.exists(theirs, f"_kombu.binding.{theirs}", f"layerhub:workers:{theirs}") == 3
+        assert client.exists(theirs, *(key.format(theirs) for key in per_queue)) == 4
         assert client.hexists("unacked", f"tag-{theirs}")
     finally:
         delete_queue_keys(client, theirs)

@@ -12,7 +12,7 @@ from django.conf import settings
 from layerhub.containers import files as container_files  # noqa: F401 - its host operations
 from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
-from layerhub.hosts import calls as host_calls
+from layerhub.hosts.calls import CallServer
 from layerhub.hosts.routing import host_queue
 from layerhub.images import removal
 from layerhub.images import services as image_services
@@ -45,12 +45,6 @@ def _run_job(run: Callable[..., None], job_id: int) -> None:
             job_id,
             settings.LAYERHUB_QUEUE,
         )
-
-
-@app.task(name=host_calls.CALL_TASK)
-def host_call(call_id: str, op: str, params: dict[str, Any], deadline: float) -> None:
-    """Answer a short call sent to this host (a container's file read or write, an exec)."""
-    host_calls.host_call_run(call_id, op, params, deadline)
 
 
 @app.task(name=SNAPSHOTS_COLLECT_TASK)
@@ -149,15 +143,18 @@ def store_gc_scheduled() -> None:
 @worker_ready.connect
 def sweep_tmp_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
     """Sweep the store's tmp/ once when a worker starts, as the design asks, then start its
-    housekeeping (presence record, dead-job sweep: workers/housekeeping.py).
+    housekeeping (presence record, dead-job sweep: workers/housekeeping.py) and the threads
+    that answer the calls to its host (layerhub.hosts.calls).
 
     Run in the worker's own process rather than queued, so it happens before this worker
-    takes a job, whatever else is waiting in the queue.
+    takes a job, whatever else is waiting in the queue. Only the main process gets this
+    signal, once, after its pool has started: the pool's children never answer calls, and a
+    child forked later inherits none of these threads.
     """
     store_sweep_tmp()
     if sender is None:
         return  # sent by hand, not by a worker: nothing to keep house for
-    global _housekeeper
+    global _housekeeper, _call_server
     queues = _consumed_queues(sender)
     if settings.LAYERHUB_QUEUE not in queues:
         logger.warning(
@@ -168,9 +165,17 @@ def sweep_tmp_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
     logger.info("taking jobs from queue %s", ", ".join(queues))
     _housekeeper = Housekeeper(name=str(getattr(sender, "hostname", "worker")), queues=queues)
     _housekeeper.start()
+    _call_server = CallServer()
+    _call_server.start()
+    logger.info(
+        "answering the calls to host %s with %d threads",
+        _call_server.host,
+        len(_call_server.threads),
+    )
 
 
 _housekeeper: Housekeeper | None = None
+_call_server: CallServer | None = None
 
 
 def _consumed_queues(consumer: Any) -> list[str]:
@@ -183,8 +188,12 @@ def _consumed_queues(consumer: Any) -> list[str]:
 
 @worker_shutdown.connect
 def leave_on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
-    """Withdraw the worker's presence record as it stops."""
-    global _housekeeper
+    """Stop answering calls (those running finish while their callers wait), then withdraw
+    the worker's presence record as it stops."""
+    global _housekeeper, _call_server
+    if _call_server is not None:
+        _call_server.stop()
+        _call_server = None
     if _housekeeper is not None:
         _housekeeper.stop()
         _housekeeper = None

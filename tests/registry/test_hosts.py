@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from layerhub.jobs.models import Job
 from tests.conftest import delete_queue_keys
 from tests.registry.conftest import Seed
 from tests.support.database import database_url
+from tests.support.hostile import Request, serve
 from tests.support.processes import stop_group
 from tests.support.registry import Registry
 from tests.support.teams import default_team
@@ -227,3 +229,56 @@ def test_workers_as_hosts_run_a_containers_work_on_its_host(
     assert status["alpha"] == "ok"
     assert status["beta"].startswith("unavailable")
     assert Container.objects.filter(name="box", host="beta").exists()
+
+
+def test_a_host_whose_job_slot_is_busy_still_answers_calls(
+    registry: Registry,
+    seed: Seed,
+    settings: Settings,
+    tmp_path: Path,
+    fleet: Callable[[str], subprocess.Popen[bytes]],
+) -> None:
+    """Calls are answered beside the job slots: a page waiting on a container's files gets its
+    answer while every slot of the container's host is held by a long job."""
+    settings.LAYERHUB_HOST = "web"  # this process: a web server holding no snapshots
+    settings.LAYERHUB_SNAPSHOTS = tmp_path / "web"
+    settings.LAYERHUB_HOST_GONE_AFTER = 2.0
+    settings.LAYERHUB_HOST_CALL_TIMEOUT = 60.0
+    fleet("beta")  # the only worker, with one job slot: every job is beta's
+    pull = image_pull(team=default_team(), reference=f"{registry.host}/team/app:v1")
+    wait_until(job_ended(pull), 120, "the pull")
+    assert pull.state == Job.State.SUCCEEDED, pull.error
+    assert pull.image is not None
+    box = container_create(
+        image=pull.image.manifest_digest, team=default_team(), name="box", host="beta"
+    )
+
+    release = threading.Event()
+
+    def stalls(request: Request) -> None:
+        release.wait(120)  # a registry that does not answer: the pull holds beta's slot
+        request.send(503)
+
+    with serve(stalls) as stalled:
+        try:
+            stuck = image_pull(team=default_team(), reference=f"{stalled.host}/team/stuck:1")
+
+            def holding_the_slot() -> bool:
+                stuck.refresh_from_db()
+                return stuck.state == Job.State.RUNNING and bool(stalled.seen)
+
+            wait_until(holding_the_slot, 60, "the stalled pull to hold beta's job slot")
+            # far less than the pull will wait: answered beside it, not after it
+            settings.LAYERHUB_HOST_CALL_TIMEOUT = 15.0
+            container_write_file(container=box, path="/app/busy", data=b"answered while busy\n")
+            assert container_diff(container=box) == [
+                Change("C", "/app"),
+                Change("A", "/app/busy"),
+            ]
+            with container_files(box).view.open("/app/busy") as f:
+                assert f.read() == b"answered while busy\n"
+            stuck.refresh_from_db()
+            assert stuck.state == Job.State.RUNNING  # the slot was busy all along
+        finally:
+            release.set()
+    wait_until(job_ended(stuck), 120, "the stalled pull to end")
