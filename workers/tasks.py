@@ -12,7 +12,7 @@ from django.conf import settings
 from layerhub.containers import files as container_files  # noqa: F401 - its host operations
 from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
-from layerhub.hosts.calls import CallServer
+from layerhub.hosts.call_process import CallServerProcess
 from layerhub.hosts.routing import host_queue
 from layerhub.images import removal
 from layerhub.images import services as image_services
@@ -143,13 +143,12 @@ def store_gc_scheduled() -> None:
 @worker_ready.connect
 def sweep_tmp_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
     """Sweep the store's tmp/ once when a worker starts, as the design asks, then start its
-    housekeeping (presence record, dead-job sweep: workers/housekeeping.py) and the threads
-    that answer the calls to its host (layerhub.hosts.calls).
+    housekeeping (presence record, dead-job sweep: workers/housekeeping.py) and the process
+    that answers the calls to its host (layerhub.hosts.call_process).
 
     Run in the worker's own process rather than queued, so it happens before this worker
     takes a job, whatever else is waiting in the queue. Only the main process gets this
-    signal, once, after its pool has started: the pool's children never answer calls, and a
-    child forked later inherits none of these threads.
+    signal, once, after its pool has started.
     """
     store_sweep_tmp()
     if sender is None:
@@ -165,17 +164,12 @@ def sweep_tmp_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
     logger.info("taking jobs from queue %s", ", ".join(queues))
     _housekeeper = Housekeeper(name=str(getattr(sender, "hostname", "worker")), queues=queues)
     _housekeeper.start()
-    _call_server = CallServer()
+    _call_server = CallServerProcess()
     _call_server.start()
-    logger.info(
-        "answering the calls to host %s with %d threads",
-        _call_server.host,
-        len(_call_server.threads),
-    )
 
 
 _housekeeper: Housekeeper | None = None
-_call_server: CallServer | None = None
+_call_server: CallServerProcess | None = None
 
 
 def _consumed_queues(consumer: Any) -> list[str]:

@@ -14,6 +14,7 @@ of parameters and answer (one code path).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -201,6 +202,16 @@ def call_serve(call: Call, client: redis.Redis) -> None:
     pipe.rpush(reply_key(call.id), reply)
     pipe.expire(reply_key(call.id), REPLY_TTL)
     pipe.execute()
+
+
+# the modules that register the operations a host answers (``host_operation``)
+OPERATION_MODULES = ("layerhub.containers.files", "layerhub.containers.services")
+
+
+def operations_load() -> None:
+    """Register every host operation (what a call server imports before answering)."""
+    for name in OPERATION_MODULES:
+        importlib.import_module(name)
 
 
 class CallServer:

@@ -9,6 +9,7 @@ server on a third host (``web``) that holds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from celery import current_app
@@ -33,6 +35,7 @@ from layerhub.containers.services import (
 )
 from layerhub.engine.container import Change
 from layerhub.engine.digest import chain_ids, digest_hex
+from layerhub.hosts.calls import HostCallFailed, host_call
 from layerhub.hosts.models import Host
 from layerhub.hosts.routing import HostUnavailable
 from layerhub.images.models import Image, Layer, Snapshot
@@ -282,3 +285,40 @@ def test_a_host_whose_job_slot_is_busy_still_answers_calls(
         finally:
             release.set()
     wait_until(job_ended(stuck), 120, "the stalled pull to end")
+
+
+def _call_servers(worker: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process(worker.pid).children():
+        with contextlib.suppress(psutil.Error):  # one that just ended (a zombie)
+            if child.status() != psutil.STATUS_ZOMBIE and "host_calls" in child.cmdline():
+                found.append(child)
+    return found
+
+
+def test_the_call_server_is_started_again_and_leaves_with_its_worker(
+    settings: Settings, tmp_path: Path, fleet: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    """A worker answers its host's calls from a process of its own (never one that forks the
+    pool): started again if it dies, gone when its worker is."""
+    settings.LAYERHUB_HOST = "web"
+    settings.LAYERHUB_HOST_CALL_TIMEOUT = 20.0
+    worker = fleet("beta")
+
+    def answered() -> None:  # an operation beta does not know: its answer says so
+        with pytest.raises(HostCallFailed, match="does not know"):
+            host_call("beta", "no.such.operation")
+
+    answered()
+    [first] = _call_servers(worker)
+    first.kill()
+    wait_until(
+        lambda: [p.pid for p in _call_servers(worker)] not in ([], [first.pid]),
+        30,
+        "the worker to start its call server again",
+    )
+    answered()
+    [second] = _call_servers(worker)
+    os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its group
+    worker.wait()
+    wait_until(lambda: not second.is_running(), 30, "the call server to leave with its worker")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from layerhub.hosts.routing import host_unavailable_message
 from layerhub.jobs.models import Job
 from layerhub.jobs.presence import workers_present
 
@@ -43,4 +44,8 @@ def start_host_worker(
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
     host_queue = f"{queue}.host.{name}"
     wait_until(lambda: bool(workers_present(host_queue)), timeout, f"the worker of host {name}")
+    # and its heartbeat in the database, which callers and the router judge a host by
+    wait_until(
+        lambda: host_unavailable_message(name) is None, timeout, f"the heartbeat of host {name}"
+    )
     return proc
