@@ -15,11 +15,12 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import socket
 import sys
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -129,16 +130,17 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "GOMEMLIMIT": "512MiB"}
 
 
-def socket_files() -> set[str]:
-    """The unix sockets SeaweedFS servers left in /tmp."""
-    return set(glob.glob(SOCKETS))
-
-
-def remove_sockets(before: set[str]) -> None:
-    """Remove the sockets that appeared since ``before`` (``socket_files()`` at the start)."""
-    for sock in socket_files() - before:
-        with suppress(OSError):
-            os.unlink(sock)
+def remove_sockets(ports: Ports) -> None:
+    """Remove the unix sockets a server on ``ports`` leaves in /tmp (each named for one of its
+    ports or their gRPC twins), and no other: another server running beside it (another
+    test run, a benchmark) still uses its own, and its master cannot reach its volume server
+    without them (its buckets then get no volumes, and their uploads hang)."""
+    own = {n for port in astuple(ports) for n in (port, port + GRPC_OFFSET)}
+    for sock in glob.glob(SOCKETS):
+        number = re.search(r"-(\d+)\.sock$", sock)
+        if number is not None and int(number.group(1)) in own:
+            with suppress(OSError):
+                os.unlink(sock)
 
 
 def signed_request(

@@ -28,7 +28,6 @@ from scripts.seaweedfs import (
     server_argv,
     server_env,
     signed_request,
-    socket_files,
     write_config,
 )
 
@@ -119,7 +118,6 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
         ],
     )
     ports = Ports.fresh()
-    before = socket_files()
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen(
         server_argv(weed, data, ports, config),
@@ -154,4 +152,4 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-        remove_sockets(before)
+        remove_sockets(ports)
