@@ -3,12 +3,13 @@
 Built on ``obstore`` (the Rust ``object_store`` crate): one import of a few milliseconds, and
 its put is what the store's promises need. A put with ``mode="create"`` sends
 ``If-None-Match: *``, so two hosts writing one blob leave one object (the second is told it
-exists, and its bytes are the same); a large put goes as a multipart upload that is completed
-only when the whole stream was read, and aborted when reading it raised, so a stream whose
-digest turns out wrong (checked as its last chunk is read) leaves no object and no upload
-behind. Reads take a Range, fetched a few MiB ahead of the reader by a thread of their own
-(the next chunk is on its way while the reader inflates or sends the one before); a seek
-stops that and starts again from there.
+exists, and its bytes are the same). obstore sends a create-only put as one PUT, the stream
+read whole (into memory) before anything is sent, so a stream whose digest turns out wrong
+(checked as its last chunk is read) or that fails halfway, or a process killed halfway,
+leaves no object and no upload behind. Reads take a Range, fetched a few MiB ahead of the
+reader (``s3_reads``). Multipart uploads into the prefix that were never completed (another
+S3 client's copy of blobs, killed halfway) are listed and aborted by garbage collection
+(``s3_uploads``: requests obstore does not make).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -29,7 +29,9 @@ from obstore.store import S3Store
 
 from ..digest import CHUNK, Digester, digest_hex, validate_digest
 from ..errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, SizeMismatch
-from .base import BlobEntry, BlobStore, Descriptor
+from .base import BlobEntry, BlobStore, Descriptor, PendingUpload
+from .s3_reads import ObjectReader
+from .s3_uploads import Credentials, PendingUploads, Upload
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig, S3Config
@@ -56,12 +58,8 @@ class _Runtime:
 
 
 os.register_at_fork(after_in_child=_Runtime.forked)
-# parts of a multipart upload; S3 wants at least 5 MiB for all but the last
+# obstore's chunk size for a put (a create-only put is one PUT all the same)
 PART = 8 << 20
-# the most one ranged GET reads
-WINDOW = 64 << 20
-# how far an open blob's reads run ahead of its reader (in chunks of CHUNK bytes)
-READ_AHEAD = 4 << 20
 DEFAULT_REGION = "us-east-1"
 
 
@@ -85,6 +83,8 @@ class S3Blobs(BlobStore):
         self.prefix = prefix
         self.endpoint = endpoint  # AWS_ENDPOINT_URL as given; empty: AWS itself
         self.probe_client: S3Store | None = None
+        # the multipart uploads left pending (None: no static keys to sign requests with)
+        self.uploads: PendingUploads | None = None
 
     @classmethod
     def from_environment(
@@ -146,6 +146,13 @@ class S3Blobs(BlobStore):
             raise BlobStoreUnavailable(f"object store {where}: {exc}") from exc
         blobs = cls(client, bucket, prefix, tmp, reserve=reserve, endpoint=endpoint)
         blobs.probe_client = probe
+        if config.get("access_key_id") and config.get("secret_access_key"):
+            keys = Credentials(
+                config["access_key_id"], config["secret_access_key"], config.get("token", "")
+            )
+            blobs.uploads = PendingUploads(
+                endpoint, config["region"], bucket, keys, where=blobs.where()
+            )
         return blobs
 
     # -- names -------------------------------------------------------------------------------
@@ -208,7 +215,7 @@ class S3Blobs(BlobStore):
 
     def open(self, digest: str) -> BinaryIO:
         size = self.size(digest)
-        return io.BufferedReader(_ObjectReader(self, self.key(digest), size), CHUNK)
+        return io.BufferedReader(ObjectReader(self, self.key(digest), size), CHUNK)
 
     def list(self) -> Iterator[BlobEntry]:
         self._use()
@@ -220,6 +227,43 @@ class S3Blobs(BlobStore):
                     yield BlobEntry(name, digest, int(meta["size"]))
         except (BaseError, OSError) as exc:
             raise self._failed("listing blobs", exc) from exc
+
+    # -- multipart uploads left pending ------------------------------------------------------
+
+    def _object_key(self, name: str) -> str:
+        """The object key of ``sha256/<name>``, the prefix included (obstore adds it itself)."""
+        return f"{self.prefix}/sha256/{name}" if self.prefix else f"sha256/{name}"
+
+    def _pending(self) -> PendingUploads:
+        if self.uploads is None:
+            raise BlobStoreUnavailable(
+                f"object store {self.where()}: multipart uploads left pending are listed with "
+                "requests signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, which are "
+                "not set; give the bucket a lifecycle rule that aborts them instead"
+            )
+        return self.uploads
+
+    def pending_uploads(self) -> Sequence[PendingUpload]:
+        """The multipart uploads under ``<prefix>/sha256/`` begun and neither completed nor
+        aborted (a client killed in the middle of a multipart upload leaves one); other names
+        there are not blobs and are left out."""
+        found = []
+        for upload in self._pending().list(self._object_key("")):
+            name = upload.key.removeprefix(self._object_key(""))
+            if _HEX.fullmatch(name):
+                found.append(
+                    PendingUpload(name, f"sha256:{name}", upload.upload_id, upload.initiated)
+                )
+        return found
+
+    def _upload(self, upload: PendingUpload) -> Upload:
+        return Upload(self._object_key(upload.name), upload.upload_id, upload.initiated)
+
+    def pending_upload_size(self, upload: PendingUpload) -> int:
+        return self._pending().size(self._upload(upload))
+
+    def abort_upload(self, upload: PendingUpload) -> bool:
+        return self._pending().abort(self._upload(upload))
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -362,145 +406,3 @@ class _Source:
         except BaseException as exc:
             self.error = exc
             raise
-
-
-class _ObjectReader(io.RawIOBase):
-    """An object read as a seekable file, its bytes fetched ahead of the reader (``_ReadAhead``)
-    from where the last seek left off: a seek elsewhere stops that and starts another."""
-
-    def __init__(self, blobs: S3Blobs, key: str, size: int) -> None:
-        self._blobs = blobs
-        self._key = key
-        self._size = size
-        self._pos = 0
-        self._ahead: _ReadAhead | None = None
-        self._held = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        target = base + offset
-        if target < 0:
-            raise OSError(f"negative seek position {target}")
-        if target != self._pos:
-            self._pos = target
-            self._stop_ahead()
-        return self._pos
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self._size:
-            return 0
-        if not self._held:
-            self._blobs._use()
-            if self._ahead is None:
-                self._ahead = _ReadAhead(self._blobs, self._key, self._pos, self._size)
-            chunk = self._ahead.next()
-            if chunk is None:  # the fetch ended short of the size (it says so first)
-                raise SizeMismatch(self._size, self._pos, f"object {self._key}")
-            self._held = chunk
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), len(self._held))
-        view[:n] = self._held[:n]
-        self._held = self._held[n:]
-        self._pos += n
-        return n
-
-    def _stop_ahead(self) -> None:
-        ahead, self._ahead, self._held = self._ahead, None, memoryview(b"")
-        if ahead is not None:
-            ahead.stop()
-
-    def close(self) -> None:
-        self._stop_ahead()
-        super().close()
-
-
-class _ReadAhead:
-    """An object's bytes from ``start`` to ``end``, fetched in a thread of its own while the
-    reader works on the chunks before: ranged GETs of at most ``WINDOW`` bytes each (each
-    well inside the client's request timeout, however slow the link), their chunks handed
-    over through a queue of at most ``READ_AHEAD`` bytes. A failure is handed over in its
-    turn, as the typed error the read that reaches it raises. ``stop`` ends the thread."""
-
-    def __init__(self, blobs: S3Blobs, key: str, start: int, end: int) -> None:
-        self._blobs = blobs
-        self._key = key
-        self._start = start
-        self._end = end
-        self.fetched = start  # where the fetching has come to
-        self._handover: queue.Queue[object] = queue.Queue(max(1, READ_AHEAD // CHUNK))
-        self._stopped = threading.Event()
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._fetch, name="blob-read-ahead", daemon=True)
-        self._thread.start()
-
-    def next(self) -> memoryview | None:
-        """The next chunk (never empty), None past the end; raises what fetching it raised
-        (again at every later call)."""
-        item = self._handover.get()
-        if isinstance(item, BaseException) or item is _END:
-            self._handover.put(item)  # the last item: there is room for it again
-            if item is _END:
-                return None
-            raise cast(BaseException, item)
-        return memoryview(cast(bytes, item)).cast("B")
-
-    def stop(self) -> None:
-        """End the fetching (a request under way ends first) and let its chunks go."""
-        if os.getpid() != self._pid:
-            return  # a forked child: the thread (and whoever held the queue's lock) is not here
-        self._stopped.set()
-        self._drain()  # a fetch waiting for room in the queue sees the stop at once
-        self._thread.join()
-        self._drain()
-
-    def _drain(self) -> None:
-        with suppress(queue.Empty):
-            while True:
-                self._handover.get_nowait()
-
-    def _hand(self, item: object) -> bool:
-        """Queue ``item`` once there is room; False if stopped meanwhile."""
-        while not self._stopped.is_set():
-            try:
-                self._handover.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _fetch(self) -> None:
-        pos, what = self._start, f"reading {self._key}"
-        item: object = _END
-        try:
-            while pos < self._end:
-                first, last = pos, min(self._end, pos + WINDOW)
-                result = obstore.get(
-                    self._blobs.client, self._key, options={"range": (first, last)}
-                )
-                for chunk in result.stream(min_chunk_size=CHUNK):
-                    pos += len(chunk)
-                    self.fetched = pos
-                    if pos > last:
-                        raise ValueError(f"the bytes {first}-{last} asked came back longer")
-                    if chunk and not self._hand(chunk):
-                        return
-                if pos < last:
-                    raise SizeMismatch(self._end, pos, f"object {self._key}")
-        except FileNotFoundError:
-            item = BlobNotFound(f"blob {self._key} went from the object store")
-        except (BaseError, OSError, ValueError) as exc:
-            failed = self._blobs._failed(what, exc)
-            failed.__cause__ = exc
-            item = failed
-        except BaseException as exc:  # handed to the reader, which raises it
-            item = exc
-        self._hand(item)
