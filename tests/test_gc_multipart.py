@@ -109,7 +109,7 @@ def test_an_object_store_whose_uploads_cannot_be_listed_is_said_and_the_rest_col
     blobs = get_store().blobs
     assert isinstance(blobs, S3Blobs)
     orphan = blobs.put_bytes(b"no image names this").digest
-    monkeypatch.setattr(blobs, "uploads", None)
+    monkeypatch.setattr(blobs, "signing_keys", None)
     report = store_gc()
     assert [i.key for i in report.items if i.what == "blob"] == [orphan]
     [line] = report.left

@@ -31,10 +31,11 @@ from ..digest import CHUNK, Digester, digest_hex, validate_digest
 from ..errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, SizeMismatch
 from .base import BlobEntry, BlobStore, Descriptor, PendingUpload
 from .s3_reads import ObjectReader
-from .s3_uploads import Credentials, PendingUploads, Upload
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig, S3Config
+
+    from .s3_uploads import PendingUploads, Upload
 
 _HEX = re.compile(r"[a-f0-9]{64}")
 
@@ -83,8 +84,11 @@ class S3Blobs(BlobStore):
         self.prefix = prefix
         self.endpoint = endpoint  # AWS_ENDPOINT_URL as given; empty: AWS itself
         self.probe_client: S3Store | None = None
-        # the multipart uploads left pending (None: no static keys to sign requests with)
-        self.uploads: PendingUploads | None = None
+        self.region = DEFAULT_REGION
+        # what signs the requests about multipart uploads left pending (access key, secret
+        # key, session token); None: no static keys (obstore's own from a role or profile)
+        self.signing_keys: tuple[str, str, str] | None = None
+        self._uploads: PendingUploads | None = None
 
     @classmethod
     def from_environment(
@@ -146,12 +150,12 @@ class S3Blobs(BlobStore):
             raise BlobStoreUnavailable(f"object store {where}: {exc}") from exc
         blobs = cls(client, bucket, prefix, tmp, reserve=reserve, endpoint=endpoint)
         blobs.probe_client = probe
+        blobs.region = config["region"]
         if config.get("access_key_id") and config.get("secret_access_key"):
-            keys = Credentials(
-                config["access_key_id"], config["secret_access_key"], config.get("token", "")
-            )
-            blobs.uploads = PendingUploads(
-                endpoint, config["region"], bucket, keys, where=blobs.where()
+            blobs.signing_keys = (
+                config["access_key_id"],
+                config["secret_access_key"],
+                config.get("token", ""),
             )
         return blobs
 
@@ -235,13 +239,22 @@ class S3Blobs(BlobStore):
         return f"{self.prefix}/sha256/{name}" if self.prefix else f"sha256/{name}"
 
     def _pending(self) -> PendingUploads:
-        if self.uploads is None:
+        # imported here: requests is for garbage collection, not every process that reads
+        from .s3_uploads import Credentials, PendingUploads
+
+        if self.signing_keys is None:
             raise BlobStoreUnavailable(
                 f"object store {self.where()}: multipart uploads left pending are listed with "
                 "requests signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, which are "
                 "not set; give the bucket a lifecycle rule that aborts them instead"
             )
-        return self.uploads
+        if self._uploads is None:
+            keys = Credentials(*self.signing_keys)
+            where = self.where()
+            self._uploads = PendingUploads(
+                self.endpoint, self.region, self.bucket, keys, where=where
+            )
+        return self._uploads
 
     def pending_uploads(self) -> Sequence[PendingUpload]:
         """The multipart uploads under ``<prefix>/sha256/`` begun and neither completed nor
@@ -257,6 +270,8 @@ class S3Blobs(BlobStore):
         return found
 
     def _upload(self, upload: PendingUpload) -> Upload:
+        from .s3_uploads import Upload
+
         return Upload(self._object_key(upload.name), upload.upload_id, upload.initiated)
 
     def pending_upload_size(self, upload: PendingUpload) -> int:
