@@ -11,12 +11,14 @@ import io
 import os
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -36,6 +38,7 @@ from layerhub.engine.errors import (
 from layerhub.engine.store import Store
 from scripts.seaweedfs import weed_binary
 from tests.engine.test_pipeline import Registry, big_layer, content, run, tree_files
+from tests.support.certs import CA, Issued
 from tests.support.seaweedfs import SeaweedFS, run_seaweedfs
 
 # past one multipart part (8 MiB): the put goes as a multipart upload
@@ -587,19 +590,37 @@ class _Canned(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def canned() -> Iterator[tuple[s3_uploads.PendingUploads, list[tuple[int, bytes]]]]:
+@contextmanager
+def canned_s3(tls: Issued | None = None) -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
+    """An S3 endpoint on loopback (HTTPS with ``tls``) answering with the answers put in the
+    list it gives, one per request."""
     answers: list[tuple[int, bytes]] = []
     handler = type("Handler", (_Canned,), {"answers": answers})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert, tls.key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    scheme = "https" if tls is not None else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}", answers
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def canned_uploads(endpoint: str) -> s3_uploads.PendingUploads:
     keys = s3_uploads.Credentials("AKID", "secret")
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    yield s3_uploads.PendingUploads(endpoint, "us-east-1", "b", keys, where="s3://b/p"), answers
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    return s3_uploads.PendingUploads(endpoint, "us-east-1", "b", keys, where="s3://b/p")
+
+
+@pytest.fixture
+def canned() -> Iterator[tuple[s3_uploads.PendingUploads, list[tuple[int, bytes]]]]:
+    with canned_s3() as (endpoint, answers):
+        yield canned_uploads(endpoint), answers
 
 
 def page(
@@ -734,3 +755,18 @@ def test_a_multipart_copy_killed_halfway_is_found_pending_and_aborted(
     assert objects(seaweedfs, bucket, prefix) == {}
     assert blobs.abort_upload(upload) is True
     assert blobs.pending_uploads() == []
+
+
+def test_https_is_checked_against_the_systems_trust_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As obstore's client checks it (the OS store, as OpenSSL finds it: SSL_CERT_FILE here),
+    not against certifi's bundle alone."""
+    ca = CA(tmp_path / "ca")
+    with canned_s3(ca.issue("s3", ["127.0.0.1"])) as (endpoint, answers):
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(BlobStoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            list(canned_uploads(endpoint).list("p/sha256/"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca.pem))
+        answers.append((200, page("p/sha256/a")))
+        assert [u.key for u in canned_uploads(endpoint).list("p/sha256/")] == ["p/sha256/a"]

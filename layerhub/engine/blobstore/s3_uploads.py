@@ -19,12 +19,16 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+import requests.adapters
+import truststore
 
 from ..errors import BlobStoreUnavailable
 
@@ -132,6 +136,7 @@ def signed_request(
     *,
     body: bytes = b"",
     timeout: float = TIMEOUT,
+    session: requests.Session | None = None,
 ) -> requests.Response:
     """A request to ``path`` (not encoded yet) under ``endpoint`` (its own path kept),
     signed; its answer unread (``stream``)."""
@@ -140,7 +145,7 @@ def signed_request(
     digest = hashlib.sha256(body).hexdigest()
     headers = sign(method, url, query, credentials, region, payload_sha256=digest)
     full = url + (f"?{canonical_query(query)}" if query else "")
-    return requests.request(
+    return (session or trusting_session()).request(
         method,
         full,
         headers=headers,
@@ -149,6 +154,22 @@ def signed_request(
         stream=True,
         allow_redirects=False,
     )
+
+
+class _SystemTrust(requests.adapters.HTTPAdapter):
+    """HTTPS verified against the operating system's trust store (``truststore``), the one
+    obstore's client trusts (and the registry client), not certifi's bundle alone."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def trusting_session() -> requests.Session:
+    """A session whose HTTPS trusts what the operating system trusts."""
+    session = requests.Session()
+    session.mount("https://", _SystemTrust())
+    return session
 
 
 class PendingUploads:
@@ -171,6 +192,7 @@ class PendingUploads:
         self.credentials = credentials
         self.where = where
         self.timeout = timeout
+        self._session = trusting_session()
 
     def _call(
         self, method: str, key: str, query: dict[str, str], what: str
@@ -188,6 +210,7 @@ class PendingUploads:
                 self.credentials,
                 self.region,
                 timeout=self.timeout,
+                session=self._session,
             ) as response:
                 body = _read_capped(response)
                 status = response.status_code
