@@ -334,6 +334,12 @@ LAYERHUB_GC_KEEP_JOBS = env_duration(
 LAYERHUB_GC_KEEP_EXPORTS = env_duration(
     "LAYERHUB_GC_KEEP_EXPORTS", timedelta(days=7), allow_off=True, minimum=timedelta(minutes=1)
 )
+# multipart uploads of blobs left pending in the object store (an S3 client killed in the
+# middle of one leaves its parts, never an object) are aborted this long after they began,
+# unless a running job has leased their blob; off: left to a bucket lifecycle rule
+LAYERHUB_GC_KEEP_MULTIPART = env_duration(
+    "LAYERHUB_GC_KEEP_MULTIPART", timedelta(days=1), allow_off=True, minimum=timedelta(hours=1)
+)
 # how often Celery beat queues a garbage collection; off: only when someone asks
 LAYERHUB_GC_EVERY = env_duration(
     "LAYERHUB_GC_EVERY", timedelta(days=1), allow_off=True, minimum=timedelta(minutes=1)

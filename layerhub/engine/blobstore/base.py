@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 import errno
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, cast
@@ -43,6 +44,19 @@ class BlobEntry:
     name: str
     digest: str | None
     size: int
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An upload into the blob store begun and neither completed nor aborted (an object
+    store's multipart upload, which a client killed in the middle of it leaves behind): the
+    blob it was to become (its name in ``sha256/`` and its digest), the upload's id, and
+    when it began (None when the store did not say)."""
+
+    name: str
+    digest: str
+    upload_id: str
+    initiated: datetime | None
 
 
 class BlobSink(Protocol):
@@ -232,6 +246,19 @@ class BlobStore(abc.ABC):
 
     def flush(self) -> None:  # noqa: B027 - only the local driver has something to flush
         """Make publishes done with ``durable=False`` durable (a local directory's fsync)."""
+
+    def pending_uploads(self) -> Sequence[PendingUpload]:
+        """Uploads begun and never completed nor aborted (for garbage collection); the local
+        driver has none (its writes in flight are ``tmp/`` files)."""
+        return []
+
+    def pending_upload_size(self, upload: PendingUpload) -> int:
+        """The bytes a pending upload holds so far (0 once it is gone)."""
+        return 0
+
+    def abort_upload(self, upload: PendingUpload) -> bool:
+        """Abort a pending upload (what it holds goes); whether it was still there."""
+        return False
 
     # -- shared ------------------------------------------------------------------------------
 

@@ -3,10 +3,13 @@
 Built on ``obstore`` (the Rust ``object_store`` crate): one import of a few milliseconds, and
 its put is what the store's promises need. A put with ``mode="create"`` sends
 ``If-None-Match: *``, so two hosts writing one blob leave one object (the second is told it
-exists, and its bytes are the same); a large put goes as a multipart upload that is completed
-only when the whole stream was read, and aborted when reading it raised, so a stream whose
-digest turns out wrong (checked as its last chunk is read) leaves no object and no upload
-behind. Reads take a Range: a seek starts a new ranged GET from there.
+exists, and its bytes are the same). obstore sends a create-only put as one PUT, the stream
+read whole (into memory) before anything is sent, so a stream whose digest turns out wrong
+(checked as its last chunk is read) or that fails halfway, or a process killed halfway,
+leaves no object and no upload behind. Reads take a Range, fetched a few MiB ahead of the
+reader (``s3_reads``). Multipart uploads into the prefix that were never completed (another
+S3 client's copy of blobs, killed halfway) are listed and aborted by garbage collection
+(``s3_uploads``: requests obstore does not make).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -26,11 +29,13 @@ from obstore.store import S3Store
 
 from ..digest import CHUNK, Digester, digest_hex, validate_digest
 from ..errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, SizeMismatch
-from .base import BlobEntry, BlobStore, Descriptor
+from .base import BlobEntry, BlobStore, Descriptor, PendingUpload
+from .s3_reads import ObjectReader
 
 if TYPE_CHECKING:
-    from obstore import BytesStream
-    from obstore.store import S3Config
+    from obstore.store import RetryConfig, S3Config
+
+    from .s3_uploads import PendingUploads, Upload
 
 _HEX = re.compile(r"[a-f0-9]{64}")
 
@@ -54,10 +59,8 @@ class _Runtime:
 
 
 os.register_at_fork(after_in_child=_Runtime.forked)
-# parts of a multipart upload; S3 wants at least 5 MiB for all but the last
+# obstore's chunk size for a put (a create-only put is one PUT all the same)
 PART = 8 << 20
-# the most one ranged GET reads
-WINDOW = 64 << 20
 DEFAULT_REGION = "us-east-1"
 
 
@@ -81,6 +84,11 @@ class S3Blobs(BlobStore):
         self.prefix = prefix
         self.endpoint = endpoint  # AWS_ENDPOINT_URL as given; empty: AWS itself
         self.probe_client: S3Store | None = None
+        self.region = DEFAULT_REGION
+        # what signs the requests about multipart uploads left pending (access key, secret
+        # key, session token); None: no static keys (obstore's own from a role or profile)
+        self.signing_keys: tuple[str, str, str] | None = None
+        self._uploads: PendingUploads | None = None
 
     @classmethod
     def from_environment(
@@ -91,10 +99,18 @@ class S3Blobs(BlobStore):
         *,
         reserve: int = 0,
         environ: dict[str, str] | None = None,
+        timeout: str = "300s",
+        connect_timeout: str = "10s",
+        retry: RetryConfig | None = None,
     ) -> S3Blobs:
         """The bucket reached as the AWS tools reach it: ``AWS_ENDPOINT_URL`` (none: AWS),
         ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), ``AWS_ACCESS_KEY_ID`` and
-        ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``)."""
+        ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``).
+
+        ``timeout`` bounds one request, its body included (a ranged GET reads at most
+        ``WINDOW`` bytes), ``connect_timeout`` one connection, and ``retry`` how a request
+        that failed on the way (a dropped connection, a 5xx) is tried again (obstore's
+        default: up to 10 times within 3 minutes)."""
         env = os.environ if environ is None else environ
         config: dict[str, str] = {
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
@@ -124,7 +140,9 @@ class S3Blobs(BlobStore):
             )
 
         try:
-            client = open_client("10s", "300s")
+            client = open_client(
+                connect_timeout, timeout, **({"retry_config": retry} if retry else {})
+            )
             # for a health check: one try, a few seconds at most
             probe = open_client("2s", "5s", retry_config={"max_retries": 0})
         except (BaseError, ValueError) as exc:
@@ -132,6 +150,13 @@ class S3Blobs(BlobStore):
             raise BlobStoreUnavailable(f"object store {where}: {exc}") from exc
         blobs = cls(client, bucket, prefix, tmp, reserve=reserve, endpoint=endpoint)
         blobs.probe_client = probe
+        blobs.region = config["region"]
+        if config.get("access_key_id") and config.get("secret_access_key"):
+            blobs.signing_keys = (
+                config["access_key_id"],
+                config["secret_access_key"],
+                config.get("token", ""),
+            )
         return blobs
 
     # -- names -------------------------------------------------------------------------------
@@ -194,7 +219,7 @@ class S3Blobs(BlobStore):
 
     def open(self, digest: str) -> BinaryIO:
         size = self.size(digest)
-        return io.BufferedReader(_ObjectReader(self, self.key(digest), size), CHUNK)
+        return io.BufferedReader(ObjectReader(self, self.key(digest), size), CHUNK)
 
     def list(self) -> Iterator[BlobEntry]:
         self._use()
@@ -206,6 +231,54 @@ class S3Blobs(BlobStore):
                     yield BlobEntry(name, digest, int(meta["size"]))
         except (BaseError, OSError) as exc:
             raise self._failed("listing blobs", exc) from exc
+
+    # -- multipart uploads left pending ------------------------------------------------------
+
+    def _object_key(self, name: str) -> str:
+        """The object key of ``sha256/<name>``, the prefix included (obstore adds it itself)."""
+        return f"{self.prefix}/sha256/{name}" if self.prefix else f"sha256/{name}"
+
+    def _pending(self) -> PendingUploads:
+        # imported here: requests is for garbage collection, not every process that reads
+        from .s3_uploads import Credentials, PendingUploads
+
+        if self.signing_keys is None:
+            raise BlobStoreUnavailable(
+                f"object store {self.where()}: multipart uploads left pending are listed with "
+                "requests signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, which are "
+                "not set; give the bucket a lifecycle rule that aborts them instead"
+            )
+        if self._uploads is None:
+            keys = Credentials(*self.signing_keys)
+            where = self.where()
+            self._uploads = PendingUploads(
+                self.endpoint, self.region, self.bucket, keys, where=where
+            )
+        return self._uploads
+
+    def pending_uploads(self) -> Sequence[PendingUpload]:
+        """The multipart uploads under ``<prefix>/sha256/`` begun and neither completed nor
+        aborted (a client killed in the middle of a multipart upload leaves one); other names
+        there are not blobs and are left out."""
+        found = []
+        for upload in self._pending().list(self._object_key("")):
+            name = upload.key.removeprefix(self._object_key(""))
+            if _HEX.fullmatch(name):
+                found.append(
+                    PendingUpload(name, f"sha256:{name}", upload.upload_id, upload.initiated)
+                )
+        return found
+
+    def _upload(self, upload: PendingUpload) -> Upload:
+        from .s3_uploads import Upload
+
+        return Upload(self._object_key(upload.name), upload.upload_id, upload.initiated)
+
+    def pending_upload_size(self, upload: PendingUpload) -> int:
+        return self._pending().size(self._upload(upload))
+
+    def abort_upload(self, upload: PendingUpload) -> bool:
+        return self._pending().abort(self._upload(upload))
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -348,74 +421,3 @@ class _Source:
         except BaseException as exc:
             self.error = exc
             raise
-
-
-class _ObjectReader(io.RawIOBase):
-    """An object read as a seekable file: reads stream ranged GETs of at most ``WINDOW`` bytes
-    from where the last seek left off (each GET well inside the client's request timeout,
-    however slow the link), and a seek elsewhere starts another."""
-
-    def __init__(self, blobs: S3Blobs, key: str, size: int) -> None:
-        self._blobs = blobs
-        self._key = key
-        self._size = size
-        self._pos = 0
-        self._stream: BytesStream | None = None
-        self._window_end = 0
-        self._held = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        target = base + offset
-        if target < 0:
-            raise OSError(f"negative seek position {target}")
-        if target != self._pos:
-            self._pos = target
-            self._stream, self._held = None, memoryview(b"")
-        return self._pos
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self._size:
-            return 0
-        if not self._held:
-            if self._stream is not None and self._pos >= self._window_end:
-                self._stream = None  # this window read whole: the next one
-            if self._stream is None:
-                self._blobs._use()
-                self._window_end = min(self._size, self._pos + WINDOW)
-                try:
-                    result = obstore.get(
-                        self._blobs.client,
-                        self._key,
-                        options={"range": (self._pos, self._window_end)},
-                    )
-                    self._stream = iter(result.stream(min_chunk_size=CHUNK))
-                except FileNotFoundError:
-                    raise BlobNotFound(f"blob {self._key} went from the object store") from None
-                except (BaseError, OSError) as exc:
-                    raise self._blobs._failed(f"reading {self._key}", exc) from exc
-            try:
-                self._held = memoryview(next(self._stream))
-            except StopIteration:
-                raise SizeMismatch(self._size, self._pos, f"object {self._key}") from None
-            except (BaseError, OSError) as exc:
-                raise self._blobs._failed(f"reading {self._key}", exc) from exc
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), len(self._held))
-        view[:n] = self._held[:n]
-        self._held = self._held[n:]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        self._stream, self._held = None, memoryview(b"")
-        super().close()

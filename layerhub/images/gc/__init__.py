@@ -12,7 +12,10 @@ push or export will reference it). The sweep covers what the store holds beside 
 - untagged images added more than LAYERHUB_GC_KEEP_UNTAGGED ago, deleted as ``rmi`` deletes
   (``images_delete_plan``, ``images_delete_rows``, ``plan_files_delete``);
 - ended jobs (and their leases) older than LAYERHUB_GC_KEEP_JOBS, archives saved for download
-  older than LAYERHUB_GC_KEEP_EXPORTS, and uploads no import job holds older than the grace.
+  older than LAYERHUB_GC_KEEP_EXPORTS, and uploads no import job holds older than the grace;
+- with blobs in an object store, the multipart uploads of blobs never completed (an S3 client
+  killed halfway through copying one in) begun more than LAYERHUB_GC_KEEP_MULTIPART ago and
+  whose blob no live lease holds: aborted, their parts freed.
 
 A dry run computes the same plan and changes nothing; its byte figure is what the sizes pages
 compute (recorded sizes, measured only where no row records one) and what a run then frees

@@ -17,7 +17,7 @@ from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
 from layerhub.engine.container import container_lock
-from layerhub.engine.errors import Conflict
+from layerhub.engine.errors import BlobStoreUnavailable, Conflict
 from layerhub.images.gc.plan import (
     Plan,
     grace_cutoff,
@@ -76,11 +76,13 @@ def store_gc(
     # walks of trees and folders, outside the transaction (SQLite's writers wait on it)
     measure(plan)
     plan_folders(plan, disk, now)
+    left = [*disk.left, *plan.left]
     if dry_run:
-        return GCReport(dry_run=True, items=plan.items(), held=plan.held)
-    report = GCReport(dry_run=False, items=plan.image_items(), held=list(plan.held))
+        return GCReport(dry_run=True, items=plan.items(), held=plan.held, left=left)
+    report = GCReport(dry_run=False, items=plan.image_items(), held=list(plan.held), left=left)
     try:
         _delete_store_files(plan, report, stop)
+        _abort_multipart(plan, report, stop)
         _delete_folder_items(plan, report, now, stop)
         _delete_jobs(plan, report, now)
     except _Stopped:
@@ -109,6 +111,20 @@ def _delete_store_files(plan: Plan, report: GCReport, stop: Callable[[], None]) 
         if removed.blobs:
             report.items.append(item)
         report.held.extend(f"blob {key}: in use again" for key in removed.kept)
+
+
+def _abort_multipart(plan: Plan, report: GCReport, stop: Callable[[], None]) -> None:
+    """Abort the object store's stale multipart uploads (one gone meanwhile, completed or
+    aborted elsewhere, is not reported)."""
+    blobs = get_store().blobs
+    for item in plan.multipart:
+        stop()
+        try:
+            if blobs.abort_upload(plan.aborts[item.key]):
+                report.items.append(item)
+        except BlobStoreUnavailable as exc:
+            report.left.append(f"{item.key}: {exc}")
+            logger.warning("garbage collection left %s: %s", item.key, exc)
 
 
 def _delete_folder_items(

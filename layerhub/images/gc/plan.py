@@ -15,6 +15,8 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from layerhub.containers.models import Container
 from layerhub.core.store import get_store
 from layerhub.engine import fsutil
+from layerhub.engine.blobstore.base import PendingUpload
+from layerhub.engine.errors import BlobStoreUnavailable
 from layerhub.images.dedup_links import dedup_freed_delta
 from layerhub.images.gc.report import Garbage
 from layerhub.images.leases import LIVE_STATES
@@ -45,6 +47,9 @@ class Disk:
     tmp: dict[str, _Entry] = field(default_factory=dict)  # name -> entry
     exports: dict[str, _Entry] = field(default_factory=dict)
     uploads: dict[str, _Entry] = field(default_factory=dict)
+    # the object store's multipart uploads left pending, and why they could not be listed
+    multipart: list[PendingUpload] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
 
 
 def _entries(folder: Path) -> dict[str, _Entry]:
@@ -68,15 +73,20 @@ def _is_hex(name: str) -> bool:
 
 
 def on_disk() -> Disk:
-    """List what the blob store (the store's blobs/, or the object store every host shares),
-    the store's snapshots/, containers/ and tmp/, and the export and upload folders, hold now
-    (no tree is walked)."""
+    """List what the blob store (the store's blobs/, or the object store every host shares,
+    with its multipart uploads left pending), the store's snapshots/, containers/ and tmp/,
+    and the export and upload folders, hold now (no tree is walked)."""
     store = get_store()
     disk = Disk()
     for blob in store.blobs.list():
         # anything else there is not a blob this collection can name: left for people
         if blob.digest is not None:
             disk.blobs[blob.digest] = blob.size
+    if settings.LAYERHUB_GC_KEEP_MULTIPART is not None:
+        try:
+            disk.multipart = list(store.blobs.pending_uploads())
+        except BlobStoreUnavailable as exc:  # the rest of the collection goes on
+            disk.left.append(f"multipart uploads left pending: {exc}")
     disk.snapshots = set(store.snapshots.chain_ids())
     disk.containers = _entries(store.containers)
     disk.tmp = _entries(store.tmp)
@@ -116,6 +126,9 @@ class Plan:
     image_plan: DeletePlan = field(default_factory=DeletePlan)
     layer_rows: list[str] = field(default_factory=list)  # ChainIDs, top first
     blobs: list[Garbage] = field(default_factory=list)
+    multipart: list[Garbage] = field(default_factory=list)
+    # the uploads to abort, by their item's key
+    aborts: dict[str, PendingUpload] = field(default_factory=dict)
     snapshots: list[Garbage] = field(default_factory=list)
     containers: list[Garbage] = field(default_factory=list)
     tmp: list[Garbage] = field(default_factory=list)
@@ -123,6 +136,7 @@ class Plan:
     uploads: list[Garbage] = field(default_factory=list)
     jobs: list[Garbage] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
     # ChainIDs of layer rows that go with no tree on disk (never unpacked, or gone)
     absent: set[str] = field(default_factory=set)
     # ChainIDs of trees no row records a size for: measured by ``measure`` (0 until then)
@@ -134,6 +148,7 @@ class Plan:
             *self.image_items(),
             *self.snapshots,
             *self.blobs,
+            *self.multipart,
             *self.containers,
             *self.tmp,
             *self.exports,
@@ -287,12 +302,38 @@ def make_plan(disk: Disk, now: datetime) -> Plan:
             size, why = disk.blobs[digest], "no row records it (a failed pull's or import's)"
         plan.blobs.append(Garbage("blob", digest, size, why))
 
+    _plan_multipart(plan, disk, now, leased)
     return plan
 
 
+def _plan_multipart(plan: Plan, disk: Disk, now: datetime, leased: set[str]) -> None:
+    """The multipart uploads begun more than LAYERHUB_GC_KEEP_MULTIPART ago whose blob no
+    running job has leased. A job that leases the blob after this judgement begins an upload
+    of its own (another id, begun now), which is not among these."""
+    keep: timedelta | None = settings.LAYERHUB_GC_KEEP_MULTIPART
+    if keep is None:
+        return
+    blobs = get_store().blobs
+    for upload in disk.multipart:
+        label = f"multipart upload {upload.upload_id} of {upload.digest}"
+        if upload.digest in leased:
+            plan.held.append(f"{label}: its blob is leased by a running job")
+        elif upload.initiated is None:
+            plan.held.append(f"{label}: the object store did not say when it began")
+        elif upload.initiated < now - keep:
+            key = f"{blobs.where(upload.name)}?uploadId={upload.upload_id}"
+            why = (
+                f"begun {upload.initiated:%Y-%m-%d %H:%M} UTC, more than {_period(keep)} ago, "
+                "and never completed: its parts, never a blob"
+            )
+            plan.multipart.append(Garbage("multipart", key, 0, why))
+            plan.aborts[key] = upload
+
+
 def measure(plan: Plan) -> None:
-    """Measure the trees of the plan's snapshots no row records a size for (walked outside the
-    barrier's transaction: SQLite's writers wait on it)."""
+    """Measure the trees of the plan's snapshots no row records a size for, and the parts of
+    the multipart uploads it aborts (outside the barrier's transaction: SQLite's writers
+    wait on it)."""
     store = get_store()
     plan.snapshots = [
         replace(item, size=_measure_snapshot(store.snapshots.path(item.key)))
@@ -301,6 +342,15 @@ def measure(plan: Plan) -> None:
         for item in plan.snapshots
     ]
     plan.unmeasured.clear()
+    measured = []
+    for item in plan.multipart:
+        try:
+            size = store.blobs.pending_upload_size(plan.aborts[item.key])
+        except BlobStoreUnavailable as exc:  # aborted all the same; its bytes unknown
+            plan.left.append(f"{item.key}: its size: {exc}")
+            size = 0
+        measured.append(replace(item, size=size))
+    plan.multipart = measured
 
 
 def plan_folders(plan: Plan, disk: Disk, now: datetime) -> None:

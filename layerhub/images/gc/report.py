@@ -16,18 +16,23 @@ class Garbage:
     """One thing a collection deletes (or would): what it is, its key, the bytes its removal
     frees (0 for a row) and why it goes."""
 
-    # in the order a report lists them: image, snapshot, blob, container, tmp, export,
-    # upload, job
+    # in the order a report lists them: image, snapshot, blob, multipart (an object store's
+    # upload left pending), container, tmp, export, upload, job
     what: str
-    key: str  # an image ID, digest, ChainID, container ID, path, or job number
+    # an image ID, digest, ChainID, s3://...?uploadId=..., container ID, path, or job number
+    key: str
     size: int
     why: str
 
     def line(self, *, dry_run: bool) -> str:
-        """The item as one line for people: ``Deleted blob sha256:… (1234 bytes): why``."""
-        verb = "Would delete" if dry_run else "Deleted"
+        """The item as one line for people: ``Deleted blob sha256:… (1234 bytes): why``,
+        ``Aborted multipart upload s3://…?uploadId=… (1234 bytes): why``."""
+        if self.what == "multipart":
+            verb, what = ("Would abort" if dry_run else "Aborted"), "multipart upload"
+        else:
+            verb, what = ("Would delete" if dry_run else "Deleted"), self.what
         size = f" ({self.size} bytes)" if self.what not in ("image", "job") else ""
-        return f"{verb} {self.what} {self.key}{size}: {self.why}"
+        return f"{verb} {what} {self.key}{size}: {self.why}"
 
 
 @dataclass

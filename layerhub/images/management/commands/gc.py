@@ -15,8 +15,8 @@ class Command(LayerhubCommand):
     help = (
         "Delete what nothing references (blobs, layers and snapshots no image uses, container "
         "layers no container has, tmp/ leftovers) and what the retention settings let go "
-        "(untagged images, ended jobs, saved archives, stale uploads). What a running job has "
-        "leased stays."
+        "(untagged images, ended jobs, saved archives, stale uploads, multipart uploads left "
+        "pending in the object store). What a running job has leased stays."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
