@@ -16,10 +16,12 @@ from layerhub.hosts import calls as host_calls
 from layerhub.hosts.routing import host_queue
 from layerhub.images import removal
 from layerhub.images import services as image_services
+from layerhub.images import snapshot_files as image_files  # noqa: F401 - its host operations
 from layerhub.images.removal import SNAPSHOTS_COLLECT_TASK
 from layerhub.images.services import dedup as dedup_services
 from layerhub.images.services import file_index as index_services
 from layerhub.images.services import gc as gc_services
+from layerhub.images.services import packages as package_services  # noqa: F401 - its host op
 from layerhub.images.services import transfer
 from layerhub.images.services import verify as verify_services
 from layerhub.jobs.models import Job

@@ -75,22 +75,11 @@ def container_lookup(text: str, *, user: Any = None, action: str = VIEW) -> Cont
     return found
 
 
-def image_lowers(image: Image, *, build: bool = True) -> list[Path]:
+def image_lowers(image: Image) -> list[Path]:
     """The image's snapshots on this host, bottom first: those this host lacks are unpacked
-    here from the image's blobs first (``image_snapshots_ensure``). Without ``build`` (a page
-    browsing the image's files must not unpack layers inside a request), an image whose
-    snapshots are not all here is refused."""
-    if build:
-        return image_snapshots_ensure(image=image)
-    store = get_store()
-    rows = list(image.image_layers.select_related("layer").order_by("position"))
-    paths = [store.snapshots.path(c) for c in chain_ids([r.layer.diff_id for r in rows])]
-    if not all(p.is_dir() for p in paths):
-        raise ImageNotFound(
-            f"image {image.image_id} is not unpacked yet on this host ({current_host()}): "
-            "wait for its unpack job, or open a container from it"
-        )
-    return paths
+    here from the image's blobs first (``image_snapshots_ensure``). Pages read an image's
+    files on a host that holds them instead (``layerhub.images.snapshot_files``)."""
+    return image_snapshots_ensure(image=image)
 
 
 def container_create(
