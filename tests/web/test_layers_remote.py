@@ -27,7 +27,7 @@ from layerhub.engine.errors import InvalidDigest, InvalidPath, PathNotFound, Sna
 from layerhub.hosts import calls
 from layerhub.hosts.models import Host, current_host
 from layerhub.hosts.remote_file import READ_CHUNK, chunk_decode
-from layerhub.hosts.routing import host_check
+from layerhub.hosts.routing import HostUnavailable, host_check
 from layerhub.images import snapshot_files
 from layerhub.images.models import Image, Layer, Package, Snapshot
 from layerhub.images.services import packages
@@ -249,8 +249,25 @@ def test_hostile_paths_are_refused_on_the_web_and_on_the_host(
 
 
 def test_no_live_host_or_no_host_holding_them_is_a_clear_message(
-    hosts: Hosts, image: Image, admin_client: Client, settings: Settings
+    hosts: Hosts,
+    image: Image,
+    admin_client: Client,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A's heartbeat is fresh but it does not answer in time
+    def silent(host: str, op: str, **params: Any) -> Any:
+        raise HostUnavailable(f"host {host} did not answer within 30s")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(snapshot_files, "host_call", silent)
+        page = admin_client.get(reverse("layers:image_files", args=[image.pk]))
+        assert page.status_code == 503
+        assert "host A did not answer within 30s" in page.content.decode()
+        api = admin_client.get(f"/api/v1/layers/{top_layer(image).chain_id}/files/")
+        assert api.status_code == 503
+        assert api.json()["error"]["message"] == "host A did not answer within 30s"
+
     settings.LAYERHUB_HOST_GONE_AFTER = 5.0
     stamp("A", ago=60)
     top = top_layer(image)
