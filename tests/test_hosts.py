@@ -517,3 +517,13 @@ def test_healthz_and_the_overview_give_the_object_stores_line_without_its_keys(
     for text in (response.content.decode(), page):
         assert secret not in text
         assert key not in text
+
+
+def test_every_module_defining_host_operations_is_loaded_by_a_call_server() -> None:
+    root = Path(__file__).resolve().parent.parent
+    defining = {
+        ".".join(path.relative_to(root).with_suffix("").parts)
+        for path in (root / "layerhub").rglob("*.py")
+        if "@host_operation(" in path.read_text(encoding="utf-8")
+    }
+    assert defining == set(calls.OPERATION_MODULES)

@@ -9,10 +9,10 @@ from typing import Any
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from django.conf import settings
 
-from layerhub.containers import files as container_files  # noqa: F401 - its host operations
 from layerhub.containers import services as container_services
 from layerhub.core.store import get_store
 from layerhub.hosts.call_process import CallServerProcess
+from layerhub.hosts.calls import operations_load
 from layerhub.hosts.routing import host_queue
 from layerhub.images import removal
 from layerhub.images import services as image_services
@@ -27,6 +27,8 @@ from workers.celery import app
 from workers.housekeeping import Housekeeper
 
 logger = logging.getLogger(__name__)
+# a job here may call an operation of its own host, which then runs in-process
+operations_load()
 
 
 def _run_job(run: Callable[..., None], job_id: int) -> None:

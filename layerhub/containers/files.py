@@ -9,13 +9,12 @@ the downloads and the API listings are one code whatever the host.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import stat
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from layerhub.containers.models import Container
 from layerhub.containers.services import container_dir, container_fs, container_here
@@ -26,9 +25,8 @@ from layerhub.engine.runtime import runtime_unavailable_reason
 from layerhub.engine.union import Entry, UnionView, split_path
 from layerhub.hosts.calls import host_call, host_operation
 from layerhub.hosts.models import current_host
+from layerhub.hosts.remote_file import chunk_decode, chunk_encode, remote_reader
 
-# how much of a file one call carries
-READ_CHUNK = 1 << 20
 # a listing of more entries than this is cut (the pages show 2,000 at most)
 MAX_REMOTE_ENTRIES = 20000
 
@@ -62,29 +60,6 @@ def _entry_from(data: dict[str, Any]) -> RemoteEntry:
     )
 
 
-class _RemoteFile(io.RawIOBase):
-    """A regular file of a container on another host, read a chunk per call."""
-
-    def __init__(self, container: Container, path: str, size: int) -> None:
-        self._container = container
-        self._path = path
-        self._offset = 0
-        self._size = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), READ_CHUNK)
-        if want == 0:
-            return 0
-        data = _read_remote(self._container, self._path, self._offset, want)
-        got = len(data)
-        buffer[:got] = data
-        self._offset += got
-        return got
-
-
 def _read_remote(container: Container, path: str, offset: int, length: int) -> bytes:
     text = host_call(
         container.host,
@@ -94,7 +69,7 @@ def _read_remote(container: Container, path: str, offset: int, length: int) -> b
         offset=offset,
         length=length,
     )
-    return base64.b64decode(str(text).encode("ascii"), validate=True)
+    return chunk_decode(text)
 
 
 class RemoteView:
@@ -132,8 +107,7 @@ class RemoteView:
         entry = self.lstat(path)
         if not stat.S_ISREG(entry.st.st_mode):
             raise InvalidPath(f"{path}: not a regular file")
-        raw = _RemoteFile(self.container, path, entry.st.st_size)
-        return cast(BinaryIO, io.BufferedReader(raw, buffer_size=READ_CHUNK))
+        return remote_reader(partial(_read_remote, self.container, path), entry.st.st_size)
 
     def read_bytes(self, path: str) -> bytes:
         """A regular file's content."""
@@ -213,6 +187,4 @@ def _listdir_here(*, container: str, path: str) -> list[dict[str, Any]]:
 @host_operation("container.read")
 def _read_here(*, container: str, path: str, offset: int, length: int) -> str:
     with container_fs(container_here(container)).view.open(path) as f:
-        f.seek(max(0, int(offset)))
-        data = f.read(max(0, min(int(length), READ_CHUNK)))
-    return base64.b64encode(data).decode("ascii")
+        return chunk_encode(f, offset, length)

@@ -45,7 +45,6 @@ from layerhub.images.services import (
     layer_mark_unpacked,
 )
 from layerhub.images.services.file_index import layer_index_record
-from layerhub.images.snapshots import snapshots_use_layers
 from layerhub.jobs.models import Job
 from layerhub.jobs.services import acting_user, cancel_watch, job_run, job_start
 
@@ -76,25 +75,11 @@ def container_lookup(text: str, *, user: Any = None, action: str = VIEW) -> Cont
     return found
 
 
-def image_lowers(image: Image, *, build: bool = True) -> list[Path]:
+def image_lowers(image: Image) -> list[Path]:
     """The image's snapshots on this host, bottom first: those this host lacks are unpacked
-    here from the image's blobs first (``image_snapshots_ensure``). Without ``build`` (a page
-    browsing the image's files must not unpack layers inside a request), an image whose
-    snapshots are not all here is refused. Either way the use is recorded (the snapshot
-    cache evicts the least recently used)."""
-    if build:
-        return image_snapshots_ensure(image=image)
-    store = get_store()
-    rows = list(image.image_layers.select_related("layer").order_by("position"))
-    snapshots_use_layers(row.layer_id for row in rows)  # before the trees are looked at
-    paths = [store.snapshots.path(c) for c in chain_ids([r.layer.diff_id for r in rows])]
-    if not all(p.is_dir() for p in paths):
-        raise ImageNotFound(
-            f"image {image.image_id} is not unpacked yet on this host ({current_host()}), or "
-            "this host's snapshot cache let its layers go: wait for its unpack job, or open a "
-            "container from it, which unpacks them here"
-        )
-    return paths
+    here from the image's blobs first (``image_snapshots_ensure``). Pages read an image's
+    files on a host that holds them instead (``layerhub.images.snapshot_files``)."""
+    return image_snapshots_ensure(image=image)
 
 
 def container_create(
@@ -528,8 +513,6 @@ def container_commit_run(*, job_id: int) -> None:
             here = row.snapshots.filter(host=current_host()).exists()
             if result.unpacked is not None or not here:
                 layer_mark_unpacked(row)
-            else:
-                snapshots_use_layers([row.pk])  # the same change committed before: used now
             if result.unpacked is not None and result.unpacked.files is not None:
                 layer_index_record(layer=row, records=result.unpacked.files)
         # the parent's layers are unpacked already (the container stands on them)

@@ -60,12 +60,12 @@ from layerhub.engine import fsutil
 from layerhub.engine.errors import ContainerNotFound, ImageNotFound, LayerhubError
 from layerhub.hosts.models import current_host
 from layerhub.hosts.routing import HostUnavailable
+from layerhub.images.browse import clean_path
 from layerhub.images.listing import readable_tags
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, ImageLayer
 from layerhub.images.views_layers import (
     browse_context,
-    clean_path,
     display_name,
     download_response,
     download_url,

@@ -204,8 +204,14 @@ def call_serve(call: Call, client: redis.Redis) -> None:
     pipe.execute()
 
 
-# the modules that register the operations a host answers (``host_operation``)
-OPERATION_MODULES = ("layerhub.containers.files", "layerhub.containers.services")
+# the modules that register the operations a host answers (``host_operation``); a test checks
+# that every module defining one is here
+OPERATION_MODULES = (
+    "layerhub.containers.files",
+    "layerhub.containers.services",
+    "layerhub.images.services.packages",
+    "layerhub.images.snapshot_files",
+)
 
 
 def operations_load() -> None:

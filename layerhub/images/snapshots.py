@@ -79,6 +79,15 @@ def snapshots_use_layers(layer_ids: Iterable[int]) -> None:
     )
 
 
+def snapshots_use_chains(chain_ids: Iterable[str]) -> None:
+    """Record a use now of this host's snapshots of ``chain_ids`` (those it holds)."""
+    snapshots_use(
+        Snapshot.objects.filter(
+            host=current_host(), layer__chain_id__in=list(chain_ids)
+        ).values_list("pk", "used_at")
+    )
+
+
 def snapshot_forget(*, chain_id: str) -> int:
     """Forget this host's snapshot of ``chain_id`` (its tree was removed here); other hosts'
     rows stay. Returns how many rows went."""

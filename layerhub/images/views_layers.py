@@ -1,16 +1,14 @@
 """The layer page (one layer's own changes, A/C/D, a directory at a time) and an image's
-merged files, browsable. Every path comes from the query string and is hostile: it is only
-ever looked up through the engine's union view, which refuses ``..`` and never follows a
-symlink, so nothing outside a layer's tree is opened."""
+merged files, browsable. What they show is read on a host that holds the snapshots
+(``layerhub.images.snapshot_files``) and rendered here. Every path comes from the query
+string and is hostile: it is only ever looked up through the engine's union view, which
+refuses ``..`` and never follows a symlink, so nothing outside a layer's tree is opened."""
 
 from __future__ import annotations
 
-import codecs
-import os
 import re
-import stat
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from django.core.paginator import Paginator
 from django.db.models import Count, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
@@ -20,19 +18,21 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from layerhub.containers.services import image_lowers
+from layerhub.core.middleware import user_error_status
 from layerhub.core.permissions import named_by, restrict
-from layerhub.core.store import get_store
-from layerhub.engine.errors import InvalidPath
+from layerhub.engine.errors import InvalidPath, SnapshotNotFound
 from layerhub.engine.reference import Reference
-from layerhub.engine.union import Entry, FileView, UnionView, join_path, split_path
+from layerhub.engine.union import FileView, join_path, split_path
+from layerhub.hosts.routing import HostUnavailable
+from layerhub.images.browse import Browse, Row, clean_path, entry_row, tree_browse
 from layerhub.images.listing import readable_tags
 from layerhub.images.models import Image, ImageLayer, Layer, Repository
+from layerhub.images.snapshot_files import (
+    SnapshotFiles,
+    image_snapshot_files,
+    layer_snapshot_files,
+)
 
-# what a page shows of a file: past this it says so and offers the download
-TEXT_CAP = 256 * 1024
-# the longest directory listing one page shows (a directory of 100,000 files still renders)
-LIST_CAP = 2000
 IMAGES_PER_PAGE = 50
 _CHAIN_HEX = re.compile(r"[a-f0-9]{64}")
 
@@ -63,13 +63,6 @@ def display_name(image: Image) -> str:
     )
 
 
-def clean_path(raw: str | None) -> str:
-    """The absolute image path asked for (``/`` by default), normalised; InvalidPath (a 400
-    page) for ``..``, a NUL byte or a relative path."""
-    path = (raw or "/").strip() or "/"
-    return join_path(split_path(path))
-
-
 def parent_path(path: str) -> str | None:
     """The directory holding ``path`` (None for ``/``)."""
     parts = split_path(path)
@@ -87,95 +80,54 @@ def download_url(page: str, path: str) -> str:
     return f"{page}?{urlencode({'path': path, 'download': '1'})}"
 
 
-@dataclass(frozen=True)
-class FileContent:
-    """What the page shows of a regular file: its text (up to the cap) or that it is binary."""
-
-    size: int
-    text: str | None  # None: binary
-    truncated: bool
-
-
-def read_file_content(view: FileView, path: str) -> FileContent:
-    """The first TEXT_CAP bytes of a regular file, decoded if they are UTF-8 text."""
-    entry = view.lstat(path)
-    with view.open(path) as f:
-        head = f.read(TEXT_CAP + 1)
-    truncated = len(head) > TEXT_CAP
-    head = head[:TEXT_CAP]
-    if b"\x00" in head[:8192]:
-        return FileContent(entry.st.st_size, None, truncated)
-    try:
-        # a cut at the cap may split a character: decode incrementally, not as final
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=not truncated)
-    except UnicodeDecodeError:
-        return FileContent(entry.st.st_size, None, truncated)
-    return FileContent(entry.st.st_size, text, truncated)
+def file_download(row: Row, open_file: Callable[[], BinaryIO]) -> FileResponse:
+    """The regular file ``row`` (``open_file`` opens it) streamed as an attachment."""
+    if row.kind != "file":
+        raise InvalidPath(f"{row.path}: not a regular file, nothing to download")
+    response = FileResponse(open_file(), as_attachment=True, filename=row.name)
+    if row.size is not None and not response.has_header("Content-Length"):
+        response["Content-Length"] = str(row.size)  # a file read from another host
+    return response
 
 
 def download_response(view: FileView, path: str) -> FileResponse:
     """A regular file of the view, streamed as an attachment."""
-    entry = view.lstat(path)
-    if not stat.S_ISREG(entry.st.st_mode):
-        raise InvalidPath(f"{path}: not a regular file, nothing to download")
-    name = split_path(path)[-1]
-    return FileResponse(view.open(path), as_attachment=True, filename=name)
+    return file_download(entry_row(view.lstat(path)), lambda: view.open(path))
 
 
-@dataclass(frozen=True)
-class Row:
-    """One line of a directory listing."""
-
-    name: str
-    path: str
-    kind: str  # file, dir, symlink, char, block, fifo, socket, or "" for a deleted path
-    size: int | None
-    mode: str
-    target: str  # a symlink's target, as stored
-    mark: str  # A, C, D, or "" (unchanged, in a merged view)
-
-
-def entry_row(entry: Entry, mark: str = "") -> Row:
-    """A listing row for an entry of a union view."""
-    st = entry.st
-    target = ""
-    if stat.S_ISLNK(st.st_mode):
-        # an entry read on another host (a container's) carries its target with it
-        target = getattr(entry, "link_target", "") or os.readlink(entry.host_path)
-    return Row(
-        name=entry.path.rsplit("/", 1)[1],
-        path=entry.path,
-        kind=entry.kind,
-        size=st.st_size if stat.S_ISREG(st.st_mode) else None,
-        mode=stat.filemode(st.st_mode),
-        target=target,
-        mark=mark,
-    )
+def page_context(browse: Browse) -> dict[str, Any]:
+    """What a file-browser template needs from ``browse``: the entry, a directory's rows
+    (capped) or a file's content, and the trail of links to it."""
+    return {
+        "path": browse.path,
+        "entry": browse.entry if browse.path != "/" else None,
+        "crumbs": breadcrumbs(browse.path),
+        "parent": parent_path(browse.path),
+        "is_dir": browse.is_dir,
+        "rows": browse.rows or [],
+        "total": browse.total,
+        "capped": browse.capped,
+        "content": browse.content,
+        "opaque": browse.opaque,
+        "lower_unknown": browse.lower_unknown,
+    }
 
 
 def browse_context(view: FileView, path: str, *, own_layer: int | None = None) -> dict[str, Any]:
-    """What a file-browser template needs for ``path`` in ``view``: a directory's rows (capped)
-    or a file's content, a symlink's target, or another kind's description. Entries that come
-    from layer ``own_layer`` (a container's writable layer) are marked ``W``."""
-    entry = view.lstat(path)
-    context: dict[str, Any] = {
-        "path": path,
-        "entry": entry_row(entry) if path != "/" else None,
-        "crumbs": breadcrumbs(path),
-        "parent": parent_path(path),
-        "is_dir": entry.is_dir,
-    }
-    if entry.is_dir:
-        children = view.listdir(path)
-        context["total"] = len(children)
-        context["rows"] = [
-            entry_row(child, "W" if child.layer == own_layer else "")
-            for child in children[:LIST_CAP]
-        ]
-        context["capped"] = len(children) > LIST_CAP
-    elif stat.S_ISREG(entry.st.st_mode):
-        context["content"] = read_file_content(view, path)
-    return context
+    """``page_context`` of ``path`` in ``view``. Entries that come from layer ``own_layer``
+    (a container's writable layer) are marked ``W``."""
+    return page_context(tree_browse(view, path, own_layer=own_layer))
+
+
+def _browse_or_download(
+    request: HttpRequest, files: SnapshotFiles, path: str
+) -> Browse | FileResponse:
+    """``path`` of ``files`` as the page shows it, or (``?download=1``) the file streamed."""
+    download = bool(request.GET.get("download"))
+    browse = files.browse(path, content=not download)
+    if download:
+        return file_download(browse.entry, lambda: files.open(path, browse.entry.size or 0))
+    return browse
 
 
 # -- the layer page ----------------------------------------------------------------------------
@@ -191,71 +143,8 @@ def _layer_users() -> Subquery:
     )
 
 
-def _lower_chain(layer: Layer) -> list[str] | None:
-    """The ChainIDs under ``layer``, bottom first (one image holding it tells them, in one
-    query rather than a walk up the parent links); None if no image holds it."""
-    place = ImageLayer.objects.filter(layer=layer).order_by("pk").first()
-    if place is None:
-        return [] if layer.parent_id is None else None
-    return list(
-        ImageLayer.objects.filter(image_id=place.image_id, position__lt=place.position)
-        .order_by("position")
-        .values_list("layer__chain_id", flat=True)
-    )
-
-
-def _layer_listing(
-    snapshot: UnionView, lower: UnionView | None, path: str
-) -> tuple[list[Row], int, bool]:
-    """The layer's own entries in directory ``path``: what it adds (A), what it replaces in a
-    lower layer (C), and what it deletes (D: whiteouts, and the lower children an opaque
-    directory hides). Reads this one directory of the snapshot and of the lower view."""
-    store = get_store()
-    fmt = store.whiteouts
-    entry = snapshot.lstat(path)
-    if not entry.is_dir:
-        raise InvalidPath(f"{path}: not a directory")
-    lower_names: set[str] = set()
-    lower_children: list[Entry] = []
-    if lower is not None:
-        below = lower.lookup(path)
-        if below is not None and below.is_dir:
-            lower_children = lower.listdir(path)
-            lower_names = {child.path.rsplit("/", 1)[1] for child in lower_children}
-    opaque = fmt.is_opaque(entry.host_path) and path != "/"
-    rows: dict[str, Row] = {}
-    with os.scandir(entry.host_path) as scan:
-        items = sorted(scan, key=lambda item: item.name)
-    for item in items:
-        st = item.stat(follow_symlinks=False)
-        target = fmt.whiteout_target(item.name, st)
-        if target is not None:
-            child = join_path([*split_path(path), target])
-            rows.setdefault(target, Row(target, child, "", None, "", "", "D"))
-            continue
-        if fmt.is_marker(item.name):
-            continue  # the OCI opaque marker: shown as the directory's note
-        child = join_path([*split_path(path), item.name])
-        found = Entry(child, entry.host_path / item.name, 0, st)
-        rows[item.name] = entry_row(found, "C" if item.name in lower_names else "A")
-    if opaque:
-        for hidden in lower_children:
-            name = hidden.path.rsplit("/", 1)[1]
-            if name not in rows:
-                rows[name] = Row(name, hidden.path, "", None, "", "", "D")
-    ordered = [rows[name] for name in sorted(rows)]
-    return ordered[:LIST_CAP], len(ordered), opaque
-
-
-def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
-    """A layer by ChainID: its digests and sizes, the images that use it, and its own changes
-    one directory at a time (``?path=``), or one of its files (``?path=`` naming a file)."""
-    if not _CHAIN_HEX.fullmatch(chain_hex):
-        raise Http404("not a ChainID")
-    layer = get_object_or_404(
-        restrict(Layer.objects.annotate(users=_layer_users()), request.user),
-        chain_id=f"sha256:{chain_hex}",
-    )
+def _layer_context(request: HttpRequest, layer: Layer, chain_hex: str) -> dict[str, Any]:
+    """The layer's facts and the images that use it (those the user sees, one page)."""
     images_qs = (
         with_tags(restrict(Image.objects.all(), request.user), named_by(request.user))
         .filter(image_layers__layer=layer)
@@ -267,44 +156,42 @@ def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
     # every image using the layer is counted (the figure must be true); only those the
     # user sees are listed: "used by 5 images: 2 of yours and others"
     yours = images_page.paginator.count
-
-    store = get_store()
-    path = clean_path(request.GET.get("path"))
-    context: dict[str, Any] = {
+    return {
         "layer": layer,
         "chain_hex": chain_hex,
         "images": images,
         "images_page": images_page,
         "yours": yours,
         "others": (getattr(layer, "users", 0) or 0) > yours,
-        "path": path,
-        "crumbs": breadcrumbs(path),
-        "parent": parent_path(path),
     }
-    snapshot_dir = store.snapshots.path(layer.chain_id)
-    if not snapshot_dir.is_dir():
-        context["missing"] = True
-        return render(request, "layers/detail.html", context)
-    snapshot = UnionView([snapshot_dir], store.whiteouts)
-    entry = snapshot.lstat(path)
-    if request.GET.get("download"):
-        return download_response(snapshot, path)
-    if not entry.is_dir:
-        context["file"] = entry_row(entry)
+
+
+def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
+    """A layer by ChainID: its digests and sizes, the images that use it, and its own changes
+    one directory at a time (``?path=``), or one of its files (``?path=`` naming a file),
+    read on a host that holds its snapshot (``layer_snapshot_files``)."""
+    if not _CHAIN_HEX.fullmatch(chain_hex):
+        raise Http404("not a ChainID")
+    layer = get_object_or_404(
+        restrict(Layer.objects.annotate(users=_layer_users()), request.user),
+        chain_id=f"sha256:{chain_hex}",
+    )
+    context = _layer_context(request, layer, chain_hex)
+    path = clean_path(request.GET.get("path"))
+    context.update(path=path, crumbs=breadcrumbs(path), parent=parent_path(path))
+    try:
+        browse = _browse_or_download(request, layer_snapshot_files(layer), path)
+    except (SnapshotNotFound, HostUnavailable) as exc:
+        # the page still shows the layer's facts; its changes are what cannot be read now
+        context["missing"] = str(exc)
+        status = user_error_status(exc) if isinstance(exc, HostUnavailable) else 200
+        return render(request, "layers/detail.html", context, status=status)
+    if isinstance(browse, FileResponse):
+        return browse
+    context.update(page_context(browse))
+    if not browse.is_dir:
+        context["file"] = browse.entry
         context["download_url"] = download_url(reverse("layers:detail", args=[chain_hex]), path)
-        if stat.S_ISREG(entry.st.st_mode):
-            context["content"] = read_file_content(snapshot, path)
-        return render(request, "layers/detail.html", context)
-    chain = _lower_chain(layer)
-    lower_dirs = [store.snapshots.path(c) for c in chain] if chain is not None else None
-    lower: UnionView | None = None
-    if lower_dirs and all(p.is_dir() for p in lower_dirs):
-        lower = UnionView(lower_dirs, store.whiteouts)
-    elif lower_dirs or chain is None:
-        # without the layers below, a changed path cannot be told from an added one
-        context["lower_unknown"] = True
-    rows, total, opaque = _layer_listing(snapshot, lower, path)
-    context.update(rows=rows, total=total, capped=total > len(rows), opaque=opaque)
     return render(request, "layers/detail.html", context)
 
 
@@ -313,18 +200,23 @@ def layer_detail(request: HttpRequest, chain_hex: str) -> HttpResponseBase:
 
 def image_files(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The merged tree of an image (``?path=``): a directory's entries, a text file's contents
-    (capped), a symlink's target; ``?download=1`` streams a regular file."""
+    (capped), a symlink's target; ``?download=1`` streams a regular file. Read on a host that
+    holds the image's layers (``image_snapshot_files``)."""
     image = get_object_or_404(
         with_tags(restrict(Image.objects.all(), request.user), named_by(request.user)), pk=pk
     )
     path = clean_path(request.GET.get("path"))
-    view = UnionView(image_lowers(image, build=False), get_store().whiteouts)
-    if request.GET.get("download"):
-        return download_response(view, path)
-    context = browse_context(view, path)
-    context.update(
-        image=image,
-        image_name=display_name(image),
-        download_url=download_url(reverse("layers:image_files", args=[image.pk]), path),
-    )
+    context: dict[str, Any] = {
+        "image": image,
+        "image_name": display_name(image),
+        "download_url": download_url(reverse("layers:image_files", args=[image.pk]), path),
+    }
+    try:
+        browse = _browse_or_download(request, image_snapshot_files(image), path)
+    except (SnapshotNotFound, HostUnavailable) as exc:
+        context.update(problem=str(exc), path=path, crumbs=breadcrumbs(path))
+        return render(request, "layers/image_files.html", context, status=user_error_status(exc))
+    if isinstance(browse, FileResponse):
+        return browse
+    context.update(page_context(browse))
     return render(request, "layers/image_files.html", context)

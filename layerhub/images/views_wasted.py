@@ -8,9 +8,10 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_safe
 
 from layerhub.core.permissions import named_by, restrict
+from layerhub.images.browse import clean_path
 from layerhub.images.models import Image
 from layerhub.images.views import wants_fragment
-from layerhub.images.views_layers import breadcrumbs, clean_path, display_name, with_tags
+from layerhub.images.views_layers import breadcrumbs, display_name, with_tags
 from layerhub.images.wasted import image_tree_page, image_wasted
 
 

@@ -24,6 +24,7 @@ import pytest
 import redis
 from celery import current_app
 from django.db import connections
+from django.test import Client
 from pytest_django import Settings
 
 from layerhub.containers.models import Container
@@ -166,6 +167,7 @@ def test_three_hosts_share_blobs_only_through_the_object_store(
     s3_blobs: S3Bucket,
     settings: Settings,
     tmp_path: Path,
+    admin_client: Client,
 ) -> None:
     team = default_team()
     # a pull on A: its blobs go to the object store, its snapshots are A's
@@ -176,6 +178,16 @@ def test_three_hosts_share_blobs_only_through_the_object_store(
     chains = chain_ids([seed.base.diff_id, seed.app.diff_id])
     assert snapshot_hosts(image) == {"A": set(chains)}
     assert {digest_hex(seed.base.digest), digest_hex(seed.app.digest)} <= set(s3_blobs.objects())
+
+    # this web server holds no snapshot: it reads the image's and the layer's files on A
+    script = b"#!/bin/sh\necho app\n"
+    listing = admin_client.get(f"/api/v1/layers/{chains[-1]}/files/", {"path": "/app"})
+    assert [(e["name"], e["change"]) for e in listing.json()["entries"]] == [("run", "A")]
+    files = f"/layers/image/{image.pk}/files/"
+    assert "echo app" in admin_client.get(files, {"path": "/app/run"}).content.decode()
+    download = admin_client.get(files, {"path": "/app/run", "download": "1"})
+    assert b"".join(download.streaming_content) == script  # type: ignore[attr-defined]
+    assert get_store().snapshots.chain_ids() == []  # nothing was unpacked here
 
     # a container on B: B builds its snapshots from the object store
     box = container_create(image=image.manifest_digest, team=team, name="box", host="B")

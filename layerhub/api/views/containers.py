@@ -48,8 +48,9 @@ from layerhub.containers.services import (
     container_write_file,
 )
 from layerhub.core.permissions import CHANGE, DELETE, VIEW, restrict
+from layerhub.images.browse import clean_path
 from layerhub.images.models import Tag
-from layerhub.images.views_layers import clean_path, download_response
+from layerhub.images.views_layers import download_response
 
 UPLOAD_OVERHEAD = 64 * 1024  # the multipart framing and the form's other fields
 RECURSIVE_PARAMETER = OpenApiParameter(

@@ -3,13 +3,12 @@ same engine views: nothing outside a tree is ever opened, symlinks are never fol
 
 from __future__ import annotations
 
-import stat
 from typing import Any
 
 from rest_framework.request import Request
 
 from layerhub.engine.union import FileView
-from layerhub.images.views_layers import LIST_CAP, Row, clean_path, entry_row
+from layerhub.images.browse import Browse, Row, clean_path, tree_browse
 
 
 def asked_path(request: Request) -> str:
@@ -29,37 +28,23 @@ def _row(row: Row) -> dict[str, Any]:
     }
 
 
-def path_listing(
-    view: FileView,
-    path: str,
-    *,
-    own_layer: int | None = None,
-    rows: list[Row] | None = None,
-    total: int | None = None,
-) -> dict[str, Any]:
-    """``path`` in ``view``: the entry, and a directory's entries (at most LIST_CAP; ``rows``
-    and ``total`` when the caller listed them itself, as a layer's own changes are). Entries
-    from layer ``own_layer`` (a container's writable layer) are marked ``W``."""
-    entry = view.lstat(path)
-    row = entry_row(entry)
-    body: dict[str, Any] = {
-        "path": path,
-        "kind": row.kind,
-        "size": row.size,
-        "mode": row.mode,
-        "target": row.target,
-        "entries": None,
-        "total": 0,
-        "capped": False,
+def listing_body(browse: Browse) -> dict[str, Any]:
+    """The answer for one path: the entry, and a directory's entries (at most LIST_CAP of
+    ``total``)."""
+    entry = browse.entry
+    return {
+        "path": browse.path,
+        "kind": entry.kind,
+        "size": entry.size,
+        "mode": entry.mode,
+        "target": entry.target,
+        "entries": None if browse.rows is None else [_row(r) for r in browse.rows],
+        "total": browse.total,
+        "capped": browse.capped,
     }
-    if stat.S_ISDIR(entry.st.st_mode):
-        if rows is None:
-            children = view.listdir(path)
-            total = len(children)
-            rows = [
-                entry_row(child, "W" if child.layer == own_layer else "")
-                for child in children[:LIST_CAP]
-            ]
-        count = total if total is not None else len(rows)
-        body.update(entries=[_row(r) for r in rows], total=count, capped=count > len(rows))
-    return body
+
+
+def path_listing(view: FileView, path: str, *, own_layer: int | None = None) -> dict[str, Any]:
+    """``path`` in ``view`` (``listing_body``). Entries from layer ``own_layer`` (a
+    container's writable layer) are marked ``W``."""
+    return listing_body(tree_browse(view, path, own_layer=own_layer, content=False))

@@ -39,13 +39,10 @@ from layerhub.api.serializers.wasted import (
     image_tree_body,
     image_wasted_body,
 )
-from layerhub.api.views.files import asked_path, path_listing
+from layerhub.api.views.files import asked_path, listing_body
 from layerhub.containers.models import Container
-from layerhub.containers.services import image_lowers
 from layerhub.core.permissions import DELETE, VIEW, restrict
-from layerhub.core.store import get_store
 from layerhub.engine.errors import ArchiveError
-from layerhub.engine.union import UnionView
 from layerhub.images.models import Image, ImageLayer, Repository, Tag
 from layerhub.images.selectors import image_history
 from layerhub.images.services import image_import, image_pull
@@ -56,6 +53,7 @@ from layerhub.images.services.transfer import (
     image_save,
 )
 from layerhub.images.sizes import image_delete_plan, images_with_sizes
+from layerhub.images.snapshot_files import image_snapshot_files
 from layerhub.images.wasted import image_tree_page, image_wasted
 from layerhub.jobs.services import acting_user, export_path, job_discard_upload
 from layerhub.jobs.uploads import ArchiveUploadHandler, StoredUpload
@@ -212,8 +210,9 @@ class ImageViewSet(
     @action(detail=True, methods=["get"])
     def files(self, request: Request, pk: str) -> Response:
         image = self.get_object()
-        view = UnionView(image_lowers(image, build=False), get_store().whiteouts)
-        return Response(path_listing(view, asked_path(request)))
+        path = asked_path(request)
+        # read on a host that holds the layers: 404 when none does, 503 when none is up
+        return Response(listing_body(image_snapshot_files(image).browse(path, content=False)))
 
     @extend_schema(
         summary="Wasted space: bytes of files a later layer replaced or removed (dive's figure, "

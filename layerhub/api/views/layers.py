@@ -19,15 +19,12 @@ from layerhub.api.selectors import layer_sharing
 from layerhub.api.serializers.common import PAGE_PARAMETERS, page_of
 from layerhub.api.serializers.containers import PathSerializer
 from layerhub.api.serializers.images import ImageSerializer, LayerSerializer
-from layerhub.api.views.files import asked_path, path_listing
+from layerhub.api.views.files import asked_path, listing_body
 from layerhub.api.views.images import PATH_PARAMETER, with_visible_names
 from layerhub.core.permissions import VIEW, restrict
-from layerhub.core.store import get_store
-from layerhub.engine.errors import SnapshotNotFound
-from layerhub.engine.union import UnionView
 from layerhub.images.models import Image, Layer
 from layerhub.images.sizes import images_with_sizes
-from layerhub.images.views_layers import _layer_listing, _lower_chain
+from layerhub.images.snapshot_files import layer_snapshot_files
 
 
 @extend_schema(tags=["layers"])
@@ -79,18 +76,6 @@ class LayerViewSet(mixins.RetrieveModelMixin, RestrictedViewSet[Layer]):
     def files(self, request: Request, chain_id: str) -> Response:
         layer = self.get_object()
         path = asked_path(request)
-        store = get_store()
-        snapshot_dir = store.snapshots.path(layer.chain_id)
-        if not snapshot_dir.is_dir():
-            raise SnapshotNotFound(f"layer {layer.chain_id} is not unpacked (yet)")
-        snapshot = UnionView([snapshot_dir], store.whiteouts)
-        if not snapshot.lstat(path).is_dir:
-            return Response(path_listing(snapshot, path))
-        chain = _lower_chain(layer)
-        lower = None
-        if chain:
-            lower_dirs = [store.snapshots.path(c) for c in chain]
-            if all(p.is_dir() for p in lower_dirs):
-                lower = UnionView(lower_dirs, store.whiteouts)
-        rows, total, _opaque = _layer_listing(snapshot, lower, path)
-        return Response(path_listing(snapshot, path, rows=rows, total=total))
+        # read on a host that holds the snapshot: 404 when none does, 503 when none is up
+        browse = layer_snapshot_files(layer).browse(path, content=False)
+        return Response(listing_body(browse))
