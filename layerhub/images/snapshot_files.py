@@ -71,6 +71,11 @@ def snapshots_host(chains: Sequence[str], *, also: Sequence[str] = (), what: str
         held[here] = on_disk
     holders = sorted(host for host, got in held.items() if wanted <= got)
     if not holders:
+        if Layer.objects.filter(chain_id__in=wanted, unpacked_at__isnull=False).exists():
+            raise SnapshotNotFound(
+                f"{what} is not unpacked on any host now: the snapshot caches let its layers "
+                "go; opening a container from it unpacks them again"
+            )
         raise SnapshotNotFound(
             f"{what} is not unpacked on any host yet: its unpack has not finished, or it "
             "failed (see the image's jobs)"

@@ -218,12 +218,12 @@ def test_an_evicted_image_is_unpacked_again_for_a_container(
     # pages that read the image's files without unpacking say why they cannot
     page = admin_client.get(f"/layers/image/{image.pk}/files/")
     assert page.status_code == 404
-    assert "snapshot cache let its layers go" in page.content.decode()
+    assert "the snapshot caches let its layers go" in page.content.decode()
     api = admin_client.get(f"/api/v1/images/{image.pk}/files/")
     assert api.status_code == 404
-    assert "open a container from it" in api.json()["error"]["message"]
+    assert "opening a container from it unpacks them" in api.json()["error"]["message"]
     layer_page = admin_client.get(reverse("layers:detail", args=[digest_hex(app)]))
-    assert "this host's snapshot cache let it go" in layer_page.content.decode()
+    assert "the snapshot caches let its layers go" in layer_page.content.decode()
 
     box = container_create(image=image.manifest_digest, team=default_team(), name="box")
     assert here() == {base, app}

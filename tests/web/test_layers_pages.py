@@ -148,7 +148,7 @@ def test_layer_with_no_snapshot_says_so(admin_client: Client, app_image: Image) 
     get_store().snapshots.remove(layer.chain_id)
     response = admin_client.get(layer_url(layer))
     assert response.status_code == 200
-    assert "is not unpacked on any host yet" in response.content.decode()
+    assert "is not unpacked on any host" in response.content.decode()
 
 
 def test_layer_page_errors(admin_client: Client, app_image: Image) -> None:
@@ -226,7 +226,7 @@ def test_image_not_unpacked_is_an_error_page(admin_client: Client, app_image: Im
     get_store().snapshots.remove(top_layer(app_image).chain_id)
     response = admin_client.get(reverse("layers:image_files", args=[app_image.pk]))
     assert response.status_code == 404
-    assert "is not unpacked on any host yet" in response.content.decode()
+    assert "is not unpacked on any host" in response.content.decode()
 
 
 def test_anonymous_is_sent_to_sign_in(client: Client, app_image: Image) -> None:

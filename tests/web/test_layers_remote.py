@@ -294,9 +294,13 @@ def test_no_live_host_or_no_host_holding_them_is_a_clear_message(
     assert response.status_code == 503
     assert "no worker of that host has ever reported" in response.content.decode()
 
-    Snapshot.objects.all().delete()
+    Snapshot.objects.all().delete()  # unpacked once, then every host's cache let them go
     layer_page = admin_client.get(layer_url(top))
     assert layer_page.status_code == 200  # the layer's facts still show
+    assert "the snapshot caches let its layers go" in layer_page.content.decode()
+    Layer.objects.update(unpacked_at=None)  # never unpacked anywhere
+    layer_page = admin_client.get(layer_url(top))
+    assert layer_page.status_code == 200
     assert "is not unpacked on any host yet" in layer_page.content.decode()
     files = admin_client.get(files_page)
     assert files.status_code == 404
