@@ -1,25 +1,34 @@
 """The S3 driver: blobs as objects ``<prefix>/sha256/<hex>`` in a bucket every host shares.
 
-Built on ``obstore`` (the Rust ``object_store`` crate): one import of a few milliseconds, and
-its put is what the store's promises need. A put with ``mode="create"`` sends
-``If-None-Match: *``, so two hosts writing one blob leave one object (the second is told it
-exists, and its bytes are the same). obstore sends a create-only put as one PUT, the stream
-read whole (into memory) before anything is sent, so a stream whose digest turns out wrong
-(checked as its last chunk is read) or that fails halfway, or a process killed halfway,
-leaves no object and no upload behind. Reads take a Range, fetched a few MiB ahead of the
-reader (``s3_reads``). Multipart uploads into the prefix that were never completed (another
-S3 client's copy of blobs, killed halfway) are listed and aborted by garbage collection
-(``s3_uploads``: requests obstore does not make).
+Every upload is checked against the blob's digest and size before the object appears, and
+is create-only (``If-None-Match: *``): two hosts writing one blob leave one object (the
+second is told it exists, and its bytes are the same), and a wrong digest, a stream that
+fails halfway or a store that fails leaves none.
+
+- A blob of one part (``PART``, 8 MiB) or less is read, checked, then sent as one PUT with
+  ``obstore`` (the Rust ``object_store`` crate).
+- A longer one is a multipart upload (``s3_uploads``: requests obstore cannot make, since it
+  does not complete an upload create-only), its parts sent as the bytes arrive, each signed
+  with its sha256: a process holds about two parts, never the blob. Only once the last byte
+  was read and the digest and size checked out is the upload completed, with
+  ``If-None-Match: *`` (412: another host's object is there; ours is aborted). Any failure
+  (a wrong digest, the stream's error, the store's, the job cancelled) aborts the upload. A
+  process killed halfway leaves its upload pending, never an object, until garbage
+  collection aborts it. Without static keys (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``:
+  keys from a role or a profile) those requests cannot be signed, and a longer blob is read
+  whole, into memory, and sent as one PUT as well.
+
+Reads take a Range, fetched a few MiB ahead of the reader (``s3_reads``). Multipart uploads
+into the prefix that were never completed (a process killed halfway, another S3 client's copy
+of blobs) are listed and aborted by garbage collection (``s3_uploads``).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import queue
 import re
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -59,8 +68,10 @@ class _Runtime:
 
 
 os.register_at_fork(after_in_child=_Runtime.forked)
-# obstore's chunk size for a put (a create-only put is one PUT all the same)
+# a blob longer than one part goes as a multipart upload of parts this long (longer for a
+# blob of more than MAX_PARTS of them: S3 takes at most 10000 parts)
 PART = 8 << 20
+MAX_PARTS = 10_000
 DEFAULT_REGION = "us-east-1"
 
 
@@ -182,7 +193,7 @@ class S3Blobs(BlobStore):
             )
         _Runtime.used = True
 
-    def _failed(self, what: str, exc: BaseException) -> BlobStoreUnavailable:
+    def _failed(self, what: str, exc: BaseException | str) -> BlobStoreUnavailable:
         return BlobStoreUnavailable(f"object store {self.where()}: {what} failed: {exc}")
 
     # -- reads -------------------------------------------------------------------------------
@@ -238,8 +249,10 @@ class S3Blobs(BlobStore):
         """The object key of ``sha256/<name>``, the prefix included (obstore adds it itself)."""
         return f"{self.prefix}/sha256/{name}" if self.prefix else f"sha256/{name}"
 
-    def _pending(self) -> PendingUploads:
-        # imported here: requests is for garbage collection, not every process that reads
+    def _new_uploads(self) -> PendingUploads:
+        """A client of the multipart upload requests, with connections of its own."""
+        # imported here: requests is for uploads of many parts and garbage collection, not
+        # every process that reads
         from .s3_uploads import Credentials, PendingUploads
 
         if self.signing_keys is None:
@@ -248,12 +261,12 @@ class S3Blobs(BlobStore):
                 "requests signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, which are "
                 "not set; give the bucket a lifecycle rule that aborts them instead"
             )
+        keys = Credentials(*self.signing_keys)
+        return PendingUploads(self.endpoint, self.region, self.bucket, keys, where=self.where())
+
+    def _pending(self) -> PendingUploads:
         if self._uploads is None:
-            keys = Credentials(*self.signing_keys)
-            where = self.where()
-            self._uploads = PendingUploads(
-                self.endpoint, self.region, self.bucket, keys, where=where
-            )
+            self._uploads = self._new_uploads()
         return self._uploads
 
     def pending_uploads(self) -> Sequence[PendingUpload]:
@@ -284,23 +297,7 @@ class S3Blobs(BlobStore):
 
     def publish(self, path: Path, fd: int, blob: Descriptor, *, durable: bool) -> None:
         with open(path, "rb") as f:
-            self._put(blob.digest, f)
-
-    def _put(self, digest: str, chunks: Iterator[bytes] | BinaryIO) -> None:
-        """Upload create-only; an object already there is kept (same digest, same bytes)."""
-        self._use()
-        source = chunks if isinstance(chunks, io.IOBase) else _Source(chunks)
-        try:
-            obstore.put(self.client, self.key(digest), source, mode="create", chunk_size=PART)
-        except (AlreadyExistsError, PreconditionError):
-            return
-        except (BaseError, OSError) as exc:
-            if isinstance(source, _Source) and source.error is not None:
-                raise source.error from None  # the stream's own failure, not the store's
-            raise self._failed(f"upload of {digest}", exc) from exc
-        finally:
-            if isinstance(source, _Source):
-                source.close()
+            self._put(blob.digest, _chunks(f), blob.size)
 
     def ingest(
         self,
@@ -308,29 +305,74 @@ class S3Blobs(BlobStore):
         expected_digest: str | None = None,
         expected_size: int | None = None,
     ) -> Descriptor:
-        """Stream straight into the bucket, hashing on the way: the upload completes only if
-        the bytes match ``expected_digest`` (and ``expected_size``), else it is aborted and
-        leaves nothing. A stream of unknown digest goes through ``tmp/`` first."""
+        """Stream straight into the bucket, hashing on the way: the blob appears only if the
+        bytes match ``expected_digest`` (and ``expected_size``), else nothing is left. A
+        stream of unknown digest goes through ``tmp/`` first."""
         if expected_digest is None:
             return super().ingest(stream, None, expected_size)
         validate_digest(expected_digest)
-        what = f"blob {expected_digest}"
-        digester = Digester()
+        return self._put(expected_digest, _chunks(stream), expected_size)
 
-        def verified() -> Iterator[bytes]:
-            for chunk in _chunks(stream):
-                digester.update(chunk)
-                if expected_size is not None and digester.size > expected_size:
-                    raise SizeMismatch(expected_size, digester.size, what)
-                yield chunk
-            # raised before the put can complete: the upload is aborted
-            if expected_size is not None and digester.size != expected_size:
-                raise SizeMismatch(expected_size, digester.size, what)
-            if digester.digest != expected_digest:
-                raise DigestMismatch(expected_digest, digester.digest, what)
+    def _put(self, digest: str, chunks: Iterator[bytes], size: int | None) -> Descriptor:
+        """Upload create-only, the bytes checked against ``digest`` (and ``size``) before the
+        object appears; an object already there is kept (same digest, same bytes). A blob of
+        one part goes as one PUT; a longer one as a multipart upload, sent part by part as
+        it is read (see the module docstring)."""
+        self._use()
+        check = _Check(digest, size)
+        part_size = max(PART, -(-(size or 0) // MAX_PARTS))
+        parts = _parts(chunks, part_size, check)
+        try:
+            # a second part read ahead says whether there is more than one
+            first, second = next(parts, b""), next(parts, None)
+            if second is not None and self.signing_keys is not None:
+                streamed = _chained(first, second, parts)
+                del first, second  # held by ``streamed`` until sent, not beyond
+                self._put_parts(digest, streamed)
+            else:
+                # no static keys to sign the upload's requests with: read whole, one PUT
+                whole = first if second is None else b"".join([first, second, *parts])
+                del first, second
+                self._put_object(digest, whole)
+        finally:
+            parts.close()
+        return Descriptor(digest, check.digester.size)
 
-        self._put(expected_digest, _handed_over(verified()))
-        return Descriptor(expected_digest, digester.size)
+    def _put_object(self, digest: str, data: bytes) -> None:
+        """One create-only PUT (``If-None-Match: *``) of bytes already checked."""
+        try:
+            obstore.put(self.client, self.key(digest), data, mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            return
+        except (BaseError, OSError) as exc:
+            raise self._failed(f"upload of {digest}", exc) from exc
+
+    def _put_parts(self, digest: str, parts: Iterator[bytes]) -> None:
+        """A multipart upload of ``parts``, each sent as it comes, completed create-only
+        once they all came (the last check passed); aborted on any failure, and when
+        another host's object is there first."""
+        uploads = self._new_uploads()
+        what = f"upload of {digest}"
+        try:
+            upload = uploads.begin(self._object_key(digest_hex(digest)), what)
+            try:
+                etags: list[str] = []
+                for number, part in enumerate(parts, 1):
+                    if number > MAX_PARTS:
+                        raise self._failed(what, f"more than {MAX_PARTS} parts")
+                    etags.append(uploads.put_part(upload, number, part, what))
+                    del part  # not held while the next part is read
+                created = uploads.complete(upload, etags, what)
+            except BaseException as exc:
+                try:
+                    uploads.abort(upload)
+                except BlobStoreUnavailable as failed:
+                    exc.add_note(f"{failed} (garbage collection aborts it later)")
+                raise
+            if not created:  # another host's object (the same bytes): ours goes
+                uploads.abort(upload)
+        finally:
+            uploads.close()
 
     def delete(self, digest: str) -> bool:
         if not self.has(digest):
@@ -349,75 +391,53 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: stream.read(CHUNK), b"")
 
 
-_END = object()
+class _Check:
+    """A put's bytes checked as they are read: never more than ``size``, and at the end
+    exactly ``size`` with the digest ``digest``."""
+
+    def __init__(self, digest: str, size: int | None) -> None:
+        self.digest = digest
+        self.size = size
+        self.digester = Digester()
+
+    def _what(self) -> str:
+        return f"blob {self.digest}"
+
+    def update(self, chunk: bytes) -> None:
+        self.digester.update(chunk)
+        if self.size is not None and self.digester.size > self.size:
+            raise SizeMismatch(self.size, self.digester.size, self._what())
+
+    def finish(self) -> None:
+        if self.size is not None and self.digester.size != self.size:
+            raise SizeMismatch(self.size, self.digester.size, self._what())
+        if self.digester.digest != self.digest:
+            raise DigestMismatch(self.digest, self.digester.digest, self._what())
 
 
-def _handed_over(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
-    """``chunks`` read in a thread of their own and handed over through a short queue.
-
-    obstore pulls a put's chunks from inside its async runtime, where a read that itself goes
-    to an object store (a blob copied from one store to another) cannot run; read here, the
-    source may be anything. An error reading it is raised to the put, which aborts."""
-    handover: queue.Queue[object] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        handover.put(chunk, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            item: object = _END
-        except BaseException as exc:  # handed to the put, which raises it
-            item = exc
-        while not stop.is_set():
-            try:
-                handover.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    reader = threading.Thread(target=produce, name="blob-put-source", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = handover.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield cast(bytes, item)
-    finally:
-        stop.set()
-        reader.join()
+def _parts(chunks: Iterator[bytes], size: int, check: _Check) -> Generator[bytes]:
+    """``chunks`` in parts of ``size`` bytes (the last one shorter, none if there are no
+    bytes), checked on the way: the check's end runs before the last part is given, so a
+    wrong digest or size is raised before an upload can complete."""
+    held = bytearray()
+    for chunk in chunks:
+        check.update(chunk)
+        held += chunk
+        while len(held) >= size:
+            with memoryview(held) as view:
+                part = bytes(view[:size])
+            del held[:size]
+            yield part
+            del part
+    check.finish()
+    if held:
+        yield bytes(held)
 
 
-class _Source:
-    """The chunks of a put, remembering the error reading them raised (which aborted it)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self.error: BaseException | None = None
-
-    def __iter__(self) -> _Source:
-        return self
-
-    def close(self) -> None:
-        """Close the chunks' generator (ending the thread that reads them, if any)."""
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-
-    def __next__(self) -> bytes:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise
-        except BaseException as exc:
-            self.error = exc
-            raise
+def _chained(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """``first``, ``second``, then ``rest``, each let go once given."""
+    held = [first, second]
+    del first, second
+    while held:
+        yield held.pop(0)
+    yield from rest

@@ -1,7 +1,10 @@
-"""The multipart uploads pending in the bucket, over S3's REST API: what obstore's client does
-not offer (it aborts its own uploads when they fail, but cannot list those a client killed in
-the middle of one left behind, nor abort them).
+"""Multipart uploads over S3's REST API: what obstore's client does not offer. It cannot
+complete a multipart upload create-only, nor list the uploads a client killed in the middle
+of one left behind, nor abort them.
 
+- ``POST /bucket/key?uploads`` (CreateMultipartUpload), ``PUT /bucket/key?partNumber=..
+  &uploadId=...`` (UploadPart) and ``POST /bucket/key?uploadId=...`` with ``If-None-Match: *``
+  (CompleteMultipartUpload, create-only: 412 when the object is there): a blob's upload;
 - ``GET /bucket?uploads&prefix=...`` (ListMultipartUploads): the uploads begun and neither
   completed nor aborted, page by page;
 - ``GET /bucket/key?uploadId=...`` (ListParts): the bytes an upload's parts hold;
@@ -20,14 +23,17 @@ import datetime
 import hashlib
 import hmac
 import ssl
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
+from xml.sax.saxutils import escape
 
 import requests
 import requests.adapters
+import requests.structures
 import truststore
 
 from ..errors import BlobStoreUnavailable
@@ -40,6 +46,10 @@ MAX_ANSWER = 8 << 20
 PAGE = 1000
 MAX_PAGES = 1000
 TIMEOUT = 30.0
+# how often a completion that collided with another conditional write is tried (AWS answers
+# 409 ConditionalRequestConflict and asks for a retry), and the wait before the next try
+COMPLETE_TRIES = 5
+CONFLICT_WAIT = 0.2
 
 
 @dataclass(frozen=True)
@@ -75,14 +85,17 @@ def sign(
     *,
     now: datetime.datetime | None = None,
     payload_sha256: str = EMPTY_SHA256,
+    extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The headers that sign a request to ``url`` (scheme, host and an encoded path, no
     query) with ``query`` and a body whose sha256 is ``payload_sha256``, with AWS Signature
-    Version 4 for S3. ``Host`` is among them: send it as given."""
+    Version 4 for S3; ``extra`` headers (``If-None-Match``) are signed and sent too. ``Host``
+    is among them: send it as given."""
     parts = urlsplit(url)
     stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
     day = stamp[:8]
     headers = {
+        **{name.lower(): value for name, value in (extra or {}).items()},
         "host": parts.netloc,
         "x-amz-content-sha256": payload_sha256,
         "x-amz-date": stamp,
@@ -137,13 +150,14 @@ def signed_request(
     body: bytes = b"",
     timeout: float = TIMEOUT,
     session: requests.Session | None = None,
+    extra: dict[str, str] | None = None,
 ) -> requests.Response:
     """A request to ``path`` (not encoded yet) under ``endpoint`` (its own path kept),
-    signed; its answer unread (``stream``)."""
+    signed (``extra`` headers too); its answer unread (``stream``)."""
     base = urlsplit(endpoint.rstrip("/"))
     url = f"{base.scheme}://{base.netloc}{_uri_encode(base.path + path, slash=True)}"
     digest = hashlib.sha256(body).hexdigest()
-    headers = sign(method, url, query, credentials, region, payload_sha256=digest)
+    headers = sign(method, url, query, credentials, region, payload_sha256=digest, extra=extra)
     full = url + (f"?{canonical_query(query)}" if query else "")
     return (session or trusting_session()).request(
         method,
@@ -194,12 +208,25 @@ class PendingUploads:
         self.timeout = timeout
         self._session = trusting_session()
 
+    def close(self) -> None:
+        """Close the connections kept open."""
+        self._session.close()
+
     def _call(
-        self, method: str, key: str, query: dict[str, str], what: str
-    ) -> tuple[int, ET.Element | None]:
-        """Send one request; its status (2xx, or 404: not there) and its answer's XML root
-        (None for an empty answer). Anything else is BlobStoreUnavailable saying what
-        failed."""
+        self,
+        method: str,
+        key: str,
+        query: dict[str, str],
+        what: str,
+        *,
+        body: bytes = b"",
+        extra: dict[str, str] | None = None,
+        expected: tuple[int, ...] = (),
+    ) -> tuple[int, ET.Element | None, requests.structures.CaseInsensitiveDict[str]]:
+        """Send one request; its status (2xx, 404 of a key: not there, or one of
+        ``expected``), its answer's XML root (None for an empty answer, or one of an
+        ``expected`` status) and its headers. Anything else is BlobStoreUnavailable saying
+        what failed."""
         path = f"/{self.bucket}/{key}" if key else f"/{self.bucket}"
         try:
             with signed_request(
@@ -209,21 +236,23 @@ class PendingUploads:
                 query,
                 self.credentials,
                 self.region,
+                body=body,
+                extra=extra,
                 timeout=self.timeout,
                 session=self._session,
             ) as response:
-                body = _read_capped(response)
-                status = response.status_code
+                answer = _read_capped(response)
+                status, headers = response.status_code, response.headers
         except requests.RequestException as exc:
             raise self._failed(what, str(exc)) from exc
-        if status == 404 and key:
-            return status, None
+        if status in expected or (status == 404 and key):
+            return status, None, headers
         if not 200 <= status < 300:
-            raise self._failed(what, f"HTTP {status}{_error_detail(body)}")
-        if not body.strip():
-            return status, None
+            raise self._failed(what, f"HTTP {status}{_error_detail(answer)}")
+        if not answer.strip():
+            return status, None, headers
         try:
-            return status, _parse(body)
+            return status, _parse(answer), headers
         except ValueError as exc:
             raise self._failed(what, str(exc)) from None
 
@@ -242,7 +271,7 @@ class PendingUploads:
         seen: set[tuple[str, str]] = set()
         for _ in range(MAX_PAGES):
             query = {"uploads": "", "prefix": prefix, "max-uploads": str(PAGE), **markers}
-            _, root = self._call("GET", "", query, what)
+            _, root, _ = self._call("GET", "", query, what)
             if root is None:
                 raise self._failed(what, "an empty answer")
             for item in _children(root, "Upload"):
@@ -275,7 +304,7 @@ class PendingUploads:
         marker: dict[str, str] = {}
         for _ in range(MAX_PAGES):
             query = {"uploadId": upload.upload_id, "max-parts": str(PAGE), **marker}
-            status, root = self._call("GET", upload.key, query, what)
+            status, root, _ = self._call("GET", upload.key, query, what)
             if status == 404:
                 return 0
             if root is None:
@@ -298,8 +327,62 @@ class PendingUploads:
         aborted meanwhile), as AWS answers (404); SeaweedFS answers 204 for an upload
         aborted before, which counts as aborted here."""
         what = f"aborting upload {upload.upload_id} of {upload.key}"
-        status, _ = self._call("DELETE", upload.key, {"uploadId": upload.upload_id}, what)
+        status, _, _ = self._call("DELETE", upload.key, {"uploadId": upload.upload_id}, what)
         return status != 404
+
+    def begin(self, key: str, what: str) -> Upload:
+        """Begin a multipart upload of ``key`` (the prefix included)."""
+        _, root, _ = self._call("POST", key, {"uploads": ""}, f"{what}: beginning it")
+        upload_id = _text(root, "UploadId") if root is not None else ""
+        if not upload_id:
+            raise self._failed(f"{what}: beginning it", "an answer without an upload id")
+        return Upload(key, upload_id, None)
+
+    def put_part(self, upload: Upload, number: int, data: bytes, what: str) -> str:
+        """Send part ``number`` (from 1) of the upload; its ETag, which completing names.
+        The part's sha256 is signed, so the store refuses bytes changed on the way."""
+        doing = f"{what}: part {number}"
+        query = {"partNumber": str(number), "uploadId": upload.upload_id}
+        status, _, headers = self._call("PUT", upload.key, query, doing, body=data)
+        etag = headers.get("ETag", "")
+        if status == 404 or not etag:
+            raise self._failed(doing, "the upload is gone" if status == 404 else "no ETag")
+        return etag
+
+    def complete(self, upload: Upload, etags: Sequence[str], what: str) -> bool:
+        """Complete the upload create-only (``If-None-Match: *``): the object appears, whole,
+        and True; False when an object of that key is there already (412), which stays as
+        it is and the upload stays pending (the caller aborts it)."""
+        doing = f"{what}: completing it"
+        parts = "".join(
+            f"<Part><PartNumber>{number}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
+            for number, etag in enumerate(etags, 1)
+        )
+        body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        query = {"uploadId": upload.upload_id}
+        for attempt in range(1, COMPLETE_TRIES + 1):
+            status, root, _ = self._call(
+                "POST",
+                upload.key,
+                query,
+                doing,
+                body=body,
+                extra={"If-None-Match": "*"},
+                expected=(409, 412),
+            )
+            # AWS may answer 200 and an error document (a failure after it began answering)
+            code = _text(root, "Code") if root is not None and _local(root.tag) == "Error" else ""
+            if status == 412 or code == "PreconditionFailed":
+                return False
+            if status == 409 or code == "ConditionalRequestConflict":
+                time.sleep(CONFLICT_WAIT * attempt)  # another write of the key is under way
+                continue
+            if status == 404:
+                raise self._failed(doing, "the upload is gone")
+            if code or root is None or _local(root.tag) != "CompleteMultipartUploadResult":
+                raise self._failed(doing, f"HTTP {status} ({code or 'no result'})")
+            return True
+        raise self._failed(doing, f"it collided with another write {COMPLETE_TRIES} times")
 
 
 def _read_capped(response: requests.Response) -> bytes:
