@@ -16,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import BinaryIO, cast
 import obstore
 import pytest
 
-from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url, s3_reads, s3_uploads
+from layerhub.engine.blobstore import BlobsLocation, parse_blobs_url, s3, s3_reads, s3_uploads
 from layerhub.engine.blobstore.s3 import S3Blobs
 from layerhub.engine.digest import CHUNK, sha256_bytes
 from layerhub.engine.errors import (
@@ -720,11 +721,11 @@ def killed_uploader(how: str, blobs: S3Blobs, seaweedfs: SeaweedFS, tmp_path: Pa
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == b"stalled\n", "the uploader ended by itself"
-        if how == "copy":
-            deadline = time.monotonic() + 30
-            while not blobs.pending_uploads():
-                assert time.monotonic() < deadline, "no multipart upload began"
-                time.sleep(0.1)
+        # ingest sent its first part before reading on; obstore's copy sends in a task
+        deadline = time.monotonic() + 30
+        while not any(blobs.pending_upload_size(u) for u in blobs.pending_uploads()):
+            assert time.monotonic() < deadline, "no part of a multipart upload was sent"
+            time.sleep(0.1)
     finally:
         child.kill()
         child.wait()
@@ -732,25 +733,18 @@ def killed_uploader(how: str, blobs: S3Blobs, seaweedfs: SeaweedFS, tmp_path: Pa
             child.stdout.close()
 
 
-def test_a_process_killed_mid_upload_leaves_no_object_and_no_upload(
-    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, tmp_path: Path
+@pytest.mark.parametrize("how", ["ingest", "copy"])
+def test_an_upload_killed_halfway_is_found_pending_and_aborted(
+    how: str, blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, tmp_path: Path
 ) -> None:
-    """layerhub's puts are create-only, which obstore sends as one PUT (the blob read whole
-    first, then sent): a worker killed halfway has sent nothing the store keeps."""
-    killed_uploader("ingest", blobs, seaweedfs, tmp_path)
-    assert blobs.pending_uploads() == []
-    assert objects(seaweedfs, bucket, prefix) == {}
-
-
-def test_a_multipart_copy_killed_halfway_is_found_pending_and_aborted(
-    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, tmp_path: Path
-) -> None:
-    """Another client's multipart upload into the prefix (blobs copied in with an S3 tool),
-    killed halfway, stays pending (parts, never an object) until aborted."""
-    killed_uploader("copy", blobs, seaweedfs, tmp_path)
+    """layerhub's own upload (its first part sent) or another client's multipart upload into
+    the prefix (blobs copied in with an S3 tool), killed halfway, stays pending (parts, never
+    an object) until aborted."""
+    killed_uploader(how, blobs, seaweedfs, tmp_path)
     [upload] = blobs.pending_uploads()
-    digest = sha256_bytes(b"copy")
+    digest = sha256_bytes(how.encode())
     assert (upload.name, upload.digest) == (digest[7:], digest)
+    assert blobs.pending_upload_size(upload) >= 5 << 20
     assert [u.upload_id for u in blobs.pending_uploads()] == [upload.upload_id]  # it stays
     assert objects(seaweedfs, bucket, prefix) == {}
     assert blobs.abort_upload(upload) is True
@@ -770,3 +764,266 @@ def test_https_is_checked_against_the_systems_trust_store(
         monkeypatch.setenv("SSL_CERT_FILE", str(ca.pem))
         answers.append((200, page("p/sha256/a")))
         assert [u.key for u in canned_uploads(endpoint).list("p/sha256/")] == ["p/sha256/a"]
+
+
+# -- uploads of many parts, streamed ----------------------------------------------------------
+
+PART = 5 << 20  # the part size these tests set: S3's smallest (but the last's), as SeaweedFS's
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3, "PART", PART)
+
+
+@pytest.fixture
+def aborts(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What every abort of a multipart upload answered (True: it was there), in order."""
+    said: list[bool] = []
+    abort = s3_uploads.PendingUploads.abort
+
+    def counted(self: s3_uploads.PendingUploads, upload: s3_uploads.Upload) -> bool:
+        said.append(abort(self, upload))
+        return said[-1]
+
+    monkeypatch.setattr(s3_uploads.PendingUploads, "abort", counted)
+    return said
+
+
+def parts_of(blobs: S3Blobs, digest: str) -> int:
+    """How many parts the object was uploaded in (S3's ETag of a multipart upload ends in
+    ``-<parts>``; one PUT's has no dash): 1 for one PUT."""
+    etag = str(obstore.head(blobs.client, blobs.key(digest))["e_tag"]).strip('"')
+    return int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
+
+
+def leftovers(blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str) -> object:
+    """The objects and pending multipart uploads under the prefix (garbage collection's
+    listing), and the files in tmp/."""
+    return (objects(seaweedfs, bucket, prefix), blobs.pending_uploads(), list(blobs.tmp.iterdir()))
+
+
+class Generated(io.RawIOBase):
+    """``size`` bytes made as they are read (never held whole), the same for a seed."""
+
+    def __init__(self, size: int, seed: int = 20) -> None:
+        self._left = size
+        self._random = random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        n = min(self._left, CHUNK if n is None or n < 0 else n)
+        self._left -= n
+        return self._random.randbytes(n)
+
+    @staticmethod
+    def digest(size: int, seed: int = 20) -> str:
+        h = hashlib.sha256()
+        for chunk in iter(Generated(size, seed).read, b""):
+            h.update(chunk)
+        return f"sha256:{h.hexdigest()}"
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_blob_of_many_parts_round_trips(
+    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, aborts: list[bool]
+) -> None:
+    """Streamed (ingest) or published from tmp/, of known or unknown size, a blob of a few
+    parts is one object with its bytes; one of one part or less is one PUT."""
+    for size, seed, expected_parts in ((2 * PART + 123, 21, 3), (2 * PART, 22, 2), (PART, 23, 1)):
+        data = data_of(size, seed)
+        digest = sha256_bytes(data)
+        assert blobs.ingest(_Reader(data), digest, size).size == size
+        assert parts_of(blobs, digest) == expected_parts
+        assert blobs.read_bytes(digest) == data
+        assert blobs.delete(digest)
+        assert blobs.put_bytes(data, digest).size == size  # through tmp/, then published
+        assert parts_of(blobs, digest) == expected_parts
+        assert blobs.read_bytes(digest) == data
+        assert blobs.delete(digest)
+        assert blobs.ingest(_Reader(data), digest, None).size == size  # size unknown
+        assert blobs.read_bytes(digest) == data
+        assert blobs.delete(digest)
+    empty = sha256_bytes(b"")
+    assert blobs.ingest(_Reader(b""), empty, 0).size == 0
+    assert blobs.read_bytes(empty) == b""
+    assert aborts == []
+    assert leftovers(blobs, seaweedfs, bucket, prefix) == (
+        {prefix + "/sha256/" + empty[7:]: 0},
+        [],
+        [],
+    )
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_memory_held_by_an_upload_does_not_grow_with_the_blob(
+    blobs: S3Blobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's allocations at their peak while a blob streams in: about two parts whether
+    the blob is 3 or 12 parts long (three when its size is not known: a part is read ahead
+    to tell one part from more). The measure sees a blob held whole: without keys to sign
+    the multipart requests with, the blob is read whole for one PUT."""
+
+    def peak(size: int, known: bool) -> float:
+        digest = Generated.digest(size)
+        tracemalloc.start()
+        try:
+            stream = cast(BinaryIO, Generated(size))
+            assert blobs.ingest(stream, digest, size if known else None).size == size
+            held = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert blobs.delete(digest)
+        return round(held / PART, 2)  # in parts
+
+    said = {(n, known): peak(n * PART, known) for n in (3, 12) for known in (True, False)}
+    for known, most in ((True, 2.5), (False, 3.5)):
+        assert said[3, known] < most, said
+        assert said[12, known] < said[3, known] + 0.2, said
+    monkeypatch.setattr(blobs, "signing_keys", None)
+    assert peak(12 * PART, True) >= 12
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_wrong_digest_or_size_aborts_the_upload(
+    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, aborts: list[bool]
+) -> None:
+    """Found at the end, after parts were sent: the upload is aborted, nothing is left."""
+    data = data_of(3 * PART, seed=24)
+    with pytest.raises(DigestMismatch):
+        blobs.ingest(_Reader(data), sha256_bytes(b"something else"), len(data))
+    with pytest.raises(SizeMismatch):  # shorter than announced
+        blobs.ingest(_Reader(data), sha256_bytes(data), len(data) + 1)
+    with pytest.raises(SizeMismatch):  # longer: found at the byte past the size
+        blobs.ingest(_Reader(data), sha256_bytes(data), len(data) - PART // 2)
+    assert aborts == [True, True, True]
+    assert leftovers(blobs, seaweedfs, bucket, prefix) == ({}, [], [])
+
+
+@pytest.mark.usefixtures("small_parts")
+@pytest.mark.parametrize(
+    "error", [ConnectionResetError("the registry went away"), KeyboardInterrupt()]
+)
+def test_a_stream_failing_or_cancelled_midway_aborts_the_upload(
+    blobs: S3Blobs,
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    prefix: str,
+    aborts: list[bool],
+    error: BaseException,
+) -> None:
+    data = data_of(4 * PART, seed=25)
+
+    class Dying(_Reader):
+        def read(self, n: int | None = -1) -> bytes:
+            if self.tell() >= 3 * PART:  # two parts sent, the third on its way
+                raise error
+            return super().read(n)
+
+    with pytest.raises(type(error)):
+        blobs.ingest(Dying(data), sha256_bytes(data), len(data))
+    assert aborts == [True]
+    assert leftovers(blobs, seaweedfs, bucket, prefix) == ({}, [], [])
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_store_failing_midway_aborts_the_upload_with_a_typed_error(
+    blobs: S3Blobs,
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    prefix: str,
+    aborts: list[bool],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    data = data_of(3 * PART, seed=26)
+    digest = sha256_bytes(data)
+    put_part = s3_uploads.PendingUploads.put_part
+
+    def failing(
+        self: s3_uploads.PendingUploads, upload: s3_uploads.Upload, n: int, part: bytes, what: str
+    ) -> str:
+        if n == 2:  # a part the store refuses: as it answers, a 400
+            return put_part(self, upload, 0, part, what)
+        return put_part(self, upload, n, part, what)
+
+    monkeypatch.setattr(s3_uploads.PendingUploads, "put_part", failing)
+    with pytest.raises(BlobStoreUnavailable, match=rf"upload of {digest}: part 0 failed: HTTP 4"):
+        blobs.ingest(_Reader(data), digest, len(data))
+    assert aborts == [True]
+    assert leftovers(blobs, seaweedfs, bucket, prefix) == ({}, [], [])
+    # keys that may not write: refused at the start, nothing begun
+    reader = S3Blobs.from_environment(
+        bucket, prefix, tmp_path / "r", environ=seaweedfs.environment(reader=True)
+    )
+    with pytest.raises(
+        BlobStoreUnavailable,
+        match=rf"s3://{bucket}/{prefix}: upload of {digest}: beginning it failed: HTTP 403",
+    ):
+        reader.ingest(_Reader(data), digest, len(data))
+    assert leftovers(blobs, seaweedfs, bucket, prefix) == ({}, [], [])
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_an_object_already_there_is_kept_and_the_upload_aborted(
+    blobs: S3Blobs, seaweedfs: SeaweedFS, bucket: str, prefix: str, aborts: list[bool]
+) -> None:
+    """The completion is create-only: the object there (other bytes here, so a replacement
+    would show) stays, and the upload that found it goes."""
+    data = data_of(2 * PART, seed=27)
+    digest = sha256_bytes(data)
+    obstore.put(blobs.client, blobs.key(digest), b"already here")
+    assert blobs.ingest(_Reader(data), digest, len(data)).size == len(data)
+    assert blobs.put_bytes(data, digest).size == len(data)
+    assert blobs.read_bytes(digest) == b"already here"
+    assert aborts == [True, True]
+    assert blobs.pending_uploads() == []
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_concurrent_multipart_uploads_of_one_blob_leave_one_object(
+    seaweedfs: SeaweedFS, bucket: str, prefix: str, tmp_path: Path, aborts: list[bool]
+) -> None:
+    """Four hosts upload one blob at once: each succeeds, and one object is left, whole,
+    with no upload pending. The uploads that find an object there are aborted. SeaweedFS
+    (4.48) checks ``If-None-Match`` before a completion but not atomically with another
+    completion under way, so two racing ones may both complete, one after the other (the
+    same bytes: the same digest, checked); AWS S3 answers all but one 412 (or 409)."""
+    data = data_of(2 * PART + 1, seed=28)
+    digest = sha256_bytes(data)
+    hosts = [open_blobs(seaweedfs, bucket, prefix, tmp_path / f"host{i}") for i in range(4)]
+    complete = s3_uploads.PendingUploads.complete
+    completed: list[bool] = []
+    start = threading.Barrier(len(hosts))
+
+    def counted(
+        self: s3_uploads.PendingUploads, upload: s3_uploads.Upload, etags: Sequence[str], what: str
+    ) -> bool:
+        completed.append(complete(self, upload, etags, what))
+        return completed[-1]
+
+    errors: list[BaseException] = []
+
+    def put(blobs: S3Blobs) -> None:
+        try:
+            start.wait()
+            blobs.ingest(_Reader(data), digest, len(data))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(s3_uploads.PendingUploads, "complete", counted)
+        threads = [threading.Thread(target=put, args=(b,)) for b in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(completed) == 4
+    assert True in completed
+    assert aborts == [True] * completed.count(False)
+    assert objects(seaweedfs, bucket, prefix) == {f"{prefix}/sha256/{digest[7:]}": len(data)}
+    assert hosts[0].read_bytes(digest) == data
+    assert hosts[0].pending_uploads() == []

@@ -323,17 +323,19 @@ class S3Blobs(BlobStore):
         part_size = max(PART, -(-(size or 0) // MAX_PARTS))
         parts = _parts(chunks, part_size, check)
         try:
-            # a second part read ahead says whether there is more than one
-            first, second = next(parts, b""), next(parts, None)
-            if second is not None and self.signing_keys is not None:
+            streamed: Iterator[bytes] = parts
+            if size is None or size <= part_size:
+                # a second part read ahead says whether there is more than one
+                first, second = next(parts, b""), next(parts, None)
+                if second is None:
+                    self._put_object(digest, first)
+                    return Descriptor(digest, check.digester.size)
                 streamed = _chained(first, second, parts)
                 del first, second  # held by ``streamed`` until sent, not beyond
+            if self.signing_keys is not None:
                 self._put_parts(digest, streamed)
-            else:
-                # no static keys to sign the upload's requests with: read whole, one PUT
-                whole = first if second is None else b"".join([first, second, *parts])
-                del first, second
-                self._put_object(digest, whole)
+            else:  # no static keys to sign the upload's requests with: read whole, one PUT
+                self._put_object(digest, b"".join(streamed))
         finally:
             parts.close()
         return Descriptor(digest, check.digester.size)
@@ -357,10 +359,12 @@ class S3Blobs(BlobStore):
             upload = uploads.begin(self._object_key(digest_hex(digest)), what)
             try:
                 etags: list[str] = []
-                for number, part in enumerate(parts, 1):
-                    if number > MAX_PARTS:
+                # no enumerate(): its tuple, kept for reuse, would hold the part sent
+                # while the next one is read
+                for part in parts:
+                    if len(etags) == MAX_PARTS:
                         raise self._failed(what, f"more than {MAX_PARTS} parts")
-                    etags.append(uploads.put_part(upload, number, part, what))
+                    etags.append(uploads.put_part(upload, len(etags) + 1, part, what))
                     del part  # not held while the next part is read
                 created = uploads.complete(upload, etags, what)
             except BaseException as exc:
