@@ -11,7 +11,9 @@ fails halfway or a store that fails leaves none.
   does not complete an upload create-only), its parts sent as the bytes arrive, each signed
   with its sha256: a process holds about two parts, never the blob. Only once the last byte
   was read and the digest and size checked out is the upload completed, with
-  ``If-None-Match: *`` (412: another host's object is there; ours is aborted). Any failure
+  ``If-None-Match: *`` (412: another host's object is there; ours is aborted; SeaweedFS 4.48
+  honours it, though two completions racing at one moment may both go through, one after
+  the other, leaving one object of the same bytes). Any failure
   (a wrong digest, the stream's error, the store's, the job cancelled) aborts the upload. A
   process killed halfway leaves its upload pending, never an object, until garbage
   collection aborts it. Without static keys (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``:
