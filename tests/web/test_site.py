@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpResponse
@@ -97,3 +99,19 @@ def test_a_user_error_is_a_page_with_its_message(
     assert response.status_code == status
     assert str(error).encode() in response.content.replace(b"&#x27;", b"'")
     assert middleware.process_exception(request, RuntimeError("a bug")) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "current"),
+    [
+        ("images:list", "Images"),
+        ("images:search", "Search"),
+        ("images:packages", "Search"),
+        ("dashboard:home", "Overview"),
+    ],
+)
+def test_the_nav_marks_one_page_as_current(admin_client: Client, url: str, current: str) -> None:
+    html = admin_client.get(reverse(url)).content.decode()
+    nav = html[html.index("<nav") : html.index("</nav>")]
+    marked = re.findall(r'aria-current="page">([^<]+)</a>', nav)
+    assert marked == [current]
