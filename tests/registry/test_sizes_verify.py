@@ -12,15 +12,14 @@ from pytest_django import Settings
 from layerhub.core.store import get_store
 from layerhub.engine.digest import chain_ids
 from layerhub.engine.fsutil import TempEntry, tree_usage
-from layerhub.images.models import Blob, Image, Layer
-from layerhub.images.services import image_pull
+from layerhub.images.models import Blob, Layer
 from layerhub.images.services.verify import store_verify_report, store_verify_start
 from layerhub.images.verify import Finding, VerifyReport, store_verify
 from layerhub.jobs.models import Job, Lease
 from tests.registry.conftest import Seed
 from tests.support.blobs import corrupt_blob
+from tests.support.pulls import pulled
 from tests.support.registry import Registry
-from tests.support.teams import default_team
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -31,14 +30,6 @@ pytestmark = [
 @pytest.fixture(autouse=True)
 def quick_retries(settings: Settings) -> None:
     settings.LAYERHUB_REGISTRY_BACKOFF = 0.01
-
-
-def pulled(reference: str) -> Image:
-    job = image_pull(team=default_team(), reference=reference)
-    job.refresh_from_db()
-    assert job.state == Job.State.SUCCEEDED, job.error
-    assert job.image is not None
-    return job.image
 
 
 def verify_command() -> tuple[str, str | None]:

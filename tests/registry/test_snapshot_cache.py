@@ -22,8 +22,7 @@ from layerhub.core.store import get_store
 from layerhub.engine.container import Change
 from layerhub.engine.digest import chain_ids, digest_hex
 from layerhub.images import snapshot_cache
-from layerhub.images.models import Blob, DedupInode, DedupLink, Image, Layer, Snapshot
-from layerhub.images.services import image_pull
+from layerhub.images.models import Blob, DedupInode, DedupLink, Layer, Snapshot
 from layerhub.images.sizes import image_delete_plan
 from layerhub.images.snapshot_cache import (
     KEPT_CONTAINER,
@@ -37,6 +36,7 @@ from layerhub.images.verify import store_verify
 from layerhub.jobs.models import Job, Lease
 from tests.conftest import S3Bucket
 from tests.registry.conftest import Seed
+from tests.support.pulls import pulled
 from tests.support.registry import Registry
 from tests.support.teams import default_team
 from workers.housekeeping import Housekeeper
@@ -49,14 +49,6 @@ def cache_settings(settings: Settings) -> None:
     settings.LAYERHUB_HOST = "web"
     settings.LAYERHUB_REGISTRY_BACKOFF = 0.01
     settings.LAYERHUB_SNAPSHOT_CACHE_IDLE = timedelta(0)  # no grace: the tests say when
-
-
-def pulled(reference: str) -> Image:
-    job = image_pull(team=default_team(), reference=reference)
-    job.refresh_from_db()
-    assert job.state == Job.State.SUCCEEDED, job.error
-    assert job.image is not None
-    return job.image
 
 
 def layers(seed: Seed) -> tuple[str, str, str]:
