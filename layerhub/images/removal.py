@@ -37,6 +37,10 @@ def images_delete_rows(*, images: Sequence[Image], plan: DeletePlan) -> list[str
     """
     lines: list[str] = []
     for image in images:
+        # the image's row first: a writer of rows naming it (a package scan recording its
+        # result) locks it too, so the delete below collects what that writer added, or the
+        # writer finds the image gone; never a row added between collecting and deleting
+        Image.objects.select_for_update().filter(pk=image.pk).exists()
         for tag in image.tags.select_related("repository").order_by("pk"):
             lines.append(f"Untagged: {tag.repository}:{tag.name}")
             tag.delete()
