@@ -48,6 +48,9 @@ def images_delete_rows(*, images: Sequence[Image], plan: DeletePlan) -> list[str
         image.delete()
         lines.append(f"Deleted: {image.config_digest}")
     for chain_id, _ in plan.snapshots:
+        # locked first, as the image above: a host recording its snapshot of the layer (which
+        # updates the layer's row before adding its Snapshot row) goes before or after, whole
+        Layer.objects.select_for_update().filter(chain_id=chain_id).exists()
         Layer.objects.filter(chain_id=chain_id).delete()
         lines.append(f"Deleted: {chain_id}")
     return lines
