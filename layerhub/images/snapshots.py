@@ -70,15 +70,6 @@ def snapshots_use(rows: Iterable[tuple[int, datetime]]) -> bool:
     return Snapshot.objects.filter(pk__in=stale).update(used_at=now) == len(stale)
 
 
-def snapshots_use_layers(layer_ids: Iterable[int]) -> None:
-    """Record a use now of this host's snapshots of ``layer_ids`` (those it holds)."""
-    snapshots_use(
-        Snapshot.objects.filter(host=current_host(), layer_id__in=list(layer_ids)).values_list(
-            "pk", "used_at"
-        )
-    )
-
-
 def snapshots_use_chains(chain_ids: Iterable[str]) -> None:
     """Record a use now of this host's snapshots of ``chain_ids`` (those it holds)."""
     snapshots_use(

@@ -31,7 +31,7 @@ from layerhub.images.snapshot_cache import (
     snapshot_cache_evict,
     snapshot_cache_list,
 )
-from layerhub.images.snapshots import host_snapshot_usage, snapshots_use_layers
+from layerhub.images.snapshots import host_snapshot_usage, snapshots_use_chains
 from layerhub.images.verify import store_verify
 from layerhub.jobs.models import Job, Lease
 from tests.conftest import S3Bucket
@@ -162,13 +162,13 @@ def test_a_use_recorded_while_eviction_decides_keeps_the_snapshot(
     registry: Registry, seed: Seed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = pulled(f"{registry.host}/team/app:v1")
-    layer_ids = list(image.layers.values_list("pk", flat=True))
+    chains = list(image.layers.values_list("chain_id", flat=True))
     looked = []
 
     def used_meanwhile(key: str) -> bool:
         # asked under the snapshot's lock, just before the row would go: a page or a
         # container create records its use at that moment
-        snapshots_use_layers(layer_ids)
+        snapshots_use_chains(chains)
         looked.append(key)
         return False
 
