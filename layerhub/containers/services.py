@@ -3,7 +3,6 @@ commit it. The only code that ties the engine's container, runtime and commit to
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import re
@@ -31,7 +30,7 @@ from layerhub.engine.runtime import ExecResult, run_in_container
 from layerhub.engine.runtime.overlay import mounts_under
 from layerhub.engine.runtime.signals import shielded
 from layerhub.engine.union import UnionView
-from layerhub.hosts.calls import host_call, host_operation
+from layerhub.hosts.calls import decode_bytes, encode_bytes, host_call, host_operation
 from layerhub.hosts.models import current_host
 from layerhub.hosts.routing import HostUnavailable
 from layerhub.images.leases import job_lease, job_leaser
@@ -174,14 +173,6 @@ def container_here(container_id: str) -> Container:
     return found
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
-
-
 def _files_change(
     container: Container, op: str, change: Callable[[ContainerFS], None], **params: Any
 ) -> None:
@@ -214,7 +205,7 @@ def container_write_file(
         "container.write_file",
         container=container.container_id,
         path=path,
-        data=_b64(data),
+        data=encode_bytes(data),
         mode=mode,
     )
 
@@ -222,7 +213,7 @@ def container_write_file(
 @host_operation("container.write_file")
 def _write_file_here(*, container: str, path: str, data: str, mode: int) -> None:
     container_write_file(
-        container=container_here(container), path=path, data=_unb64(data), mode=mode
+        container=container_here(container), path=path, data=decode_bytes(data), mode=mode
     )
 
 
@@ -318,8 +309,8 @@ def container_exec(
         )
         return ExecResult(
             exit_code=int(done["exit_code"]),
-            stdout=_unb64(done["stdout"]),
-            stderr=_unb64(done["stderr"]),
+            stdout=decode_bytes(done["stdout"]),
+            stderr=decode_bytes(done["stderr"]),
             duration=float(done["duration"]),
         )
     store = get_store()
@@ -361,8 +352,8 @@ def _exec_here(*, container: str, argv: list[str], timeout: float, network: bool
     )
     return {
         "exit_code": done.exit_code,
-        "stdout": _b64(done.stdout),
-        "stderr": _b64(done.stderr),
+        "stdout": encode_bytes(done.stdout),
+        "stderr": encode_bytes(done.stderr),
         "duration": done.duration,
     }
 

@@ -14,6 +14,7 @@ of parameters and answer (one code path).
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import logging
@@ -93,6 +94,16 @@ def _decode(answer: dict[str, Any]) -> Any:
     if "error" in answer:
         raise _error_class(str(answer["error"]))(str(answer.get("message", "")))
     return answer.get("value")
+
+
+def encode_bytes(data: bytes) -> str:
+    """Bytes as a call carries them (parameters and answers are JSON): base64."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_bytes(text: object) -> bytes:
+    """The bytes ``encode_bytes`` gave (anything else is a ValueError)."""
+    return base64.b64decode(str(text).encode("ascii"), validate=True)
 
 
 def reply_key(call_id: str) -> str:

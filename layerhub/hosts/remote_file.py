@@ -7,10 +7,11 @@ through its own (path-checked, symlink-safe) view, never a path the caller names
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
+
+from layerhub.hosts.calls import decode_bytes, encode_bytes
 
 # how much of a file one call carries
 READ_CHUNK = 1 << 20
@@ -19,13 +20,11 @@ READ_CHUNK = 1 << 20
 def chunk_encode(f: BinaryIO, offset: int, length: int) -> str:
     """The host's side: at most READ_CHUNK bytes of ``f`` from ``offset``, as base64."""
     f.seek(max(0, int(offset)))
-    data = f.read(max(0, min(int(length), READ_CHUNK)))
-    return base64.b64encode(data).decode("ascii")
+    return encode_bytes(f.read(max(0, min(int(length), READ_CHUNK))))
 
 
-def chunk_decode(text: object) -> bytes:
-    """The caller's side: the bytes of a chunk ``chunk_encode`` answered."""
-    return base64.b64decode(str(text).encode("ascii"), validate=True)
+# the caller's side: the bytes of a chunk ``chunk_encode`` answered
+chunk_decode = decode_bytes
 
 
 class RemoteFile(io.RawIOBase):
