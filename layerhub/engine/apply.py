@@ -16,6 +16,10 @@ again, and a symlink whose target does not exist is not silently turned into a d
 Anything the file system refuses because of what an entry asks for (a name too long, an
 invalid xattr) is a LayerError; running out of space is StoreFull.
 
+New files, directories and symlinks are created by fswriter.py's writer, in a child process
+for a large layer, while the next entries are read and checked; every check that looks at the
+disk waits for it first.
+
 Whiteouts are written in the store's form (see whiteouts.py). Ownership is applied when running
 as root; modes, mtimes, symlinks, hardlinks and xattrs always (overlay xattrs never).
 """
@@ -48,6 +52,8 @@ from .errors import (
 )
 from .file_index import FileRecord, IndexTree, TreeNode
 from .fsutil import remove_path
+from .fswriter import CLOSE, MKDIR, OPEN, WRITE, FileWriter, WriteFailed
+from .fswriter import SYMLINK as NEW_SYMLINK
 from .tarstream import CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, Header, TarReader
 from .whiteouts import OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, WhiteoutFormat
 
@@ -219,9 +225,20 @@ class _Applier:
         whiteouts: WhiteoutFormat,
         limits: ApplyLimits,
         privileged: bool,
+        out: FileWriter,
         index: bool = True,
     ) -> None:
         self.dest = dest
+        # Calls that create something new go through ``out``, which makes them in a child
+        # process once the layer is large enough (fswriter.py); every check of the disk's
+        # state waits for them first (``out.sync()``). Whether a path may exist
+        # is known without asking the disk: in a directory that started empty, only what this
+        # layer created can be there. ``created`` holds the hash of every path it created
+        # (whatever was removed since): a hit, true or a collision, takes the careful way.
+        self.out = out
+        with os.scandir(dest) as listing:
+            self.fresh = next(listing, None) is None
+        self.created: set[int] = set()
         self.tar = tar
         self.fmt = whiteouts
         self.limits = limits
@@ -268,6 +285,7 @@ class _Applier:
 
     def step(self, start: str, key: _Key, entry: str, create: bool) -> str:
         """Resolve the last component of ``key`` from its parent's real path ``start``."""
+        self.out.sync()
         real = start.split("/") if start else []
         # components still to walk, last first, each with the symlink it came from
         pending = [(key[-1], "")]
@@ -297,6 +315,7 @@ class _Applier:
                         f" {rel} does not exist"
                     ) from None
                 os.mkdir(path, 0o755)
+                self.created.add(hash(path))
                 self.made_dir(rel)
                 if self.tree is not None:
                     self.tree.mkdir(rel, 0o755 & ~self.umask, *self.owner)
@@ -329,11 +348,20 @@ class _Applier:
             else:
                 raise LayerError(f"tar entry {entry!r}: {rel} is not a directory")
         result = "/".join(real)
-        self.dirs[key] = result
+        self.remember_dir(key, result, looked)
+        return result
+
+    def remember_dir(self, key: _Key, real: str, looked: list[str]) -> None:
+        """As-written directory ``key`` is the real directory ``real``, found by looking at
+        the paths ``looked``."""
+        self.dirs[key] = real
         self.derived.setdefault(key[:-1], []).append(key)
         for rel in looked:
             self.lookups.setdefault(rel, []).append(key)
-        return result
+
+    def may_exist(self, path: str) -> bool:
+        """Whether something may already be at ``path`` (False: surely nothing)."""
+        return not self.fresh or hash(path) in self.created
 
     def made_dir(self, rel: str) -> None:
         """Note a directory this layer created, so its subtree can be forgotten if removed."""
@@ -342,6 +370,7 @@ class _Applier:
     def clear(self, path: str) -> bool:
         """Remove what is at ``path`` so a new entry can take its place; True if it was a
         whiteout of this layer."""
+        self.out.sync()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -375,6 +404,18 @@ class _Applier:
     # -- entries -------------------------------------------------------------------------------
 
     def apply(self) -> None:
+        try:
+            self.entries_all()
+            self.out.sync()
+        except WriteFailed as exc:
+            raise self.failed(exc) from exc.error
+        try:
+            self.finish_dirs()
+        except OSError as exc:
+            raise self.refused(exc, exc.filename or "a directory") from exc
+
+    def entries_all(self) -> None:
+        """Every entry of the tar, in order (some of their calls still queued at the end)."""
         while True:
             member = self.tar.next()
             if member is None:
@@ -395,13 +436,16 @@ class _Applier:
                 self.entry(member)
             except OSError as exc:
                 raise self.refused(exc, member.name) from exc
-        try:
-            self.finish_dirs()
-        except OSError as exc:
-            raise self.refused(exc, exc.filename or "a directory") from exc
+
+    def failed(self, exc: WriteFailed) -> BaseException:
+        """The error to raise for a queued call that failed."""
+        if isinstance(exc.error, OSError):
+            return self.refused(exc.error, exc.name)
+        return exc.error
 
     def check_free(self, size: int) -> None:
         """Stop before the file system's free space falls below the reserve."""
+        self.out.sync()
         free = free_bytes(self.dest)
         if free - size - ENTRY_COST < self.reserve:
             raise StoreFull(free, self.reserve)
@@ -438,16 +482,17 @@ class _Applier:
         if kind == REGULAR:
             self.regular(m, path)
         elif kind == DIRECTORY:
-            self.directory(m, path, f"{parent_rel}/{base}" if parent_rel else base)
+            self.directory(m, parts, path, f"{parent_rel}/{base}" if parent_rel else base)
             return
         elif kind == HARDLINK:
             self.hardlink(m, path)
             return
         elif kind == SYMLINK:
-            self.clear(path)
-            os.symlink(m.linkname, path)
-            self.set_owner(path, m)
-            os.utime(path, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+            if self.may_exist(path):
+                self.clear(path)
+            self.created.add(hash(path))
+            uid, gid = (m.uid, m.gid) if self.privileged else (-1, -1)
+            self.out.put((NEW_SYMLINK, m.linkname, path, uid, gid, m.mtime_ns, m.name))
             if self.tree is not None:
                 self.tree.add(
                     path[len(self.dest) + 1 :],
@@ -460,6 +505,7 @@ class _Applier:
 
     def whiteout(self, m: Header, parent: str, parent_rel: str, base: str) -> None:
         self.entries -= 1
+        self.out.sync()
         if base == OPAQUE_MARKER:
             self.fmt.write_opaque(parent)
             if self.tree is not None:
@@ -469,6 +515,7 @@ class _Applier:
         if target in ("", ".", ".."):
             raise PathTraversal(m.name, "whiteout of an invalid name")
         doomed = f"{parent}/{target}"
+        self.created.add(hash(doomed))  # where the store's form may put its marker
         try:
             st = os.lstat(doomed)
         except FileNotFoundError:
@@ -479,21 +526,30 @@ class _Applier:
         if self.tree is not None:
             self.tree.whiteout(parent_rel, target)
 
-    def directory(self, m: Header, path: str, rel: str) -> None:
+    def directory(self, m: Header, parts: list[str], path: str, rel: str) -> None:
+        hidden = f"{os.path.dirname(path)}/{WHITEOUT_PREFIX}{os.path.basename(path)}"
+        if not self.may_exist(path) and not self.may_exist(hidden):
+            # surely new, and hiding nothing: created on the writer's thread
+            self.created.add(hash(path))
+            self.out.put((MKDIR, path, 0o700, m.name))
+            self.made_dir(rel)
+            if self.tree is not None:
+                self.tree.mkdir(rel, 0o700, *self.owner)  # mode and owner: finish_dirs'
+            self.remember_dir(tuple(parts), rel, [rel])
+            self.dir_meta[rel] = _DirMeta(path, m.mode, m.uid, m.gid, m.mtime_ns)
+            if m.pax:
+                self.set_xattrs(path, m)
+            return
+        self.out.sync()
         try:
             st: os.stat_result | None = os.lstat(path)
         except FileNotFoundError:
             st = None
         if st is None or not stat.S_ISDIR(st.st_mode):
             # a directory written where this layer deleted something hides the lower one
-            hides = (
-                self.clear(path)
-                if st is not None
-                else os.path.lexists(
-                    f"{os.path.dirname(path)}/{WHITEOUT_PREFIX}{os.path.basename(path)}"
-                )
-            )
+            hides = self.clear(path) if st is not None else os.path.lexists(hidden)
             os.mkdir(path, 0o700)
+            self.created.add(hash(path))
             self.made_dir(rel)
             if self.tree is not None:
                 self.tree.mkdir(rel, 0o700, *self.owner)  # mode and owner: finish_dirs'
@@ -510,47 +566,42 @@ class _Applier:
         if self.unpacked > self.limits.max_bytes:
             raise LimitExceeded(f"layer unpacks to more than {self.limits.max_bytes} bytes")
         mode = stat.S_IMODE(m.mode)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags, mode & 0o777)
-        except FileExistsError:
+        if self.may_exist(path):
             self.clear(path)
-            fd = os.open(path, flags, mode & 0o777)
-        try:
-            if self.tree is None:
-                self.copy(m, fd)
-            else:
-                digest = self.copy_hashed(m, fd)
-                self.tree.add(
-                    path[len(self.dest) + 1 :],
-                    TreeNode(stat.S_IFREG, mode, *self.owned(m), size=m.size, sha256=digest),
-                )
-            # skip the calls that would change nothing: most files are root's, mode 644/755;
-            # open() already gave the mode, unless umask cut bits or it has setuid/sticky
-            chowned = self.privileged and (m.uid, m.gid) != self.owner
-            if chowned:
-                os.fchown(fd, m.uid, m.gid)
-            if mode & (self.umask | 0o7000):  # umask cut bits, or setuid/setgid/sticky
-                os.fchmod(fd, mode)
-            os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
-        finally:
-            os.close(fd)
+        self.created.add(hash(path))
+        put = self.out.put
+        put((OPEN, path, mode & 0o777, m.name))
+        digest = self.copy(m) if self.tree is None else self.copy_hashed(m)
+        if self.tree is not None:
+            self.tree.add(
+                path[len(self.dest) + 1 :],
+                TreeNode(stat.S_IFREG, mode, *self.owned(m), size=m.size, sha256=digest),
+            )
+        # skip the calls that would change nothing: most files are root's, mode 644/755;
+        # open() already gave the mode, unless umask cut bits or it has setuid/sticky
+        chowned = self.privileged and (m.uid, m.gid) != self.owner
+        uid, gid = (m.uid, m.gid) if chowned else (-1, -1)
+        # umask cut bits, or setuid/setgid/sticky
+        fix_mode = mode if mode & (self.umask | 0o7000) else -1
+        put((CLOSE, uid, gid, fix_mode, m.mtime_ns))
 
-    def copy(self, m: Header, fd: int) -> None:
+    def copy(self, m: Header) -> bytes:
+        """Queue the current entry's contents for writing."""
         read = self.tar.read_data
+        put = self.out.put
         left = m.size
         while left:
             chunk = read(min(CHUNK, left))
             if not chunk:
                 raise CorruptArchive(f"tar ends inside {m.name!r}: the layer is truncated")
             left -= len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+            put((WRITE, chunk), len(chunk))
+        return b""
 
-    def copy_hashed(self, m: Header, fd: int) -> bytes:
+    def copy_hashed(self, m: Header) -> bytes:
         """``copy``, hashing the content on the way: its sha256, for the file index."""
         read = self.tar.read_data
+        put = self.out.put
         digest = hashlib.sha256()
         update = digest.update
         left = m.size
@@ -560,9 +611,7 @@ class _Applier:
                 raise CorruptArchive(f"tar ends inside {m.name!r}: the layer is truncated")
             left -= len(chunk)
             update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+            put((WRITE, chunk), len(chunk))
         return digest.digest()
 
     def owned(self, m: Header) -> tuple[int, int]:
@@ -570,6 +619,7 @@ class _Applier:
         return (m.uid, m.gid) if self.privileged else self.owner
 
     def hardlink(self, m: Header, path: str) -> None:
+        self.out.sync()
         try:
             target_parts = clean_name(m.linkname)
         except PathTraversal:
@@ -595,11 +645,13 @@ class _Applier:
             raise HardlinkEscape(m.name, "hardlink to itself")
         self.clear(path)
         os.link(target, path, follow_symlinks=False)
+        self.created.add(hash(path))
         if self.tree is not None:
             self.tree.hardlink(path[len(self.dest) + 1 :], target[len(self.dest) + 1 :])
 
     def special(self, m: Header, path: str) -> None:
         self.clear(path)
+        self.created.add(hash(path))
         if m.type == FIFO:
             os.mkfifo(path, 0o600)
         else:
@@ -623,9 +675,13 @@ class _Applier:
             os.lchown(path, m.uid, m.gid)
 
     def set_xattrs(self, path: str, m: Header) -> None:
+        synced = False
         for key, value in m.pax.items():
             if not key.startswith(XATTR_PAX_PREFIX):
                 continue
+            if not synced:
+                self.out.sync()  # the entry's file or directory is made
+                synced = True
             name = key[len(XATTR_PAX_PREFIX) :]
             if name.startswith(OVERLAY_XATTR_PREFIXES):
                 continue
@@ -684,14 +740,18 @@ def apply_layer(
         privileged = os.geteuid() == 0
     plain, compression = decompressed(stream)
     feeder = _Feeder(plain, limits.max_bytes)
+    out = FileWriter()
     try:
         reader = io.BufferedReader(feeder, buffer_size=CHUNK)
-        applier = _Applier(os.fspath(dest), TarReader(reader), whiteouts, limits, privileged, index)
+        applier = _Applier(
+            os.fspath(dest), TarReader(reader), whiteouts, limits, privileged, out, index
+        )
         applier.apply()
         # the DiffID covers the whole stream, the zero blocks after the last entry included
         while reader.read(CHUNK):
             pass
     finally:
+        out.close()
         feeder.close()
     return ApplyResult(
         diff_id=feeder.digest,

@@ -20,6 +20,8 @@ from layerhub.engine.errors import UnsupportedCompression
 from layerhub.engine.union import UnionView
 from layerhub.engine.whiteouts import WhiteoutFormat, format_named
 
+pytestmark = pytest.mark.usefixtures("writes")
+
 if TYPE_CHECKING:
     from layerhub.engine.store import Store
     from tests.engine.layerkit import Kit

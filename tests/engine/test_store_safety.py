@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from layerhub.engine import fsutil, mounts, snapshots
+from layerhub.engine import fsutil, fswriter, mounts, snapshots
 from layerhub.engine.apply import ApplyLimits, ApplyResult, apply_layer
 from layerhub.engine.digest import sha256_bytes
 from layerhub.engine.errors import StoreFull, StoreLayoutError
@@ -552,3 +552,27 @@ def test_a_full_disk_is_store_full_and_leaves_nothing(small_fs: Path, kit: Kit) 
     assert os.listdir(store.root / "snapshots") == []
     # and the store goes on working once the big writes are gone
     assert store.blobs.read_bytes(store.blobs.put_bytes(b"fits").digest) == b"fits"
+
+
+def test_a_disk_filling_under_the_writer_child_is_store_full(
+    small_fs: Path, kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of small files: their calls go to the unpack's writer child, which meets the
+    full disk; the unpack stops with StoreFull and keeps nothing."""
+    started: list[bool] = []
+    start = fswriter.FileWriter._start
+
+    def spy(self: fswriter.FileWriter) -> bool:
+        started.append(start(self))
+        return started[-1]
+
+    monkeypatch.setattr(fswriter.FileWriter, "_start", spy)
+    store = Store(small_fs / "store", whiteouts="oci")
+    layer = kit.tar([kit.file(f"d{i % 7}/f{i}", os.urandom(4096)) for i in range(3000)])
+    cid = sha256_bytes(layer)
+    with pytest.raises(StoreFull, match="no space left"):
+        store.snapshots.unpack(cid, io.BytesIO(layer), diff_id=cid)
+    assert started == [True], "the calls never reached the writer child"
+    assert not store.snapshots.exists(cid)
+    assert os.listdir(store.tmp) == []
+    assert os.listdir(store.root / "snapshots") == []

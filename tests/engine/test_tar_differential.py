@@ -73,6 +73,8 @@ from layerhub.engine.whiteouts import format_named
 from tests.engine.layerkit import Kit
 from tests.engine.layerkit import RawTar as R
 
+pytestmark = pytest.mark.usefixtures("writes")
+
 if TYPE_CHECKING:
     from tests.engine.test_malicious import Case
 

@@ -18,9 +18,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import pytest
 
 from layerhub.engine import apply as apply_module
+from layerhub.engine import fswriter
 from layerhub.engine.apply import ApplyLimits, ApplyResult, apply_layer
 from layerhub.engine.errors import (
     CorruptArchive,
@@ -30,6 +32,8 @@ from layerhub.engine.errors import (
 )
 from layerhub.engine.whiteouts import format_named
 from tests.engine.layerkit import RawTar as R
+
+pytestmark = pytest.mark.usefixtures("writes")
 
 if TYPE_CHECKING:
     from layerhub.engine.store import Store
@@ -345,10 +349,80 @@ def test_enospc_while_writing_is_store_full(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", full)
+    # the patch reaches this process only: the calls stay here (the writer child meets a real
+    # full disk in test_store_safety)
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_CALLS", sys.maxsize)
     layer = kit.tar([kit.file("small", b"s"), kit.file("big", bytes(10_000))])
     with pytest.raises(StoreFull, match="full"):
         store.snapshots.unpack(sha(layer), io.BytesIO(layer), diff_id=sha(layer), durable=False)
     assert_nothing_kept(store)
+
+
+# -- the writer child ---------------------------------------------------------------------------
+
+
+def writer_children() -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if fswriter.__name__ in " ".join(child.cmdline())
+    ]
+
+
+def test_a_call_refused_in_the_writer_child_is_the_entry_s_typed_error(
+    store: Store, kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_CALLS", 8)
+    files = [kit.file(f"d/f{i}", b"x" * i) for i in range(200)]
+    too_long = "n" * 300  # over NAME_MAX: the kernel refuses it, not the reader
+    layer = kit.tar([kit.dir("d"), *files, kit.file(f"d/{too_long}", b"late"), *files[:5]])
+    with pytest.raises(LayerError, match=f"tar entry 'd/{too_long}': the file system refused"):
+        store.snapshots.unpack(sha(layer), io.BytesIO(layer), diff_id=sha(layer), durable=False)
+    assert_nothing_kept(store)
+    assert writer_children() == []
+
+
+def test_a_layer_failing_after_its_calls_went_to_the_child_leaves_no_child_writing(
+    store: Store, kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_CALLS", 8)
+    layer = kit.tar([kit.file(f"f{i}", os.urandom(3000)) for i in range(400)])
+    cut = layer[: len(layer) * 3 // 4]  # truncated inside the files
+    with pytest.raises(LayerError, match="truncated"):
+        store.snapshots.unpack(sha(layer), io.BytesIO(cut), diff_id=sha(layer), durable=False)
+    assert_nothing_kept(store)
+    assert writer_children() == []
+
+
+def test_the_writer_child_makes_what_the_reader_would(tmp_path: Path, kit: Kit) -> None:
+    """The same layer applied with every call in this process and with every call in the
+    child: the same tree, owners, modes, times and index."""
+    entries = [kit.dir("a", mode=0o750), kit.dir("a/b")]
+    for i in range(300):
+        entries.append(kit.file(f"a/b/f{i}", os.urandom(i * 7), mode=0o600 + i % 0o100))
+    entries += [kit.symlink("a/link", "b/f1"), kit.file("a/big", os.urandom(3 << 20))]
+    entries += [kit.file("a/b/f5", b"replaced"), kit.dir("a/b/f7"), kit.hardlink("a/h", "a/big")]
+    layer = kit.tar(entries, "pax")
+    results = {}
+    for mode, after in (("inline", sys.maxsize), ("child", 0)):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fswriter, "PROCESS_AFTER_CALLS", after)
+            dest = tmp_path / mode
+            dest.mkdir()
+            results[mode] = apply_layer(io.BytesIO(layer), dest, whiteouts=format_named("oci"))
+    assert results["inline"] == results["child"]
+    assert results["child"].files is not None
+    assert len(results["child"].files) == 305
+    assert kit.tree(tmp_path / "inline") == kit.tree(tmp_path / "child")
+
+    def attributes(root: Path) -> dict[str, tuple[int, ...]]:
+        return {
+            path: (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink)
+            for path in kit.tree(root)
+            if (st := os.lstat(root / path))
+        }
+
+    assert attributes(tmp_path / "inline") == attributes(tmp_path / "child")
 
 
 # -- 6. linear time --------------------------------------------------------------------------------
