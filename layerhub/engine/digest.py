@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import InvalidDigest
+from .errors import DigestMismatch, InvalidDigest, SizeMismatch
 
 ALGORITHM = "sha256"
 CHUNK = 1 << 20
@@ -62,6 +62,36 @@ class Digester:
     def digest(self) -> str:
         """``sha256:<hex>`` of everything fed so far."""
         return f"{ALGORITHM}:{self._hash.hexdigest()}"
+
+
+class CheckedDigester(Digester):
+    """A Digester held to what was announced, as every download, upload and copy of a blob
+    is: ``update`` refuses the first byte past ``expected_size``, and ``check`` wants exactly
+    that size and then ``expected_digest`` (either None: not checked). ``what`` names the
+    bytes in the errors."""
+
+    __slots__ = ("expected_digest", "expected_size", "what")
+
+    def __init__(self, expected_digest: str | None, expected_size: int | None, what: str) -> None:
+        super().__init__()
+        self.expected_digest = expected_digest
+        self.expected_size = expected_size
+        self.what = what
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Add a chunk; SizeMismatch once more bytes came than announced."""
+        super().update(data)
+        if self.expected_size is not None and self.size > self.expected_size:
+            raise SizeMismatch(self.expected_size, self.size, self.what)
+
+    def check(self) -> str:
+        """The digest of the bytes, once their size and digest are the announced ones."""
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise SizeMismatch(self.expected_size, self.size, self.what)
+        digest = self.digest
+        if self.expected_digest is not None and digest != self.expected_digest:
+            raise DigestMismatch(self.expected_digest, digest, self.what)
+        return digest
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -28,7 +28,7 @@ from typing import IO, BinaryIO, Protocol, cast
 
 from .cancel import StopFn, never, stop_point
 from .compression import decompressed
-from .digest import CHUNK, Digester, digest_hex, sha256_bytes, validate_digest
+from .digest import CHUNK, CheckedDigester, Digester, digest_hex, sha256_bytes, validate_digest
 from .errors import ArchiveError, DigestMismatch, SizeMismatch
 from .manifest import OCI_INDEX, Descriptor, ImageManifest, parse_config, parse_manifest
 from .reference import Reference, parse_reference
@@ -168,10 +168,8 @@ class _Verifying:
 
     def __init__(self, stream: IO[bytes], digest: str, size: int, what: str) -> None:
         self._stream = stream
-        self._digest = digest
         self._size = size
-        self._what = what
-        self._digester = Digester()
+        self._digester = CheckedDigester(digest, size, what)
         self._checked = False
 
     def read(self, size: int = -1) -> bytes:
@@ -181,9 +179,8 @@ class _Verifying:
         if self._digester.size == self._size and not self._checked:
             self._checked = True
             if self._stream.read(1):
-                raise SizeMismatch(self._size, self._size + 1, self._what)
-            if self._digester.digest != self._digest:
-                raise DigestMismatch(self._digest, self._digester.digest, self._what)
+                raise SizeMismatch(self._size, self._size + 1, self._digester.what)
+            self._digester.check()
         return data
 
 

@@ -20,8 +20,8 @@ from types import TracebackType
 from typing import BinaryIO, Protocol, cast
 
 from .. import fsutil
-from ..digest import CHUNK, Digester, validate_digest
-from ..errors import DigestMismatch, SizeMismatch, StoreFull
+from ..digest import CHUNK, CheckedDigester, validate_digest
+from ..errors import StoreFull
 
 # how often a blob writer looks at the free space again
 FREE_CHECK_BYTES = 8 << 20
@@ -78,8 +78,6 @@ class BlobWriter:
         if expected_digest is not None:
             validate_digest(expected_digest)
         self._store = store
-        self._expected_digest = expected_digest
-        self._expected_size = expected_size
         store.check_free()
         self._next_check = FREE_CHECK_BYTES
         try:
@@ -89,7 +87,8 @@ class BlobWriter:
                 raise store.full() from exc
             raise
         self._file = io.FileIO(self._tmp.fd, "wb", closefd=False)
-        self._digester = Digester()
+        what = f"blob {expected_digest}" if expected_digest else "blob"
+        self._digester = CheckedDigester(expected_digest, expected_size, what)
         self.descriptor: Descriptor | None = None
         self._verified: Descriptor | None = None
         # told the blob's length after every write (a reader following the download)
@@ -113,8 +112,6 @@ class BlobWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append a chunk; fails early once more than the announced size arrives."""
         self._digester.update(data)
-        if self._expected_size is not None and self._digester.size > self._expected_size:
-            raise SizeMismatch(self._expected_size, self._digester.size, self._what())
         try:
             if self._digester.size >= self._next_check:
                 self._next_check = self._digester.size + FREE_CHECK_BYTES
@@ -135,9 +132,6 @@ class BlobWriter:
             self.listener(self._digester.size)
         return len(data)
 
-    def _what(self) -> str:
-        return f"blob {self._expected_digest}" if self._expected_digest else "blob"
-
     def commit(self) -> Descriptor:
         """Verify, make durable and publish; return the blob's descriptor."""
         self.verify()
@@ -146,16 +140,12 @@ class BlobWriter:
     def verify(self) -> Descriptor:
         """Check the size and digest of what was written; the blob stays in ``tmp/`` (see
         ``publish``). A mismatch discards it."""
-        digest, size = self._digester.digest, self._digester.size
         try:
-            if self._expected_size is not None and size != self._expected_size:
-                raise SizeMismatch(self._expected_size, size, self._what())
-            if self._expected_digest is not None and digest != self._expected_digest:
-                raise DigestMismatch(self._expected_digest, digest, self._what())
+            digest = self._digester.check()
         except BaseException:
             self._tmp.close(remove=True)
             raise
-        self._verified = Descriptor(digest, size)
+        self._verified = Descriptor(digest, self._digester.size)
         return self._verified
 
     def publish(self, *, durable: bool) -> Descriptor:

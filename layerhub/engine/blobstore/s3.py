@@ -38,8 +38,8 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
 from obstore.store import S3Store
 
-from ..digest import CHUNK, Digester, digest_hex, validate_digest
-from ..errors import BlobNotFound, BlobStoreUnavailable, DigestMismatch, SizeMismatch
+from ..digest import CHUNK, CheckedDigester, digest_hex, validate_digest
+from ..errors import BlobNotFound, BlobStoreUnavailable
 from .base import BlobEntry, BlobStore, Descriptor, PendingUpload
 from .s3_reads import ObjectReader
 
@@ -321,7 +321,7 @@ class S3Blobs(BlobStore):
         one part goes as one PUT; a longer one as a multipart upload, sent part by part as
         it is read (see the module docstring)."""
         self._use()
-        check = _Check(digest, size)
+        check = CheckedDigester(digest, size, f"blob {digest}")
         part_size = max(PART, -(-(size or 0) // MAX_PARTS))
         parts = _parts(chunks, part_size, check)
         try:
@@ -331,7 +331,7 @@ class S3Blobs(BlobStore):
                 first, second = next(parts, b""), next(parts, None)
                 if second is None:
                     self._put_object(digest, first)
-                    return Descriptor(digest, check.digester.size)
+                    return Descriptor(digest, check.size)
                 streamed = _chained(first, second, parts)
                 del first, second  # held by ``streamed`` until sent, not beyond
             if self.signing_keys is not None:
@@ -340,7 +340,7 @@ class S3Blobs(BlobStore):
                 self._put_object(digest, b"".join(streamed))
         finally:
             parts.close()
-        return Descriptor(digest, check.digester.size)
+        return Descriptor(digest, check.size)
 
     def _put_object(self, digest: str, data: bytes) -> None:
         """One create-only PUT (``If-None-Match: *``) of bytes already checked."""
@@ -397,31 +397,7 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: stream.read(CHUNK), b"")
 
 
-class _Check:
-    """A put's bytes checked as they are read: never more than ``size``, and at the end
-    exactly ``size`` with the digest ``digest``."""
-
-    def __init__(self, digest: str, size: int | None) -> None:
-        self.digest = digest
-        self.size = size
-        self.digester = Digester()
-
-    def _what(self) -> str:
-        return f"blob {self.digest}"
-
-    def update(self, chunk: bytes) -> None:
-        self.digester.update(chunk)
-        if self.size is not None and self.digester.size > self.size:
-            raise SizeMismatch(self.size, self.digester.size, self._what())
-
-    def finish(self) -> None:
-        if self.size is not None and self.digester.size != self.size:
-            raise SizeMismatch(self.size, self.digester.size, self._what())
-        if self.digester.digest != self.digest:
-            raise DigestMismatch(self.digest, self.digester.digest, self._what())
-
-
-def _parts(chunks: Iterator[bytes], size: int, check: _Check) -> Generator[bytes]:
+def _parts(chunks: Iterator[bytes], size: int, check: CheckedDigester) -> Generator[bytes]:
     """``chunks`` in parts of ``size`` bytes (the last one shorter, none if there are no
     bytes), checked on the way: the check's end runs before the last part is given, so a
     wrong digest or size is raised before an upload can complete."""
@@ -435,7 +411,7 @@ def _parts(chunks: Iterator[bytes], size: int, check: _Check) -> Generator[bytes
             del held[:size]
             yield part
             del part
-    check.finish()
+    check.check()
     if held:
         yield bytes(held)
 
