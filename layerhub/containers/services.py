@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from layerhub.accounts.models import Team
 from layerhub.accounts.services import audit
@@ -106,16 +106,29 @@ def container_create(
         raise Conflict(f"the container name {name!r} is already in use")
     host_call(host, "container.prepare", container=container_id, image=found.pk)
     try:
-        with transaction.atomic():
-            container = Container.objects.create(
-                container_id=container_id,
-                name=name,
-                image=found,
-                team=team,
-                created_by=acting_user(user),
-                host=host,
-            )
-            audit(actor=user, action="container.create", team=team, target=name)
+        try:
+            with transaction.atomic():
+                # the image's row locked, as rmi locks it before planning: the image is still
+                # there and stays until this container is recorded (which rmi then sees)
+                if not Image.objects.select_for_update().filter(pk=found.pk).exists():
+                    raise ImageNotFound(f"{image}: the image was deleted meanwhile")
+                container = Container.objects.create(
+                    container_id=container_id,
+                    name=name,
+                    image=found,
+                    team=team,
+                    created_by=acting_user(user),
+                    host=host,
+                )
+                audit(actor=user, action="container.create", team=team, target=name)
+        except IntegrityError as exc:
+            # a container of the same name created since the check above, or (SQLite, which
+            # checks the image's key only at commit) the image deleted meanwhile
+            if Container.objects.filter(name=name).exists():
+                raise Conflict(f"the container name {name!r} is already in use") from exc
+            if not Image.objects.filter(pk=found.pk).exists():
+                raise ImageNotFound(f"{image}: the image was deleted meanwhile") from exc
+            raise
         return container
     except Exception:
         with contextlib.suppress(LayerhubError):

@@ -24,6 +24,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from pytest_django import Settings
 
+from layerhub.containers import services
 from layerhub.containers.models import Container
 from layerhub.containers.services import (
     container_commit,
@@ -36,7 +37,13 @@ from layerhub.containers.services import (
     container_write_file,
 )
 from layerhub.core.store import get_store
-from layerhub.engine.errors import Conflict, ContainerPathError, InvalidChange, RuntimeUnavailable
+from layerhub.engine.errors import (
+    Conflict,
+    ContainerPathError,
+    ImageNotFound,
+    InvalidChange,
+    RuntimeUnavailable,
+)
 from layerhub.engine.runtime import ExecResult
 from layerhub.engine.runtime.overlay import mounts_under
 from layerhub.images.lookup import image_lookup
@@ -215,6 +222,47 @@ def test_names_rm_and_rmi(base: Image) -> None:
     assert lines[0] == "Untagged: localhost/base:1"
     assert not Image.objects.exists()
     assert list(get_store().snapshots.root.iterdir()) == []
+
+
+def _during_prepare(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
+    """Run ``meanwhile`` once, right after a create has prepared its writable layer: what
+    another request may do between the create's checks and its row."""
+    real = services.host_call
+    done: list[bool] = []
+
+    def call(host: str, op: str, **params: object) -> object:
+        result = real(host, op, **params)
+        if op == "container.prepare" and not done:
+            done.append(True)
+            meanwhile()
+        return result
+
+    monkeypatch.setattr(services, "host_call", call)
+
+
+def test_a_create_racing_rmi_says_the_image_is_gone(
+    base: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _during_prepare(monkeypatch, lambda: image_remove(image=BASE))
+    with pytest.raises(ImageNotFound, match="deleted meanwhile"):
+        container_create(team=default_team(), image=BASE, name="late")
+    assert not Image.objects.exists()
+    assert not Container.objects.exists()
+    assert list(get_store().containers.iterdir()) == [], "the prepared layer was kept"
+
+
+def test_a_create_racing_a_create_of_the_same_name_is_a_conflict(
+    base: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first: list[Container] = []
+    _during_prepare(
+        monkeypatch,
+        lambda: first.append(container_create(team=default_team(), image=BASE, name="same")),
+    )
+    with pytest.raises(Conflict, match="'same' is already in use"):
+        container_create(team=default_team(), image=BASE, name="same")
+    assert [c.container_id for c in Container.objects.all()] == [first[0].container_id]
+    assert [p.name for p in get_store().containers.iterdir()] == [first[0].container_id]
 
 
 def test_cli_verbs(base: Image, capsys: pytest.CaptureFixture[str]) -> None:

@@ -376,6 +376,9 @@ def image_remove(*, image: str, force: bool = False, user: Any = None) -> list[s
     # the plan reads the live leases and the rows go in this transaction: no lease may come
     # between (a job that leased a layer row after the read would record an image on it)
     lease_barrier(exclusive=True)
+    # the image's row locked before the plan reads its containers: a container created on
+    # it (which locks the row too) is either in the plan, or finds the image gone
+    Image.objects.select_for_update().filter(pk=found.pk).exists()
     plan = image_delete_plan(found)
     if plan.blocked:
         raise _blocked(found, plan)
