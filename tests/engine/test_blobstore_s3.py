@@ -11,6 +11,7 @@ import io
 import os
 import random
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -579,13 +580,15 @@ class _Canned(http.server.BaseHTTPRequestHandler):
     answers: list[tuple[int, bytes]] = []
 
     def do_GET(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         status, body = self.answers.pop(0) if self.answers else (500, b"")
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", '"canned"')
         self.end_headers()
         self.wfile.write(body)
 
-    do_DELETE = do_GET
+    do_DELETE = do_PUT = do_GET
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -640,6 +643,38 @@ def page(
         f"<IsTruncated>{str(truncated).lower()}</IsTruncated>{markers}{items}"
         "</ListMultipartUploadsResult>"
     ).encode()
+
+
+def test_a_part_the_store_fails_to_take_for_a_moment_is_sent_again(
+    canned: tuple[s3_uploads.PendingUploads, list[tuple[int, bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uploads, answers = canned
+    monkeypatch.setattr(s3_uploads, "PART_WAIT", 0)
+    upload = s3_uploads.Upload("p/sha256/x", "x-id", None)
+    slow_down = b"<Error><Code>SlowDown</Code></Error>"
+    answers += [(503, slow_down), (500, b""), (200, b"")]
+    assert uploads.put_part(upload, 1, b"part", "upload of x") == '"canned"'
+    assert answers == []
+    # still failing at the last try: the typed error, saying the last answer
+    answers += [(503, slow_down)] * s3_uploads.PART_TRIES + [(200, b"")]
+    with pytest.raises(BlobStoreUnavailable, match=r"upload of x: part 2 failed: HTTP 503"):
+        uploads.put_part(upload, 2, b"part", "upload of x")
+    assert answers == [(200, b"")]
+    # a refusal is an answer, not a hiccup: not sent again
+    answers[:] = [(403, b"<Error><Code>AccessDenied</Code></Error>"), (200, b"")]
+    with pytest.raises(BlobStoreUnavailable, match=r"part 3 failed: HTTP 403"):
+        uploads.put_part(upload, 3, b"part", "upload of x")
+    assert answers == [(200, b"")]
+    # no answer at all (nothing listens there): tried PART_TRIES times, then the typed error
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    tries: list[float] = []
+    monkeypatch.setattr(s3_uploads.time, "sleep", tries.append)
+    with pytest.raises(BlobStoreUnavailable, match=r"part 4 failed: .*[Cc]onnection"):
+        canned_uploads(closed).put_part(upload, 4, b"part", "upload of x")
+    assert len(tries) == s3_uploads.PART_TRIES - 1
 
 
 def test_answers_of_a_hostile_or_broken_endpoint_are_typed_errors(

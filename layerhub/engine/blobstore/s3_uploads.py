@@ -50,6 +50,11 @@ TIMEOUT = 30.0
 # 409 ConditionalRequestConflict and asks for a retry), and the wait before the next try
 COMPLETE_TRIES = 5
 CONFLICT_WAIT = 0.2
+# a part the store failed to take (no answer, or 429/5xx: busy or broken for a moment) is sent
+# again, after PART_WAIT seconds times the try's number: sending a part again replaces it
+PART_TRIES = 3
+PART_WAIT = 1.0
+TRANSIENT = (429, 500, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -343,7 +348,19 @@ class PendingUploads:
         The part's sha256 is signed, so the store refuses bytes changed on the way."""
         doing = f"{what}: part {number}"
         query = {"partNumber": str(number), "uploadId": upload.upload_id}
-        status, _, headers = self._call("PUT", upload.key, query, doing, body=data)
+        for attempt in range(1, PART_TRIES + 1):
+            last = attempt == PART_TRIES
+            try:
+                status, _, headers = self._call(
+                    "PUT", upload.key, query, doing, body=data, expected=() if last else TRANSIENT
+                )
+            except BlobStoreUnavailable as exc:
+                if last or not isinstance(exc.__cause__, requests.RequestException):
+                    raise
+                status = 0  # no answer: the connection failed
+            if status and status not in TRANSIENT:
+                break
+            time.sleep(PART_WAIT * attempt)
         etag = headers.get("ETag", "")
         if status == 404 or not etag:
             raise self._failed(doing, "the upload is gone" if status == 404 else "no ETag")
