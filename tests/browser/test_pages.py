@@ -56,3 +56,32 @@ def test_every_nav_page_loads_at_desktop_and_phone_width(
     if filled and width == WIDTHS["desktop"]:
         page.goto(reverse("dashboard:home"))
         screenshot(page, "overview-demo")
+
+
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
+@pytest.mark.usefixtures("catalog")
+def test_search_results_are_read_whole_at_desktop_and_phone_width(
+    signed_in: Page, width: int
+) -> None:
+    """No column of the results is cut off at the side: on a phone each result is a block
+    of labelled lines."""
+    page = signed_in
+    page.set_viewport_size({"width": width, "height": 800})
+    page.goto(reverse("images:search") + "?by=path&q=*bin*")
+    rows = page.locator("table.files tbody tr")
+    expect(rows.first).to_be_visible()
+    assert rows.count() >= 2
+    box = page.locator(".table-scroll")
+    assert box.evaluate("b => b.scrollWidth - b.clientWidth") <= 0, "the results scroll sideways"
+    for label in ("IMAGE", "PATH", "TYPE", "MODE", "LAYER"):
+        cell = rows.first.locator(f'td[data-label="{label}"]')
+        expect(cell).to_be_visible()
+        found = cell.bounding_box()
+        assert found is not None
+        assert found["x"] >= 0
+        assert found["x"] + found["width"] <= width, f"{label} runs past the {width} px page"
+    label_in_front = rows.first.locator('td[data-label="PATH"]').evaluate(
+        "td => getComputedStyle(td, '::before').content"
+    )
+    assert label_in_front == ('"PATH"' if width == WIDTHS["phone"] else "none")
+    screenshot(page, f"search-{width}")
