@@ -135,8 +135,12 @@ class SnapshotFiles:
         return chunk_decode(text)
 
     def open(self, path: str, size: int) -> BinaryIO:
-        """The regular file at ``path`` (``size`` bytes, as its entry said), read from the
-        host a chunk per call as it is consumed."""
+        """The regular file at ``path`` (``size`` bytes, as its entry said): on this host
+        the file itself (once open, it stays readable if the snapshot cache lets the
+        snapshot go); on another, read from it a chunk per call as it is consumed."""
+        if self.host == current_host():
+            with _snapshots_kept():
+                return _view_here(list(self.chains)).open(path)
         return remote_reader(partial(self._read, path), size)
 
 

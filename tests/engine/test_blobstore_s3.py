@@ -671,7 +671,7 @@ def test_a_part_the_store_fails_to_take_for_a_moment_is_sent_again(
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     tries: list[float] = []
-    monkeypatch.setattr(s3_uploads.time, "sleep", tries.append)
+    monkeypatch.setattr(time, "sleep", tries.append)
     with pytest.raises(BlobStoreUnavailable, match=r"part 4 failed: .*[Cc]onnection"):
         canned_uploads(closed).put_part(upload, 4, b"part", "upload of x")
     assert len(tries) == s3_uploads.PART_TRIES - 1

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -46,6 +47,7 @@ from layerhub.engine.errors import (
 )
 from layerhub.engine.runtime import ExecResult
 from layerhub.engine.runtime.overlay import mounts_under
+from layerhub.hosts.calls import host_call
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image
 from layerhub.images.services import image_import
@@ -227,10 +229,10 @@ def test_names_rm_and_rmi(base: Image) -> None:
 def _during_prepare(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
     """Run ``meanwhile`` once, right after a create has prepared its writable layer: what
     another request may do between the create's checks and its row."""
-    real = services.host_call
+    real = host_call
     done: list[bool] = []
 
-    def call(host: str, op: str, **params: object) -> object:
+    def call(host: str, op: str, **params: Any) -> Any:
         result = real(host, op, **params)
         if op == "container.prepare" and not done:
             done.append(True)

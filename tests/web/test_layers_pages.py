@@ -7,6 +7,7 @@ import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -14,6 +15,8 @@ from django.urls import reverse
 
 from layerhub.core.store import get_store
 from layerhub.engine.store import Store
+from layerhub.hosts.calls import host_call
+from layerhub.images import snapshot_files
 from layerhub.images.lookup import image_lookup
 from layerhub.images.models import Image, Layer
 from layerhub.images.services import image_import
@@ -183,6 +186,25 @@ def test_image_files_browse_view_and_download(admin_client: Client, app_image: I
     assert download.status_code == 200
     assert "attachment" in download["Content-Disposition"]
     assert b"".join(download.streaming_content) == BINARY  # type: ignore[attr-defined]
+
+
+def test_a_download_on_the_host_holding_the_snapshots_reads_the_file_itself(
+    admin_client: Client, app_image: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No chunked host calls (base64 in JSON, a megabyte at a time) for a file on this disk."""
+    calls: list[str] = []
+
+    def spy(host: str, op: str, **params: Any) -> Any:
+        calls.append(op)
+        return host_call(host, op, **params)
+
+    monkeypatch.setattr(snapshot_files, "host_call", spy)
+    url = reverse("layers:image_files", args=[app_image.pk])
+    download = admin_client.get(url, {"path": "/bin/tool", "download": "1"})
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == BINARY  # type: ignore[attr-defined]
+    assert "snapshots.read" not in calls
+    assert calls, "the entry is still looked up through the snapshots' host"
 
 
 def test_image_files_large_text_is_capped(admin_client: Client, tmp_path: Path) -> None:
