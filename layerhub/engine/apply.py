@@ -52,7 +52,7 @@ from .errors import (
 )
 from .file_index import FileRecord, IndexTree, TreeNode
 from .fsutil import remove_path
-from .fswriter import CLOSE, MKDIR, OPEN, WRITE, FileWriter, WriteFailed
+from .fswriter import CLOSE, MKDIR, OPEN, SETXATTR, WRITE, FileWriter, WriteFailed
 from .fswriter import SYMLINK as NEW_SYMLINK
 from .tarstream import CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, Header, TarReader
 from .whiteouts import OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, WhiteoutFormat
@@ -675,26 +675,17 @@ class _Applier:
             os.lchown(path, m.uid, m.gid)
 
     def set_xattrs(self, path: str, m: Header) -> None:
-        synced = False
         for key, value in m.pax.items():
             if not key.startswith(XATTR_PAX_PREFIX):
                 continue
-            if not synced:
-                self.out.sync()  # the entry's file or directory is made
-                synced = True
             name = key[len(XATTR_PAX_PREFIX) :]
             if name.startswith(OVERLAY_XATTR_PREFIXES):
                 continue
             if "\x00" in name:
                 raise UnsafeEntry(m.name, f"xattr name {name!r} has a NUL byte")
             raw = value.encode("utf-8", "surrogateescape")
-            try:
-                os.setxattr(path, name, raw, follow_symlinks=False)
-            except OSError as exc:
-                # trusted.* and security.* need privilege; user.* is refused on symlinks and
-                # on some filesystems. Docker skips what the host cannot store, and so do we.
-                if exc.errno in _FULL_ERRNOS or (self.privileged and name.startswith("security.")):
-                    raise
+            # what the file system refuses is skipped as Docker skips it (fswriter.SETXATTR)
+            self.out.put((SETXATTR, path, name, raw, self.privileged, m.name))
 
     def finish_dirs(self) -> None:
         # Deepest first: setting a parent's mtime before its children are done would be undone.

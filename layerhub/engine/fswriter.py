@@ -5,17 +5,23 @@ hash its bytes: on ext4 most of it is spent finding a free inode. Made one after
 one process, the two leave a core idle while the other works; made from a second thread of
 the same process, each call waits for the GIL to come back after it. So the unpacker queues,
 in tar order, the calls that create what cannot exist yet (a file, directory or symlink at a
-path no earlier entry wrote), and a child process makes them while the unpacker reads on.
+path no earlier entry wrote, and the xattrs of what it creates), and a child process makes them while the unpacker reads on.
 Anything that must see the disk as the earlier entries left it (an lstat, a removal, a
 hardlink, the free space) first waits until every queued call is made: ``sync``.
 
 A small layer never pays for the child: calls are made at once, in the unpacker's process,
-until ``PROCESS_AFTER_CALLS`` of them have been asked for; the child starts then. Calls travel
+until ``PROCESS_AFTER_ENTRIES`` entries have been created; the child starts then. Calls travel
 to it through a pipe in marshalled batches of about 64 calls or 1 MiB of contents, so memory
-stays flat whatever the layer. The first call that fails stops the child's work; the unpacker
-gets its error, with the tar entry it belongs to, at its next hand-over or ``sync``. Closing
-the writer after a failure kills the child before it makes any other call, and waits for it:
-when ``close`` returns, nothing more is written.
+stays flat whatever the layer. A wait for the queue costs a round trip to the child while it
+catches up, so a stretch of the layer that makes the unpacker wait often (hardlinks,
+whiteouts, replaced paths: more than one wait per ``SYNC_SHARE`` entries in a window of
+``WINDOW`` entries) goes back to making its calls in the unpacker's process; a later quiet
+stretch starts the child again, at most ``MAX_STARTS`` times per layer.
+
+The first call that fails stops the child's work; the unpacker gets its error, with the tar
+entry it belongs to, at its next hand-over or ``sync``. Closing the writer after a failure
+kills the child before it makes any other call, and waits for it: when ``close`` returns,
+nothing more is written.
 """
 
 from __future__ import annotations
@@ -38,9 +44,19 @@ WRITE = 1  # (WRITE, bytes)
 CLOSE = 2  # (CLOSE, uid, gid, mode, mtime_ns): owner if uid >= 0, mode if >= 0; then close
 MKDIR = 3  # (MKDIR, path, mode, entry name)
 SYMLINK = 4  # (SYMLINK, target, path, uid, gid, mtime_ns, entry name): owner if uid >= 0
+# (SETXATTR, path, name, value, strict, entry name): an xattr the file system refuses is
+# skipped, as Docker skips what the host cannot store (trusted.* and security.* need
+# privilege; user.* is refused on symlinks and on some file systems), unless the disk is full
+# or, ``strict`` (a privileged unpack), it is a security.* one
+SETXATTR = 5
+_STARTS = (OPEN, MKDIR, SYMLINK)  # the calls that begin an entry
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-PROCESS_AFTER_CALLS = 2048  # about 500 files: below that, starting a process costs more
+PROCESS_AFTER_ENTRIES = 512  # below that, starting a process costs more than it saves
+WINDOW = 256
+SYNC_SHARE = 8
+MAX_STARTS = 4
 BATCH_CALLS = 64
 BATCH_BYTES = 1 << 20
 PIPE_BYTES = 1 << 20
@@ -93,6 +109,13 @@ class _Maker:
         elif code == MKDIR:
             self.name = call[3]
             os.mkdir(call[1], call[2])
+        elif code == SETXATTR:
+            _, path, key, value, strict, self.name = call
+            try:
+                os.setxattr(path, key, value, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in _FULL or (strict and key.startswith("security.")):
+                    raise
         else:  # SYMLINK
             _, target, path, uid, gid, mtime_ns, self.name = call
             os.symlink(target, path)
@@ -109,9 +132,13 @@ class _Maker:
 class FileWriter:
     """Queued create calls, made in order. ``close`` always, even after errors."""
 
-    def __init__(self, process_after: int | None = None) -> None:
+    def __init__(self) -> None:
         self._inline: _Maker | None = _Maker()
-        self._countdown = PROCESS_AFTER_CALLS if process_after is None else process_after
+        self._entries = 0  # entries begun (OPEN, MKDIR, SYMLINK calls)
+        self._waits = 0  # syncs that had calls to wait for, in the current window
+        self._busy = False  # the last whole window waited too often for the child
+        self._starts = 0
+        self._dirty = False  # calls were put since the last sync
         self._child: subprocess.Popen[bytes] | None = None
         self._calls: IO[bytes] | None = None
         self._replies = -1
@@ -120,13 +147,12 @@ class FileWriter:
 
     def put(self, call: tuple[Any, ...], size: int = 0) -> None:
         """Queue ``call``; ``size``: the bytes of file contents it carries. Made at once (an
-        OSError raised here is the call's) until the child process takes over."""
+        OSError raised here is the call's) while there is no child process."""
+        self._dirty = True
+        if call[0] in _STARTS:
+            self._begin_entry()
         inline = self._inline
         if inline is not None:
-            if self._countdown <= 0 and inline.fd < 0 and self._start():
-                self.put(call, size)
-                return
-            self._countdown -= 1
             inline.make(call)
             return
         self._batch.append(call)
@@ -136,9 +162,37 @@ class FileWriter:
 
     def sync(self) -> None:
         """Wait until every queued call is made; raise WriteFailed if one failed."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        self._waits += 1
         if self._inline is None:
             self._send(reply=True)
             self._check(self._read_reply())
+
+    def _begin_entry(self) -> None:
+        """An entry begins (no file is open): where the calls go may change here."""
+        self._entries += 1
+        if self._entries % WINDOW == 0:
+            self._busy = self._waits * SYNC_SHARE > WINDOW
+            self._waits = 0
+            if self._busy and self._inline is None:
+                self._stop()
+        if (
+            self._inline is not None
+            and not self._busy
+            and self._entries > PROCESS_AFTER_ENTRIES
+            and self._starts < MAX_STARTS
+        ):
+            self._starts += 1
+            self._start()
+
+    def _stop(self) -> None:
+        """Back to making the calls in this process, once the child made all it was given."""
+        self.sync()
+        self.close()
+        self._child, self._calls, self._replies = None, None, -1
+        self._inline = _Maker()
 
     def close(self) -> None:
         """Stop: after a failure or before a ``sync``, calls not yet made are dropped (the
@@ -161,7 +215,7 @@ class FileWriter:
     def _start(self) -> bool:
         """Start the child; False (the calls stay in this process) if it cannot start."""
         if not sys.executable:
-            self._countdown = sys.maxsize
+            self._starts = MAX_STARTS
             return False
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         code = f"import sys; sys.path.insert(0, {root!r}); from {__name__} import serve; serve()"
@@ -175,7 +229,7 @@ class FileWriter:
             )
         except OSError:
             os.close(replies_r)
-            self._countdown = sys.maxsize
+            self._starts = MAX_STARTS
             return False
         finally:
             os.close(replies_w)

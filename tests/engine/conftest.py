@@ -59,5 +59,5 @@ def writes(request: pytest.FixtureRequest) -> Iterator[str]:
     ``child`` in the writer process (what a large layer gets) from the first call on."""
     with pytest.MonkeyPatch.context() as patch:
         if request.param == "child":
-            patch.setattr(fswriter, "PROCESS_AFTER_CALLS", 0)
+            patch.setattr(fswriter, "PROCESS_AFTER_ENTRIES", 0)
         yield request.param

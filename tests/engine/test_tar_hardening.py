@@ -351,7 +351,7 @@ def test_enospc_while_writing_is_store_full(
     monkeypatch.setattr(os, "write", full)
     # the patch reaches this process only: the calls stay here (the writer child meets a real
     # full disk in test_store_safety)
-    monkeypatch.setattr(fswriter, "PROCESS_AFTER_CALLS", sys.maxsize)
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_ENTRIES", sys.maxsize)
     layer = kit.tar([kit.file("small", b"s"), kit.file("big", bytes(10_000))])
     with pytest.raises(StoreFull, match="full"):
         store.snapshots.unpack(sha(layer), io.BytesIO(layer), diff_id=sha(layer), durable=False)
@@ -372,7 +372,7 @@ def writer_children() -> list[psutil.Process]:
 def test_a_call_refused_in_the_writer_child_is_the_entry_s_typed_error(
     store: Store, kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fswriter, "PROCESS_AFTER_CALLS", 8)
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_ENTRIES", 8)
     files = [kit.file(f"d/f{i}", b"x" * i) for i in range(200)]
     too_long = "n" * 300  # over NAME_MAX: the kernel refuses it, not the reader
     layer = kit.tar([kit.dir("d"), *files, kit.file(f"d/{too_long}", b"late"), *files[:5]])
@@ -385,12 +385,46 @@ def test_a_call_refused_in_the_writer_child_is_the_entry_s_typed_error(
 def test_a_layer_failing_after_its_calls_went_to_the_child_leaves_no_child_writing(
     store: Store, kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fswriter, "PROCESS_AFTER_CALLS", 8)
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_ENTRIES", 8)
     layer = kit.tar([kit.file(f"f{i}", os.urandom(3000)) for i in range(400)])
     cut = layer[: len(layer) * 3 // 4]  # truncated inside the files
     with pytest.raises(LayerError, match="truncated"):
         store.snapshots.unpack(sha(layer), io.BytesIO(cut), diff_id=sha(layer), durable=False)
     assert_nothing_kept(store)
+    assert writer_children() == []
+
+
+def test_a_stretch_that_waits_often_goes_back_inline_and_a_quiet_one_to_the_child(
+    tmp_path: Path, kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hardlinks make the reader wait for the queue: in such a stretch the calls are made in
+    the reader's process, and the child takes them again after it."""
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_ENTRIES", 0)
+    monkeypatch.setattr(fswriter, "WINDOW", 16)
+    moves: list[str] = []
+    for name in ("_start", "_stop"):
+        real = getattr(fswriter.FileWriter, name)
+
+        def spy(self: fswriter.FileWriter, real: Any = real, name: str = name) -> Any:
+            moves.append(name)
+            return real(self)
+
+        monkeypatch.setattr(fswriter.FileWriter, name, spy)
+    entries = [kit.file(f"quiet{i}", b"q" * i) for i in range(40)]
+    for i in range(60):
+        entries += [kit.file(f"f{i}", b"f" * i), kit.hardlink(f"h{i}", f"f{i}")]
+    entries += [kit.file(f"after{i}", b"a" * i) for i in range(80)]
+    layer = kit.tar(entries)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    result = apply_layer(io.BytesIO(layer), dest, whiteouts=format_named("oci"))
+    assert moves[:3] == ["_start", "_stop", "_start"], moves
+    assert result.files is not None
+    assert len(result.files) == 40 + 120 + 80
+    for i in range(60):
+        assert os.stat(dest / f"h{i}").st_ino == os.stat(dest / f"f{i}").st_ino
+        assert (dest / f"h{i}").read_bytes() == b"f" * i
+    assert (dest / "after79").read_bytes() == b"a" * 79
     assert writer_children() == []
 
 
@@ -406,7 +440,7 @@ def test_the_writer_child_makes_what_the_reader_would(tmp_path: Path, kit: Kit) 
     results = {}
     for mode, after in (("inline", sys.maxsize), ("child", 0)):
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(fswriter, "PROCESS_AFTER_CALLS", after)
+            patch.setattr(fswriter, "PROCESS_AFTER_ENTRIES", after)
             dest = tmp_path / mode
             dest.mkdir()
             results[mode] = apply_layer(io.BytesIO(layer), dest, whiteouts=format_named("oci"))
