@@ -5,9 +5,10 @@ hash its bytes: on ext4 most of it is spent finding a free inode. Made one after
 one process, the two leave a core idle while the other works; made from a second thread of
 the same process, each call waits for the GIL to come back after it. So the unpacker queues,
 in tar order, the calls that create what cannot exist yet (a file, directory or symlink at a
-path no earlier entry wrote, and the xattrs of what it creates), and a child process makes them while the unpacker reads on.
-Anything that must see the disk as the earlier entries left it (an lstat, a removal, a
-hardlink, the free space) first waits until every queued call is made: ``sync``.
+path no earlier entry wrote, and the xattrs of what it creates), and a child process makes
+them while the unpacker reads on. Anything that must see the disk as the earlier entries left
+it (an lstat, a removal, a hardlink, the free space) first waits until every queued call is
+made: ``sync``.
 
 A small layer never pays for the child: calls are made at once, in the unpacker's process,
 until ``PROCESS_AFTER_ENTRIES`` entries have been created; the child starts then. Calls travel
