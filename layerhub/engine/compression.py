@@ -6,7 +6,6 @@ import io
 import zlib
 from typing import BinaryIO, cast
 
-import zstandard
 from isal import igzip, isal_zlib
 
 from .errors import CorruptArchive, UnsupportedCompression
@@ -57,9 +56,10 @@ class _Prefixed(io.RawIOBase):
 class _Checked(io.RawIOBase):
     """Turns a decompressor's own errors into CorruptArchive, naming the format."""
 
-    def __init__(self, inner: BinaryIO, fmt: str) -> None:
+    def __init__(self, inner: BinaryIO, fmt: str, errors: tuple[type[BaseException], ...]) -> None:
         self._inner = inner
         self._fmt = fmt
+        self._errors = errors
 
     def readable(self) -> bool:
         return True
@@ -68,7 +68,7 @@ class _Checked(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         try:
             data = self._inner.read(len(view))
-        except (EOFError, OSError, zlib.error, _ISAL_ERROR, zstandard.ZstdError) as exc:
+        except self._errors as exc:
             raise CorruptArchive(f"corrupt {self._fmt} stream: {exc}") from exc
         view[: len(data)] = data
         return len(data)
@@ -79,6 +79,8 @@ class _Zstd(io.RawIOBase):
     library's own stream reader quietly returns what it has)."""
 
     def __init__(self, raw: BinaryIO) -> None:
+        import zstandard  # loaded by the layers that need it (0.02 s of every start else)
+
         self._raw = raw
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = self._dctx.decompressobj()
@@ -118,10 +120,14 @@ def decompressed(raw: BinaryIO) -> tuple[BinaryIO, str]:
     if fmt == "none":
         return stream, fmt
     inner: BinaryIO
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, _ISAL_ERROR)
     if fmt == "gzip":
         # ISA-L's inflate, a drop-in for gzip's (same members, CRC and length checks): it
         # takes 2.5x less CPU on layer blobs here (bench/engine.py's decompression section)
         inner = igzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment, no-untyped-call]
     else:
+        import zstandard
+
         inner = io.BufferedReader(_Zstd(stream), buffer_size=1 << 20)
-    return io.BufferedReader(_Checked(inner, fmt), buffer_size=1 << 20), fmt
+        errors = (*errors, zstandard.ZstdError)
+    return io.BufferedReader(_Checked(inner, fmt, errors), buffer_size=1 << 20), fmt

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import marshal
 import os
 import select
@@ -287,6 +288,7 @@ def _read_exact(fd: int, size: int) -> bytes | None:
 def serve() -> None:
     """The child: make the calls read from stdin; answer on the descriptor in argv[1]."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a worker's Ctrl-C is its parent's to handle
+    gc.disable()  # tuples and bytes by the hundred thousand, and no reference cycles
     replies = int(sys.argv[1])
     calls = sys.stdin.fileno()
     maker = _Maker()

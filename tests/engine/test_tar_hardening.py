@@ -570,3 +570,24 @@ def test_a_zstd_bomb_overshoots_the_reserve_by_a_few_mib_at_most(
     with pytest.raises(StoreFull):
         apply(layer, dest, limits=ApplyLimits(min_free=reserve))
     assert written() <= headroom + (4 << 20)
+
+
+def test_the_header_checksum_is_the_exact_byte_sum(tmp_path: Path) -> None:
+    """The reader sums a header's bytes through Adler-32 halves: exact for every header,
+    including all-0xff halves (65,280 each), and never modulo Adler's 65,521."""
+    from layerhub.engine.tarstream import _byte_sum
+
+    blocks = [bytes(512), b"\xff" * 512, bytes(range(256)) * 2, b"\xff" * 256 + bytes(256)]
+    blocks += [os.urandom(512) for _ in range(2000)]
+    for block in blocks:
+        assert _byte_sum(block) == sum(block)
+    # a checksum field 65,521 above the header's true sum is refused
+    entry = R.entry("f", b"0", b"x")
+    header = bytearray(entry[:512])
+    stored = int(bytes(header[148:154]), 8)
+    assert stored == sum(header[:148]) + 256 + sum(header[156:])
+    header[148:156] = b"%06o\0 " % (stored + 65521)
+    with pytest.raises(CorruptArchive, match=r"is corrupt \(bad checksum\)"):
+        apply_layer(
+            io.BytesIO(bytes(header) + entry[512:] + R.END), tmp_path, whiteouts=format_named("oci")
+        )
