@@ -40,6 +40,7 @@ from typing import BinaryIO
 from .compression import decompressed
 from .digest import CHUNK
 from .errors import (
+    DISK_FULL,
     CorruptArchive,
     DeviceNotPermitted,
     HardlinkEscape,
@@ -83,7 +84,6 @@ _ENTRY_ERRNOS = frozenset(
         errno.EOVERFLOW,
     }
 )
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def free_bytes(path: str) -> int:
@@ -453,7 +453,7 @@ class _Applier:
 
     def refused(self, exc: OSError, name: str) -> Exception:
         """The typed error for what the file system refused while writing entry ``name``."""
-        if exc.errno in _FULL_ERRNOS:
+        if exc.errno in DISK_FULL:
             try:
                 free = free_bytes(self.dest)
             except OSError:

@@ -6,6 +6,11 @@ else escaping the engine is a bug. Each class carries a message meant for a pers
 
 from __future__ import annotations
 
+import errno
+
+# what the file system says when the disk (or the user's quota) is full: a StoreFull
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class LayerhubError(Exception):
     """Base of every error a user can cause: a bad input, never a bug."""

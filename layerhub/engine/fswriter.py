@@ -40,6 +40,8 @@ import subprocess
 import sys
 from typing import IO, Any
 
+from .errors import DISK_FULL
+
 # what a queued call is: the first item of its tuple
 OPEN = 0  # (OPEN, path, mode, entry name): a new regular file, which later WRITEs fill
 WRITE = 1  # (WRITE, bytes)
@@ -52,7 +54,6 @@ SYMLINK = 4  # (SYMLINK, target, path, uid, gid, mtime_ns, entry name): owner if
 # or, ``strict`` (a privileged unpack), it is a security.* one
 SETXATTR = 5
 _STARTS = (OPEN, MKDIR, SYMLINK)  # the calls that begin an entry
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 PROCESS_AFTER_ENTRIES = 512  # below that, starting a process costs more than it saves
@@ -116,7 +117,7 @@ class _Maker:
             try:
                 os.setxattr(path, key, value, follow_symlinks=False)
             except OSError as exc:
-                if exc.errno in _FULL or (strict and key.startswith("security.")):
+                if exc.errno in DISK_FULL or (strict and key.startswith("security.")):
                     raise
         else:  # SYMLINK
             _, target, path, uid, gid, mtime_ns, self.name = call

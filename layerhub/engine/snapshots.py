@@ -16,7 +16,6 @@ the same layer do the work once.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import BinaryIO
 from . import fsutil
 from .apply import ApplyLimits, ApplyResult, apply_layer
 from .digest import digest_hex
-from .errors import DigestMismatch, SnapshotNotFound, StoreFull
+from .errors import DISK_FULL, DigestMismatch, SnapshotNotFound, StoreFull
 from .whiteouts import WhiteoutFormat
 
 
@@ -44,7 +43,6 @@ class SnapshotResult:
 
 
 TREE = "fs"
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class SnapshotStore:

@@ -10,7 +10,6 @@ before the local file system's free space drops below the store's reserve, and o
 from __future__ import annotations
 
 import abc
-import errno
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,11 +20,10 @@ from typing import BinaryIO, Protocol, cast
 
 from .. import fsutil
 from ..digest import CHUNK, CheckedDigester, validate_digest
-from ..errors import StoreFull
+from ..errors import DISK_FULL, StoreFull
 
 # how often a blob writer looks at the free space again
 FREE_CHECK_BYTES = 8 << 20
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)

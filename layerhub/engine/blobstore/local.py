@@ -11,8 +11,8 @@ from typing import BinaryIO
 
 from .. import fsutil
 from ..digest import digest_hex
-from ..errors import BlobNotFound
-from .base import DISK_FULL, BlobEntry, BlobStore, Descriptor
+from ..errors import DISK_FULL, BlobNotFound
+from .base import BlobEntry, BlobStore, Descriptor
 
 _HEX = re.compile(r"[a-f0-9]{64}")
 
