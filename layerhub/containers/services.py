@@ -102,8 +102,10 @@ def container_create(
         name = f"layerhub_{container_id[:8]}"
     elif not _NAME.fullmatch(name):
         raise Conflict(f"invalid container name {name!r}: letters, digits, '_', '.', '-'")
+    taken = f"the container name {name!r} is already in use"
+    gone = f"{image}: the image was deleted meanwhile"
     if Container.objects.filter(name=name).exists():
-        raise Conflict(f"the container name {name!r} is already in use")
+        raise Conflict(taken)
     host_call(host, "container.prepare", container=container_id, image=found.pk)
     try:
         try:
@@ -111,7 +113,7 @@ def container_create(
                 # the image's row locked, as rmi locks it before planning: the image is still
                 # there and stays until this container is recorded (which rmi then sees)
                 if not Image.objects.select_for_update().filter(pk=found.pk).exists():
-                    raise ImageNotFound(f"{image}: the image was deleted meanwhile")
+                    raise ImageNotFound(gone)
                 container = Container.objects.create(
                     container_id=container_id,
                     name=name,
@@ -125,9 +127,9 @@ def container_create(
             # a container of the same name created since the check above, or (SQLite, which
             # checks the image's key only at commit) the image deleted meanwhile
             if Container.objects.filter(name=name).exists():
-                raise Conflict(f"the container name {name!r} is already in use") from exc
+                raise Conflict(taken) from exc
             if not Image.objects.filter(pk=found.pk).exists():
-                raise ImageNotFound(f"{image}: the image was deleted meanwhile") from exc
+                raise ImageNotFound(gone) from exc
             raise
         return container
     except Exception:

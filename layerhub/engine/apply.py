@@ -529,7 +529,7 @@ class _Applier:
     def directory(self, m: Header, parts: list[str], path: str, rel: str) -> None:
         hidden = f"{os.path.dirname(path)}/{WHITEOUT_PREFIX}{os.path.basename(path)}"
         if not self.may_exist(path) and not self.may_exist(hidden):
-            # surely new, and hiding nothing: created on the writer's thread
+            # surely new, and hiding nothing: made by the writer (fswriter.py)
             self.created.add(hash(path))
             self.out.put((MKDIR, path, 0o700, m.name))
             self.made_dir(rel)
@@ -569,9 +569,8 @@ class _Applier:
         if self.may_exist(path):
             self.clear(path)
         self.created.add(hash(path))
-        put = self.out.put
-        put((OPEN, path, mode & 0o777, m.name))
-        digest = self.copy(m) if self.tree is None else self.copy_hashed(m)
+        self.out.put((OPEN, path, mode & 0o777, m.name))
+        digest = self.copy(m)
         if self.tree is not None:
             self.tree.add(
                 path[len(self.dest) + 1 :],
@@ -581,38 +580,25 @@ class _Applier:
         # open() already gave the mode, unless umask cut bits or it has setuid/sticky
         chowned = self.privileged and (m.uid, m.gid) != self.owner
         uid, gid = (m.uid, m.gid) if chowned else (-1, -1)
-        # umask cut bits, or setuid/setgid/sticky
         fix_mode = mode if mode & (self.umask | 0o7000) else -1
-        put((CLOSE, uid, gid, fix_mode, m.mtime_ns))
+        self.out.put((CLOSE, uid, gid, fix_mode, m.mtime_ns))
 
-    def copy(self, m: Header) -> bytes:
-        """Queue the current entry's contents for writing."""
+    def copy(self, m: Header) -> bytes | None:
+        """Queue the current entry's contents for writing; with a file index, their sha256,
+        taken on the way (None without)."""
         read = self.tar.read_data
         put = self.out.put
+        digest = None if self.tree is None else hashlib.sha256()
         left = m.size
         while left:
             chunk = read(min(CHUNK, left))
             if not chunk:
                 raise CorruptArchive(f"tar ends inside {m.name!r}: the layer is truncated")
             left -= len(chunk)
+            if digest is not None:
+                digest.update(chunk)
             put((WRITE, chunk), len(chunk))
-        return b""
-
-    def copy_hashed(self, m: Header) -> bytes:
-        """``copy``, hashing the content on the way: its sha256, for the file index."""
-        read = self.tar.read_data
-        put = self.out.put
-        digest = hashlib.sha256()
-        update = digest.update
-        left = m.size
-        while left:
-            chunk = read(min(CHUNK, left))
-            if not chunk:
-                raise CorruptArchive(f"tar ends inside {m.name!r}: the layer is truncated")
-            left -= len(chunk)
-            update(chunk)
-            put((WRITE, chunk), len(chunk))
-        return digest.digest()
+        return None if digest is None else digest.digest()
 
     def owned(self, m: Header) -> tuple[int, int]:
         """The owner an entry gets on disk: the tar's when privileged, else this process'."""
