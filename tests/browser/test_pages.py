@@ -85,3 +85,20 @@ def test_search_results_are_read_whole_at_desktop_and_phone_width(
     )
     assert label_in_front == ('"PATH"' if width == WIDTHS["phone"] else "none")
     screenshot(page, f"search-{width}")
+
+
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
+@pytest.mark.parametrize("name", ["images:search", "images:packages"])
+def test_search_forms_keep_every_field_usable(signed_in: Page, width: int, name: str) -> None:
+    """Each text field of a search form is wide enough to type in, inside the page."""
+    page = signed_in
+    page.set_viewport_size({"width": width, "height": 800})
+    page.goto(reverse(name))
+    fields = page.locator('form.searchbar input[type="search"], form.searchbar input[type="text"]')
+    assert fields.count() >= 1
+    for i in range(fields.count()):
+        box = fields.nth(i).bounding_box()
+        assert box is not None
+        assert box["width"] >= 120, f"field {i} of {name} is {box['width']:.0f} px at {width}"
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= width
