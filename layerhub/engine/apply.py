@@ -33,6 +33,7 @@ import os
 import queue
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -704,9 +705,11 @@ def apply_layer(
     limits: ApplyLimits | None = None,
     privileged: bool | None = None,
     index: bool = True,
+    spare: Callable[[], bool] | None = None,
 ) -> ApplyResult:
     """Unpack the layer tar in ``stream`` (tar, gzip or zstd) into the empty directory ``dest``.
 
+    ``spare`` says whether a core is free for a writer process (fswriter.py; None: one is).
     Returns the layer's DiffID, sizes and, with ``index``, its file index: each entry's
     record, each regular file's sha256 computed as its bytes are written. Raises a LayerError
     subclass for anything unsafe or malformed; ``dest`` is then in an undefined state and the
@@ -717,7 +720,7 @@ def apply_layer(
         privileged = os.geteuid() == 0
     plain, compression = decompressed(stream)
     feeder = _Feeder(plain, limits.max_bytes)
-    out = FileWriter()
+    out = FileWriter(spare)
     try:
         reader = io.BufferedReader(feeder, buffer_size=CHUNK)
         applier = _Applier(

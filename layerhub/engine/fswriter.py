@@ -19,6 +19,12 @@ whiteouts, replaced paths: more than one wait per ``SYNC_SHARE`` entries in a wi
 ``WINDOW`` entries) goes back to making its calls in the unpacker's process; a later quiet
 stretch starts the child again, at most ``MAX_STARTS`` times per layer.
 
+The child earns its copies (every byte goes through a pipe) only on a core that would
+otherwise idle. A pull unpacking as many layers at once as there are cores has none to spare:
+its unpacks are given ``spare``, asked at every ``WINDOW`` entries whether a core is free (the
+pipeline says so once no layer waits for an unpack slot), and the child starts only then.
+Without ``spare`` (one layer on its own) a core is taken to be free.
+
 The first call that fails stops the child's work; the unpacker gets its error, with the tar
 entry it belongs to, at its next hand-over or ``sync``. Closing the writer after a failure
 kills the child before it makes any other call, and waits for it: when ``close`` returns,
@@ -38,6 +44,7 @@ import signal
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from .errors import DISK_FULL
@@ -135,7 +142,9 @@ class _Maker:
 class FileWriter:
     """Queued create calls, made in order. ``close`` always, even after errors."""
 
-    def __init__(self) -> None:
+    def __init__(self, spare: Callable[[], bool] | None = None) -> None:
+        """``spare``: whether a core is free for the child now (None: always)."""
+        self._spare = spare
         self._inline: _Maker | None = _Maker()
         self._entries = 0  # entries begun (OPEN, MKDIR, SYMLINK calls)
         self._waits = 0  # syncs that had calls to wait for, in the current window
@@ -186,6 +195,7 @@ class FileWriter:
             and not self._busy
             and self._entries > PROCESS_AFTER_ENTRIES
             and self._starts < MAX_STARTS
+            and (self._spare is None or (self._entries % WINDOW == 0 and self._spare()))
         ):
             self._starts += 1
             self._start()

@@ -7,7 +7,8 @@ writing the tree into ``tmp/`` too. The network's bytes are read once, and once 
 page cache, never from the disk. Unpacks run as many at a time as the machine has cores
 (largest layer first: it is the long pole), downloads a few more than that; a layer whose
 blob is already here is unpacked from it, one whose snapshot is already here only
-downloaded.
+downloaded. An unpack hands its file creation to a writer process of its own (fswriter.py)
+only once no layer waits for an unpack slot: until then every core has an unpack to run.
 
 Nothing is published before everything checks out: a blob once its size and digest match,
 a tree once its DiffID matches and its blob verified. Then one ``syncfs`` flushes the store,
@@ -326,6 +327,7 @@ class LayerPipeline:
         # what the downloads and unpacks write goes to disk while they run: the one flush
         # before publishing then has little left to wait for
         self._writeback: fsutil.EarlyWriteback | None = None
+        self._spare_flag: Path | None = None
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -533,6 +535,7 @@ class LayerPipeline:
             privileged=self.privileged,
             # beside the tree, in tmp/: read and removed before the tree is published
             index=staged.tree.parent / "files.index",
+            spare=self._spare_flag,
         )
         forwarder = threading.Thread(target=forward, name="layer-forward", daemon=True)
         forwarder.start()
@@ -577,6 +580,8 @@ class LayerPipeline:
             if self._writeback is not None:
                 self._writeback.close()
             self._release()
+            if self._spare_flag is not None:
+                self._spare_flag.unlink(missing_ok=True)
             for unpacker in self._idle:
                 unpacker.close()
             self._idle.clear()
@@ -610,6 +615,8 @@ class LayerPipeline:
         if not todo and not fetches:
             return None
         futures: list[Future[None]] = []
+        if self.processes and self.unpacks > 1:
+            self._spare_flag = self.store.tmp / f"spare-{os.getpid()}-{id(self):x}"
         with (
             ThreadPoolExecutor(self.downloads, "layer-download") as downloads,
             ThreadPoolExecutor(self.unpacks, "layer-unpack") as unpacks,
@@ -636,6 +643,10 @@ class LayerPipeline:
                     futures.append(future)
                 if self.stop.is_set():
                     todo.clear()
+                if not todo and len(running) < self.unpacks and self._spare_flag is not None:
+                    # an unpack slot is free for good: the running unpacks may use its core
+                    # for a writer process (fswriter.py)
+                    self._spare_flag.touch()
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 running -= done
                 if self.heartbeat is not None:

@@ -157,6 +157,7 @@ def child_main() -> None:
                 limits=ApplyLimits(**job["limits"]),
                 privileged=job["privileged"],
                 index=bool(index),
+                spare=_spare(job.get("spare")),
             )
             if index and result.files is not None:
                 write_records(Path(index), result.files)
@@ -174,6 +175,13 @@ def child_main() -> None:
     # would wait for.
     out.flush()
     os._exit(0)
+
+
+def _spare(flag: str | None) -> Callable[[], bool] | None:
+    """Whether a core is free for the layer's writer process: once the parent made ``flag``."""
+    if flag is None:
+        return None
+    return lambda: os.path.exists(flag)
 
 
 def _whiteouts(name: str) -> Any:
@@ -215,9 +223,12 @@ class Unpacker:
         limits: ApplyLimits,
         privileged: bool,
         index: Path | None = None,
+        spare: Path | None = None,
     ) -> None:
         """Give the child its next layer: ``path`` (fed by ``send``), unpacked into ``dest``;
-        with ``index``, the layer's file index is written there (and read by ``result``)."""
+        with ``index``, the layer's file index is written there (and read by ``result``);
+        with ``spare``, its writer process starts only once that file exists (a core is
+        free: fswriter.py)."""
         self._index = index
         self.send(
             {
@@ -228,6 +239,7 @@ class Unpacker:
                     "limits": dataclasses.asdict(limits),
                     "privileged": privileged,
                     "index": None if index is None else str(index),
+                    "spare": None if spare is None else str(spare),
                 }
             }
         )

@@ -497,3 +497,64 @@ def test_each_made_layer_comes_with_its_file_index(tmp_path: Path, processes: bo
     assert not list(store.snapshots.root.glob("*/files.index"))
     again = run(store, Registry(*layers), layers)
     assert [r.files for r in again] == [None, None]  # found made: not walked again
+
+
+def test_a_writer_process_waits_until_no_layer_waits_for_a_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While layers wait for an unpack slot every core has an unpack to run: the unpacks
+    are told a core is spare (the flag file exists) only once none waits."""
+    store = Store(tmp_path / "store")
+    layers = [big_layer(name, files=8) for name in "abc"]
+    starts: list[tuple[Path | None, bool]] = []
+    real_start = Unpacker.start
+
+    def start(self: Unpacker, *args: Any, spare: Path | None = None, **kwargs: Any) -> None:
+        starts.append((spare, spare is not None and spare.exists()))
+        real_start(self, *args, spare=spare, **kwargs)
+
+    monkeypatch.setattr(Unpacker, "start", start)
+    results = run(store, Registry(*layers), layers, unpacks=2)
+    assert all(r.created for r in results)
+    flags = {flag for flag, _ in starts}
+    assert len(flags) == 1  # one flag for the whole pull, in the store's tmp/
+    (flag,) = flags
+    assert flag is not None
+    assert flag.parent == store.tmp
+    assert [exists for _, exists in starts[:2]] == [False, False]  # a third layer waited
+    assert not flag.exists()  # gone with the pull
+
+    # one layer, two slots: a core is spare from the start
+    seen: list[bool] = []
+    real_result = Unpacker.result
+
+    def result(self: Unpacker, on_read: Callable[[int], None]) -> Any:
+        deadline = time.monotonic() + 10
+        while not (spare := starts[-1][0]) or not spare.exists():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        seen.append(spare is not None and spare.exists())
+        return real_result(self, on_read)
+
+    monkeypatch.setattr(Unpacker, "result", result)
+    one = big_layer("one", files=8)
+    assert run(store, Registry(one), [one], unpacks=2)[0].created
+    assert seen == [True]
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_one_unpack_slot_has_no_spare_core_to_wait_for(tmp_path: Path) -> None:
+    """With one slot the writer process is the only way to use a second core: no flag."""
+    store = Store(tmp_path / "store")
+    layers = [big_layer(name, files=4) for name in "ab"]
+    pipe = LayerPipeline(
+        store,
+        [desc(layer) for layer in layers],
+        [layer.diff_id for layer in layers],
+        fetch=Registry(*layers).fetch,
+        progress=lambda *line: None,
+        unpacks=1,
+    )
+    assert all(r.created for r in pipe.run())
+    assert pipe._spare_flag is None

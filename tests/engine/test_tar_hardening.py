@@ -428,6 +428,51 @@ def test_a_stretch_that_waits_often_goes_back_inline_and_a_quiet_one_to_the_chil
     assert writer_children() == []
 
 
+def test_the_writer_child_starts_only_once_a_core_is_spare(
+    tmp_path: Path, kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unpack told whether a core is spare asks at every window and starts its child
+    only on a yes; one never told so starts it as before."""
+    monkeypatch.setattr(fswriter, "PROCESS_AFTER_ENTRIES", 0)
+    monkeypatch.setattr(fswriter, "WINDOW", 16)
+    starts: list[int] = []
+    real_start = fswriter.FileWriter._start
+
+    def spy(self: fswriter.FileWriter) -> None:
+        starts.append(self._entries)
+        real_start(self)
+
+    monkeypatch.setattr(fswriter.FileWriter, "_start", spy)
+    layer = kit.tar([kit.file(f"f{i}", b"x" * i) for i in range(100)])
+    asked: list[int] = []
+
+    def never() -> bool:
+        asked.append(1)
+        return False
+
+    def after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    trees = {}
+    for name, spare in (("never", never), ("later", after_three), ("untold", None)):
+        dest = tmp_path / name
+        dest.mkdir()
+        asked.clear()
+        starts.clear()
+        apply_layer(io.BytesIO(layer), dest, whiteouts=format_named("oci"), spare=spare)
+        trees[name] = kit.tree(dest)
+        if name == "never":
+            assert starts == []  # never a child
+            assert len(asked) == 100 // 16  # asked once a window
+        elif name == "later":
+            assert starts == [4 * 16]  # the first window after the yes
+        else:
+            assert starts == [1]  # at once, as PROCESS_AFTER_ENTRIES says
+    assert trees["never"] == trees["later"] == trees["untold"]
+    assert writer_children() == []
+
+
 def test_the_writer_child_makes_what_the_reader_would(tmp_path: Path, kit: Kit) -> None:
     """The same layer applied with every call in this process and with every call in the
     child: the same tree, owners, modes, times and index."""
